@@ -1,0 +1,147 @@
+"""The CLI and the pipeline end to end on a random tiny checkpoint: outputs, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from songflow.interfaces.cli import main
+from songflow.requests import GenerationParams, Text2Music
+
+LYRICS = "[verse]\nneon lights on the river\n\n[chorus]\nla la la"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from songflow.random_checkpoint import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_ckpt):
+    from songflow.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="float32")
+
+
+def _gen(ckpt: Path, out: Path, *extra: str) -> int:
+    return main(["generate", "--checkpoint", str(ckpt), "--tags", "funk, pop, 105 BPM", "--lyrics", LYRICS,
+                 "--duration", "2", "--steps", "4", "--seed", "7", "--out", str(out), "--quiet", *extra])
+
+
+def test_generate_writes_audio_and_sidecar_and_from_reproduces_bit_for_bit(tiny_ckpt, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "song.wav"
+    assert _gen(tiny_ckpt, out) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["request"]["params"]["seeds"] == [7]
+    assert side["request"]["tags"] == "funk, pop, 105 BPM" and side["request"]["lyrics"] == LYRICS
+    assert set(side["timings_s"]) == {"preprocess", "diffusion", "decode"}
+    audio, sr = sf.read(out, dtype="float32")
+    assert sr == 48000 and audio.shape[1] == 2 and audio.shape[0] > 0
+    again = tmp_path / "again.wav"
+    assert main(["generate", "--checkpoint", str(tiny_ckpt), "--from", str(out.with_suffix(".json")),
+                 "--out", str(again), "--quiet"]) == 0
+    assert again.read_bytes() == out.read_bytes()
+    assert not list(tmp_path.glob(".*.part*")), "temporary files left behind"
+
+
+def test_batch_writes_one_file_per_item(tiny_ckpt, tmp_path):
+    out = tmp_path / "b.flac"
+    assert _gen(tiny_ckpt, out, "--batch-size", "2", "--seeds", "3,4") == 0
+    assert (tmp_path / "b_0.flac").exists() and (tmp_path / "b_1.flac").exists()
+    assert json.loads((tmp_path / "b.json").read_text())["outputs"] == ["b_0.flac", "b_1.flac"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--duration", "0"], "duration_s must be a positive"),
+        (["--duration", "-3"], "duration_s must be a positive"),
+        (["--duration", "100000"], "longer than the model's maximum"),
+        (["--duration", "nan"], "duration_s must be a positive"),
+        (["--steps", "0"], "steps must be an integer"),
+        (["--tags", "   "], "tags must be a non-empty"),
+        (["--guidance-interval", "2"], "guidance_interval must be in"),
+        (["--out", "x.xyz"], "unsupported output format"),
+        (["--lyrics", "@/nonexistent/lyrics.txt"], "cannot read lyrics file"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(tiny_ckpt, tmp_path, capsys, args, message):
+    out = tmp_path / "song.wav"
+    argv = ["generate", "--checkpoint", str(tiny_ckpt), "--tags", "pop", "--duration", "2", "--steps", "2",
+            "--out", str(out), "--quiet"]
+    code = main(argv + args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir()), "nothing may be written on error"
+
+
+@pytest.mark.parametrize("flag", [["--sampler", "dpm"], ["--guidance", "pag"]])
+def test_unknown_choice_is_rejected_by_name(tiny_ckpt, capsys, flag):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--checkpoint", str(tiny_ckpt), "--tags", "pop", *flag])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_huge_lyrics_and_missing_checkpoint(tiny_ckpt, tmp_path, capsys):
+    code = main(["generate", "--checkpoint", str(tiny_ckpt), "--tags", "pop", "--lyrics", "la " * 34000,
+                 "--duration", "2", "--steps", "2", "--out", str(tmp_path / "a.wav"), "--quiet"])
+    assert code == 2 and "lyrics" in capsys.readouterr().err.lower()
+    code = main(["generate", "--checkpoint", str(tmp_path / "nope"), "--tags", "pop", "--out",
+                 str(tmp_path / "b.wav"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope" in err and "songflow download" in err
+    assert not (tmp_path / "a.wav").exists() and not (tmp_path / "b.wav").exists()
+
+
+def _request(**params) -> Text2Music:
+    base = GenerationParams(steps=4, guidance_interval=1.0, **params)
+    return Text2Music(tags="funk, pop", lyrics=LYRICS, duration_s=2.0, params=base)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "pingpong"])
+def test_batch_equals_singles_and_seed_is_deterministic(pipe, sampler):
+    batch = pipe.generate(_request(sampler=sampler, seeds=(5, 6, 9), batch_size=3))
+    for i, seed in enumerate((5, 6, 9)):
+        single = pipe.generate(_request(sampler=sampler, seeds=(seed,)))
+        torch.testing.assert_close(batch.latents[i : i + 1], single.latents, rtol=1e-5, atol=1e-5)
+    again = pipe.generate(_request(sampler=sampler, seeds=(5, 6, 9), batch_size=3))
+    assert torch.equal(again.audio, batch.audio)
+
+
+def test_unbatched_guidance_passes_equal_batched(pipe):
+    request = _request(seeds=(3,), guidance_scale_text=5.0, guidance_scale_lyric=1.5)
+    batched = pipe.generate(request)
+    pipe.batch_passes = False
+    try:
+        separate = pipe.generate(request)
+    finally:
+        pipe.batch_passes = True
+    torch.testing.assert_close(batched.latents, separate.latents, rtol=1e-5, atol=1e-5)
+
+
+def test_offload_on_equals_off(pipe):
+    request = _request(seeds=(11,))
+    plain = pipe.generate(request)
+    pipe.placement.offload = True
+    try:
+        offloaded = pipe.generate(request)
+    finally:
+        pipe.placement.offload = False
+    assert torch.equal(plain.audio, offloaded.audio)
+
+
+def test_result_request_regenerates_the_result(pipe):
+    first = pipe.generate(_request())  # random seed, resolved into the result
+    assert len(first.seeds) == 1
+    second = pipe.generate(first.request)
+    assert torch.equal(first.audio, second.audio)
+    assert replace(first.request) == second.request
