@@ -1,0 +1,200 @@
+"""Classifier-free guidance rules as pure combinators over velocity predictions (DESIGN §3.4).
+
+No ``nn.Module``, no global RNG, no hidden state: the APG momentum is an explicit :class:`ApgState` that
+the caller threads through one sampling run. All tensors are ``[B, ...]`` velocities (latents
+``[B, 8, 16, L]`` in ACE-Step). The formulas and numerics match the official ``acestep.apg_guidance``
+(SPEC §7.5); the guidance interval / decay rule matches ``text2music_diffusion_process``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from songflow.errors import ConfigError
+
+__all__ = [
+    "GUIDANCE_TYPES",
+    "ApgState",
+    "apg",
+    "cfg",
+    "cfg_zero_star",
+    "double_condition",
+    "guidance_interval_bounds",
+    "guidance_scale_at",
+    "validate_guidance_name",
+    "weighted_terms",
+]
+
+GUIDANCE_TYPES: tuple[str, ...] = ("cfg", "apg", "cfg_star")
+
+
+def validate_guidance_name(name: str) -> str:
+    """Return ``name`` if it is one of :data:`GUIDANCE_TYPES`, else raise :class:`ConfigError`."""
+    if name not in GUIDANCE_TYPES:
+        raise ConfigError(f"unknown guidance type {name!r}; valid: {', '.join(GUIDANCE_TYPES)}")
+    return name
+
+
+def cfg(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)``."""
+    return uncond + scale * (cond - uncond)
+
+
+def weighted_terms(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
+    """``sum_i w_i * v_i``, accumulated left to right (``((w0 v0 + w1 v1) + w2 v2) ...``)."""
+    if not terms:
+        raise ValueError("weighted_terms needs at least one (weight, tensor) pair")
+    (w0, v0), *rest = terms
+    out = w0 * v0
+    for w, v in rest:
+        out = out + w * v
+    return out
+
+
+def double_condition(
+    cond: Tensor, text_only: Tensor, uncond: Tensor, scale_text: float, scale_lyric: float
+) -> Tensor:
+    """ACE-Step double-condition guidance over three passes.
+
+    ``(1 - s_t) * uncond + (s_t - s_l) * text_only + s_l * cond`` with ``s_t = scale_text`` and
+    ``s_l = scale_lyric``; ``text_only`` is the pass conditioned on the tags with a weakened / null lyric.
+    With ``s_t == s_l`` it reduces to ``cfg(cond, uncond, s_t)``.
+    """
+    return weighted_terms(
+        [(1 - scale_text, uncond), (scale_text - scale_lyric, text_only), (scale_lyric, cond)]
+    )
+
+
+@dataclass(frozen=True)
+class ApgState:
+    """APG momentum state of one sampling run: the running average of ``cond - uncond`` (None = empty).
+
+    Create ``ApgState()`` at the start of a run and pass the returned state to the next :func:`apg` call.
+    """
+
+    running_average: Tensor | None = None
+
+
+def _project(v: Tensor, onto: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """(parallel, orthogonal) parts of ``v`` w.r.t. ``onto``, per slice over ``dims``, computed in float64."""
+    v64, o64 = v.double(), onto.double()
+    unit = o64 / o64.norm(p=2, dim=dims, keepdim=True).clamp_min(1e-12)
+    parallel = (v64 * unit).sum(dim=dims, keepdim=True) * unit
+    orthogonal = v64 - parallel
+    return parallel.to(v.dtype), orthogonal.to(v.dtype)
+
+
+def apg(
+    cond: Tensor,
+    uncond: Tensor,
+    scale: float,
+    state: ApgState | None,
+    *,
+    momentum: float = -0.75,
+    norm_threshold: float = 2.5,
+    eta: float = 0.0,
+    dims: Sequence[int] = (-1, -2),
+) -> tuple[Tensor, ApgState | None]:
+    """Adaptive Projected Guidance (Sadat et al. 2024), as in ACE-Step. Returns ``(guided, new_state)``.
+
+    1. ``d = cond - uncond``; with a ``state``: ``avg = d + momentum * avg`` (an empty state starts at 0)
+       and ``d = avg``. ``state=None`` disables momentum and returns ``None`` as the state.
+    2. If ``norm_threshold > 0``: ``d *= min(1, norm_threshold / ||d||)`` with the L2 norm per slice over
+       ``dims`` (per (batch, channel) for ``[B, C, H, W]`` and the default dims).
+    3. Split ``d`` into parts parallel and orthogonal to ``cond`` (per slice, in float64).
+    4. ``guided = cond + (scale - 1) * (d_orth + eta * d_par)``.
+
+    The input state is not modified.
+    """
+    dims = tuple(dims)
+    diff = cond - uncond
+    new_state: ApgState | None = None
+    if state is not None:
+        if state.running_average is not None:
+            diff = diff + momentum * state.running_average
+        new_state = ApgState(running_average=diff)
+    if norm_threshold > 0:
+        norm = diff.norm(p=2, dim=dims, keepdim=True)
+        diff = diff * torch.clamp(norm_threshold / norm, max=1.0)
+    parallel, orthogonal = _project(diff, cond, dims)
+    update = orthogonal + eta * parallel
+    return cond + (scale - 1) * update, new_state
+
+
+def cfg_zero_star(
+    cond: Tensor,
+    uncond: Tensor,
+    scale: float,
+    eval_index: int,
+    *,
+    zero_steps: int = 1,
+    use_zero_init: bool = True,
+) -> Tensor:
+    """CFG-Zero* (Fan et al. 2025): CFG on an optimally scaled unconditional prediction, with zero init.
+
+    ``alpha = <cond, uncond> / (||uncond||^2 + 1e-8)`` per sample over all its elements;
+    ``out = alpha * uncond + scale * (cond - alpha * uncond)``. If ``use_zero_init`` and
+    ``eval_index <= zero_steps`` the output is all zeros (the sampler then leaves ``x`` unchanged).
+    ``eval_index`` is the run's evaluation index (the official loop index ``i``), not the index within
+    the guidance interval.
+    """
+    if use_zero_init and eval_index <= zero_steps:
+        return torch.zeros_like(cond)
+    bsz = cond.shape[0]
+    c, u = cond.reshape(bsz, -1), uncond.reshape(bsz, -1)
+    alpha = (c * u).sum(dim=1, keepdim=True) / ((u**2).sum(dim=1, keepdim=True) + 1e-8)
+    alpha = alpha.reshape((bsz,) + (1,) * (cond.ndim - 1))
+    return uncond * alpha + scale * (cond - uncond * alpha)
+
+
+def guidance_interval_bounds(n_steps: int, interval: float = 0.5) -> tuple[int, int]:
+    """``(start, end)`` of the guided range: evaluations ``start <= i < end`` are guided.
+
+    ``start = int(n_steps * (1 - interval) / 2)``, ``end = int(n_steps * (interval / 2 + 0.5))`` with the
+    official float arithmetic (60 steps, interval 0.5 -> 15, 45). ``n_steps`` is the number of sampling
+    steps N (for Heun the user's N although a run makes 2N - 1 evaluations, as officially).
+    """
+    if not 0.0 <= interval <= 1.0:
+        raise ConfigError(f"guidance interval must be in [0, 1], got {interval!r}")
+    if n_steps < 0:
+        raise ConfigError(f"n_steps must be >= 0, got {n_steps!r}")
+    return int(n_steps * ((1 - interval) / 2)), int(n_steps * (interval / 2 + 0.5))
+
+
+def guidance_scale_at(
+    eval_index: int,
+    n_steps: int,
+    scale: float,
+    *,
+    interval: float = 0.5,
+    decay: float = 0.0,
+    min_scale: float = 3.0,
+) -> float | None:
+    """Guidance scale for model evaluation ``eval_index`` of an ``n_steps``-step run, or None (unguided).
+
+    None means a single conditional pass. Guidance is off entirely for ``scale`` 0 or 1. Inside the
+    interval (:func:`guidance_interval_bounds`) the scale is ``scale``, or with ``decay > 0`` linearly
+    decayed: ``scale - (scale - min_scale) * (i - start) / (end - start - 1) * decay``.
+    With ``decay > 0`` and an interval of exactly one step the official code divides by zero; this raises
+    :class:`ConfigError` instead (for every ``eval_index``, so the error comes before sampling starts).
+    """
+    if scale == 0.0 or scale == 1.0:
+        return None
+    if decay < 0:
+        raise ConfigError(f"guidance interval decay must be >= 0, got {decay!r}")
+    start, end = guidance_interval_bounds(n_steps, interval)
+    if decay > 0 and end - start == 1:
+        raise ConfigError(
+            f"guidance interval decay {decay} needs at least 2 guided steps, but interval {interval} of "
+            f"{n_steps} steps guides only step {start}; set decay to 0 or widen the interval"
+        )
+    if not start <= eval_index < end:
+        return None
+    if decay > 0:
+        progress = (eval_index - start) / (end - start - 1)
+        return scale - (scale - min_scale) * progress * decay
+    return float(scale)
