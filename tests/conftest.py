@@ -23,7 +23,9 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not (GOLDEN_DIR / "manifest.json").exists():
-        pytest.skip(f"golden fixtures not found at {GOLDEN_DIR} (set SONGFLOW_GOLDEN_DIR or provide ../shared)")
+        pytest.skip(
+            f"golden fixtures not found at {GOLDEN_DIR} (set SONGFLOW_GOLDEN_DIR or provide ../shared)"
+        )
     return GOLDEN_DIR
 
 
@@ -46,7 +48,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.dtype == torch.bfloat16 else v) for k, v in load_file(str(path)).items()}
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float = 1e-5, name: str = "") -> float:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, *, rtol: float = 1e-5, name: str = ""
+) -> float:
     """Assert max|a-e| <= rtol * max(1, max|e|) and return the max abs error (for reports)."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0

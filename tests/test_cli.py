@@ -30,8 +30,27 @@ def pipe(tiny_ckpt):
 
 
 def _gen(ckpt: Path, out: Path, *extra: str) -> int:
-    return main(["generate", "--checkpoint", str(ckpt), "--tags", "funk, pop, 105 BPM", "--lyrics", LYRICS,
-                 "--duration", "2", "--steps", "4", "--seed", "7", "--out", str(out), "--quiet", *extra])
+    return main(
+        [
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--tags",
+            "funk, pop, 105 BPM",
+            "--lyrics",
+            LYRICS,
+            "--duration",
+            "2",
+            "--steps",
+            "4",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_generate_writes_audio_and_sidecar_and_from_reproduces_bit_for_bit(tiny_ckpt, tmp_path):
@@ -46,8 +65,21 @@ def test_generate_writes_audio_and_sidecar_and_from_reproduces_bit_for_bit(tiny_
     audio, sr = sf.read(out, dtype="float32")
     assert sr == 48000 and audio.shape[1] == 2 and audio.shape[0] > 0
     again = tmp_path / "again.wav"
-    assert main(["generate", "--checkpoint", str(tiny_ckpt), "--from", str(out.with_suffix(".json")),
-                 "--out", str(again), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(tiny_ckpt),
+                "--from",
+                str(out.with_suffix(".json")),
+                "--out",
+                str(again),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert again.read_bytes() == out.read_bytes()
     assert not list(tmp_path.glob(".*.part*")), "temporary files left behind"
 
@@ -75,8 +107,20 @@ def test_batch_writes_one_file_per_item(tiny_ckpt, tmp_path):
 )
 def test_bad_input_gives_one_clear_error(tiny_ckpt, tmp_path, capsys, args, message):
     out = tmp_path / "song.wav"
-    argv = ["generate", "--checkpoint", str(tiny_ckpt), "--tags", "pop", "--duration", "2", "--steps", "2",
-            "--out", str(out), "--quiet"]
+    argv = [
+        "generate",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--tags",
+        "pop",
+        "--duration",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     code = main(argv + args)
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
@@ -92,11 +136,37 @@ def test_unknown_choice_is_rejected_by_name(tiny_ckpt, capsys, flag):
 
 
 def test_huge_lyrics_and_missing_checkpoint(tiny_ckpt, tmp_path, capsys):
-    code = main(["generate", "--checkpoint", str(tiny_ckpt), "--tags", "pop", "--lyrics", "la " * 34000,
-                 "--duration", "2", "--steps", "2", "--out", str(tmp_path / "a.wav"), "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--tags",
+            "pop",
+            "--lyrics",
+            "la " * 34000,
+            "--duration",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "a.wav"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "lyrics" in capsys.readouterr().err.lower()
-    code = main(["generate", "--checkpoint", str(tmp_path / "nope"), "--tags", "pop", "--out",
-                 str(tmp_path / "b.wav"), "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--tags",
+            "pop",
+            "--out",
+            str(tmp_path / "b.wav"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "nope" in err and "songflow download" in err
     assert not (tmp_path / "a.wav").exists() and not (tmp_path / "b.wav").exists()

@@ -13,9 +13,18 @@ import songflow
 
 PACKAGE = Path(songflow.__file__).parent
 RANK = {
-    "errors": 0, "config": 0, "fileio": 0, "audio": 0, "text": 0, "nn": 0,
-    "models": 1, "weights": 1, "hub": 1, "random_checkpoint": 1,
-    "sampling": 2, "requests": 2,
+    "errors": 0,
+    "config": 0,
+    "fileio": 0,
+    "audio": 0,
+    "text": 0,
+    "nn": 0,
+    "models": 1,
+    "weights": 1,
+    "hub": 1,
+    "random_checkpoint": 1,
+    "sampling": 2,
+    "requests": 2,
     "tasks": 3,
     "pipeline": 4,
     "interfaces": 5,
@@ -39,7 +48,11 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_every_package_part_has_a_layer():
-    parts = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())}
+    parts = {
+        p.stem
+        for p in PACKAGE.iterdir()
+        if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())
+    }
     assert parts - {"__init__", "__main__"} <= set(RANK), f"unranked parts: {parts - set(RANK)}"
 
 

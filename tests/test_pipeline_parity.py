@@ -21,9 +21,18 @@ from songflow.tasks.setup import guidance_for
 from songflow.tasks.text2music import build_text2music_plan
 
 T2M_RUNS = [
-    "t2m_euler_apg", "t2m_euler_cfg", "t2m_euler_cfg_star", "t2m_heun_apg", "t2m_pingpong_apg",
-    "t2m_double_condition", "t2m_erg_all_off", "t2m_erg_ui_default_instrumental", "t2m_oss_steps",
-    "t2m_batch2", "t2m_pingpong_batch2", "src_t2m_long",
+    "t2m_euler_apg",
+    "t2m_euler_cfg",
+    "t2m_euler_cfg_star",
+    "t2m_heun_apg",
+    "t2m_pingpong_apg",
+    "t2m_double_condition",
+    "t2m_erg_all_off",
+    "t2m_erg_ui_default_instrumental",
+    "t2m_oss_steps",
+    "t2m_batch2",
+    "t2m_pingpong_batch2",
+    "src_t2m_long",
 ]
 # sampling amplifies float32 rounding differences (APG scale 15 over several steps)
 LATENT_RTOL = 1e-4
@@ -34,7 +43,9 @@ ERRORS: dict[str, float] = {}
 def transformer(golden_models_dir: Path):
     from songflow.weights import load_transformer
 
-    return load_transformer(golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu").eval()
+    return load_transformer(
+        golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu"
+    ).eval()
 
 
 def _run(golden_dir: Path, name: str):
@@ -45,9 +56,12 @@ def _run(golden_dir: Path, name: str):
 
 def _inputs(t: dict) -> TextInputs:
     return TextInputs(
-        text_states=t["inputs/text_hidden_states"], text_mask=t["inputs/text_attention_mask"],
-        speaker_embeds=t["inputs/speaker_embeds"], lyric_ids=t["inputs/lyric_token_ids"],
-        lyric_mask=t["inputs/lyric_mask"], text_states_erg=t.get("inputs/text_hidden_states_null"),
+        text_states=t["inputs/text_hidden_states"],
+        text_mask=t["inputs/text_attention_mask"],
+        speaker_embeds=t["inputs/speaker_embeds"],
+        lyric_ids=t["inputs/lyric_token_ids"],
+        lyric_mask=t["inputs/lyric_mask"],
+        text_states_erg=t.get("inputs/text_hidden_states_null"),
     )
 
 
@@ -55,9 +69,13 @@ def _encode(transformer, request, t):
     p = request.params
     guided = p.guidance_scale not in (0.0, 1.0)
     return encode_conditions(
-        transformer, _inputs(t), erg=ErgFlags(p.use_erg_tag, p.use_erg_lyric, p.use_erg_diffusion),
-        need_uncond=guided, need_text_only=guided and p.guidance_scale_text > 1 and p.guidance_scale_lyric > 1,
-        n_lyric_blocks=transformer.lyric_config.num_blocks, n_dit_blocks=transformer.config.num_layers,
+        transformer,
+        _inputs(t),
+        erg=ErgFlags(p.use_erg_tag, p.use_erg_lyric, p.use_erg_diffusion),
+        need_uncond=guided,
+        need_text_only=guided and p.guidance_scale_text > 1 and p.guidance_scale_lyric > 1,
+        n_lyric_blocks=transformer.lyric_config.num_blocks,
+        n_dit_blocks=transformer.config.num_layers,
     )
 
 
@@ -79,7 +97,9 @@ def test_text2music_run_matches_reference(golden_dir, transformer, name):
         plan.noise = lambda i: t[pingpong[i]]
     guided: dict[int, torch.Tensor] = {}
     plan.velocity = build_velocity(
-        transformer, conds, guidance_for(request.params, len(plan.sigmas) - 1),
+        transformer,
+        conds,
+        guidance_for(request.params, len(plan.sigmas) - 1),
         on_eval=lambda k, v: guided.__setitem__(k, v.get("guided", v["cond"])),
     )
     xs: dict[int, torch.Tensor] = {}

@@ -132,8 +132,14 @@ class Pipeline:
                 "to fetch it, or pass --vocab PATH"
             )
         return cls(
-            ckpt.transformer, ckpt.codec, ckpt.text_encoder, LyricTokenizer(vocab),
-            device=dev, dtype=dt, offload=offload, **kwargs,
+            ckpt.transformer,
+            ckpt.codec,
+            ckpt.text_encoder,
+            LyricTokenizer(vocab),
+            device=dev,
+            dtype=dt,
+            offload=offload,
+            **kwargs,
         )
 
     # -- stages --------------------------------------------------------------------------------------
@@ -157,7 +163,9 @@ class Pipeline:
         erg = None
         if with_erg:
             n_layers = getattr(enc, "num_layers", None) or 10**6
-            erg, _ = enc.encode([tags], query_scale=self.erg_layers.scale_for(self.erg_layers.text_blocks, n_layers))
+            erg, _ = enc.encode(
+                [tags], query_scale=self.erg_layers.scale_for(self.erg_layers.text_blocks, n_layers)
+            )
         rep = lambda t: None if t is None else t.to(self.device).repeat(batch, *([1] * (t.dim() - 1)))  # noqa: E731
         return rep(states).to(self.dtype), rep(mask).long(), None if erg is None else rep(erg).to(self.dtype)
 
@@ -181,20 +189,28 @@ class Pipeline:
                 request.tags, batch, with_erg=guided and erg.use_erg_tag and erg.use_erg_lyric
             )
         ids, lyric_mask = self.tokenize_lyrics(request.lyrics, batch)
-        speaker = torch.zeros(batch, self.transformer.config.speaker_embedding_dim, device=self.device,
-                              dtype=self.dtype)
+        speaker = torch.zeros(
+            batch, self.transformer.config.speaker_embedding_dim, device=self.device, dtype=self.dtype
+        )
         inputs = TextInputs(text, text_mask, speaker, ids, lyric_mask, text_erg)
         with self.placement.on_device(self.transformer), torch.inference_mode():
             return encode_conditions(
-                self.transformer, inputs, erg=erg, need_uncond=guided, need_text_only=need_text_only,
-                layers=self.erg_layers, n_lyric_blocks=self.transformer.lyric_config.num_blocks,
+                self.transformer,
+                inputs,
+                erg=erg,
+                need_uncond=guided,
+                need_text_only=need_text_only,
+                layers=self.erg_layers,
+                n_lyric_blocks=self.transformer.lyric_config.num_blocks,
                 n_dit_blocks=self.transformer.config.num_layers,
             )
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents [B,8,16,L] -> audio [B, 2, N] float32 on the CPU at ``output_sample_rate_hz``."""
         with self.placement.on_device(self.codec), torch.inference_mode():
-            audio = self.codec.decode(latents.to(self.device, self.dtype), sample_rate_hz=self.output_sample_rate_hz)
+            audio = self.codec.decode(
+                latents.to(self.device, self.dtype), sample_rate_hz=self.output_sample_rate_hz
+            )
         return audio.float().cpu()
 
     # -- entry point ---------------------------------------------------------------------------------
@@ -216,8 +232,14 @@ class Pipeline:
         generators = make_generators(list(seeds))
         noise = randn_per_sample((8, 16, n_frames), generators).to(self.device)
         plan = build_text2music_plan(
-            self.transformer, conds, request.params, noise, generators,
-            model_dtype=self.dtype, batch_passes=self.batch_passes, oss_dtype=self.dtype,
+            self.transformer,
+            conds,
+            request.params,
+            noise,
+            generators,
+            model_dtype=self.dtype,
+            batch_passes=self.batch_passes,
+            oss_dtype=self.dtype,
         )
         n_steps = len(plan.sigmas) - 1
         callback = (lambda i, sigma, x: progress(i + 1, n_steps)) if progress else None
@@ -229,5 +251,7 @@ class Pipeline:
         audio = self.decode(latents)
         timings["decode"] = time.perf_counter() - t0
         if not torch.isfinite(audio).all():
-            raise SongflowError("the model produced non-finite audio (NaN/inf); try float32 or other settings")
+            raise SongflowError(
+                "the model produced non-finite audio (NaN/inf); try float32 or other settings"
+            )
         return Result(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)

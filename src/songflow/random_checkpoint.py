@@ -17,12 +17,39 @@ from songflow.fileio import atomic_write_text
 
 # official special tokens of the lyric vocabulary (SPEC §6.1): id -> text
 LYRIC_SPECIAL_TOKENS = {
-    0: "[STOP]", 1: "[UNK]", 2: "[SPACE]", 259: "[en]", 260: "[de]", 261: "[START]", 262: "[fr]",
-    267: "[ru]", 284: "[es]", 285: "[it]", 286: "[pt]", 293: "[cs]", 294: "[pl]", 295: "[tr]",
-    297: "[nl]", 5022: "[ar]", 5023: "[zh-cn]", 5412: "[ja]", 5753: "[hu]", 6152: "[ko]", 6680: "[hi]",
-    6681: "[start]", 6682: "[intro]", 6683: "[verse]", 6684: "[chorus]", 6685: "[bridge]",
-    6686: "[outro]", 6687: "[end]", 6688: "[inst]", 6689: "[solo]", 6690: "[hook]",
-    6691: "[pre-chorus]", 6692: "[break]",
+    0: "[STOP]",
+    1: "[UNK]",
+    2: "[SPACE]",
+    259: "[en]",
+    260: "[de]",
+    261: "[START]",
+    262: "[fr]",
+    267: "[ru]",
+    284: "[es]",
+    285: "[it]",
+    286: "[pt]",
+    293: "[cs]",
+    294: "[pl]",
+    295: "[tr]",
+    297: "[nl]",
+    5022: "[ar]",
+    5023: "[zh-cn]",
+    5412: "[ja]",
+    5753: "[hu]",
+    6152: "[ko]",
+    6680: "[hi]",
+    6681: "[start]",
+    6682: "[intro]",
+    6683: "[verse]",
+    6684: "[chorus]",
+    6685: "[bridge]",
+    6686: "[outro]",
+    6687: "[end]",
+    6688: "[inst]",
+    6689: "[solo]",
+    6690: "[hook]",
+    6691: "[pre-chorus]",
+    6692: "[break]",
 }
 LYRIC_VOCAB_SIZE = 6693
 TAG_WORDS = (
@@ -37,7 +64,9 @@ def build_lyric_vocab(path: Path) -> Path:
     """A character-level ``tokenizers`` BPE vocab with the official special-token ids."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation) + [chr(c) for c in range(0xE0, 0x100)]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation) + [
+        chr(c) for c in range(0xE0, 0x100)
+    ]
     vocab: dict[str, int] = {}
     free = (i for i in range(LYRIC_VOCAB_SIZE) if i not in LYRIC_SPECIAL_TOKENS)
     for ch in chars:
@@ -68,12 +97,23 @@ def _write_text_encoder(folder: Path, d_model: int, n_layers: int, seed: int) ->
     atomic_write_text(folder / "special_tokens_map.json", json.dumps(special, indent=2))
     atomic_write_text(
         folder / "tokenizer_config.json",
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 256, **special}, indent=2),
+        json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 256, **special}, indent=2
+        ),
     )
     cfg = UMT5Config(
-        vocab_size=128, d_model=d_model, d_kv=d_model // 2, d_ff=2 * d_model, num_layers=n_layers,
-        num_heads=2, feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
-        relative_attention_max_distance=128, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        vocab_size=128,
+        d_model=d_model,
+        d_kv=d_model // 2,
+        d_ff=2 * d_model,
+        num_layers=n_layers,
+        num_heads=2,
+        feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     torch.manual_seed(seed)
     UMT5EncoderModel(cfg).save_pretrained(folder, safe_serialization=True)

@@ -63,7 +63,11 @@ class GenerationParams:
     legacy_heun_interval: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+        if (
+            isinstance(self.steps, bool)
+            or not isinstance(self.steps, int)
+            or not 1 <= self.steps <= MAX_STEPS
+        ):
             raise ConfigError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
         if self.sampler not in SAMPLER_NAMES:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {list(SAMPLER_NAMES)}")
@@ -71,8 +75,16 @@ class GenerationParams:
             raise ConfigError(f"unknown guidance {self.guidance!r}; choose one of {list(GUIDANCE_NAMES)}")
         if self.omega_mean_over not in ("sample", "batch"):
             raise ConfigError(f"omega_mean_over must be 'sample' or 'batch', got {self.omega_mean_over!r}")
-        for name in ("shift", "guidance_scale", "guidance_interval", "guidance_interval_decay",
-                     "min_guidance_scale", "guidance_scale_text", "guidance_scale_lyric", "omega_scale"):
+        for name in (
+            "shift",
+            "guidance_scale",
+            "guidance_interval",
+            "guidance_interval_decay",
+            "min_guidance_scale",
+            "guidance_scale_text",
+            "guidance_scale_lyric",
+            "omega_scale",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
@@ -90,7 +102,9 @@ class GenerationParams:
             if list(self.step_indices) != sorted(set(self.step_indices)):
                 raise ConfigError("step_indices must be strictly increasing")
             if self.sampler == "heun":
-                raise ConfigError("step_indices (oss_steps) work with the euler and pingpong samplers, not heun")
+                raise ConfigError(
+                    "step_indices (oss_steps) work with the euler and pingpong samplers, not heun"
+                )
         if self.seeds is not None:
             if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
                 raise ConfigError(f"seeds must be a non-empty list of integers, got {self.seeds!r}")
@@ -216,8 +230,12 @@ def request_from_official(data: dict[str, Any], *, reference_behaviour: bool = F
     if data.get("oss_steps") not in (None, "", []):
         params["step_indices"] = _official_int_list(data["oss_steps"])
     if reference_behaviour:
-        params.update(legacy_double_shift=True, omega_mean_over="batch", legacy_batch_noise=True,
-                      legacy_heun_interval=True)
+        params.update(
+            legacy_double_shift=True,
+            omega_mean_over="batch",
+            legacy_batch_noise=True,
+            legacy_heun_interval=True,
+        )
     return Text2Music(
         tags=data.get("prompt", ""),
         lyrics=data.get("lyrics", "") or "",

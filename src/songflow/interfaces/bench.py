@@ -89,11 +89,18 @@ def run_bench(args) -> dict[str, float]:
     transformer, codec = _build_components(args.config, device, dtype)
     cfg = transformer.config
     pipe = Pipeline(
-        transformer, codec, RandomTextEncoder(cfg.text_embedding_dim),
-        RandomLyricTokenizer(cfg.lyric_encoder_vocab_size), device=device, dtype=dtype, offload=args.offload,
+        transformer,
+        codec,
+        RandomTextEncoder(cfg.text_embedding_dim),
+        RandomLyricTokenizer(cfg.lyric_encoder_vocab_size),
+        device=device,
+        dtype=dtype,
+        offload=args.offload,
     )
     request = Text2Music(
-        tags="bench", lyrics="bench", duration_s=args.duration,
+        tags="bench",
+        lyrics="bench",
+        duration_s=args.duration,
         params=GenerationParams(steps=args.steps, seeds=(0,) * args.batch_size, batch_size=args.batch_size),
     )
     n_frames = pipe.geometry.frames_from_seconds(args.duration)
@@ -135,8 +142,10 @@ def run_bench(args) -> dict[str, float]:
         "peak_memory_mb": _peak_memory_mb(device),
     }
     n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
-    print(f"config={args.config} ({n_params:.1f}M DiT params) device={device} dtype={str(dtype)[6:]} "
-          f"duration={args.duration}s frames={n_frames} steps={args.steps} batch={args.batch_size}")
+    print(
+        f"config={args.config} ({n_params:.1f}M DiT params) device={device} dtype={str(dtype)[6:]} "
+        f"duration={args.duration}s frames={n_frames} steps={args.steps} batch={args.batch_size}"
+    )
     for key, value in figures.items():
         print(f"  {key:28s} {value:10.4f}")
     sys.stdout.flush()

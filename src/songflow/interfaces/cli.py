@@ -119,7 +119,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"unsupported output format {out.suffix!r}; use one of {sorted(SUPPORTED_FORMATS)}")
     ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else DEFAULT_CHECKPOINT_DIR
     pipe = Pipeline.from_pretrained(
-        ckpt, device=args.device, dtype=args.dtype, vocab_path=args.vocab, offload=args.offload,
+        ckpt,
+        device=args.device,
+        dtype=args.dtype,
+        vocab_path=args.vocab,
+        offload=args.offload,
         output_sample_rate_hz=args.sample_rate,
     )
     progress = None if args.quiet else _progress_printer()
@@ -127,12 +131,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     paths = _output_paths(out, request.params.batch_size)
     for path, audio in zip(paths, result.audio, strict=True):
         save_audio(path, audio, result.sample_rate_hz)
-    meta = {"checkpoint": str(ckpt), "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", "")}
+    meta = {
+        "checkpoint": str(ckpt),
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""),
+    }
     write_sidecar(sidecar_path(out), result, [p.name for p in paths], meta)
     if not args.quiet:
         t = result.timings_s
-        print(f"wrote {', '.join(map(str, paths))} and {sidecar_path(out)} "
-              f"(seeds {list(result.seeds)}; {sum(t.values()):.2f} s)", file=sys.stderr)
+        print(
+            f"wrote {', '.join(map(str, paths))} and {sidecar_path(out)} "
+            f"(seeds {list(result.seeds)}; {sum(t.values()):.2f} s)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -164,7 +175,9 @@ def cmd_random_checkpoint(args: argparse.Namespace) -> int:
     from songflow.random_checkpoint import build_random_checkpoint
 
     path = build_random_checkpoint(Path(args.dir), size=args.size, seed=args.seed)
-    print(f"random-weight {args.size} checkpoint written to {path} (it makes noise, not music)", file=sys.stderr)
+    print(
+        f"random-weight {args.size} checkpoint written to {path} (it makes noise, not music)", file=sys.stderr
+    )
     return 0
 
 
@@ -182,8 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lyrics", help="lyrics text, or @FILE to read them from a file")
     _add_dataclass_flags(gen, Text2Music, skip={"tags", "lyrics", "params"})
     _add_dataclass_flags(gen, GenerationParams, skip=set())
-    gen.add_argument("--from", dest="from_json", metavar="PARAMS.json",
-                     help="regenerate from a sidecar JSON written by an earlier run")
+    gen.add_argument(
+        "--from",
+        dest="from_json",
+        metavar="PARAMS.json",
+        help="regenerate from a sidecar JSON written by an earlier run",
+    )
     gen.add_argument("--out", default="song.wav", help="output file; the suffix picks the format")
     _add_runtime_flags(gen)
     gen.add_argument("--sample-rate", type=int, default=48000, choices=[44100, 48000])
@@ -205,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--dir", default=str(DEFAULT_CHECKPOINT_DIR))
     dl.set_defaults(func=cmd_download)
 
-    rnd = sub.add_parser("random-checkpoint", help="write a random-weight checkpoint folder (for tests/demos)")
+    rnd = sub.add_parser(
+        "random-checkpoint", help="write a random-weight checkpoint folder (for tests/demos)"
+    )
     rnd.add_argument("dir")
     rnd.add_argument("--size", default="tiny", choices=["tiny", "small"])
     rnd.add_argument("--seed", type=int, default=0)

@@ -131,7 +131,11 @@ def encode_conditions(
             if text_null is None:
                 text_null = torch.zeros_like(i.text_states)
             out.uncond = model.encode(
-                text_null, i.text_mask, i.speaker_embeds, i.lyric_ids, i.lyric_mask,
+                text_null,
+                i.text_mask,
+                i.speaker_embeds,
+                i.lyric_ids,
+                i.lyric_mask,
                 lyric_query_scale=lyric_scale,
             )
         else:
@@ -143,7 +147,11 @@ def encode_conditions(
     if need_text_only:
         if erg.use_erg_lyric:
             out.text_only = model.encode(
-                i.text_states, i.text_mask, i.speaker_embeds, i.lyric_ids, i.lyric_mask,
+                i.text_states,
+                i.text_mask,
+                i.speaker_embeds,
+                i.lyric_ids,
+                i.lyric_mask,
                 lyric_query_scale=lyric_scale,
             )
         else:
@@ -191,7 +199,9 @@ def _query_scale_rows(scales: list[dict[int, float] | None], batch: int, like: T
     out = {}
     for b in blocks:
         col = [(s or {}).get(b, 1.0) for s in scales]
-        out[b] = torch.tensor(col, dtype=like.dtype, device=like.device).repeat_interleave(batch).view(-1, 1, 1)
+        out[b] = (
+            torch.tensor(col, dtype=like.dtype, device=like.device).repeat_interleave(batch).view(-1, 1, 1)
+        )
     return out
 
 
@@ -240,8 +250,12 @@ def build_velocity(
         scale = None
         if spec.uses_guidance and conds.uncond is not None:
             scale = guidance_scale_at(
-                index, spec.n_steps, spec.scale,
-                interval=spec.interval, decay=spec.decay, min_scale=spec.min_scale,
+                index,
+                spec.n_steps,
+                spec.scale,
+                interval=spec.interval,
+                decay=spec.decay,
+                min_scale=spec.min_scale,
             )
         if scale is None:
             v = passes(x, sigma, ["cond"])
@@ -282,7 +296,12 @@ class Plan:
 def run_plan(plan: Plan, callback: Callable[[int, Tensor, Tensor], None] | None = None) -> Tensor:
     """Run ``plan`` through ``songflow.sampling.loop.sample`` and apply its finalisation."""
     x = sample(
-        plan.velocity, plan.x_init, plan.sigmas,
-        step=plan.step, noise=plan.noise, project=plan.project, callback=callback,
+        plan.velocity,
+        plan.x_init,
+        plan.sigmas,
+        step=plan.step,
+        noise=plan.noise,
+        project=plan.project,
+        callback=callback,
     )
     return plan.finalize(x) if plan.finalize is not None else x

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from songflow.requests import GenerationParams
-from songflow.sampling.noise import randn_per_sample
+from songflow.sampling.noise import step_noise_fn
 from songflow.sampling.schedules import flow_sigmas, oss_sigmas
 from songflow.sampling.steppers import Stepper, make_stepper
 from songflow.tasks.plan import GuidanceSpec
@@ -19,14 +19,19 @@ def sigmas_for(params: GenerationParams, *, oss_dtype: torch.dtype = torch.float
     """The sigma schedule [n+1] of a run: ``step_indices`` (oss_steps) if given, else ``steps`` steps."""
     if params.step_indices:
         return oss_sigmas(
-            list(params.step_indices), params.shift,
-            legacy_double_shift=params.legacy_double_shift, dtype=oss_dtype,
+            list(params.step_indices),
+            params.shift,
+            legacy_double_shift=params.legacy_double_shift,
+            dtype=oss_dtype,
+            sampler=params.sampler,
         )
     return flow_sigmas(params.steps, params.shift, legacy_double_shift=params.legacy_double_shift)
 
 
 def stepper_for(params: GenerationParams) -> Stepper:
-    return make_stepper(params.sampler, omega_scale=params.omega_scale, omega_mean_over=params.omega_mean_over)
+    return make_stepper(
+        params.sampler, omega_scale=params.omega_scale, omega_mean_over=params.omega_mean_over
+    )
 
 
 def guidance_for(params: GenerationParams, n_steps: int) -> GuidanceSpec:
@@ -59,7 +64,4 @@ def step_noise_for(
     """
     if params.sampler != "pingpong":
         return None
-    if params.legacy_batch_noise:
-        shape = (len(generators), *item_shape)
-        return lambda i: torch.empty(shape).normal_(generator=generators[0])
-    return lambda i: randn_per_sample(item_shape, generators)
+    return step_noise_fn(item_shape, generators, per_sample=not params.legacy_batch_noise)
