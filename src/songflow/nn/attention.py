@@ -102,17 +102,21 @@ class RotaryEmbedding(nn.Module):
 
 
 def check_query_scale(
-    query_scale: dict[int, float] | None, n_blocks: int, what: str = "block"
-) -> dict[int, float]:
-    """Validate an ERG ``{block_index: tau}`` map (negative indices count from the end) -> ``{i: tau}``."""
+    query_scale: dict[int, float | Tensor] | None, n_blocks: int, what: str = "block"
+) -> dict[int, float | Tensor]:
+    """Validate an ERG ``{block_index: tau}`` map (negative indices count from the end) -> ``{i: tau}``.
+
+    ``tau`` is a float, or a per-row tensor ``[B, 1, 1]`` when conditional and unconditional passes share
+    one batched call (only the unconditional rows are weakened).
+    """
     if not query_scale:
         return {}
-    out: dict[int, float] = {}
+    out: dict[int, float | Tensor] = {}
     for index, tau in query_scale.items():
         i = int(index)
         if not -n_blocks <= i < n_blocks:
             raise ValueError(f"query_scale: {what} index {index} out of range (the model has {n_blocks})")
-        out[i % n_blocks] = float(tau)
+        out[i % n_blocks] = tau if isinstance(tau, Tensor) else float(tau)
     return out
 
 
