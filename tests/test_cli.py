@@ -80,7 +80,8 @@ def test_generate_writes_audio_and_sidecar_and_from_reproduces_bit_for_bit(tiny_
         )
         == 0
     )
-    assert again.read_bytes() == out.read_bytes()
+    again_audio, _ = sf.read(again, dtype="float32")
+    assert again_audio.tobytes() == audio.tobytes()  # the samples, bit for bit (the WAV PEAK chunk has a time)
     assert not list(tmp_path.glob(".*.part*")), "temporary files left behind"
 
 

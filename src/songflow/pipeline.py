@@ -93,8 +93,8 @@ class Pipeline:
         output_sample_rate_hz: int = 48000,
         batch_passes: bool = True,
     ):
-        self.transformer = transformer
-        self.codec = codec
+        self.transformer = transformer.eval()
+        self.codec = codec.eval()
         self.text_encoder = text_encoder
         self.lyric_tokenizer = lyric_tokenizer
         self.device = torch.device(device)

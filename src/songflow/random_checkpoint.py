@@ -134,7 +134,9 @@ def build_random_checkpoint(root: Path, *, size: str = "tiny", seed: int = 0) ->
     root = Path(root)
     tcfg = TransformerConfig.tiny()
     lcfg = LyricEncoderConfig.tiny(input_size=tcfg.lyric_hidden_size)
-    dcfg, vcfg = DCAEConfig.tiny(), VocoderConfig.tiny()
+    # small widths, but the official audio geometry (44.1 kHz, hop 512, 128 mels) so the codec fits
+    dcfg = DCAEConfig.tiny()
+    vcfg = VocoderConfig(dims=(16, 24, 32, 32), num_mels=32, upsample_initial_channel=128)
     torch.manual_seed(seed)
     save_component(ACEStepTransformer(tcfg, lcfg), tcfg, root / "ace_step_transformer")
     lcfg.to_file(root / "ace_step_transformer" / "lyric_encoder_config.json")
