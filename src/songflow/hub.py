@@ -1,0 +1,143 @@
+"""Downloading the official checkpoint and the lyric vocabulary (the only module that talks to a network).
+
+* :func:`download_checkpoint` fetches exactly the files of the four checkpoint folders (SPEC §1) from the
+  Hugging Face Hub into a plain folder (``--local-dir`` layout, no symlinked cache), then validates it.
+* :func:`fetch_lyric_vocab` fetches the official lyric BPE ``vocab.json`` (not part of the HF repo; it lives
+  in the GitHub sources) from a pinned commit and checks its sha256 before writing it.
+
+Nothing here runs at import time or from library code paths: the CLI (``songflow download``) calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from songflow.errors import CheckpointError
+from songflow.fileio import atomic_write_bytes
+from songflow.weights import CHECKPOINT_FILES, OPTIONAL_CHECKPOINT_FILES, validate_checkpoint_dir
+
+DEFAULT_REPO_ID = "ACE-Step/ACE-Step-v1-3.5B"
+
+# acestep/models/lyrics_utils/vocab.json of github.com/ace-step/ACE-Step at commit d612523 (SPEC §0, §6.1).
+VOCAB_URL = (
+    "https://raw.githubusercontent.com/ace-step/ACE-Step/d612523/acestep/models/lyrics_utils/vocab.json"
+)
+VOCAB_SHA256 = "c2a66ea48c478c0bb9acb5497144b926acdeaa37128faa799508d40f2b9cc558"
+VOCAB_SIZE_BYTES = 364005
+VOCAB_NAME = "vocab.json"
+
+
+def checkpoint_allow_patterns() -> list[str]:
+    """The repo paths :func:`download_checkpoint` fetches: the required files of the four folders plus the
+    optional ones (nothing else, e.g. no quantized ``.bin`` variants)."""
+    required = [f"{folder}/{name}" for folder, names in CHECKPOINT_FILES.items() for name in names]
+    return required + list(OPTIONAL_CHECKPOINT_FILES)
+
+
+def download_checkpoint(
+    repo_id: str = DEFAULT_REPO_ID,
+    local_dir: str | Path = "checkpoints",
+    *,
+    revision: str | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Download the checkpoint files of ``repo_id`` into ``local_dir`` and return the validated folder.
+
+    Files already present and unchanged are not downloaded again (huggingface_hub keeps their metadata in
+    ``<local_dir>/.cache/huggingface``). ``endpoint`` overrides the Hub URL (a mirror; else ``HF_ENDPOINT``
+    or huggingface.co). Raises CheckpointError with the reason when the Hub cannot be reached or the result
+    is incomplete.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    local_dir = Path(local_dir).expanduser()
+    where = endpoint or constants.ENDPOINT
+    manual = f"huggingface-cli download {repo_id} --local-dir {local_dir}"
+    try:
+        snapshot_download(
+            repo_id,
+            local_dir=str(local_dir),
+            revision=revision,
+            endpoint=endpoint,
+            allow_patterns=checkpoint_allow_patterns(),
+        )
+    except RevisionNotFoundError as exc:
+        raise CheckpointError(f"revision {revision!r} of {repo_id} not found on {where}") from exc
+    except GatedRepoError as exc:
+        raise CheckpointError(f"{repo_id} on {where} is gated: log in with `huggingface-cli login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise CheckpointError(f"repository {repo_id} not found on {where} (check the name)") from exc
+    except LocalEntryNotFoundError as exc:
+        offline = " HF_HUB_OFFLINE is set: unset it to download." if constants.HF_HUB_OFFLINE else ""
+        raise CheckpointError(
+            f"cannot reach {where} to download {repo_id} and no complete copy is in {local_dir}.{offline} "
+            f"Check your internet connection (or proxy / HF_ENDPOINT), or download the folder elsewhere with "
+            f"`{manual}` and copy it here."
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise CheckpointError(
+            f"downloading {repo_id} from {where} failed: {exc}. Try again or `{manual}`."
+        ) from exc
+    try:
+        return validate_checkpoint_dir(local_dir)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"the download of {repo_id} into {local_dir} is incomplete (is {where} reachable?).\n{exc}"
+        ) from exc
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch_lyric_vocab(
+    dest_dir: str | Path,
+    *,
+    url: str = VOCAB_URL,
+    sha256: str = VOCAB_SHA256,
+    timeout_s: float = 60.0,
+) -> Path:
+    """Download the official lyric ``vocab.json`` to ``<dest_dir>/vocab.json`` and return its path.
+
+    The bytes are checked against ``sha256`` before anything is written (mismatch -> CheckpointError, no
+    file); the write is atomic. A file already there with the right hash is kept without any download.
+    """
+    dest = Path(dest_dir).expanduser() / VOCAB_NAME
+    if dest.is_file() and _sha256(dest.read_bytes()) == sha256:
+        return dest
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            data = response.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise CheckpointError(
+            f"cannot download the lyric vocabulary from {url}: {exc}. Check your internet connection, or"
+            f"download that file by hand and save it as {dest} (sha256 {sha256})."
+        ) from exc
+    digest = _sha256(data)
+    if digest != sha256:
+        raise CheckpointError(
+            f"the lyric vocabulary downloaded from {url} has sha256 {digest} ({len(data)} bytes), expected "
+            f"{sha256}: refusing to use it (nothing written to {dest})."
+        )
+    atomic_write_bytes(dest, data)
+    return dest
+
+
+def find_lyric_vocab(checkpoint_root: str | Path) -> Path | None:
+    """The lyric vocab of a checkpoint: ``<root>/vocab.json``, else
+    ``<root>/ace_step_transformer/vocab.json``, else None."""
+    root = Path(checkpoint_root).expanduser()
+    for candidate in (root / VOCAB_NAME, root / "ace_step_transformer" / VOCAB_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
