@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# OpenMP threads spin while they wait by default, which starves the other core of a 2-core machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("SONGFLOW_SHARED_DIR", REPO_ROOT.parent / "shared"))

@@ -95,6 +95,7 @@ class Pipeline:
     ):
         self.transformer = transformer.eval()
         self.codec = codec.eval()
+        self.codec.vocoder.fold_weight_norm()  # inference only: weight = g * v / |v| computed once
         self.text_encoder = text_encoder
         self.lyric_tokenizer = lyric_tokenizer
         self.device = torch.device(device)

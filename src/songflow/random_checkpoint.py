@@ -119,24 +119,34 @@ def _write_text_encoder(folder: Path, d_model: int, n_layers: int, seed: int) ->
     UMT5EncoderModel(cfg).save_pretrained(folder, safe_serialization=True)
 
 
+def tiny_configs():
+    """(transformer, lyric encoder, DCAE, vocoder) configs of the tiny random model.
+
+    Small widths, but the official audio geometry (44.1 kHz, hop 512, 128 mels) so the codec fits.
+    """
+    from songflow.models.dcae import DCAEConfig
+    from songflow.models.lyric_encoder import LyricEncoderConfig
+    from songflow.models.transformer import TransformerConfig
+    from songflow.models.vocoder import VocoderConfig
+
+    tcfg = TransformerConfig.tiny()
+    lcfg = LyricEncoderConfig.tiny(input_size=tcfg.lyric_hidden_size)
+    vcfg = VocoderConfig(dims=(16, 24, 32, 32), num_mels=32, upsample_initial_channel=128)
+    return tcfg, lcfg, DCAEConfig.tiny(), vcfg
+
+
 def build_random_checkpoint(root: Path, *, size: str = "tiny", seed: int = 0) -> Path:
     """Write ``root/{ace_step_transformer,music_dcae_f8c8,music_vocoder,umt5-base}`` + ``vocab.json``."""
     from songflow.errors import ConfigError
-    from songflow.models.codec import MusicCodec  # noqa: F401  (validates the pair loads together)
-    from songflow.models.dcae import DCAE, DCAEConfig
-    from songflow.models.lyric_encoder import LyricEncoderConfig
-    from songflow.models.transformer import ACEStepTransformer, TransformerConfig
-    from songflow.models.vocoder import Vocoder, VocoderConfig
+    from songflow.models.dcae import DCAE
+    from songflow.models.transformer import ACEStepTransformer
+    from songflow.models.vocoder import Vocoder
     from songflow.weights import save_component
 
     if size != "tiny":
         raise ConfigError(f"unknown random checkpoint size {size!r}; only 'tiny' is available")
     root = Path(root)
-    tcfg = TransformerConfig.tiny()
-    lcfg = LyricEncoderConfig.tiny(input_size=tcfg.lyric_hidden_size)
-    # small widths, but the official audio geometry (44.1 kHz, hop 512, 128 mels) so the codec fits
-    dcfg = DCAEConfig.tiny()
-    vcfg = VocoderConfig(dims=(16, 24, 32, 32), num_mels=32, upsample_initial_channel=128)
+    tcfg, lcfg, dcfg, vcfg = tiny_configs()
     torch.manual_seed(seed)
     save_component(ACEStepTransformer(tcfg, lcfg), tcfg, root / "ace_step_transformer")
     lcfg.to_file(root / "ace_step_transformer" / "lyric_encoder_config.json")

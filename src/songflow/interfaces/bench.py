@@ -53,10 +53,9 @@ def _build_components(config: str, device: torch.device, dtype: torch.dtype):
     from songflow.models.vocoder import Vocoder, VocoderConfig
 
     if config == "tiny":
-        tcfg, dcfg, vcfg = TransformerConfig.tiny(), DCAEConfig.tiny(), VocoderConfig.tiny()
-        from songflow.models.lyric_encoder import LyricEncoderConfig
+        from songflow.random_checkpoint import tiny_configs
 
-        lcfg = LyricEncoderConfig.tiny(input_size=tcfg.lyric_hidden_size)
+        tcfg, lcfg, dcfg, vcfg = tiny_configs()
     elif config == "full":
         tcfg, dcfg, vcfg, lcfg = TransformerConfig(), DCAEConfig(), VocoderConfig(), None
     else:
