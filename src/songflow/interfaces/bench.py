@@ -60,10 +60,32 @@ def _build_components(config: str, device: torch.device, dtype: torch.dtype):
         tcfg, dcfg, vcfg, lcfg = TransformerConfig(), DCAEConfig(), VocoderConfig(), None
     else:
         raise ConfigError(f"--config must be 'tiny' or 'full', got {config!r}")
-    with torch.device(device):
-        transformer = ACEStepTransformer(tcfg, lcfg).to(dtype).eval()
-        codec = MusicCodec(DCAE(dcfg), Vocoder(vcfg)).to(dtype).eval()
-    return transformer, codec
+    # built on the meta device and materialised in the target dtype: no float32 copy of a 3.5B model
+    with torch.device("meta"):
+        transformer = ACEStepTransformer(tcfg, lcfg)
+        codec = MusicCodec(DCAE(dcfg), Vocoder(vcfg))
+    modules = []
+    for module in (transformer, codec):
+        module = module.to(dtype).to_empty(device=device).eval()
+        _random_init(module)
+        modules.append(module)
+    return tuple(modules)
+
+
+@torch.no_grad()
+def _random_init(module: torch.nn.Module) -> None:
+    """Weights N(0, 0.02), norm/gain vectors 1, other vectors 0: finite activations at any depth."""
+    g = torch.Generator(device=next(module.parameters()).device).manual_seed(0)
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            p.normal_(0.0, 0.02, generator=g)
+        elif name.endswith(("weight", "weight_g", "gamma")):
+            p.fill_(1.0)
+        else:
+            p.zero_()
+    for b in module.buffers():  # the vocoder's mel buffers; decoding does not read them
+        if b.is_floating_point():
+            b.copy_(torch.rand_like(b))
 
 
 def _peak_memory_mb(device: torch.device) -> float:
