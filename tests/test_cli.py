@@ -217,3 +217,11 @@ def test_result_request_regenerates_the_result(pipe):
     second = pipe.generate(first.request)
     assert torch.equal(first.audio, second.audio)
     assert replace(first.request) == second.request
+
+
+def test_typed_line_breaks_and_lyrics_files(tmp_path):
+    from songflow.interfaces.cli import _read_lyrics
+
+    assert _read_lyrics("[verse]\\nla la") == "[verse]\nla la"
+    (tmp_path / "l.txt").write_text("[chorus]\nhey\\n", encoding="utf-8")
+    assert _read_lyrics(f"@{tmp_path / 'l.txt'}") == "[chorus]\nhey\\n"  # file text is taken as written

@@ -85,6 +85,9 @@ def build_lyric_vocab(path: Path) -> Path:
 def _write_text_encoder(folder: Path, d_model: int, n_layers: int, seed: int) -> None:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import UMT5Config, UMT5EncoderModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     folder.mkdir(parents=True, exist_ok=True)
     words = ["<pad>", "</s>", "<unk>", *TAG_WORDS]

@@ -58,8 +58,11 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: set[s
 
 
 def _read_lyrics(value: str | None) -> str | None:
-    if value is None or not value.startswith("@"):
-        return value
+    """``--lyrics`` text (a typed ``\\n`` becomes a line break) or ``@FILE``."""
+    if value is None:
+        return None
+    if not value.startswith("@"):
+        return value.replace("\\n", "\n")
     path = Path(value[1:])
     try:
         return path.read_text(encoding="utf-8")
@@ -192,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate a song from tags and lyrics")
     gen.add_argument("--tags", help="style tags, e.g. 'funk, pop, 105 BPM, energetic, guitar'")
-    gen.add_argument("--lyrics", help="lyrics text, or @FILE to read them from a file")
+    gen.add_argument("--lyrics", help="lyrics text (type \\n for a line break), or @FILE to read a file")
     _add_dataclass_flags(gen, Text2Music, skip={"tags", "lyrics", "params"})
     _add_dataclass_flags(gen, GenerationParams, skip=set())
     gen.add_argument(

@@ -190,6 +190,9 @@ class UMT5TextEncoder:
     def _load_model(self) -> nn.Module:
         from safetensors import SafetensorError
         from transformers import UMT5EncoderModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a per-file progress bar is noise for a 1-file model
 
         if not (self.folder / "model.safetensors").is_file():
             pickles = sorted(p.name for p in self.folder.glob("*.bin"))
