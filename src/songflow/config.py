@@ -30,6 +30,22 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+def read_json_object(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Parse a JSON file that must hold an object; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} not found: {path}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
+
+
 class JsonConfig:
     """Mixin for frozen dataclass configs with a JSON round trip."""
 
@@ -65,15 +81,7 @@ class JsonConfig:
 
     @classmethod
     def from_json(cls: type[C], path: str | Path) -> C:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
+        data = read_json_object(path)
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import typing
@@ -93,13 +92,10 @@ def _request_from_args(args: argparse.Namespace):
 
 
 def _load_sidecar(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SongflowError(f"cannot read {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or "request" not in data:
+    from songflow.config import read_json_object
+
+    data = read_json_object(path, "parameters file")
+    if "request" not in data:
         raise ConfigError(f"{path} is not a songflow parameters file (no 'request' key)")
     return data
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from songflow.config import JsonConfig
+from songflow.config import JsonConfig, read_json_object
 from songflow.errors import ConfigError
 from songflow.nn.attention import check_query_scale
 from songflow.nn.conformer import RelPositionTransformerLayer
@@ -130,15 +130,7 @@ class LyricEncoderConfig(JsonConfig):
     @classmethod
     def from_file(cls, path: str | Path) -> LyricEncoderConfig:
         """Read ``lyric_encoder_config.json``: its ``"conformer_encoder_args"`` (or a flat args object)."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"lyric encoder config not found: {path}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
+        data = read_json_object(path, "lyric encoder config")
         args = data.get(cls._ARGS_KEY, data)
         if not isinstance(args, dict):
             raise ConfigError(f"{path}: {cls._ARGS_KEY!r} must be a JSON object")
