@@ -225,3 +225,13 @@ def test_typed_line_breaks_and_lyrics_files(tmp_path):
     assert _read_lyrics("[verse]\\nla la") == "[verse]\nla la"
     (tmp_path / "l.txt").write_text("[chorus]\nhey\\n", encoding="utf-8")
     assert _read_lyrics(f"@{tmp_path / 'l.txt'}") == "[chorus]\nhey\\n"  # file text is taken as written
+
+
+def test_random_checkpoint_is_audible_and_runs_in_half_precision(tiny_ckpt, pipe):
+    from songflow.pipeline import Pipeline
+
+    full = pipe.generate(_request(seeds=(1,)))
+    assert full.audio.pow(2).mean().sqrt() > 1e-3, "the demo checkpoint must not produce silence"
+    half = Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="bfloat16").generate(_request(seeds=(1,)))
+    assert half.audio.shape == full.audio.shape and torch.isfinite(half.audio).all()
+    assert half.latents.dtype == torch.float32

@@ -154,7 +154,12 @@ def build_random_checkpoint(root: Path, *, size: str = "tiny", seed: int = 0) ->
     save_component(ACEStepTransformer(tcfg, lcfg), tcfg, root / "ace_step_transformer")
     lcfg.to_file(root / "ace_step_transformer" / "lyric_encoder_config.json")
     save_component(DCAE(dcfg), dcfg, root / "music_dcae_f8c8")
-    save_component(Vocoder(vcfg), vcfg, root / "music_vocoder")
+    vocoder = Vocoder(vcfg)
+    with torch.no_grad():  # unit-ish gain per conv: default init decays to silence over 7 upsampling stages
+        for name, param in vocoder.named_parameters():
+            if name.endswith("weight_g"):
+                param.fill_(1.3)
+    save_component(vocoder, vcfg, root / "music_vocoder")
     _write_text_encoder(root / "umt5-base", d_model=tcfg.text_embedding_dim, n_layers=2, seed=seed)
     build_lyric_vocab(root / "vocab.json")
     return root
