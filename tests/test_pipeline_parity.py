@@ -17,7 +17,7 @@ import torch
 from conftest import assert_close, load_tensors
 from songflow.requests import request_from_official
 from songflow.tasks.plan import ErgFlags, TextInputs, build_velocity, encode_conditions, run_plan
-from songflow.tasks.setup import guidance_for
+from songflow.tasks.setup import TaskContext, guidance_for
 from songflow.tasks.text2music import build_text2music_plan
 
 T2M_RUNS = [
@@ -91,7 +91,7 @@ def test_text2music_run_matches_reference(golden_dir, transformer, name):
             assert torch.equal(got.mask.float(), t["encoder/cond/mask"])
 
     noise = t["noise/00_text2music_diffusion_process"]
-    plan = build_text2music_plan(transformer, conds, request.params, noise, generators=[])
+    plan = build_text2music_plan(TaskContext(transformer, conds, request.params), noise)
     pingpong = sorted(k for k in t if k.startswith("noise/pingpong_step_"))
     if pingpong:
         plan.noise = lambda i: t[pingpong[i]]
@@ -130,10 +130,10 @@ def test_batch_coupling_is_reference_only(golden_dir, transformer):
     noise = t["noise/00_text2music_diffusion_process"]
     with torch.inference_mode():
         conds = _encode(transformer, request, t)
-        batch = run_plan(build_text2music_plan(transformer, conds, request.params, noise, []))
+        batch = run_plan(build_text2music_plan(TaskContext(transformer, conds, request.params), noise))
         one = replace(request.params, batch_size=1, seeds=request.params.seeds[:1])
         conds1 = _encode(transformer, replace(request, params=one), {k: v[:1] for k, v in t.items()})
-        single = run_plan(build_text2music_plan(transformer, conds1, one, noise[:1], []))
+        single = run_plan(build_text2music_plan(TaskContext(transformer, conds1, one), noise[:1]))
     assert_close(batch[:1], single, rtol=1e-5, name="batch item 0 vs single")
     # the reference result differs from the per-sample one by far more than rounding
     assert (t["final_latents"] - batch).abs().max() > 1e-3

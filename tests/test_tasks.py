@@ -16,6 +16,7 @@ from songflow.tasks.plan import (
     encode_conditions,
     run_plan,
 )
+from songflow.tasks.setup import TaskContext
 from songflow.tasks.text2music import build_text2music_plan
 
 
@@ -45,7 +46,9 @@ def _conds(batch: int = 1) -> ConditionSet:
 
 def _guided_evals(params: GenerationParams) -> list[int]:
     model = FakeModel()
-    plan = build_text2music_plan(model, _conds(), params, torch.randn(1, 8, 16, 5), [torch.Generator()])
+    plan = build_text2music_plan(
+        TaskContext(model, _conds(), params, [torch.Generator()]), torch.randn(1, 8, 16, 5)
+    )
     run_plan(plan)
     return [k for k, call in enumerate(model.calls) if call["batch"] == 2]
 

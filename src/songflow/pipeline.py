@@ -22,6 +22,7 @@ from songflow.errors import ConfigError, SongflowError
 from songflow.requests import Request, Text2Music
 from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
 from songflow.tasks.plan import ConditionSet, ErgFlags, ErgLayers, TextInputs, encode_conditions, run_plan
+from songflow.tasks.setup import TaskContext
 from songflow.tasks.text2music import build_text2music_plan
 
 ProgressFn = Callable[[int, int], None]
@@ -232,16 +233,16 @@ class Pipeline:
         n_frames = self.geometry.frames_from_seconds(request.duration_s)
         generators = make_generators(list(seeds))
         noise = randn_per_sample((8, 16, n_frames), generators).to(self.device)
-        plan = build_text2music_plan(
+        ctx = TaskContext(
             self.transformer,
             conds,
             request.params,
-            noise,
             generators,
             model_dtype=self.dtype,
             batch_passes=self.batch_passes,
             oss_dtype=self.dtype,
         )
+        plan = build_text2music_plan(ctx, noise)
         n_steps = len(plan.sigmas) - 1
         callback = (lambda i, sigma, x: progress(i + 1, n_steps)) if progress else None
         with self.placement.on_device(self.transformer), torch.inference_mode():

@@ -4,6 +4,7 @@ sigma schedule, stepper, guidance spec, and per-step noise."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -12,7 +13,35 @@ from songflow.requests import GenerationParams
 from songflow.sampling.noise import step_noise_fn
 from songflow.sampling.schedules import flow_sigmas, oss_sigmas
 from songflow.sampling.steppers import Stepper, make_stepper
-from songflow.tasks.plan import GuidanceSpec
+from songflow.tasks.plan import ConditionSet, DiffusionModel, GuidanceSpec, VelocityFn, build_velocity
+
+
+@dataclass
+class TaskContext:
+    """What every task builder receives besides its own inputs.
+
+    ``generators``: one CPU generator per batch item for the main seeds (already advanced past any
+    initial noise drawn from them); ``retake_generators`` likewise for retake seeds (or None).
+    """
+
+    model: DiffusionModel
+    conds: ConditionSet
+    params: GenerationParams
+    generators: list[torch.Generator] = field(default_factory=list)
+    retake_generators: list[torch.Generator] | None = None
+    model_dtype: torch.dtype = torch.float32
+    batch_passes: bool = True
+    oss_dtype: torch.dtype = torch.float32
+
+    def velocity(self, n_steps: int, conds: ConditionSet | None = None) -> VelocityFn:
+        """The guided velocity for a run of ``n_steps`` sampler steps (interval computed on that N)."""
+        return build_velocity(
+            self.model,
+            conds or self.conds,
+            guidance_for(self.params, n_steps),
+            model_dtype=self.model_dtype,
+            batch_passes=self.batch_passes,
+        )
 
 
 def sigmas_for(params: GenerationParams, *, oss_dtype: torch.dtype = torch.float32) -> Tensor:
