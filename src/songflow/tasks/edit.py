@@ -50,6 +50,7 @@ from torch import Tensor
 
 from songflow.errors import ConfigError
 from songflow.models.transformer import Conditions
+from songflow.requests import EDIT_PRESETS
 from songflow.sampling.guidance import ApgState, apg, cfg, cfg_zero_star, guidance_scale_at
 from songflow.sampling.steppers import Stepper, euler_step, evals_per_step, make_stepper
 from songflow.tasks.plan import (
@@ -65,7 +66,6 @@ from songflow.tasks.setup import TaskContext, guidance_for, sigmas_for
 
 __all__ = ["EDIT_PRESETS", "check_edit_range", "edit_step_range", "encode_edit_conditions", "run_edit"]
 
-EDIT_PRESETS: dict[str, tuple[float, float]] = {"only_lyrics": (0.6, 1.0), "remix": (0.2, 0.4)}
 """UI presets ``name -> (n_min_frac, n_max_frac)`` (official UI, ``n_avg`` 1)."""
 
 EvalHook = Callable[[str, Tensor], None]
