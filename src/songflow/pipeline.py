@@ -18,11 +18,25 @@ import torch
 from torch import Tensor, nn
 
 from songflow.audio.geometry import OFFICIAL_GEOMETRY, LatentGeometry
-from songflow.errors import ConfigError, SongflowError
-from songflow.requests import Request, Text2Music
+from songflow.errors import AudioError, ConfigError, SongflowError
+from songflow.requests import (
+    AudioToAudio,
+    Edit,
+    Extend,
+    GenerationParams,
+    Repaint,
+    Request,
+    Retake,
+    Text2Music,
+)
 from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
+from songflow.tasks.audio2audio import build_audio2audio_plan
+from songflow.tasks.edit import encode_edit_conditions, run_edit
+from songflow.tasks.extend import run_extend
 from songflow.tasks.plan import ConditionSet, ErgFlags, ErgLayers, TextInputs, encode_conditions, run_plan
-from songflow.tasks.setup import TaskContext
+from songflow.tasks.repaint import build_repaint_plan
+from songflow.tasks.retake import build_retake_plan
+from songflow.tasks.setup import TaskContext, sigmas_for
 from songflow.tasks.text2music import build_text2music_plan
 
 ProgressFn = Callable[[int, int], None]
@@ -106,6 +120,7 @@ class Pipeline:
         self.output_sample_rate_hz = output_sample_rate_hz
         self.batch_passes = batch_passes
         self.erg_layers = ErgLayers()
+        self._loras: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_pretrained(
@@ -147,16 +162,35 @@ class Pipeline:
     # -- stages --------------------------------------------------------------------------------------
 
     def check_request(self, request: Request) -> None:
-        if not isinstance(request, Text2Music):
-            raise ConfigError(f"task {request.task!r} is not supported by this pipeline yet")
-        max_s = self.geometry.max_duration_s
-        if request.duration_s > max_s:
-            raise ConfigError(
-                f"duration_s {request.duration_s} is longer than the model's maximum of {max_s} s"
+        if request.task not in _RUNNERS:
+            raise ConfigError(f"task {request.task!r} is not supported; choose one of {sorted(_RUNNERS)}")
+        duration = getattr(request, "duration_s", None)
+        if duration is not None:
+            max_s = self.geometry.max_duration_s
+            if duration > max_s:
+                raise ConfigError(f"duration_s {duration} is longer than the model's maximum of {max_s} s")
+            if self.geometry.frames_from_seconds(duration) < 1:
+                min_s = self.geometry.seconds_from_frames(1)
+                raise ConfigError(f"duration_s {duration} is too short; the minimum is {min_s:.3f} s")
+
+    def load_source(self, path: str, *, what: str, allow_long: bool = False) -> Tensor:
+        """Read an audio file and encode it: latents [1, 8, 16, L] on the pipeline's device."""
+        from songflow.audio.io import load_audio, to_stereo
+
+        wav, sr = load_audio(path)
+        wav = to_stereo(wav)
+        if wav.abs().max() < 1e-4:
+            raise AudioError(f"the {what} {path} is silent; give a recording with audible sound")
+        n_frames = self.codec.latent_frames_for(wav.shape[-1], sr)
+        if n_frames < 1:
+            raise AudioError(f"the {what} {path} is too short ({wav.shape[-1] / sr:.3f} s)")
+        if not allow_long and n_frames > self.geometry.max_frames:
+            raise AudioError(
+                f"the {what} {path} lasts {wav.shape[-1] / sr:.1f} s; this task handles up to "
+                f"{self.geometry.max_duration_s:.0f} s (cut it, or use extend to grow a song past that)"
             )
-        if self.geometry.frames_from_seconds(request.duration_s) < 1:
-            min_s = self.geometry.seconds_from_frames(1)
-            raise ConfigError(f"duration_s {request.duration_s} is too short; the minimum is {min_s:.3f} s")
+        with self.placement.on_device(self.codec), torch.inference_mode():
+            return self.codec.encode(wav[None].to(self.device, self.dtype), sample_rate_hz=sr).float()
 
     def encode_text(self, tags: str, batch: int, with_erg: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """UMT5 states [B, Lt, Dt], mask [B, Lt] and (if ``with_erg``) the ERG-tag null states."""
@@ -181,20 +215,25 @@ class Pipeline:
         as_t = lambda v: torch.tensor([v], dtype=torch.long, device=self.device).repeat(batch, 1)  # noqa: E731
         return as_t(ids), as_t(mask)
 
-    def encode_conditions(self, request: Text2Music, batch: int) -> ConditionSet:
-        p = request.params
-        erg = ErgFlags(p.use_erg_tag, p.use_erg_lyric, p.use_erg_diffusion)
-        guided = p.guidance_scale not in (0.0, 1.0)
-        need_text_only = guided and p.guidance_scale_text > 1.0 and p.guidance_scale_lyric > 1.0
+    def text_inputs(self, tags: str, lyrics: str, batch: int, *, with_erg_text: bool) -> TextInputs:
+        """Encoder inputs for one prompt, repeated to ``batch`` (speaker embedding: zeros, as released)."""
         with self.placement.on_device(getattr(self.text_encoder, "module", None)):
-            text, text_mask, text_erg = self.encode_text(
-                request.tags, batch, with_erg=guided and erg.use_erg_tag and erg.use_erg_lyric
-            )
-        ids, lyric_mask = self.tokenize_lyrics(request.lyrics, batch)
+            text, text_mask, text_erg = self.encode_text(tags, batch, with_erg=with_erg_text)
+        ids, lyric_mask = self.tokenize_lyrics(lyrics, batch)
         speaker = torch.zeros(
             batch, self.transformer.config.speaker_embedding_dim, device=self.device, dtype=self.dtype
         )
-        inputs = TextInputs(text, text_mask, speaker, ids, lyric_mask, text_erg)
+        return TextInputs(text, text_mask, speaker, ids, lyric_mask, text_erg)
+
+    def encode_conditions(self, tags: str, lyrics: str, params: GenerationParams) -> ConditionSet:
+        """Conditional, null and (double-condition) text-only conditions for one prompt."""
+        p = params
+        erg = ErgFlags(p.use_erg_tag, p.use_erg_lyric, p.use_erg_diffusion)
+        guided = p.guidance_scale not in (0.0, 1.0)
+        need_text_only = guided and p.guidance_scale_text > 1.0 and p.guidance_scale_lyric > 1.0
+        inputs = self.text_inputs(
+            tags, lyrics, p.batch_size, with_erg_text=guided and erg.use_erg_tag and erg.use_erg_lyric
+        )
         with self.placement.on_device(self.transformer), torch.inference_mode():
             return encode_conditions(
                 self.transformer,
@@ -217,38 +256,49 @@ class Pipeline:
 
     # -- entry point ---------------------------------------------------------------------------------
 
-    def generate(self, request: Request, *, progress: ProgressFn | None = None) -> Result:
-        """Run one request; see :class:`Result`."""
-        self.check_request(request)
+    def resolve_seeds(self, request: Request) -> Request:
+        """Fill in random seeds (and retake seeds) so the returned request regenerates the output."""
         p = request.params
         seeds = tuple(parse_seeds(list(p.seeds) if p.seeds else None, p.batch_size))
         request = replace(request, params=replace(p, seeds=seeds))
+        if hasattr(request, "retake_seeds"):
+            retake = request.retake_seeds
+            request = replace(
+                request, retake_seeds=tuple(parse_seeds(list(retake) if retake else None, p.batch_size))
+            )
+        return request
+
+    def generate(self, request: Request, *, progress: ProgressFn | None = None) -> Result:
+        """Run one request of any task; see :class:`Result`."""
+        self.check_request(request)
+        request = self.resolve_seeds(request)
+        p = request.params
         timings: dict[str, float] = {}
 
+        # 1. conditions (tags, lyrics) and the source audio, encoded once
         t0 = time.perf_counter()
-        conds = self.encode_conditions(request, p.batch_size)
-        timings["preprocess"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        n_frames = self.geometry.frames_from_seconds(request.duration_s)
-        generators = make_generators(list(seeds))
-        noise = randn_per_sample((8, 16, n_frames), generators).to(self.device)
+        self.apply_loras(request.loras)
+        conds = self.encode_conditions(request.tags, request.lyrics, p)
+        retake = getattr(request, "retake_seeds", None)
         ctx = TaskContext(
             self.transformer,
             conds,
-            request.params,
-            generators,
+            p,
+            make_generators(list(p.seeds)),
+            make_generators(list(retake)) if retake else None,
             model_dtype=self.dtype,
             batch_passes=self.batch_passes,
             oss_dtype=self.dtype,
         )
-        plan = build_text2music_plan(ctx, noise)
-        n_steps = len(plan.sigmas) - 1
-        callback = (lambda i, sigma, x: progress(i + 1, n_steps)) if progress else None
+        timings["preprocess"] = time.perf_counter() - t0
+
+        # 2. the task's plan(s) over the one sampling loop
+        t0 = time.perf_counter()
         with self.placement.on_device(self.transformer), torch.inference_mode():
-            latents = run_plan(plan, callback=callback)
+            latents = _RUNNERS[request.task](self, request, ctx, progress)
         timings["diffusion"] = time.perf_counter() - t0
 
+        # 3. back to audio
         t0 = time.perf_counter()
         audio = self.decode(latents)
         timings["decode"] = time.perf_counter() - t0
@@ -257,3 +307,120 @@ class Pipeline:
                 "the model produced non-finite audio (NaN/inf); try float32 or other settings"
             )
         return Result(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
+
+    def noise(self, generators: list[torch.Generator], n_frames: int) -> Tensor:
+        """One N(0,1) latent draw per batch item [B, 8, 16, n_frames], CPU float32 -> device."""
+        return randn_per_sample((8, 16, n_frames), generators).to(self.device)
+
+    def apply_loras(self, loras) -> None:
+        """Make the transformer carry exactly ``loras`` (loaded once, cached by path and weight)."""
+        wanted = tuple((ref.path, float(ref.weight)) for ref in loras)
+        if wanted == self._loras:
+            return
+        from songflow.lora import load_lora, unload_lora
+
+        with self.placement.on_device(self.transformer):
+            unload_lora(self.transformer)
+            for i, (path, weight) in enumerate(wanted):
+                load_lora(self.transformer, Path(path).expanduser(), name=f"lora{i}", weight=weight)
+        self._loras = wanted
+
+
+def _progress_callback(progress: ProgressFn | None, n_steps: int, offset: int = 0, total: int | None = None):
+    if progress is None:
+        return None
+    return lambda i, sigma, x: progress(offset + i + 1, total or n_steps)
+
+
+def ctx_steps(ctx: TaskContext) -> Tensor:
+    """The sampler steps of a full run (progress reporting)."""
+    return sigmas_for(ctx.params)[1:]
+
+
+def _run_text2music(pipe: Pipeline, request: Text2Music, ctx: TaskContext, progress) -> Tensor:
+    noise = pipe.noise(ctx.generators, pipe.geometry.frames_from_seconds(request.duration_s))
+    plan = build_text2music_plan(ctx, noise)
+    return run_plan(plan, callback=_progress_callback(progress, len(plan.sigmas) - 1))
+
+
+def _run_retake(pipe: Pipeline, request: Retake, ctx: TaskContext, progress) -> Tensor:
+    n_frames = pipe.geometry.frames_from_seconds(request.duration_s)
+    noise = pipe.noise(ctx.generators, n_frames)
+    retake_noise = pipe.noise(ctx.retake_generators, n_frames)
+    plan = build_retake_plan(ctx, noise=noise, retake_noise=retake_noise, variance_frac=request.variance_frac)
+    return run_plan(plan, callback=_progress_callback(progress, len(plan.sigmas) - 1))
+
+
+def _run_repaint(pipe: Pipeline, request: Repaint, ctx: TaskContext, progress) -> Tensor:
+    src = pipe.load_source(request.source_path, what="source audio")
+    n_frames = src.shape[-1]
+    start = pipe.geometry.frames_from_seconds(request.start_s)
+    end = pipe.geometry.frames_from_seconds(request.end_s)
+    if start >= n_frames:
+        source_s = pipe.geometry.seconds_from_frames(n_frames)
+        raise ConfigError(
+            f"the repaint window starts at {request.start_s} s, after the source ends ({source_s:.2f} s)"
+        )
+    plan = build_repaint_plan(
+        ctx,
+        src_latents=src,
+        start_frame=start,
+        end_frame=min(end, n_frames),
+        variance_frac=request.variance_frac,
+        noise=pipe.noise(ctx.generators, n_frames),
+        retake_noise=pipe.noise(ctx.retake_generators, n_frames),
+    )
+    return run_plan(plan, callback=_progress_callback(progress, len(plan.sigmas) - 1))
+
+
+def _run_extend(pipe: Pipeline, request: Extend, ctx: TaskContext, progress) -> Tensor:
+    src = pipe.load_source(request.source_path, what="source audio", allow_long=True)
+    return run_extend(
+        ctx,
+        src_latents=src,
+        left_frames=pipe.geometry.frames_from_seconds(request.left_s),
+        right_frames=pipe.geometry.frames_from_seconds(request.right_s),
+        max_frames=pipe.geometry.max_frames,
+        callback=None if progress is None else lambda w, i, sigma, x: progress(i + 1, len(ctx_steps(ctx))),
+    )
+
+
+def _run_audio2audio(pipe: Pipeline, request: AudioToAudio, ctx: TaskContext, progress) -> Tensor:
+    ref = pipe.load_source(request.reference_path, what="reference audio")
+    plan = build_audio2audio_plan(
+        ctx,
+        ref_latents=ref,
+        strength_frac=request.strength_frac,
+        noise=pipe.noise(ctx.generators, ref.shape[-1]),
+    )
+    return run_plan(plan, callback=_progress_callback(progress, len(plan.sigmas) - 1))
+
+
+def _run_edit(pipe: Pipeline, request: Edit, ctx: TaskContext, progress) -> Tensor:
+    src = pipe.load_source(request.source_path, what="source audio")
+    batch = request.params.batch_size
+    tags = request.target_tags if request.target_tags is not None else request.tags
+    lyrics = request.target_lyrics if request.target_lyrics is not None else request.lyrics
+    source_inputs = pipe.text_inputs(request.tags, request.lyrics, batch, with_erg_text=False)
+    target_inputs = pipe.text_inputs(tags, lyrics, batch, with_erg_text=False)
+    source_conds, target_conds = encode_edit_conditions(pipe.transformer, source_inputs, target_inputs)
+    return run_edit(
+        replace(ctx, conds=source_conds),
+        target_conds,
+        src_latents=src,
+        n_min_frac=request.n_min_frac,
+        n_max_frac=request.n_max_frac,
+        n_avg=request.n_avg,
+        noise_fn=lambda: pipe.noise(ctx.generators, src.shape[-1]),
+        callback=None if progress is None else lambda i, sigma, x: progress(i + 1, len(ctx_steps(ctx))),
+    )
+
+
+_RUNNERS: dict[str, Callable[..., Tensor]] = {
+    "text2music": _run_text2music,
+    "retake": _run_retake,
+    "repaint": _run_repaint,
+    "extend": _run_extend,
+    "audio2audio": _run_audio2audio,
+    "edit": _run_edit,
+}
