@@ -23,6 +23,7 @@ RANK = {
     "weights": 1,
     "hub": 1,
     "random_checkpoint": 1,
+    "lora": 1,
     "sampling": 2,
     "requests": 2,
     "tasks": 3,

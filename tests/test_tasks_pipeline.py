@@ -322,3 +322,51 @@ def test_batch_of_repaints_equals_singles(pipe, source):
     for i in range(2):
         one = replace(request, params=replace(PARAMS, seeds=(3 + i,)), retake_seeds=(7 + i,))
         torch.testing.assert_close(batch.latents[i : i + 1], pipe.generate(one).latents, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_through_the_pipeline_and_cli(tiny_ckpt, pipe, tmp_path, capsys):
+    """A PEFT-layout adapter: weight 0 equals no LoRA, a weight changes the song, unloading restores it."""
+    from songflow.lora import save_lora
+    from songflow.models.transformer import ACEStepTransformer
+    from songflow.nn.lora import inject
+    from songflow.requests import LoraRef
+
+    donor = ACEStepTransformer(pipe.transformer.config, pipe.transformer.lyric_config)
+    inject(donor, ["to_q", "to_k", "to_v", "to_out.0"], name="style", r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in donor.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    adapter = save_lora(donor, "style", tmp_path / "style_lora")
+    request = Text2Music(tags=TAGS, lyrics=LYRICS, duration_s=2.0, params=PARAMS)
+    plain = pipe.generate(request)
+    off = pipe.generate(replace(request, loras=(LoraRef(str(adapter), 0.0),)))
+    on = pipe.generate(replace(request, loras=(LoraRef(str(adapter), 1.0),)))
+    back = pipe.generate(request)
+    assert torch.equal(off.latents, plain.latents) and torch.equal(back.latents, plain.latents)
+    assert not torch.allclose(on.latents, plain.latents)
+
+    wrong = ACEStepTransformer(replace(pipe.transformer.config, num_layers=4), pipe.transformer.lyric_config)
+    inject(wrong, ["to_q"], name="w", r=2)
+    bad = save_lora(wrong, "w", tmp_path / "wrong_lora")
+    out = tmp_path / "x.wav"
+    code = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--tags",
+            "pop",
+            "--duration",
+            "1",
+            "--steps",
+            "2",
+            "--lora",
+            f"{bad}:0.5",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "transformer_blocks.3" in err and not out.exists()

@@ -107,6 +107,7 @@ class Pipeline:
         geometry: LatentGeometry = OFFICIAL_GEOMETRY,
         output_sample_rate_hz: int = 48000,
         batch_passes: bool = True,
+        merge_loras: bool = True,
     ):
         self.transformer = transformer.eval()
         self.codec = codec.eval()
@@ -121,6 +122,7 @@ class Pipeline:
         self.batch_passes = batch_passes
         self.erg_layers = ErgLayers()
         self._loras: tuple[tuple[str, float], ...] = ()
+        self.merge_loras = merge_loras
 
     @classmethod
     def from_pretrained(
@@ -313,23 +315,23 @@ class Pipeline:
         return randn_per_sample((8, 16, n_frames), generators).to(self.device)
 
     def apply_loras(self, loras) -> None:
-        """Make the transformer carry exactly ``loras`` (loaded once, cached by path and weight)."""
+        """Make the transformer carry exactly ``loras`` (merged into the weights for speed by default;
+        unmerging restores the base weights exactly). Unchanged adapters are not reloaded."""
         wanted = tuple((ref.path, float(ref.weight)) for ref in loras)
         if wanted == self._loras:
             return
-        from songflow.lora import load_lora, unload_lora
+        from songflow.lora import LoraSpec, set_loras
 
+        specs = [LoraSpec(Path(path).expanduser(), weight) for path, weight in wanted]
         with self.placement.on_device(self.transformer):
-            unload_lora(self.transformer)
-            for i, (path, weight) in enumerate(wanted):
-                load_lora(self.transformer, Path(path).expanduser(), name=f"lora{i}", weight=weight)
+            set_loras(self.transformer, specs, merged=self.merge_loras)
         self._loras = wanted
 
 
-def _progress_callback(progress: ProgressFn | None, n_steps: int, offset: int = 0, total: int | None = None):
+def _progress_callback(progress: ProgressFn | None, n_steps: int):
     if progress is None:
         return None
-    return lambda i, sigma, x: progress(offset + i + 1, total or n_steps)
+    return lambda i, sigma, x: progress(i + 1, n_steps)
 
 
 def ctx_steps(ctx: TaskContext) -> Tensor:
