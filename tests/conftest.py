@@ -60,3 +60,49 @@ def assert_close(
     scale = max(1.0, expected.double().abs().max().item()) if expected.numel() else 1.0
     assert err <= rtol * scale, f"{name}: max abs error {err:.3e} > {rtol:.1e} * {scale:.3g}"
     return err
+
+
+def load_golden_run(golden_dir: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(params.json, tensors) of one reference pipeline run in ``golden/pipeline/<name>``."""
+    import json
+
+    folder = golden_dir / "pipeline" / name
+    return json.loads((folder / "params.json").read_text()), load_tensors(folder / "tensors.safetensors")
+
+
+def golden_text_inputs(t: dict[str, torch.Tensor], prefix: str = ""):
+    """The encoder inputs a reference run fed the DiT (``inputs/<prefix>*``), ERG-tag states included."""
+    from songflow.tasks.plan import TextInputs
+
+    return TextInputs(
+        text_states=t[f"inputs/{prefix}text_hidden_states"],
+        text_mask=t[f"inputs/{prefix}text_attention_mask"],
+        speaker_embeds=t[f"inputs/{prefix}speaker_embeds"],
+        lyric_ids=t[f"inputs/{prefix}lyric_token_ids"],
+        lyric_mask=t[f"inputs/{prefix}lyric_mask"],
+        text_states_erg=t.get(f"inputs/{prefix}text_hidden_states_null"),
+    )
+
+
+@pytest.fixture(scope="session")
+def golden_transformer(golden_models_dir: Path):
+    """The tiny reference DiT, loaded through the same code path as the official checkpoint."""
+    from songflow.weights import load_transformer
+
+    return load_transformer(golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A random-weight tiny checkpoint folder (official layout, own lyric vocab)."""
+    from songflow.random_checkpoint import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_ckpt):
+    """The pipeline over the tiny random checkpoint (float32, CPU)."""
+    from songflow.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="float32")

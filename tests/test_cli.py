@@ -15,20 +15,6 @@ from songflow.requests import GenerationParams, Text2Music
 LYRICS = "[verse]\nneon lights on the river\n\n[chorus]\nla la la"
 
 
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    from songflow.random_checkpoint import build_random_checkpoint
-
-    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
-def pipe(tiny_ckpt):
-    from songflow.pipeline import Pipeline
-
-    return Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="float32")
-
-
 def _gen(ckpt: Path, out: Path, *extra: str) -> int:
     return main(
         [

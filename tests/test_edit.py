@@ -9,13 +9,10 @@ n_avg averages the draws, a batch equals its singles, bad ranges raise ConfigErr
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import assert_close, load_tensors
+from conftest import assert_close, golden_text_inputs, load_golden_run
 from songflow.errors import ConfigError
 from songflow.models.transformer import Conditions
 from songflow.requests import GenerationParams
@@ -34,32 +31,7 @@ ERRORS: dict[str, float] = {}
 # golden parity (reference behaviour)
 
 
-@pytest.fixture(scope="module")
-def transformer(golden_models_dir: Path):
-    from songflow.weights import load_transformer
-
-    return load_transformer(
-        golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu"
-    ).eval()
-
-
-def _golden(golden_dir: Path, name: str):
-    folder = golden_dir / "pipeline" / name
-    params = json.loads((folder / "params.json").read_text())
-    return params, load_tensors(folder / "tensors.safetensors")
-
-
-def _golden_inputs(t: dict, prefix: str) -> TextInputs:
-    return TextInputs(
-        text_states=t[f"inputs/{prefix}text_hidden_states"],
-        text_mask=t[f"inputs/{prefix}text_attention_mask"],
-        speaker_embeds=t[f"inputs/{prefix}speaker_embeds"],
-        lyric_ids=t[f"inputs/{prefix}lyric_token_ids"],
-        lyric_mask=t[f"inputs/{prefix}lyric_mask"],
-    )
-
-
-def _golden_edit(transformer, params: dict, t: dict, *, reference: bool, on_eval=None) -> torch.Tensor:
+def _golden_edit(golden_transformer, params: dict, t: dict, *, reference: bool, on_eval=None) -> torch.Tensor:
     """Run one golden edit with its stored noise (``noise_draws`` order) injected."""
     o = params["official_input_params"]
     gen = GenerationParams(
@@ -72,10 +44,10 @@ def _golden_edit(transformer, params: dict, t: dict, *, reference: bool, on_eval
     draws = iter([t[d["tensor"]] for d in params["noise_draws"]])
     with torch.inference_mode():
         source, target = encode_edit_conditions(
-            transformer, _golden_inputs(t, ""), _golden_inputs(t, "target_")
+            golden_transformer, golden_text_inputs(t), golden_text_inputs(t, "target_")
         )
         return run_edit(
-            TaskContext(transformer, source, gen),
+            TaskContext(golden_transformer, source, gen),
             target,
             src_latents=t["inputs/src_latents"],
             n_min_frac=o["edit_n_min"],
@@ -89,11 +61,11 @@ def _golden_edit(transformer, params: dict, t: dict, *, reference: bool, on_eval
         )
 
 
-def test_edit_conditions_match_reference(golden_dir, transformer):
-    params, t = _golden(golden_dir, "edit_remix")
+def test_edit_conditions_match_reference(golden_dir, golden_transformer):
+    params, t = load_golden_run(golden_dir, "edit_remix")
     with torch.inference_mode():
         source, target = encode_edit_conditions(
-            transformer, _golden_inputs(t, ""), _golden_inputs(t, "target_")
+            golden_transformer, golden_text_inputs(t), golden_text_inputs(t, "target_")
         )
     for label, conds in (("edit_0", source), ("edit_1", target)):
         states = torch.cat([conds.cond.states, conds.uncond.states])
@@ -106,10 +78,12 @@ def test_edit_conditions_match_reference(golden_dir, transformer):
 
 
 @pytest.mark.parametrize("name", EDIT_RUNS)
-def test_edit_run_matches_reference(golden_dir, transformer, name):
-    params, t = _golden(golden_dir, name)
+def test_edit_run_matches_reference(golden_dir, golden_transformer, name):
+    params, t = load_golden_run(golden_dir, name)
     calls: list[tuple[str, torch.Tensor]] = []
-    final = _golden_edit(transformer, params, t, reference=True, on_eval=lambda b, v: calls.append((b, v)))
+    final = _golden_edit(
+        golden_transformer, params, t, reference=True, on_eval=lambda b, v: calls.append((b, v))
+    )
     ref_calls = sorted(k for k in t if k.startswith("edit_calls/"))
     assert len(calls) == len(ref_calls) == len(params["steps"])
     for (branch, v), key, step in zip(calls, ref_calls, params["steps"], strict=True):
@@ -121,13 +95,13 @@ def test_edit_run_matches_reference(golden_dir, transformer, name):
         assert torch.equal(final, t["inputs/src_latents"])
 
 
-def test_corrected_edit_differs_from_reference(golden_dir, transformer):
+def test_corrected_edit_differs_from_reference(golden_dir, golden_transformer):
     """Default mode: ping-pong really edits; symmetric APG momentum changes the euler result."""
-    params, t = _golden(golden_dir, "edit_only_lyrics_pingpong")
-    moved = _golden_edit(transformer, params, t, reference=False)
+    params, t = load_golden_run(golden_dir, "edit_only_lyrics_pingpong")
+    moved = _golden_edit(golden_transformer, params, t, reference=False)
     assert (moved - t["inputs/src_latents"]).abs().max() > 1e-2
-    params, t = _golden(golden_dir, "edit_only_lyrics")
-    symmetric = _golden_edit(transformer, params, t, reference=False)
+    params, t = load_golden_run(golden_dir, "edit_only_lyrics")
+    symmetric = _golden_edit(golden_transformer, params, t, reference=False)
     assert (symmetric - t["final_latents"]).abs().max() > 1e-3
 
 

@@ -7,16 +7,14 @@ prompt/lyrics/seed and compares the final audio.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import assert_close, load_tensors
+from conftest import assert_close, golden_text_inputs, load_golden_run
 from songflow.requests import request_from_official
-from songflow.tasks.plan import ErgFlags, TextInputs, build_velocity, encode_conditions, run_plan
+from songflow.tasks.plan import ErgFlags, build_velocity, encode_conditions, run_plan
 from songflow.tasks.setup import TaskContext, guidance_for
 from songflow.tasks.text2music import build_text2music_plan
 
@@ -39,65 +37,39 @@ LATENT_RTOL = 1e-4
 ERRORS: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module")
-def transformer(golden_models_dir: Path):
-    from songflow.weights import load_transformer
-
-    return load_transformer(
-        golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu"
-    ).eval()
-
-
-def _run(golden_dir: Path, name: str):
-    params = json.loads((golden_dir / "pipeline" / name / "params.json").read_text())
-    tensors = load_tensors(golden_dir / "pipeline" / name / "tensors.safetensors")
-    return params, tensors
-
-
-def _inputs(t: dict) -> TextInputs:
-    return TextInputs(
-        text_states=t["inputs/text_hidden_states"],
-        text_mask=t["inputs/text_attention_mask"],
-        speaker_embeds=t["inputs/speaker_embeds"],
-        lyric_ids=t["inputs/lyric_token_ids"],
-        lyric_mask=t["inputs/lyric_mask"],
-        text_states_erg=t.get("inputs/text_hidden_states_null"),
-    )
-
-
-def _encode(transformer, request, t):
+def _encode(golden_transformer, request, t):
     p = request.params
     guided = p.guidance_scale not in (0.0, 1.0)
     return encode_conditions(
-        transformer,
-        _inputs(t),
+        golden_transformer,
+        golden_text_inputs(t),
         erg=ErgFlags(p.use_erg_tag, p.use_erg_lyric, p.use_erg_diffusion),
         need_uncond=guided,
         need_text_only=guided and p.guidance_scale_text > 1 and p.guidance_scale_lyric > 1,
-        n_lyric_blocks=transformer.lyric_config.num_blocks,
-        n_dit_blocks=transformer.config.num_layers,
+        n_lyric_blocks=golden_transformer.lyric_config.num_blocks,
+        n_dit_blocks=golden_transformer.config.num_layers,
     )
 
 
 @pytest.mark.parametrize("name", T2M_RUNS)
-def test_text2music_run_matches_reference(golden_dir, transformer, name):
-    params, t = _run(golden_dir, name)
+def test_text2music_run_matches_reference(golden_dir, golden_transformer, name):
+    params, t = load_golden_run(golden_dir, name)
     request = request_from_official(params["call_kwargs"], reference_behaviour=True)
     with torch.inference_mode():
-        conds = _encode(transformer, request, t)
+        conds = _encode(golden_transformer, request, t)
     for label, got in (("cond", conds.cond), ("null", conds.uncond), ("text_only", conds.text_only)):
         if f"encoder/{label}/hidden_states" in t:
             assert_close(got.states, t[f"encoder/{label}/hidden_states"], name=f"{name} encoder/{label}")
             assert torch.equal(got.mask.float(), t["encoder/cond/mask"])
 
     noise = t["noise/00_text2music_diffusion_process"]
-    plan = build_text2music_plan(TaskContext(transformer, conds, request.params), noise)
+    plan = build_text2music_plan(TaskContext(golden_transformer, conds, request.params), noise)
     pingpong = sorted(k for k in t if k.startswith("noise/pingpong_step_"))
     if pingpong:
         plan.noise = lambda i: t[pingpong[i]]
     guided: dict[int, torch.Tensor] = {}
     plan.velocity = build_velocity(
-        transformer,
+        golden_transformer,
         conds,
         guidance_for(request.params, len(plan.sigmas) - 1),
         on_eval=lambda k, v: guided.__setitem__(k, v.get("guided", v["cond"])),
@@ -122,18 +94,18 @@ def test_text2music_run_matches_reference(golden_dir, transformer, name):
     ERRORS[name] = assert_close(final, t["final_latents"], rtol=LATENT_RTOL, name=f"{name} final")
 
 
-def test_batch_coupling_is_reference_only(golden_dir, transformer):
+def test_batch_coupling_is_reference_only(golden_dir, golden_transformer):
     """The reference's whole-batch omega mean couples batch items; our default makes a batch = its singles."""
-    params, t = _run(golden_dir, "t2m_batch2")
+    params, t = load_golden_run(golden_dir, "t2m_batch2")
     ref_request = request_from_official(params["call_kwargs"], reference_behaviour=True)
     request = replace(ref_request, params=replace(ref_request.params, omega_mean_over="sample"))
     noise = t["noise/00_text2music_diffusion_process"]
     with torch.inference_mode():
-        conds = _encode(transformer, request, t)
-        batch = run_plan(build_text2music_plan(TaskContext(transformer, conds, request.params), noise))
+        conds = _encode(golden_transformer, request, t)
+        batch = run_plan(build_text2music_plan(TaskContext(golden_transformer, conds, request.params), noise))
         one = replace(request.params, batch_size=1, seeds=request.params.seeds[:1])
-        conds1 = _encode(transformer, replace(request, params=one), {k: v[:1] for k, v in t.items()})
-        single = run_plan(build_text2music_plan(TaskContext(transformer, conds1, one), noise[:1]))
+        conds1 = _encode(golden_transformer, replace(request, params=one), {k: v[:1] for k, v in t.items()})
+        single = run_plan(build_text2music_plan(TaskContext(golden_transformer, conds1, one), noise[:1]))
     assert_close(batch[:1], single, rtol=1e-5, name="batch item 0 vs single")
     # the reference result differs from the per-sample one by far more than rounding
     assert (t["final_latents"] - batch).abs().max() > 1e-3
@@ -143,7 +115,7 @@ def test_end_to_end_from_prompt_and_seed(golden_dir, golden_models_dir, vocab_pa
     """Prompt + lyrics + seed -> our text encoder, tokenizer, sampler and codec -> the reference's audio."""
     from songflow.pipeline import Pipeline
 
-    params, t = _run(golden_dir, "t2m_euler_apg")
+    params, t = load_golden_run(golden_dir, "t2m_euler_apg")
     request = request_from_official(params["call_kwargs"], reference_behaviour=True)
     pipe = Pipeline.from_pretrained(golden_models_dir, device="cpu", dtype="float32", vocab_path=vocab_path)
     result = pipe.generate(request)

@@ -7,13 +7,10 @@ final latents are compared (float32, relative to max(1, |reference|)).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import assert_close, load_tensors
+from conftest import assert_close, load_golden_run
 from songflow.audio.geometry import OFFICIAL_GEOMETRY
 from songflow.requests import GenerationParams
 from songflow.tasks.audio2audio import build_audio2audio_plan
@@ -26,20 +23,6 @@ from songflow.tasks.setup import TaskContext
 # sampling amplifies float32 rounding differences (APG scale 15 over several steps)
 LATENT_RTOL = 1e-4
 ERRORS: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def transformer(golden_models_dir: Path):
-    from songflow.weights import load_transformer
-
-    return load_transformer(
-        golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu"
-    ).eval()
-
-
-def _run(golden_dir: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    folder = golden_dir / "pipeline" / name
-    return json.loads((folder / "params.json").read_text()), load_tensors(folder / "tensors.safetensors")
 
 
 def _params(run: dict) -> GenerationParams:
@@ -74,7 +57,7 @@ def _noise(run: dict, t: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     return by_seed[tuple(seeds)], (by_seed.get(tuple(retake)) if retake else None)
 
 
-def _context(transformer, run: dict, t: dict) -> TaskContext:
+def _context(golden_transformer, run: dict, t: dict) -> TaskContext:
     p = _params(run)
     inputs = TextInputs(
         text_states=t["inputs/text_hidden_states"],
@@ -85,17 +68,17 @@ def _context(transformer, run: dict, t: dict) -> TaskContext:
         text_states_erg=t.get("inputs/text_hidden_states_null"),
     )
     conds = encode_conditions(
-        transformer,
+        golden_transformer,
         inputs,
         erg=ErgFlags(p.use_erg_tag, p.use_erg_lyric, p.use_erg_diffusion),
         need_uncond=True,
         need_text_only=False,
-        n_lyric_blocks=transformer.lyric_config.num_blocks,
-        n_dit_blocks=transformer.config.num_layers,
+        n_lyric_blocks=golden_transformer.lyric_config.num_blocks,
+        n_dit_blocks=golden_transformer.config.num_layers,
     )
     assert_close(conds.cond.states, t["encoder/cond/hidden_states"], name="encoder cond")
     assert_close(conds.uncond.states, t["encoder/null/hidden_states"], name="encoder null")
-    return TaskContext(transformer, conds, p)
+    return TaskContext(golden_transformer, conds, p)
 
 
 def _check_steps(name: str, t: dict, sigmas: torch.Tensor, first: int, xs: dict, guided: dict) -> None:
@@ -118,11 +101,11 @@ def _trace(plan):
     return xs, lambda i, sigma, x: xs.__setitem__(i + 1, x.clone())
 
 
-def test_retake_matches_reference(golden_dir, transformer):
-    run, t = _run(golden_dir, "retake")
+def test_retake_matches_reference(golden_dir, golden_transformer):
+    run, t = load_golden_run(golden_dir, "retake")
     noise, retake = _noise(run, t)
     with torch.inference_mode():
-        ctx = _context(transformer, run, t)
+        ctx = _context(golden_transformer, run, t)
         plan = build_retake_plan(
             ctx, noise=noise, retake_noise=retake, variance_frac=run["call_kwargs"]["retake_variance"]
         )
@@ -132,8 +115,8 @@ def test_retake_matches_reference(golden_dir, transformer):
     ERRORS["retake"] = assert_close(final, t["final_latents"], rtol=LATENT_RTOL, name="retake final")
 
 
-def test_repaint_matches_reference(golden_dir, transformer):
-    run, t = _run(golden_dir, "repaint")
+def test_repaint_matches_reference(golden_dir, golden_transformer):
+    run, t = load_golden_run(golden_dir, "repaint")
     call, derived = run["call_kwargs"], run["derived"]
     start = OFFICIAL_GEOMETRY.frames_from_seconds(call["repaint_start"])
     end = OFFICIAL_GEOMETRY.frames_from_seconds(call["repaint_end"])
@@ -141,7 +124,7 @@ def test_repaint_matches_reference(golden_dir, transformer):
     noise, retake = _noise(run, t)
     src = t["inputs/src_latents"]
     with torch.inference_mode():
-        ctx = _context(transformer, run, t)
+        ctx = _context(golden_transformer, run, t)
         plan = build_repaint_plan(
             ctx,
             src_latents=src,
@@ -157,7 +140,7 @@ def test_repaint_matches_reference(golden_dir, transformer):
         passes: dict[int, dict] = {}
         names = {"cond": "v_cond", "uncond": "v_uncond", "guided": "guided"}
         plan.velocity = build_velocity(
-            transformer,
+            golden_transformer,
             ctx.conds,
             masked_guidance(ctx.params, n_steps, first),
             on_eval=lambda k, v: passes.__setitem__(k, {names[n]: x.clone() for n, x in v.items()}),
@@ -180,11 +163,11 @@ def _extend_frames(run: dict, n_src: int) -> tuple[int, int]:
     return max(0, -start), max(0, end - n_src)
 
 
-def _extend(transformer, run, t, left, right):
+def _extend(golden_transformer, run, t, left, right):
     noise, retake = _noise(run, t)
     xs: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
-        ctx = _context(transformer, run, t)
+        ctx = _context(golden_transformer, run, t)
         out = run_extend(
             ctx,
             src_latents=t["inputs/src_latents"],
@@ -198,14 +181,14 @@ def _extend(transformer, run, t, left, right):
 
 
 @pytest.mark.parametrize("name", ["extend_left", "extend_right"])
-def test_extend_matches_reference(golden_dir, transformer, name):
-    run, t = _run(golden_dir, name)
+def test_extend_matches_reference(golden_dir, golden_transformer, name):
+    run, t = load_golden_run(golden_dir, name)
     src = t["inputs/src_latents"]
     n_src = src.shape[-1]
     left, right = _extend_frames(run, n_src)
     derived = run["derived"]
     assert (left, right) == (derived["left_pad_frames"], derived["right_pad_frames_intended"])
-    out, xs, ctx = _extend(transformer, run, t, left, right)
+    out, xs, ctx = _extend(golden_transformer, run, t, left, right)
     assert out.shape[-1] == left + n_src + right == derived["total_frames_official"]
     noise, retake = _noise(run, t)
     # the run starts from z0 = [retake[:, :left], noise, retake[:, -right:]] (sigma_0 = 1)
@@ -217,12 +200,12 @@ def test_extend_matches_reference(golden_dir, transformer, name):
     assert torch.equal(out[..., left : left + n_src], src)
 
 
-def test_extend_both_sides_has_the_intended_length_unlike_the_reference(golden_dir, transformer):
+def test_extend_both_sides_has_the_intended_length_unlike_the_reference(golden_dir, golden_transformer):
     """Official bug (golden README quirk 12): with both sides, the reference measures the right padding
     against the already left-padded latent and adds ``left`` frames too few (48 frames, not 56). We give
     the intended ``left + L + right`` frames with the source in the middle; asked for the reference's
     short right padding, we reproduce its output, so the padding count is the only difference."""
-    run, t = _run(golden_dir, "extend_both")
+    run, t = load_golden_run(golden_dir, "extend_both")
     src = t["inputs/src_latents"]
     n_src = src.shape[-1]
     left, right = _extend_frames(run, n_src)
@@ -238,24 +221,24 @@ def test_extend_both_sides_has_the_intended_length_unlike_the_reference(golden_d
     )
     assert t["final_latents"].shape[-1] == 48 == derived["total_frames_official"]  # reference: wrong
 
-    ours, _, _ = _extend(transformer, run, t, left, right)
+    ours, _, _ = _extend(golden_transformer, run, t, left, right)
     assert ours.shape[-1] == 56 == left + n_src + right == derived["total_frames_intended"]
     assert torch.equal(ours[..., left : left + n_src], src)
 
     official_right = derived["right_pad_frames_official"]  # repaint_end_frame - (left + L) = 7
     assert official_right == right - left
-    buggy, _, _ = _extend(transformer, run, t, left, official_right)
+    buggy, _, _ = _extend(golden_transformer, run, t, left, official_right)
     ERRORS["extend_both (reference padding)"] = assert_close(
         buggy, t["final_latents"], rtol=LATENT_RTOL, name="extend_both with the reference's padding"
     )
 
 
-def test_audio2audio_matches_reference(golden_dir, transformer):
-    run, t = _run(golden_dir, "audio2audio")
+def test_audio2audio_matches_reference(golden_dir, golden_transformer):
+    run, t = load_golden_run(golden_dir, "audio2audio")
     noise, _ = _noise(run, t)
     strength = run["call_kwargs"]["ref_audio_strength"]
     with torch.inference_mode():
-        ctx = _context(transformer, run, t)
+        ctx = _context(golden_transformer, run, t)
         plan = build_audio2audio_plan(
             ctx, ref_latents=t["inputs/ref_latents"], strength_frac=strength, noise=noise
         )

@@ -40,6 +40,9 @@ from songflow.tasks.setup import TaskContext, sigmas_for
 from songflow.tasks.text2music import build_text2music_plan
 
 ProgressFn = Callable[[int, int], None]
+# source audio outside this range is refused rather than resampled to 44.1 kHz
+MIN_SOURCE_RATE_HZ = 8000
+MAX_SOURCE_RATE_HZ = 384000
 
 
 @dataclass
@@ -180,6 +183,12 @@ class Pipeline:
         from songflow.audio.io import load_audio, to_stereo
 
         wav, sr = load_audio(path)
+        if not MIN_SOURCE_RATE_HZ <= sr <= MAX_SOURCE_RATE_HZ:
+            raise AudioError(
+                f"the {what} {path} has a sample rate of {sr} Hz; give audio between {MIN_SOURCE_RATE_HZ} and "
+                f"{MAX_SOURCE_RATE_HZ} Hz (other rates are resampled to the model's "
+                f"{self.geometry.sample_rate_hz} Hz automatically)"
+            )
         wav = to_stereo(wav)
         if wav.abs().max() < 1e-4:
             raise AudioError(f"the {what} {path} is silent; give a recording with audible sound")
