@@ -185,8 +185,8 @@ class Pipeline:
         wav, sr = load_audio(path)
         if not MIN_SOURCE_RATE_HZ <= sr <= MAX_SOURCE_RATE_HZ:
             raise AudioError(
-                f"the {what} {path} has a sample rate of {sr} Hz; give audio between {MIN_SOURCE_RATE_HZ} and "
-                f"{MAX_SOURCE_RATE_HZ} Hz (other rates are resampled to the model's "
+                f"the {what} {path} has a sample rate of {sr} Hz; give audio between "
+                f"{MIN_SOURCE_RATE_HZ} and {MAX_SOURCE_RATE_HZ} Hz (other rates are resampled to the model's "
                 f"{self.geometry.sample_rate_hz} Hz automatically)"
             )
         wav = to_stereo(wav)
