@@ -262,3 +262,17 @@ def test_compose_is_fast():
     for seed in range(20):
         compose_song(seed, 30.0)
     assert (time.perf_counter() - t0) / 20 < 0.1
+
+
+def test_stressed_syllables_favour_beats(songs):
+    on_beat = {True: [0, 0], False: [0, 0]}  # stressed? -> [on beat, total]
+    for s in songs:
+        beats = s.labels["beats"]
+        for n in s.melody:
+            stress = lyrics_gen.word_stresses(n.word)[n.syllable_index]
+            if stress in (0.0, 1.0):
+                hit = any(abs(n.start_s - b) < 1e-4 for b in beats)
+                on_beat[stress == 1.0][0] += hit
+                on_beat[stress == 1.0][1] += 1
+    stressed, unstressed = (on_beat[k][0] / on_beat[k][1] for k in (True, False))
+    assert stressed > unstressed + 0.1, (stressed, unstressed)

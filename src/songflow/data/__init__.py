@@ -1,0 +1,1 @@
+"""Data tooling: synthetic corpora (``songflow.data.synth``)."""

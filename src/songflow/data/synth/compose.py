@@ -1228,20 +1228,38 @@ def _metric_weight(plan: _Plan, step_in_bar: int) -> float:
 
 
 def _choose_rhythm(
-    plan: _Plan, rng: random.Random, start_step: int, num_steps: int, num_notes: int
+    plan: _Plan,
+    rng: random.Random,
+    start_step: int,
+    num_steps: int,
+    num_notes: int,
+    stresses: tuple[float, ...] | None = None,
 ) -> tuple[list[int], list[float]]:
-    """``num_notes`` onsets inside the phrase (weighted toward strong beats), plus each note's end step."""
+    """``num_notes`` onsets inside the phrase (weighted toward strong beats), plus each note's end step.
+
+    With ``stresses`` (one per syllable), several rhythms are drawn and the one that puts stressed syllables
+    on the strongest positions (and unstressed ones off them) is kept, so the words scan.
+    """
     unit = _onset_unit(plan)
     breath = max(unit, plan.meter.steps_per_beat // 2)
     spb = plan.meter.steps_per_bar
     candidates = list(range(start_step, start_step + num_steps - breath, unit))
-    # Efraimidis-Spirakis weighted sampling without replacement
-    keyed = sorted(
-        candidates, key=lambda s: -(rng.random() ** (1.0 / _metric_weight(plan, (s - start_step) % spb)))
-    )
-    onsets = sorted(keyed[:num_notes])
-    if onsets and onsets[0] != start_step and rng.random() < 0.6:
-        onsets[0] = start_step  # start on the phrase's downbeat more often than not
+    weights = {s: _metric_weight(plan, (s - start_step) % spb) for s in candidates}
+    best: list[int] = []
+    best_score = -math.inf
+    for _ in range(8 if stresses else 1):
+        # Efraimidis-Spirakis weighted sampling without replacement
+        keyed = sorted(candidates, key=lambda s: -(rng.random() ** (1.0 / weights[s])))
+        onsets = sorted(keyed[:num_notes])
+        if onsets and onsets[0] != start_step and rng.random() < 0.6:
+            onsets[0] = start_step  # start on the phrase's downbeat more often than not
+        if not stresses:
+            best = onsets
+            break
+        score = sum((st - 0.45) * math.log(weights[s]) for st, s in zip(stresses, onsets, strict=True))
+        if score > best_score:
+            best, best_score = onsets, score
+    onsets = best
     ends: list[float] = []
     max_len = 2 * plan.meter.steps_per_beat
     phrase_end = start_step + num_steps - breath / 2
@@ -1359,7 +1377,8 @@ def _melody(plan: _Plan) -> list[_Phrase]:
                     count = line.num_syllables
                 else:
                     count = rng.randint(lo, hi)
-                onsets, ends = _choose_rhythm(plan, rng, start, num_steps, count)
+                stresses = line.stresses if line is not None else None
+                onsets, ends = _choose_rhythm(plan, rng, start, num_steps, count, stresses)
                 prng = _stream(plan.seed, f"chorus/{k}") if sec.name == "chorus" else rng
                 pitches = _choose_pitches(plan, prng, sec.name, onsets)
                 if sec.name == "chorus" and k not in chorus_memory:

@@ -435,6 +435,11 @@ class LyricLine:
     def text(self) -> str:
         return " ".join(self.words)
 
+    @property
+    def stresses(self) -> tuple[float, ...]:
+        """Stress of every syllable in order (see :func:`word_stresses`)."""
+        return tuple(x for w in self.words for x in word_stresses(w))
+
 
 def _phones_for_word(word: str) -> list[str]:
     import pronouncing
@@ -454,6 +459,27 @@ def word_syllables(word: str) -> int | None:
         return None
     counts = {_syllables_of_phones(p) for p in phones}
     return counts.pop() if len(counts) == 1 else None
+
+
+# one-syllable words that are sung unstressed (CMUdict marks every monosyllable as stressed)
+_WEAK_WORDS = frozenset(
+    "a an the in on at of to and or but my me you I we they them her him it is for by with from your".split()
+)
+
+
+@lru_cache(maxsize=4096)
+def word_stresses(word: str) -> tuple[float, ...]:
+    """Per-syllable stress in [0, 1] from the first CMUdict pronunciation (1 primary, 0.5 secondary, 0 none).
+
+    Monosyllables get 1.0, except function words ("the", "in", "my"...) which get 0.3.
+    """
+    phones = _phones_for_word(word.lower())
+    if not phones:
+        raise KeyError(f"{word!r} is not in CMUdict")
+    marks = [ph[-1] for ph in phones[0].split() if ph[-1].isdigit()]
+    if len(marks) == 1:
+        return (0.3,) if word.lower() in _WEAK_WORDS or word == "I" else (1.0,)
+    return tuple(1.0 if m == "1" else 0.5 if m == "2" else 0.0 for m in marks)
 
 
 @dataclass(frozen=True)
