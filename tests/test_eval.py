@@ -146,9 +146,9 @@ def test_vocal_presence():
     silence = np.zeros(SR * 2, np.float32)
     noise = (0.1 * rng.standard_normal(SR * 3)).astype(np.float32)
     flat, _ = melody()
-    assert ck.check_vocals(voice, SR, True).passed
+    assert ck.check_vocals(voice, SR, True, backend="pyin").passed
     for x in (silence, noise, flat, click_track(120, 3)):
-        r = ck.check_vocals(x, SR, False)
+        r = ck.check_vocals(x, SR, False, backend="pyin")
         assert r.passed, r.details
 
 
@@ -220,8 +220,9 @@ def _cli(argv):
 def test_jsonl_end_to_end(tmp_path, capsys):
     path = _write_pair(tmp_path)
     out_json, out_csv, plots = tmp_path / "s.json", tmp_path / "rows.csv", tmp_path / "plots"
+    checks = "tempo,key,instruments,vocals,loudness,clipping,wer"
     argv = ["eval", str(path), "--json", str(out_json), "--csv", str(out_csv), "--quiet",
-            "--checks", "tempo,key,instruments,vocals,loudness,clipping,wer"]  # fmt: skip
+            "--checks", checks, "--vocal-backend", "pyin"]  # fmt: skip
     if importlib.util.find_spec("matplotlib"):
         argv += ["--plots", str(plots)]
     assert _cli(argv) == 0

