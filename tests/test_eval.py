@@ -101,6 +101,7 @@ def test_instrument_families():
     fam = ck.instrument_family
     assert fam("drums") == "drums" and fam("electric bass (finger)") == "bass" and fam("bassoon") == "pitched"
     assert fam("acoustic grand piano") == "pitched" and fam("vocals") == "vocals"
+    assert fam("choir pad") == "pitched" and fam("male vocals") == "vocals"
 
 
 # ------------------------------------------------------------------------------------------------- checkers

@@ -676,7 +676,8 @@ def instrument_family(name: str) -> str:
         return "drums"
     if "bass" in n and "bassoon" not in n:
         return "bass"
-    if any(w in n for w in ("vocal", "voice", "singer", "sing", "choir", "rap")) and "synth voice" not in n:
+    # "choir", "choir pad", "voice oohs" are sampled/GM pad instruments, not sung lyrics: pitched family
+    if any(w in n for w in ("vocal", "singer", "rap")) or n in ("voice", "lead voice", "sung voice"):
         return "vocals"
     return "pitched"
 
