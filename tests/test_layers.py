@@ -24,6 +24,8 @@ RANK = {
     "hub": 1,
     "random_checkpoint": 1,
     "lora": 1,
+    "data": 1,
+    "eval": 1,
     "sampling": 2,
     "requests": 2,
     "tasks": 3,

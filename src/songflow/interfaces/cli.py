@@ -357,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
 
+    from songflow.interfaces.eval_cli import add_eval_parser
+
+    add_eval_parser(sub)
+
     dl = sub.add_parser("download", help="download the official checkpoint and lyric vocabulary")
     dl.add_argument("--repo-id", default="ACE-Step/ACE-Step-v1-3.5B")
     dl.add_argument("--revision", default=None)
