@@ -46,16 +46,17 @@ class VoiceSpec:
     name: str
     gender: str  # 'female' | 'male'
     comfort_midi: int  # median pitch of a comfortable singing line
+    min_midi: int  # below this the voice turns to creak
     max_midi: int  # above this the period quantisation gets coarse (and it sounds strained)
     sample_rate: int = 16000
     phone_renames: tuple[tuple[str, str], ...] = ()
 
 
 VOICES: dict[str, VoiceSpec] = {
-    "us1": VoiceSpec("us1", "female", comfort_midi=64, max_midi=70),
-    "us2": VoiceSpec("us2", "male", comfort_midi=52, max_midi=62),
+    "us1": VoiceSpec("us1", "female", comfort_midi=64, min_midi=53, max_midi=72),
+    "us2": VoiceSpec("us2", "male", comfort_midi=51, min_midi=40, max_midi=62),
     # us3's schwa diphones are near silent when held: sing the stressed vowel instead
-    "us3": VoiceSpec("us3", "male", comfort_midi=52, max_midi=62, phone_renames=(("@", "V"),)),
+    "us3": VoiceSpec("us3", "male", comfort_midi=51, min_midi=40, max_midi=62, phone_renames=(("@", "V"),)),
 }
 DEFAULT_VOICE = {"female": "us1", "male": "us3"}
 
@@ -255,13 +256,15 @@ class VocalTake:
 
 
 def choose_transpose(pitches: Sequence[int], voice: VoiceSpec) -> int:
-    """Whole octaves that bring the melody's median near the voice's comfortable pitch and its top note
-    at or below the voice's ceiling (when the range allows)."""
-    med = float(np.median(pitches))
-    shift = 12 * int(round((voice.comfort_midi - med) / 12))
-    if max(pitches) + shift > voice.max_midi:
-        shift -= 12
-    return shift
+    """The octave shift that best puts the melody's median near the voice's comfortable pitch while keeping
+    its notes inside the voice's range (each semitone outside the range costs three of distance)."""
+    med, low, top = float(np.median(pitches)), min(pitches), max(pitches)
+
+    def cost(shift: int) -> float:
+        over = max(0, top + shift - voice.max_midi) + max(0, voice.min_midi - (low + shift))
+        return abs(med + shift - voice.comfort_midi) + 3.0 * over
+
+    return min(range(-36, 37, 12), key=lambda s: (cost(s), abs(s)))
 
 
 def _layout(notes: Sequence[NoteLike], transpose: int, renames: dict[str, str]) -> tuple[list[_Seg], list]:
