@@ -351,3 +351,22 @@ def test_cli_parser_registers_corpus_make():
     )
     assert args.hours == 0.5 and args.clip_seconds == (10.0, 20.0) and args.vocal_share == 0.6
     assert args.sample_rate == 44100 and args.channels == 2 and callable(args.func)
+
+
+@needs_fluidsynth
+@needs_mbrola
+def test_corpus_with_the_real_composer(tmp_path):
+    compose = pytest.importorskip("songflow.data.synth.compose", reason="composer not available")
+    from songflow.data.synth.corpus import ClipMaker, clip_paths, plan_clip
+
+    cfg = _corpus_cfg(tmp_path, workers=1, vocal_share=1.0, clip_seconds=(10.0, 10.0))
+    for sub in ("audio", "vocals", "midi", "labels"):
+        (tmp_path / sub).mkdir()
+    plan = plan_clip(cfg, 0)
+    ClipMaker(cfg, compose.compose_song).make(plan)
+    lab = json.loads(clip_paths(tmp_path, plan.key)["labels"].read_text())
+    for key in ("tags", "caption", "genre", "bpm", "key", "beats", "downbeats", "sections", "lyrics"):
+        assert key in lab, key
+    if lab["syllables"]:  # the composer may still choose an instrumental
+        assert lab["voice"] in ("female", "male") and lab["voice_engine"].startswith("mbrola-")
+        assert clip_paths(tmp_path, plan.key)["vocals"].is_file()

@@ -445,20 +445,17 @@ def make_corpus(cfg: CorpusConfig, *, compose: Callable[..., Any] | None = None)
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done_s = total_s - sum(p.duration_s for p in todo)
     with tqdm(
-        total=round(total_s / 60.0, 2),
-        initial=round((total_s - sum(p.duration_s for p in todo)) / 60.0, 2),
-        unit="audio-min",
+        total=total_s,
+        initial=done_s,
         disable=not cfg.progress,
         file=sys.stderr,
         dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}]",
+        desc="corpus",
     ) as bar:
-
-        class _Minutes:
-            def update(self, seconds: float) -> None:
-                bar.update(round(seconds / 60.0, 4))
-
-        stages = _run_clips(cfg, todo, compose, _Minutes())
+        stages = _run_clips(cfg, todo, compose, bar)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -467,7 +464,7 @@ def make_corpus(cfg: CorpusConfig, *, compose: Callable[..., Any] | None = None)
     )
     made_s = sum(p.duration_s for p in todo)
     t_ds = time.perf_counter()
-    build_dataset(out, plans)
+    build_dataset(out, plans, progress=cfg.progress)
     report = {
         "out": str(out),
         "clips": len(plans),
@@ -506,9 +503,12 @@ def iter_clip_labels(out: Path, plans: list[ClipPlan] | None = None) -> Iterator
             yield json.loads(path.read_text(encoding="utf-8"))
 
 
-def build_dataset(out: str | os.PathLike[str], plans: list[ClipPlan] | None = None):
+def build_dataset(
+    out: str | os.PathLike[str], plans: list[ClipPlan] | None = None, *, progress: bool = False
+):
     """(Re)build ``out/dataset`` (HF ``datasets``, ``load_from_disk``) from the label files."""
     import datasets
+    from datasets.utils import logging as ds_logging
 
     out = Path(out).resolve()
     rows: dict[str, list] = {
@@ -564,7 +564,14 @@ def build_dataset(out: str | os.PathLike[str], plans: list[ClipPlan] | None = No
     ds = datasets.Dataset.from_dict(rows, features=features)
     target, tmp = out / "dataset", out / ".dataset.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    if not progress:
+        ds_logging.disable_progress_bar()
+    try:
+        ds.save_to_disk(str(tmp))
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return ds
