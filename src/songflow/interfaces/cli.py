@@ -1,4 +1,4 @@
-"""The ``songflow`` command line: generate, bench, download, random-checkpoint.
+"""The ``songflow`` command line: generate, bulk, bench, download, random-checkpoint, corpus, eval.
 
 Flags of ``generate`` are derived from the request dataclasses (``songflow.requests``), so the CLI cannot
 drift from the Python API. Every user error prints one ``error:`` line and exits with code 2.
@@ -357,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
 
+    from songflow.interfaces.corpus_cli import add_corpus_parser
     from songflow.interfaces.eval_cli import add_eval_parser
 
+    add_corpus_parser(sub)
     add_eval_parser(sub)
 
     dl = sub.add_parser("download", help="download the official checkpoint and lyric vocabulary")
