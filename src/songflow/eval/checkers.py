@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from songflow.audio.loudness import integrated_loudness as bs1770_loudness
+
 __all__ = [
     "CheckResult",
     "available_backends",
@@ -376,50 +378,6 @@ def check_key(audio: Any, sr: int, expected_key: str, *, backend: str = "auto") 
 # -------------------------------------------------------------------------------------------- loudness
 
 
-def _biquad_k_weighting(sr: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """BS.1770 pre-filter (high shelf) and RLB high-pass, designed for any rate by the bilinear transform."""
-    out = []
-    # stage 1: high shelf, +4 dB above ~1.7 kHz
-    f0, gain_db, q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
-    k = math.tan(math.pi * f0 / sr)
-    vh = 10 ** (gain_db / 20)
-    vb = vh**0.4996667741545416
-    a0 = 1 + k / q + k * k
-    b = np.array([(vh + vb * k / q + k * k) / a0, 2 * (k * k - vh) / a0, (vh - vb * k / q + k * k) / a0])
-    a = np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0])
-    out.append((b, a))
-    # stage 2: second-order high-pass at ~38 Hz
-    f0, q = 38.13547087602444, 0.5003270373238773
-    k = math.tan(math.pi * f0 / sr)
-    a0 = 1 + k / q + k * k
-    out.append((np.array([1.0, -2.0, 1.0]), np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0])))
-    return out
-
-
-def _bs1770(channels: np.ndarray, sr: int) -> float:
-    from scipy.signal import lfilter
-
-    y = channels.astype(np.float64)
-    for b, a in _biquad_k_weighting(sr):
-        y = lfilter(b, a, y, axis=-1)
-    block, step = int(round(0.4 * sr)), int(round(0.1 * sr))
-    if y.shape[-1] < block:
-        return float("-inf")
-    starts = np.arange(0, y.shape[-1] - block + 1, step)
-    csum = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(y**2, axis=-1)], axis=-1)
-    ms = (csum[:, starts + block] - csum[:, starts]) / block  # [C, blocks]
-    # channel weights: 1.0 for L/R/C (surround channels are not expected here)
-    power = ms.sum(axis=0)
-    with np.errstate(divide="ignore"):
-        lk = -0.691 + 10 * np.log10(power)
-    gated = power[lk > -70]
-    if gated.size == 0:
-        return float("-inf")
-    rel = -0.691 + 10 * np.log10(gated.mean()) - 10
-    gated = power[(lk > -70) & (lk > rel)]
-    return float(-0.691 + 10 * np.log10(gated.mean())) if gated.size else float("-inf")
-
-
 def integrated_loudness(audio: Any, sr: int, backend: str = "auto") -> tuple[float, str]:
     """ITU-R BS.1770-4 integrated loudness in LUFS: pyloudnorm when installed, else our own."""
     ch = _channels(audio)
@@ -430,7 +388,9 @@ def integrated_loudness(audio: Any, sr: int, backend: str = "auto") -> tuple[flo
             return float("-inf"), "pyloudnorm"
         with np.errstate(divide="ignore"):
             return float(pyloudnorm.Meter(sr).integrated_loudness(ch.T.astype(np.float64))), "pyloudnorm"
-    return _bs1770(ch, sr), "bs1770"
+    if ch.shape[-1] < int(0.4 * sr):  # shorter than one gating block
+        return float("-inf"), "bs1770"
+    return bs1770_loudness(ch, sr), "bs1770"
 
 
 def check_loudness(
