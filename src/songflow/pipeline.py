@@ -143,6 +143,7 @@ class Pipeline:
         from songflow.text.lyric_tokenizer import LyricTokenizer
         from songflow.weights import load_checkpoint, resolve_device, resolve_dtype
 
+        path = Path(path).expanduser()
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         load_device = torch.device("cpu") if offload else dev
