@@ -1,0 +1,258 @@
+"""``TrainConfig``: one nested dataclass loaded from YAML/JSON, with ``--set a.b=value`` overrides.
+
+No Hydra, no class paths: every section is a plain dataclass, unknown keys are rejected with their dotted
+name (:class:`~songflow.errors.ConfigError`), and override values are parsed as YAML scalars then coerced
+to the field's type. Defaults follow the released trainer (SPEC §8.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from songflow.errors import ConfigError
+
+OFFICIAL_LORA_TARGETS = (
+    "speaker_embedder",
+    "linear_q",
+    "linear_k",
+    "linear_v",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+)
+
+
+@dataclass
+class SSLModelConfig:
+    """One REPA target: a local HF audio model folder (``AutoModel.from_pretrained``), its input recipe."""
+
+    path: str = ""
+    sample_rate_hz: int = 16000
+    chunk_seconds: float = 30.0
+
+
+@dataclass
+class DataConfig:
+    dataset_path: str = ""  # official-format HF dataset (datasets.load_from_disk)
+    cache_dir: str = ""  # preprocessed latents/text/lyrics shards; default <output_dir>/cache
+    batch_size: int = 1
+    num_workers: int = 0
+    shuffle: bool = True
+    max_seconds: float = 240.0
+    min_seconds: float = 3.0
+    shard_size: int = 256
+
+
+@dataclass
+class ModelConfig:
+    checkpoint_dir: str = ""  # official four-folder checkpoint (the base model)
+    gradient_checkpointing: bool = False
+    precision: str = "32"  # "32" or "bf16-mixed" (autocast on CUDA only)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("32", "bf16-mixed"):
+            raise ConfigError(f"model.precision must be '32' or 'bf16-mixed', got {self.precision!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.8, 0.9)
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    max_steps: int = 2000
+    grad_clip: float = 0.5
+    accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must hold two numbers, got {self.betas}")
+        if self.max_steps < 1 or self.accumulate < 1 or self.warmup_steps < 0:
+            raise ConfigError("optim.max_steps and optim.accumulate must be >= 1, warmup_steps >= 0")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    name: str = "default"
+    r: int = 256
+    alpha: float = 32.0
+    use_rslora: bool = True
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(OFFICIAL_LORA_TARGETS))
+
+
+@dataclass
+class RepaConfig:
+    enabled: bool = False
+    block: int = 8  # DiT block whose output feeds the projectors
+    coeff: float = 1.0
+    ssl_models: list[SSLModelConfig] = field(default_factory=list)  # one per projector, in order
+
+
+@dataclass
+class ScheduleConfig:
+    shift: float = 3.0
+    sigma_max: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    p_text_dropout: float = 0.15
+    p_lyric_dropout: float = 0.15
+    p_speaker_dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("p_text_dropout", "p_lyric_dropout", "p_speaker_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"schedule.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "exps/run"
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (DDP: set by torchrun's LOCAL_RANK)
+    log_every: int = 1
+    save_every: int = 2000
+    keep_last: int = 2  # resumable checkpoints kept
+    resume_from: str = ""  # "" | "last" | a checkpoints/step=N folder
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    repa: RepaConfig = field(default_factory=RepaConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        cfg = cls.from_dict(read_config_file(path))
+        return apply_overrides(cfg, overrides or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_file(self, path: str | Path) -> None:
+        from songflow.fileio import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (``.yaml``/``.yml``) or JSON file holding a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"train config not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml/json raise several types
+        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at top level")
+    return data
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return _build(hint, value, key + ".")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            out = hint(float(value)) if hint is int and not isinstance(value, str) else hint(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}") from exc
+        if hint is int and float(value) != out:
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return out
+    if hint is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[prefix + str(k) for k in unknown]}; valid keys here: "
+            f"{[prefix + n for n in names]}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid {prefix.rstrip('.') or 'config'}: {exc}") from exc
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A new config with ``["optim.lr=3e-4", "lora.enabled=true", ...]`` applied (values parsed as YAML)."""
+    import yaml
+
+    data = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r} (in override {item!r})")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r} (in override {item!r})")
+        node[parts[-1]] = value
+    return TrainConfig.from_dict(data)

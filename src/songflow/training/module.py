@@ -1,0 +1,141 @@
+"""One training step of the DiT: full fine-tune or LoRA, optional REPA (SPEC §8.1–8.3).
+
+:class:`FlowMatchingModule` owns the transformer (and the LoRA adapter when enabled) and computes the loss of
+a collated batch. All randomness of a step (timesteps, noise, condition dropout) comes from a CPU generator
+seeded by ``(seed, step, micro-batch, rank)``, so a resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from songflow.errors import ConfigError
+from songflow.models.transformer import ACEStepTransformer
+from songflow.nn import lora as nn_lora
+from songflow.sampling.schedules import legacy_train_sigmas
+from songflow.training.config import TrainConfig
+from songflow.training.losses import (
+    ConditionInputs,
+    apply_condition_dropout,
+    flow_matching_loss,
+    noisy_latents,
+    repa_loss,
+    sample_timesteps,
+)
+
+
+def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
+    """The CPU generator of one micro-batch: a pure function of its coordinates."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step * 10_007 + micro * 101 + rank) % (2**63 - 1))
+    return g
+
+
+class FlowMatchingModule(nn.Module):
+    """Wraps :class:`ACEStepTransformer` for training.
+
+    Args:
+        transformer: the DiT (built ``with_projectors=True`` when REPA is on).
+        cfg: the training config (``lora``, ``repa``, ``schedule``, ``model`` sections are used).
+    """
+
+    def __init__(self, transformer: ACEStepTransformer, cfg: TrainConfig):
+        super().__init__()
+        self.transformer = transformer
+        self.cfg = cfg
+        grid = legacy_train_sigmas(cfg.schedule.shift, sigma_max=cfg.schedule.sigma_max)
+        self.register_buffer("grid", grid, persistent=False)
+        n_blocks = len(transformer.transformer_blocks)
+        if cfg.repa.enabled:
+            if transformer.projectors is None:
+                raise ConfigError("repa.enabled needs a transformer built with_projectors=True")
+            if not 0 <= cfg.repa.block < n_blocks:
+                raise ConfigError(f"repa.block={cfg.repa.block} out of range: the DiT has {n_blocks} blocks")
+            if len(cfg.repa.ssl_models) > len(transformer.projectors):
+                raise ConfigError(
+                    f"{len(cfg.repa.ssl_models)} SSL models but only {len(transformer.projectors)} projectors"
+                )
+        transformer.gradient_checkpointing = cfg.model.gradient_checkpointing
+        if cfg.lora.enabled:
+            nn_lora.inject(
+                transformer,
+                list(cfg.lora.target_modules),
+                name=cfg.lora.name,
+                r=cfg.lora.r,
+                alpha=cfg.lora.alpha,
+                use_rslora=cfg.lora.use_rslora,
+                dropout=cfg.lora.dropout,
+            )
+            nn_lora.trainable_parameters(transformer, cfg.lora.name)
+        else:
+            transformer.requires_grad_(True)
+            if transformer.projectors is not None and not cfg.repa.enabled:
+                transformer.projectors.requires_grad_(False)
+        transformer.train()
+
+    def trainable(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.transformer.named_parameters() if p.requires_grad]
+
+    def _autocast(self, device: torch.device):
+        if self.cfg.model.precision == "bf16-mixed" and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
+        """Loss terms of one batch: ``{"loss", "fm", "repa"}`` (``repa`` is 0 when disabled)."""
+        model = self.transformer
+        device = model.device
+        sched = self.cfg.schedule
+        x0 = batch["latents"].to(device)
+        b = x0.shape[0]
+        sigma = sample_timesteps(b, generator, self.grid.cpu(), mean=sched.logit_mean, std=sched.logit_std)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        cond, _ = apply_condition_dropout(
+            ConditionInputs(
+                batch["text_states"],
+                batch["text_mask"],
+                batch["speaker_embeds"],
+                batch["lyric_ids"],
+                batch["lyric_mask"],
+            ),
+            generator,
+            p_text=sched.p_text_dropout,
+            p_lyric=sched.p_lyric_dropout,
+            p_speaker=sched.p_speaker_dropout,
+        )
+        sigma = sigma.to(device)
+        x_sigma = noisy_latents(x0, noise, sigma)
+        latent_mask = batch.get("latent_mask")
+        latent_mask = latent_mask.to(device) if latent_mask is not None else None
+        use_repa = self.cfg.repa.enabled and bool(batch.get("ssl"))
+        with self._autocast(device):
+            ctx = model.encode(
+                cond.text_states.to(device),
+                cond.text_mask.to(device),
+                cond.speaker_embeds.to(device),
+                cond.lyric_ids.to(device),
+                cond.lyric_mask.to(device),
+            )
+            out = model(
+                x_sigma,
+                sigma,
+                ctx,
+                latent_mask=latent_mask,
+                return_hidden_at=self.cfg.repa.block if use_repa else None,
+            )
+        velocity, hidden = out if use_repa else (out, None)
+        fm = flow_matching_loss(velocity, x0, noise, sigma, latent_mask)
+        repa = torch.zeros((), device=device)
+        if use_repa:
+            terms = []
+            for j, (feats, mask) in enumerate(batch["ssl"][: len(self.cfg.repa.ssl_models)]):
+                with self._autocast(device):
+                    projected = model.projectors[j](hidden)
+                terms.append(repa_loss(projected, feats.to(device), mask.to(device)))
+            repa = torch.stack(terms).mean()
+        loss = fm + self.cfg.repa.coeff * repa
+        return {"loss": loss, "fm": fm.detach(), "repa": repa.detach()}
