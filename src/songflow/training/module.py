@@ -86,7 +86,20 @@ class FlowMatchingModule(nn.Module):
         return contextlib.nullcontext()
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
-        """Loss terms of one batch: ``{"loss", "fm", "repa"}`` (``repa`` is 0 when disabled)."""
+        """Loss terms of one batch: ``{"loss", "fm", "repa"}`` (``repa`` is 0 when disabled).
+
+        The model's own dropout (the lyric encoder's, active in training as in the official trainer) draws
+        from the global RNG; it is seeded from ``generator`` inside a forked RNG state, so the step stays a
+        pure function of ``generator`` and the global RNG is left untouched.
+        """
+        device = self.transformer.device
+        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+            torch.manual_seed(dropout_seed)
+            return self._loss(batch, generator)
+
+    def _loss(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         model = self.transformer
         device = model.device
         sched = self.cfg.schedule

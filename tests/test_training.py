@@ -1,0 +1,383 @@
+"""DiT training: config, losses, data cache, full/LoRA/REPA steps, exact resume (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from songflow.errors import ConfigError
+from songflow.sampling.schedules import legacy_train_sigmas
+from songflow.training.config import SSLModelConfig, TrainConfig, apply_overrides
+from songflow.training.data import LatentCache, collate, preprocess
+from songflow.training.losses import (
+    ConditionInputs,
+    apply_condition_dropout,
+    flow_matching_loss,
+    noisy_latents,
+    repa_loss,
+    sample_timesteps,
+)
+from songflow.training.module import FlowMatchingModule, step_generator
+from songflow.training.trainer import STATE_NAME, train
+from songflow.weights import load_transformer
+
+SR = 48000
+
+
+def _write_dataset(root: Path) -> Path:
+    import datasets
+    import soundfile as sf
+
+    audio = root / "audio"
+    audio.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    rows: dict[str, list] = {k: [] for k in ("keys", "filename", "tags", "speaker_emb_path", "norm_lyrics")}
+    rows["recaption"] = []
+
+    def add(key: str, path: Path, lyrics: str = "") -> None:
+        rows["keys"].append(key)
+        rows["filename"].append(str(path))
+        rows["tags"].append(["pop", "piano"])
+        rows["speaker_emb_path"].append("")
+        rows["norm_lyrics"].append(lyrics)
+        rows["recaption"].append({})
+
+    n = np.arange(SR * 2) / SR
+    for i in range(3):
+        x = 0.3 * np.sin(2 * np.pi * 110 * (i + 1) * n)[:, None] + 0.01 * rng.randn(n.size, 2)
+        sf.write(audio / f"c{i}.wav", x.astype(np.float32), SR)
+        add(f"c{i}", audio / f"c{i}.wav", "[verse]\nhello world" if i else "")
+    sf.write(audio / "silent.wav", np.zeros((SR, 2), np.float32), SR)
+    add("silent", audio / "silent.wav")
+    (audio / "corrupt.wav").write_bytes(b"RIFF....not audio at all")
+    add("corrupt", audio / "corrupt.wav")
+    add("missing", audio / "missing.wav")
+    datasets.Dataset.from_dict(rows).save_to_disk(str(root / "ds"))
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from songflow.random_checkpoint import build_random_checkpoint
+
+    root = tmp_path_factory.mktemp("train")
+    ckpt = build_random_checkpoint(root / "ckpt")
+    ds = _write_dataset(root)
+    report = preprocess(ds, ckpt, root / "cache")
+    return {"root": root, "ckpt": ckpt, "ds": ds, "cache": root / "cache", "report": report}
+
+
+def _cfg(env, out: Path, *extra: str) -> TrainConfig:
+    cfg = TrainConfig.from_file("configs/train/tiny_full.yaml")
+    return apply_overrides(
+        cfg,
+        [
+            f"model.checkpoint_dir={env['ckpt']}",
+            f"data.cache_dir={env['cache']}",
+            f"output_dir={out}",
+            "progress=false",
+            *extra,
+        ],
+    )
+
+
+def _losses(out: Path) -> list[float]:
+    with (out / "logs" / "metrics.csv").open() as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def test_unknown_config_keys_are_rejected_by_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        apply_overrides(TrainConfig(), ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"data\.bogus"):
+        TrainConfig.from_dict({"data": {"bogus": 1}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 1e-4\nwhatever: 3\n")
+    with pytest.raises(ConfigError, match="whatever"):
+        TrainConfig.from_file(bad)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        apply_overrides(TrainConfig(), ["optim.lr=fast"])
+
+
+def test_overrides_and_yaml_examples_parse():
+    cfg = apply_overrides(TrainConfig(), ["optim.lr=3e-4", "lora.enabled=true", "optim.betas=[0.9, 0.99]"])
+    assert cfg.optim.lr == 3e-4 and cfg.lora.enabled and cfg.optim.betas == (0.9, 0.99)
+    lora = TrainConfig.from_file("configs/train/lora_waltz.yaml")
+    assert lora.lora.enabled and lora.lora.r == 256 and lora.optim.betas == (0.8, 0.9)
+    assert TrainConfig.from_dict(lora.to_dict()) == lora
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def test_timesteps_are_logit_normal_over_the_shift_grid():
+    grid = legacy_train_sigmas(3.0)
+    sigma = sample_timesteps(20000, torch.Generator().manual_seed(0), grid)
+    assert torch.isin(sigma, grid).all()
+    # median of the logit-normal index is 500 -> grid[500]; shift 3 pushes it above 0.5
+    assert abs(sigma.median().item() - grid[500].item()) < 0.01 and grid[500] > 0.7
+
+
+def test_condition_dropout_rates_and_zeroing():
+    b = 20000
+    cond = ConditionInputs(
+        torch.ones(b, 3, 2), torch.ones(b, 3), torch.ones(b, 4), torch.full((b, 5), 7), torch.ones(b, 5)
+    )
+    out, drops = apply_condition_dropout(cond, torch.Generator().manual_seed(1))
+    for name, p in (("text", 0.15), ("lyric", 0.15), ("speaker", 0.5)):
+        assert abs(drops[name].float().mean().item() - p) < 0.01, name
+    assert torch.equal(out.text_states.sum((1, 2)) == 0, drops["text"])
+    assert torch.equal(out.text_mask, cond.text_mask)  # text mask kept
+    assert torch.equal(out.lyric_ids.sum(1) == 0, drops["lyric"])
+    assert torch.equal(out.lyric_mask.sum(1) == 0, drops["lyric"])  # ids AND mask
+    assert torch.equal(out.speaker_embeds.sum(1) == 0, drops["speaker"])
+    # independent per condition
+    both = (drops["text"] & drops["speaker"]).float().mean().item()
+    assert abs(both - 0.075) < 0.01
+
+
+def test_flow_matching_loss_is_sigma2_weighted_velocity_mse():
+    g = torch.Generator().manual_seed(0)
+    x0, noise, v = (torch.randn(3, 8, 16, 5, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.1, 0.5, 0.9])
+    expected = ((sigma[:, None, None, None] ** 2) * (v - (noise - x0)) ** 2).flatten(1).mean(1).mean()
+    assert torch.allclose(flow_matching_loss(v, x0, noise, sigma), expected, atol=1e-6)
+    assert flow_matching_loss(noise - x0, x0, noise, sigma).item() < 1e-10  # exact velocity -> 0
+    # padded frames do not count
+    mask = torch.ones(3, 7)
+    mask[:, 5:] = 0
+    pad = torch.nn.functional.pad
+    padded = flow_matching_loss(pad(v, (0, 2), value=9.0), pad(x0, (0, 2)), pad(noise, (0, 2)), sigma, mask)
+    assert torch.allclose(padded, expected, atol=1e-6)
+    assert torch.allclose(noisy_latents(x0, noise, sigma)[1], 0.5 * noise[1] + 0.5 * x0[1])
+
+
+def test_repa_loss_interpolates_and_is_zero_when_aligned():
+    feats = torch.randn(2, 10, 6)
+    assert repa_loss(feats, feats).item() < 1e-6
+    proj = torch.randn(2, 4, 6, requires_grad=True)
+    loss = repa_loss(proj, feats)
+    loss.backward()
+    assert 0 < loss.item() < 2 and proj.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def test_preprocess_skips_bad_rows_and_counts_them(env):
+    report = env["report"]
+    assert report.written == 3
+    assert dict(report.skipped) == {"silent": 1, "unreadable": 1, "missing": 1}
+    cache = LatentCache(env["cache"])
+    assert len(cache) == 3 and cache.index["skipped"]["missing"] == 1
+    batch = collate([cache[0], cache[1]])
+    assert batch["latents"].shape[:3] == (2, 8, 16)
+    assert batch["lyric_ids"].shape[0] == 2 and batch["speaker_embeds"].abs().sum() == 0
+    # empty lyrics -> the official [0] id with mask 0; padding extends the mask with zeros
+    i_empty = [it["key"] for it in (cache[0], cache[1])].index("c0")
+    assert batch["lyric_mask"][i_empty].sum() == 0
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def _fixed_batch(env):
+    cache = LatentCache(env["cache"])
+    return collate([cache[1]])
+
+
+def test_steps_reduce_the_loss_on_a_fixed_batch(env):
+    cfg = _cfg(env, env["root"] / "unused")
+    module = FlowMatchingModule(load_transformer(env["ckpt"] / "ace_step_transformer"), cfg)
+    batch = _fixed_batch(env)
+    opt = torch.optim.AdamW([p for _, p in module.trainable()], lr=2e-3)
+
+    def loss() -> torch.Tensor:
+        return module(batch, step_generator(7, 0))["loss"]
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(15):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert np.isfinite(after) and after < 0.7 * before
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(env):
+    batch = _fixed_batch(env)
+    results = []
+    for flag in (False, True):
+        cfg = _cfg(env, env["root"] / "unused", f"model.gradient_checkpointing={str(flag).lower()}")
+        module = FlowMatchingModule(load_transformer(env["ckpt"] / "ace_step_transformer"), cfg)
+        out = module(batch, step_generator(3, 1))["loss"]
+        out.backward()
+        results.append((out.item(), module.transformer.proj_in.early_conv_layers[0].weight.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_resume_reproduces_the_uninterrupted_run(env, tmp_path):
+    full = train(_cfg(env, tmp_path / "a", "optim.max_steps=4", "save_every=2", "keep_last=3"))
+    ckpt2 = tmp_path / "a" / "checkpoints" / "step=2"
+    assert (ckpt2 / STATE_NAME).is_file()
+    resumed = train(_cfg(env, tmp_path / "b", "optim.max_steps=4", "save_every=2", f"resume_from={ckpt2}"))
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")[2:]
+    from safetensors.torch import load_file
+
+    wa = load_file(full / "ace_step_transformer" / "diffusion_pytorch_model.safetensors")
+    wb = load_file(resumed / "ace_step_transformer" / "diffusion_pytorch_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the export is an engine-loadable checkpoint folder
+    from songflow.weights import load_checkpoint
+
+    loaded = load_checkpoint(full, load_text_encoder=False)
+    assert torch.equal(
+        loaded.transformer.proj_in.early_conv_layers[0].weight, wa["proj_in.early_conv_layers.0.weight"]
+    )
+
+
+def test_gradient_accumulation_runs_and_logs(env, tmp_path):
+    train(_cfg(env, tmp_path / "acc", "optim.max_steps=2", "optim.accumulate=2", "data.batch_size=2"))
+    with (tmp_path / "acc" / "logs" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2"] and float(rows[0]["clips_per_s"]) > 0
+
+
+def test_lora_training_updates_only_the_adapter_and_reloads(env, tmp_path):
+    from songflow.lora import load_lora
+    from songflow.nn.lora import inject
+
+    cfg = _cfg(env, tmp_path / "lora", "lora.enabled=true", "lora.r=4", "lora.alpha=8", "optim.max_steps=3")
+    base = load_transformer(env["ckpt"] / "ace_step_transformer")
+    module = FlowMatchingModule(load_transformer(env["ckpt"] / "ace_step_transformer"), cfg)
+    names = [n for n, _ in module.trainable()]
+    assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
+
+    out = train(cfg)
+    state = torch.load(tmp_path / "lora" / "checkpoints" / "step=3" / STATE_NAME, weights_only=True)
+    assert set(state["params"]) == set(names)
+    assert any(v.abs().sum() > 0 for k, v in state["params"].items() if ".lora_B." in k)  # B moved off 0
+
+    # reference: base + the trained adapter tensors; candidate: base + load_lora(saved folder)
+    ref = load_transformer(env["ckpt"] / "ace_step_transformer")
+    inject(ref, list(cfg.lora.target_modules), name="default", r=4, alpha=8, use_rslora=True)
+    with torch.no_grad():
+        params = dict(ref.named_parameters())
+        for k, v in state["params"].items():
+            params[k].copy_(v)
+    cand = load_transformer(env["ckpt"] / "ace_step_transformer")
+    load_lora(cand, out)
+    batch = _fixed_batch(env)
+    args = (batch["text_states"], batch["text_mask"], batch["speaker_embeds"] + 0.1)
+    args = args + (batch["lyric_ids"], batch["lyric_mask"])
+    x = torch.randn(1, 8, 16, batch["latents"].shape[-1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y_ref = ref(x, torch.tensor([0.6]), ref.encode(*args))
+        y_cand = cand(x, torch.tensor([0.6]), cand.encode(*args))
+        y_base = base(x, torch.tensor([0.6]), base.encode(*args))
+    assert torch.allclose(y_ref, y_cand, atol=1e-5)
+    assert not torch.allclose(y_cand, y_base, atol=1e-5)  # the adapter does something
+    # the base weights were not trained
+    assert torch.equal(
+        cand.transformer_blocks[0].ff.inverted_conv.conv.weight,
+        base.transformer_blocks[0].ff.inverted_conv.conv.weight,
+    )
+
+
+def test_repa_with_a_tiny_ssl_model_reaches_the_projectors(env, tmp_path):
+    from transformers import HubertConfig, HubertModel
+
+    dim = load_transformer(env["ckpt"] / "ace_step_transformer").config.ssl_latent_dims[0]
+    hcfg = HubertConfig(
+        hidden_size=dim,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    torch.manual_seed(0)
+    HubertModel(hcfg).save_pretrained(tmp_path / "hubert")
+    ssl = SSLModelConfig(path=str(tmp_path / "hubert"), sample_rate_hz=16000, chunk_seconds=1.0)
+    report = preprocess(env["ds"], env["ckpt"], tmp_path / "cache", ssl_models=[ssl])
+    assert report.written == 3
+    cfg = _cfg(
+        env,
+        tmp_path / "repa",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "repa.enabled=true",
+        "repa.block=1",
+        f"repa.ssl_models=[{{path: '{ssl.path}', chunk_seconds: 1.0}}]",
+        "optim.max_steps=2",
+    )
+    cache = LatentCache(tmp_path / "cache", n_ssl=1)
+    batch = collate([cache[0]])
+    assert batch["ssl"][0][0].shape[-1] == dim
+    module = FlowMatchingModule(
+        load_transformer(env["ckpt"] / "ace_step_transformer", with_projectors=True), cfg
+    )
+    terms = module(batch, step_generator(0, 0))
+    assert torch.isfinite(terms["repa"]) and terms["repa"] > 0
+    terms["loss"].backward()
+    proj = module.transformer.projectors[0]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in proj.parameters())
+    assert module.transformer.projectors[1][0].weight.grad is None  # only configured SSL targets
+    train(cfg)
+    with (tmp_path / "repa" / "logs" / "metrics.csv").open() as f:
+        assert all(float(r["repa"]) > 0 for r in csv.DictReader(f))
+
+
+def test_cli_train_and_preprocess(env, tmp_path):
+    from songflow.interfaces.train_cli import add_train_parser
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "train",
+            "preprocess",
+            "--dataset",
+            str(env["ds"]),
+            "--checkpoint",
+            str(env["ckpt"]),
+            "--out",
+            str(tmp_path / "c"),
+            "--set",
+            "progress=false",
+        ]
+    )
+    assert args.func(args) == 0 and (tmp_path / "c" / "index.json").is_file()
+    args = parser.parse_args(
+        [
+            "train",
+            "configs/train/tiny_full.yaml",
+            "--set",
+            f"model.checkpoint_dir={env['ckpt']}",
+            "--set",
+            f"data.cache_dir={tmp_path / 'c'}",
+            "--set",
+            f"output_dir={tmp_path / 'o'}",
+            "--set",
+            "optim.max_steps=2",
+            "--set",
+            "progress=false",
+        ]
+    )
+    assert args.func(args) == 0 and (tmp_path / "o" / "final" / "ace_step_transformer").is_dir()
+    bad = parser.parse_args(["train", "configs/train/tiny_full.yaml", "--set", "optim.nope=1"])
+    with pytest.raises(ConfigError, match="optim.nope"):
+        bad.func(bad)
