@@ -320,6 +320,12 @@ def train(cfg: TrainConfig) -> Path:
                 (terms["loss"] / o.accumulate).backward()
             for k in totals:
                 totals[k] += float(terms[k].detach()) / o.accumulate
+        if info.world > 1:  # log the mean over ranks, not rank 0's share
+            import torch.distributed as dist
+
+            mean = torch.tensor([totals[k] for k in totals], device=info.device)
+            dist.all_reduce(mean)
+            totals = dict(zip(totals, (mean / info.world).tolist(), strict=True))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, o.grad_clip))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
