@@ -183,6 +183,7 @@ def test_resume_continues_step_and_optimizer(tmp_path):
     assert all(float(s["step"]) == 2 for s in state["optimizers"]["discriminator"]["state"].values())
     rows = list(csv.DictReader((tmp_path / "voc" / "log.csv").open()))
     assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert rows[0]["loss_disc"] == "nan" and rows[2]["loss_disc"] != "nan"  # GAN columns exist from the start
 
 
 def test_griffin_lim_recovers_sine_pitch():
@@ -226,3 +227,22 @@ def test_cli_parser(tmp_path):
     assert args.component == "vocoder" and args.config == "cfg.yaml"
     assert parse_set(args.overrides) == {"steps": 3, "data": "/x"}
     assert callable(args.func)
+
+
+def test_folder_and_hf_dataset_data_sources(tmp_path):
+    import datasets
+
+    from songflow.audio.io import save_audio
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(2):
+        save_audio(audio / f"{i}.wav", torch.randn(1, 4000) * 0.1, 22050)
+    cfg = _vocoder_cfg(tmp_path, data=str(audio), steps=1)
+    trainer = VocoderTrainer(cfg)
+    assert len(trainer.data.files) == 2 and trainer.sample_batch(0).shape == (2, 8 * 512)
+    ds_dir = tmp_path / "ds"
+    datasets.Dataset.from_dict({"keys": ["a"], "filename": [str(audio / "0.wav")]}).save_to_disk(str(ds_dir))
+    trainer = DCAETrainer(_dcae_cfg(tmp_path, data=str(ds_dir)))
+    assert trainer.data.files == [audio / "0.wav"]
+    assert trainer.sample_batch(0).shape == (1, 2, 2 * 8 * 512)

@@ -293,17 +293,15 @@ def _clip(params: list[nn.Parameter], max_norm: float) -> float:
 
 
 class _Logger:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fields: list[str]):
         self.path = path
-        self.fields: list[str] | None = None
+        self.fields: list[str] | None = ["step", "sec_per_step", *fields]
 
     def write(self, row: dict[str, float]) -> None:
         new = not self.path.exists()
-        if self.fields is None:
-            if not new:
-                with self.path.open() as f:
-                    self.fields = next(csv.reader(f), None)
-            self.fields = self.fields or list(row)
+        if not new:  # keep an existing file's columns
+            with self.path.open() as f:
+                self.fields = next(csv.reader(f), None) or self.fields
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
@@ -315,6 +313,7 @@ class _Trainer:
     """Shared parts: step counter, optimisers, state file, CSV log, main loop."""
 
     component_folder: str
+    log_fields: tuple[str, ...] = ()
     cfg: _CommonTrainConfig
 
     def __init__(self, cfg: _CommonTrainConfig):
@@ -322,7 +321,7 @@ class _Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = _device(cfg.device)
         self.step = 0
-        self.logger = _Logger(self.out_dir / LOG_NAME)
+        self.logger = _Logger(self.out_dir / LOG_NAME, list(self.log_fields))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
@@ -408,6 +407,7 @@ class VocoderTrainer(_Trainer):
     """Vocoder + :class:`VocoderDiscriminator` with AdamW each; one :meth:`train_step` per batch."""
 
     component_folder = VOCODER_FOLDER
+    log_fields = ("loss", "mel_l1", "stft_sc", "stft_mag", "loss_adv", "loss_fm", "loss_disc", "grad_norm")
 
     def __init__(self, cfg: VocoderTrainConfig):
         super().__init__(cfg)
@@ -512,6 +512,17 @@ class DCAETrainer(_Trainer):
     """DC-AE with separate encoder/decoder optimisers and a :class:`MelPatchDiscriminator`."""
 
     component_folder = DCAE_FOLDER
+    log_fields = (
+        "phase",
+        "loss",
+        "recon_mse",
+        "loss_adv",
+        "loss_fm",
+        "loss_disc",
+        "grad_norm",
+        "latent_mean",
+        "latent_std",
+    )
 
     def __init__(self, cfg: DCAETrainConfig):
         super().__init__(cfg)
