@@ -30,9 +30,17 @@ RANK = {
     "requests": 2,
     "tasks": 3,
     "pipeline": 4,
+    "training": 4,
     "interfaces": 5,
 }
-FORBIDDEN = {("sampling", "models"), ("sampling", "weights"), ("models", "sampling")}
+FORBIDDEN = {
+    ("sampling", "models"),
+    ("sampling", "weights"),
+    ("models", "sampling"),
+    ("pipeline", "training"),  # inference never imports training code
+    ("tasks", "training"),
+    ("training", "pipeline"),
+}
 
 
 def _layer(module: str) -> str:
