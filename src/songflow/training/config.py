@@ -16,17 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from songflow.errors import ConfigError
-
-OFFICIAL_LORA_TARGETS = (
-    "speaker_embedder",
-    "linear_q",
-    "linear_k",
-    "linear_v",
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-)
+from songflow.lora import OFFICIAL_TARGET_MODULES
 
 
 @dataclass
@@ -88,7 +78,7 @@ class LoraConfig:
     alpha: float = 32.0
     use_rslora: bool = True
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(OFFICIAL_LORA_TARGETS))
+    target_modules: list[str] = field(default_factory=lambda: list(OFFICIAL_TARGET_MODULES))
 
 
 @dataclass
