@@ -1,0 +1,353 @@
+"""The REST server's persistent job store and its single worker thread.
+
+Jobs live in ``<data_dir>/jobs.sqlite3`` (WAL). One worker thread per process owns the one pipeline and
+runs queued jobs oldest first; finished audio is written atomically under ``<data_dir>/outputs/<id>/``
+with the reproducibility sidecar. On startup, jobs left ``running`` by a previous process are re-queued.
+A job is cancelled through the sampler's progress callback, which raises :class:`Cancelled` at the next
+sampling step. A failed job records its error and never stops the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from songflow.errors import SongflowError
+from songflow.requests import Request, request_from_dict, request_to_dict
+
+log = logging.getLogger("songflow.server")
+
+STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "cancelled")
+FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+AUDIO_STEM = "audio"
+SIDECAR_NAME = "result.json"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    request TEXT NOT NULL,
+    resolved TEXT,
+    error TEXT,
+    timings TEXT,
+    outputs TEXT,
+    uploads TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+"""
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback to stop a job at the next sampling step (internal)."""
+
+
+class _Shutdown(Exception):
+    """Raised from the progress callback when the server stops; the job is re-queued."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    state: str
+    progress: float
+    request: dict[str, Any]
+    resolved: dict[str, Any] | None
+    error: str | None
+    timings_s: dict[str, float]
+    outputs: list[str]
+    uploads: list[str]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "progress": round(self.progress, 4),
+            "request": self.resolved if self.resolved is not None else self.request,
+            "error": self.error,
+            "timings_s": self.timings_s,
+            "n_outputs": len(self.outputs),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        state=row["state"],
+        progress=row["progress"],
+        request=json.loads(row["request"]),
+        resolved=json.loads(row["resolved"]) if row["resolved"] else None,
+        error=row["error"],
+        timings_s=json.loads(row["timings"]) if row["timings"] else {},
+        outputs=json.loads(row["outputs"]) if row["outputs"] else [],
+        uploads=json.loads(row["uploads"]) if row["uploads"] else [],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+class JobStore:
+    """SQLite-backed job table; every method is thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def requeue_interrupted(self) -> int:
+        cur = self._exec("UPDATE jobs SET state='queued', progress=0, started_at=NULL WHERE state='running'")
+        return cur.rowcount
+
+    def add(self, request: dict[str, Any], uploads: list[str], max_queued: int) -> Job | None:
+        """Insert a queued job, or return None when ``max_queued`` jobs are already queued."""
+        job_id = uuid.uuid4().hex
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (n,) = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()
+                if n >= max_queued:
+                    self._db.execute("ROLLBACK")
+                    return None
+                self._db.execute(
+                    "INSERT INTO jobs (id, state, request, uploads, created_at) "
+                    "VALUES (?, 'queued', ?, ?, ?)",
+                    (job_id, json.dumps(request), json.dumps(uploads), time.time()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._exec("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _row_to_job(row) if row else None
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[Job]:
+        if state is None:
+            rows = self._exec("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        else:
+            rows = self._exec(
+                "SELECT * FROM jobs WHERE state=? ORDER BY seq DESC LIMIT ?", (state, limit)
+            ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def count(self, state: str) -> int:
+        return self._exec("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0]
+
+    def claim_next(self) -> Job | None:
+        """Mark the oldest queued job running and return it (None when the queue is empty)."""
+        with self._lock:
+            row = self._db.execute(
+                "UPDATE jobs SET state='running', progress=0, started_at=? WHERE seq = "
+                "(SELECT seq FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1) RETURNING *",
+                (time.time(),),
+            ).fetchone()
+        return _row_to_job(row) if row else None
+
+    def set_progress(self, job_id: str, progress: float) -> None:
+        self._exec("UPDATE jobs SET progress=? WHERE id=? AND state='running'", (progress, job_id))
+
+    def finish(self, job_id: str, state: str, **fields: Any) -> bool:
+        """Move a running job to a final state (or back to queued); False if it is no longer running."""
+        sets = ["state=?"]
+        args: list[Any] = [state]
+        if state in FINISHED_STATES:
+            sets.append("finished_at=?")
+            args.append(time.time())
+        for name, value in fields.items():
+            sets.append(f"{name}=?")
+            args.append(value if isinstance(value, str | int | float) or value is None else json.dumps(value))
+        cur = self._exec(f"UPDATE jobs SET {', '.join(sets)} WHERE id=? AND state='running'", (*args, job_id))
+        return cur.rowcount == 1
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued or running job; returns the state it had, or None if it was not cancellable."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] not in ("queued", "running"):
+                return None
+            self._db.execute(
+                "UPDATE jobs SET state='cancelled', finished_at=?, error='cancelled by the client' "
+                "WHERE id=? AND state IN ('queued', 'running')",
+                (time.time(), job_id),
+            )
+            return row["state"]
+
+
+class Worker:
+    """The one thread that owns the pipeline and runs queued jobs, oldest first."""
+
+    def __init__(self, pipeline, store: JobStore, outputs_dir: Path, runtime: dict[str, Any]):
+        self.pipeline = pipeline
+        self.store = store
+        self.outputs_dir = outputs_dir
+        self.runtime = runtime
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._resumed = threading.Event()
+        self._resumed.set()
+        self._cancel_lock = threading.Lock()
+        self._cancelled: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self.current: str | None = None
+
+    # -- control -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="songflow-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._resumed.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def pause(self) -> None:
+        """Hold the worker before it takes the next job (tests, maintenance)."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._cancel_lock:
+            self._cancelled.add(job_id)
+
+    # -- loop ----------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._resumed.wait()
+            if self._stop.is_set():
+                break
+            job = self.store.claim_next()
+            if job is None:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            self.current = job.id
+            try:
+                self._run(job)
+            except Exception:  # never let a job kill the worker
+                log.exception("job %s: unexpected error while recording its result", job.id)
+            finally:
+                self.current = None
+                with self._cancel_lock:
+                    self._cancelled.discard(job.id)
+
+    def _progress_fn(self, job_id: str):
+        last = [0.0]
+
+        def progress(step: int, total: int) -> None:
+            if self._stop.is_set():
+                raise _Shutdown()
+            with self._cancel_lock:
+                if job_id in self._cancelled:
+                    raise Cancelled()
+            now = time.monotonic()
+            if step >= total or now - last[0] >= 0.1:
+                last[0] = now
+                self.store.set_progress(job_id, min(1.0, step / max(total, 1)))
+
+        return progress
+
+    def _run(self, job: Job) -> None:
+        try:
+            request: Request = request_from_dict(job.request)
+            result = self.pipeline.generate(request, progress=self._progress_fn(job.id))
+            if self._is_cancelled(job.id):
+                raise Cancelled()
+            outputs = self._write_outputs(job.id, result)
+        except Cancelled:
+            log.info("job %s cancelled", job.id)
+            return  # the store already holds state 'cancelled'
+        except _Shutdown:
+            self.store.finish(job.id, "queued", progress=0.0, started_at=None)
+            log.info("job %s interrupted by shutdown; re-queued", job.id)
+            return
+        except SongflowError as exc:
+            self.store.finish(job.id, "failed", error=str(exc))
+            log.info("job %s failed: %s", job.id, exc)
+            return
+        except Exception:
+            log.exception("job %s failed with an internal error", job.id)
+            self.store.finish(job.id, "failed", error="internal error")
+            return
+        timings = {k: round(v, 4) for k, v in result.timings_s.items()}
+        self.store.finish(
+            job.id,
+            "done",
+            progress=1.0,
+            resolved=request_to_dict(result.request),
+            timings=timings,
+            outputs=outputs,
+        )
+
+    def _is_cancelled(self, job_id: str) -> bool:
+        with self._cancel_lock:
+            if job_id in self._cancelled:
+                return True
+        job = self.store.get(job_id)
+        return job is None or job.state == "cancelled"
+
+    def _write_outputs(self, job_id: str, result) -> list[str]:
+        from songflow.audio.io import save_audio
+        from songflow.interfaces.sidecar import write_sidecar
+
+        folder = self.outputs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        for i, audio in enumerate(result.audio):
+            name = f"{AUDIO_STEM}_{i}.wav"
+            save_audio(folder / name, audio, result.sample_rate_hz)
+            names.append(name)
+        write_sidecar(folder / SIDECAR_NAME, result, names, self.runtime)
+        return names
