@@ -22,7 +22,7 @@ done
 
 "$PY" -m pip install -q torch==2.13.0
 if [ "$dev" = 1 ]; then
-  "$PY" -m pip install -q -e ".[dev,multilingual,synth,eval,train]"
+  "$PY" -m pip install -q -e ".[dev,multilingual,synth,eval,train,serve]"
   # basic-pitch ships the ONNX transcription model we run with onnxruntime; its own deps pull TensorFlow
   "$PY" -m pip install -q --no-deps "basic-pitch==0.4.0"
   SONGFLOW_SKIP_PIP=1 bash scripts/install_synth_deps.sh

@@ -1,5 +1,5 @@
 """The ``songflow`` command line: generate, bulk, bench, download, random-checkpoint, corpus, eval, train,
-train-codec.
+train-codec, serve.
 
 Flags of ``generate`` are derived from the request dataclasses (``songflow.requests``), so the CLI cannot
 drift from the Python API. Every user error prints one ``error:`` line and exits with code 2.
@@ -361,12 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     from songflow.interfaces.codec_train_cli import add_codec_train_parser
     from songflow.interfaces.corpus_cli import add_corpus_parser
     from songflow.interfaces.eval_cli import add_eval_parser
+    from songflow.interfaces.serve_cli import add_serve_parser
     from songflow.interfaces.train_cli import add_train_parser
 
     add_corpus_parser(sub)
     add_eval_parser(sub)
     add_train_parser(sub)
     add_codec_train_parser(sub)
+    add_serve_parser(sub)
 
     dl = sub.add_parser("download", help="download the official checkpoint and lyric vocabulary")
     dl.add_argument("--repo-id", default="ACE-Step/ACE-Step-v1-3.5B")
