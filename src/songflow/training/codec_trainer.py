@@ -664,26 +664,14 @@ def compare_to_griffin_lim(
 
 
 def load_train_config(kind: str, path: str | Path | None, overrides: Mapping[str, Any] | None = None):
-    """``VocoderTrainConfig``/``DCAETrainConfig`` from a JSON or YAML file plus dotted ``overrides``."""
+    """``VocoderTrainConfig``/``DCAETrainConfig`` from a JSON or YAML file (read like the DiT trainer's,
+    ``training.config.read_config_file``) plus dotted ``overrides``."""
     classes = {"vocoder": VocoderTrainConfig, "dcae": DCAETrainConfig}
     if kind not in classes:
         raise ConfigError(f"unknown codec component {kind!r}; valid: {sorted(classes)}")
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    from songflow.training.config import read_config_file
 
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"cannot read {path}: {exc}") from exc
-        else:
-            from songflow.config import read_json_object
-
-            data = read_json_object(path, "training config")
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping")
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         node = data
         *parents, last = key.split(".")
