@@ -106,3 +106,11 @@ def pipe(tiny_ckpt):
     from songflow.pipeline import Pipeline
 
     return Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="float32")
+
+
+def regenerate(checkpoint: Path, audio: Path, out: Path, *extra: str) -> int:
+    """``songflow generate --from <audio's sidecar> --out out`` (plus ``extra`` flags); the exit code."""
+    from songflow.interfaces.cli import main
+
+    argv = ["generate", "--checkpoint", str(checkpoint), "--from", str(audio.with_suffix(".json"))]
+    return main([*argv, *extra, "--out", str(out), "--quiet"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import regenerate
 from songflow.interfaces.cli import main
 from songflow.requests import GenerationParams, Text2Music
 
@@ -51,21 +52,7 @@ def test_generate_writes_audio_and_sidecar_and_from_reproduces_bit_for_bit(tiny_
     audio, sr = sf.read(out, dtype="float32")
     assert sr == 48000 and audio.shape[1] == 2 and audio.shape[0] > 0
     again = tmp_path / "again.wav"
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(tiny_ckpt),
-                "--from",
-                str(out.with_suffix(".json")),
-                "--out",
-                str(again),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert regenerate(tiny_ckpt, out, again) == 0
     again_audio, _ = sf.read(again, dtype="float32")
     # the samples, bit for bit (the WAV PEAK chunk holds a time stamp, so the bytes differ)
     assert again_audio.tobytes() == audio.tobytes()

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import regenerate
 from songflow.errors import AudioError, ConfigError
 from songflow.interfaces.cli import main
 from songflow.requests import (
@@ -204,45 +205,13 @@ def test_cli_tasks_sidecars_and_reproduction(tiny_ckpt, source, tmp_path):
     assert side["request"]["task"] == "repaint" and side["request"]["retake_seeds"] == [9]
     assert len(side["sources_sha256"]["source_path"]) == 64
     again = tmp_path / "again.wav"
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(tiny_ckpt),
-                "--from",
-                str(out.with_suffix(".json")),
-                "--out",
-                str(again),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert regenerate(tiny_ckpt, out, again) == 0
     assert np.array_equal(sf.read(again)[0], sf.read(out)[0])
     # a text2music sidecar becomes a retake with --task retake
     t2m = tmp_path / "t2m.wav"
     assert main([*base, "--duration", "2", "--out", str(t2m)]) == 0
     rt = tmp_path / "rt.wav"
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(tiny_ckpt),
-                "--from",
-                str(t2m.with_suffix(".json")),
-                "--task",
-                "retake",
-                "--variance-frac",
-                "0",
-                "--out",
-                str(rt),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert regenerate(tiny_ckpt, t2m, rt, "--task", "retake", "--variance-frac", "0") == 0
     assert np.array_equal(sf.read(rt)[0], sf.read(t2m)[0])
 
 
