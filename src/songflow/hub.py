@@ -141,3 +141,26 @@ def find_lyric_vocab(checkpoint_root: str | Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+# The model trained by this project and shipped inside the package (see its MODEL_CARD.md).
+DEFAULT_MODEL_NAME = "songflow-tiny"
+
+
+def default_model_dir() -> Path:
+    """Folder of the shipped ``songflow-tiny`` checkpoint (official four-folder layout + vocab.json)."""
+    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_NAME
+
+
+def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    """The checkpoint folder a user means: a path as given, or the shipped default model for None or
+    ``"songflow-tiny"``. Raises :class:`CheckpointError` when the default model's weights are missing."""
+    if checkpoint is not None and str(checkpoint) != DEFAULT_MODEL_NAME:
+        return Path(checkpoint).expanduser()
+    root = default_model_dir()
+    if not (root / "ace_step_transformer").is_dir():
+        raise CheckpointError(
+            f"the default model {DEFAULT_MODEL_NAME} is not installed at {root}; reinstall songflow from its "
+            "source tree, or pass --checkpoint DIR (e.g. one made by `songflow download`)"
+        )
+    return root

@@ -174,7 +174,9 @@ def _check_output(out: Path) -> None:
 def _load_pipeline(args: argparse.Namespace):
     from songflow.pipeline import Pipeline
 
-    ckpt = Path(args.checkpoint).expanduser() if args.checkpoint else DEFAULT_CHECKPOINT_DIR
+    from songflow.hub import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
     pipe = Pipeline.from_pretrained(
         ckpt,
         device=args.device,
@@ -387,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help=f"checkpoint folder (default {DEFAULT_CHECKPOINT_DIR})")
+    parser.add_argument(
+        "--checkpoint", help="checkpoint folder (default: the shipped songflow-tiny model)"
+    )
     parser.add_argument("--vocab", help="lyric vocab.json (default: looked up in the checkpoint folder)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
