@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from songflow.audio.geometry import OFFICIAL_GEOMETRY, LatentGeometry
 from songflow.errors import AudioError, ConfigError, SongflowError
+from songflow.models.transformer import Conditions
 from songflow.requests import (
+    MAX_BATCH,
     AudioToAudio,
     Edit,
     Extend,
@@ -29,7 +31,7 @@ from songflow.requests import (
     Retake,
     Text2Music,
 )
-from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
+from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample, trig_mix
 from songflow.tasks.audio2audio import build_audio2audio_plan
 from songflow.tasks.edit import encode_edit_conditions, run_edit
 from songflow.tasks.extend import run_extend
@@ -320,6 +322,89 @@ class Pipeline:
             )
         return Result(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
 
+    def generate_many(
+        self, requests: Sequence[Request], *, progress: ProgressFn | None = None
+    ) -> list[Result]:
+        """Run several compatible requests as one batch: one result per request, each equal (to float
+        rounding) to ``generate(request)`` with the same seeds.
+
+        Requests are compatible when :func:`batch_key` gives them the same key: text2music and retake
+        with one duration, one set of generation settings (seeds and ``batch_size`` may differ) and one
+        LoRA set; tags, lyrics, seeds and retake variance may all differ. Each request's conditions are
+        encoded on their own and padded (mask 0) to a common length, so no row sees another's prompt;
+        every row draws its noise from its own generators. ``progress`` reports the batch's steps.
+        Raises :class:`ConfigError` for incompatible requests or more than ``MAX_BATCH`` rows in all.
+        """
+        if not requests:
+            return []
+        if len(requests) == 1:
+            return [self.generate(requests[0], progress=progress)]
+        keys = {batch_key(r) for r in requests}
+        if None in keys or len(keys) != 1:
+            raise ConfigError(
+                "generate_many needs compatible requests (text2music/retake with one duration, the same "
+                "generation settings and LoRAs; only tags, lyrics, seeds and retake settings may differ)"
+            )
+        for request in requests:
+            self.check_request(request)
+        requests = [self.resolve_seeds(r) for r in requests]
+        rows = [r.params.batch_size for r in requests]
+        if sum(rows) > MAX_BATCH:
+            raise ConfigError(f"a batch holds at most {MAX_BATCH} items; these requests have {sum(rows)}")
+        first = requests[0]
+        seeds = tuple(s for r in requests for s in r.params.seeds)
+        params = replace(first.params, seeds=seeds, batch_size=len(seeds))
+        n_frames = self.geometry.frames_from_seconds(first.duration_s)
+        timings: dict[str, float] = {}
+
+        # 1. each request's conditions and initial noise, then one padded batch
+        t0 = time.perf_counter()
+        self.apply_loras(first.loras)
+        conds = _concat_condition_sets([self.encode_conditions(r.tags, r.lyrics, r.params) for r in requests])
+        generators: list[torch.Generator] = []
+        initial = []
+        for r in requests:
+            gens = make_generators(list(r.params.seeds))
+            x = self.noise(gens, n_frames)
+            if isinstance(r, Retake):  # as build_retake_plan: mix in the retake seeds' noise
+                retake_noise = self.noise(make_generators(list(r.retake_seeds)), n_frames)
+                x = trig_mix(x, retake_noise, r.variance_frac)
+            generators += gens
+            initial.append(x)
+        ctx = TaskContext(
+            self.transformer,
+            conds,
+            params,
+            generators,
+            model_dtype=self.dtype,
+            batch_passes=self.batch_passes,
+            oss_dtype=self.dtype,
+        )
+        timings["preprocess"] = time.perf_counter() - t0
+
+        # 2. one sampling run for the whole batch
+        t0 = time.perf_counter()
+        with self.placement.on_device(self.transformer), torch.inference_mode():
+            plan = build_text2music_plan(ctx, torch.cat(initial))
+            latents = run_plan(plan, callback=_progress_callback(progress, len(plan.sigmas) - 1))
+        timings["diffusion"] = time.perf_counter() - t0
+
+        # 3. back to audio, split per request
+        t0 = time.perf_counter()
+        audio = self.decode(latents)
+        timings["decode"] = time.perf_counter() - t0
+        if not torch.isfinite(audio).all():
+            raise SongflowError(
+                "the model produced non-finite audio (NaN/inf); try float32 or other settings"
+            )
+        latents = latents.float().cpu()
+        results, start = [], 0
+        for r, n in zip(requests, rows, strict=True):
+            part = slice(start, start + n)
+            results.append(Result(audio[part], self.output_sample_rate_hz, latents[part], r, dict(timings)))
+            start += n
+        return results
+
     def noise(self, generators: list[torch.Generator], n_frames: int) -> Tensor:
         """One N(0,1) latent draw per batch item [B, 8, 16, n_frames], CPU float32 -> device."""
         return randn_per_sample((8, 16, n_frames), generators).to(self.device)
@@ -336,6 +421,58 @@ class Pipeline:
         with self.placement.on_device(self.transformer):
             set_loras(self.transformer, specs, merged=self.merge_loras)
         self._loras = wanted
+
+
+# tasks whose requests generate_many can run together (retake is text2music from mixed noise)
+_BATCHABLE_TASKS = {"text2music": "text2music", "retake": "text2music"}
+
+
+def batch_key(request: Request) -> Hashable | None:
+    """Requests with equal keys can run as one :meth:`Pipeline.generate_many` batch; None: alone only.
+
+    The key holds what one sampling run shares: the task family, the duration, the generation settings
+    (minus seeds and ``batch_size``) and the LoRA set. Settings that couple batch items on purpose (the
+    reference's whole-batch omega mean and shared ping-pong noise) never batch.
+    """
+    family = _BATCHABLE_TASKS.get(request.task)
+    p = request.params
+    if family is None or p.omega_mean_over != "sample" or p.legacy_batch_noise:
+        return None
+    return (family, float(request.duration_s), replace(p, seeds=None, batch_size=1), request.loras)
+
+
+def _pad_conditions(c: Conditions, length: int) -> Conditions:
+    """Right-pad ``states [B, S, D]`` / ``mask [B, S]`` to ``length`` with zeros (masked out)."""
+    extra = length - c.states.shape[1]
+    if extra == 0:
+        return c
+    states = torch.nn.functional.pad(c.states, (0, 0, 0, extra))
+    return Conditions(states=states, mask=torch.nn.functional.pad(c.mask, (0, extra)))
+
+
+def _concat_condition_sets(sets: list[ConditionSet]) -> ConditionSet:
+    """Stack per-request condition sets along the batch, right-padding the sequences to one length.
+
+    Padding at the end keeps every real token's position (the cross-attention RoPE) and the mask hides
+    the padding, so each row attends to exactly its own conditions.
+    """
+    length = max(s.cond.states.shape[1] for s in sets)
+
+    def cat(name: str) -> Conditions | None:
+        parts = [getattr(s, name) for s in sets]
+        if parts[0] is None:
+            return None
+        padded = [_pad_conditions(c, length) for c in parts]
+        return Conditions(
+            states=torch.cat([c.states for c in padded]), mask=torch.cat([c.mask for c in padded])
+        )
+
+    return ConditionSet(
+        cond=cat("cond"),
+        uncond=cat("uncond"),
+        text_only=cat("text_only"),
+        uncond_query_scale=sets[0].uncond_query_scale,
+    )
 
 
 def _progress_callback(progress: ProgressFn | None, n_steps: int):

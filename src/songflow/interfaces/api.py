@@ -16,6 +16,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import re
 import uuid
 from pathlib import Path
@@ -91,6 +92,7 @@ def create_app(
     max_queue: int = 16,
     max_upload_mb: float = 50,
     checkpoint_name: str | None = None,
+    max_batch: int = 4,
     start_worker: bool = True,
 ) -> FastAPI:
     """Build the REST app over ``pipeline`` (loaded once; one worker thread runs every job).
@@ -102,6 +104,8 @@ def create_app(
         max_queue: queued jobs beyond this are refused with 429.
         max_upload_mb: larger uploads are refused with 413.
         checkpoint_name: shown by ``GET /v1/models``.
+        max_batch: up to this many compatible queued jobs run as one pipeline batch (1: no batching);
+            each job still gets exactly the audio it would get alone.
         start_worker: start the worker with the app (False: only store jobs; tests).
     """
     data_dir = Path(data_dir)
@@ -116,7 +120,7 @@ def create_app(
         "dtype": str(pipeline.dtype).replace("torch.", ""),
     }
     store = JobStore(data_dir / "jobs.sqlite3")
-    worker = Worker(pipeline, store, outputs_dir, runtime)
+    worker = Worker(pipeline, store, outputs_dir, runtime, max_batch=max_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -159,6 +163,14 @@ def create_app(
         data["audio_urls"] = [f"/v1/jobs/{job.id}/audio?index={i}" for i in range(len(job.outputs))]
         return data
 
+    def retry_after_s() -> int:
+        """Seconds until a queue slot is likely free: the worker claims the next job(s) when its current
+        run ends, so about the recent mean run time (5 s before any job has run)."""
+        mean = store.mean_run_s()
+        if mean is None:
+            return 5
+        return int(min(300, max(1, math.ceil(mean))))
+
     async def save_upload(upload) -> Path:
         suffix = Path(upload.filename or "").suffix.lower().lstrip(".")
         ext = suffix if _SAFE_EXT.match(suffix) else "bin"
@@ -184,7 +196,12 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "worker_alive": worker.alive, "queued": store.count("queued")}
+        return {
+            "status": "ok",
+            "worker_alive": worker.alive,
+            "queued": store.count("queued"),
+            "running": store.count("running"),
+        }
 
     @app.get("/v1/models", dependencies=auth)
     def models() -> dict[str, Any]:
@@ -235,10 +252,11 @@ def create_app(
                 raise HTTPException(422, "loras: LoRA adapters cannot be chosen over the API")
             job = store.add(request_to_dict(req), [str(p) for p in uploads], max_queue)
             if job is None:
+                wait_s = retry_after_s()
                 raise HTTPException(
                     429,
-                    f"the queue is full ({max_queue} jobs waiting); retry later",
-                    headers={"Retry-After": "5"},
+                    f"the queue is full ({max_queue} jobs waiting); retry in about {wait_s} s",
+                    headers={"Retry-After": str(wait_s)},
                 )
         except BaseException:
             for path in uploads:

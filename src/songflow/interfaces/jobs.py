@@ -3,6 +3,14 @@
 Jobs live in ``<data_dir>/jobs.sqlite3`` (WAL). One worker thread per process owns the one pipeline and
 runs queued jobs oldest first; finished audio is written atomically under ``<data_dir>/outputs/<id>/``
 with the reproducibility sidecar. On startup, jobs left ``running`` by a previous process are re-queued.
+
+Batching: when the oldest queued job can share a sampling run (``songflow.pipeline.batch_key``), the
+worker claims up to ``max_batch`` queued jobs with the same key (oldest first, jobs with other keys keep
+their place) and runs them with ``Pipeline.generate_many``; every job still gets exactly the audio it
+would get alone. Progress is recorded per job. Cancelling a job of a running batch marks it cancelled at
+once and drops its output; the run stops when every job of the batch is cancelled. If a batch fails, its
+jobs are run one at a time, so an error is recorded on the job that caused it.
+
 A job is cancelled through the sampler's progress callback, which raises :class:`Cancelled` at the next
 sampling step. A failed job records its error and never stops the worker.
 """
@@ -15,12 +23,14 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from songflow.errors import SongflowError
-from songflow.requests import Request, request_from_dict, request_to_dict
+from songflow.pipeline import batch_key
+from songflow.requests import MAX_BATCH, Request, request_from_dict, request_to_dict
 
 log = logging.getLogger("songflow.server")
 
@@ -47,6 +57,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
+# columns added after the first release: (name, SQL type); added to older databases on open
+_LATER_COLUMNS = (("batch_jobs", "INTEGER"),)
+# how many queued jobs behind the oldest one are looked at for batch-mates
+_BATCH_SCAN = 256
 
 
 class Cancelled(Exception):
@@ -71,6 +85,7 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    batch_jobs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +96,7 @@ class Job:
             "error": self.error,
             "timings_s": self.timings_s,
             "n_outputs": len(self.outputs),
+            "batch_jobs": self.batch_jobs,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -101,7 +117,14 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        batch_jobs=row["batch_jobs"],
     )
+
+
+def _rows_of(request: dict[str, Any]) -> int:
+    """Batch items a stored request asks for (``params.batch_size``)."""
+    n = (request.get("params") or {}).get("batch_size", 1)
+    return n if isinstance(n, int) and n >= 1 else 1
 
 
 class JobStore:
@@ -116,6 +139,10 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, sql_type in _LATER_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         with self._lock:
@@ -126,7 +153,10 @@ class JobStore:
             return self._db.execute(sql, args)
 
     def requeue_interrupted(self) -> int:
-        cur = self._exec("UPDATE jobs SET state='queued', progress=0, started_at=NULL WHERE state='running'")
+        cur = self._exec(
+            "UPDATE jobs SET state='queued', progress=0, started_at=NULL, batch_jobs=NULL "
+            "WHERE state='running'"
+        )
         return cur.rowcount
 
     def add(self, request: dict[str, Any], uploads: list[str], max_queued: int) -> Job | None:
@@ -165,18 +195,72 @@ class JobStore:
             ).fetchall()
         return [_row_to_job(r) for r in rows]
 
+    def mean_run_s(self, last: int = 20) -> float | None:
+        """Mean wall time (start to finish) of the last ``last`` finished jobs, or None if none ran."""
+        row = self._exec(
+            "SELECT AVG(finished_at - started_at) FROM (SELECT finished_at, started_at FROM jobs "
+            "WHERE state='done' AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?)",
+            (last,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def count(self, state: str) -> int:
         return self._exec("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0]
 
     def claim_next(self) -> Job | None:
         """Mark the oldest queued job running and return it (None when the queue is empty)."""
+        jobs = self.claim_batch(1)
+        return jobs[0] if jobs else None
+
+    def claim_batch(
+        self,
+        max_jobs: int,
+        max_rows: int = MAX_BATCH,
+        key_of: Callable[[dict[str, Any]], Hashable | None] | None = None,
+    ) -> list[Job]:
+        """Mark the oldest queued job running, with up to ``max_jobs - 1`` later queued jobs whose
+        ``key_of(request)`` equals its key (None: never batched), keeping the total of their
+        ``batch_size`` within ``max_rows``; return them oldest first ([] when the queue is empty)."""
         with self._lock:
-            row = self._db.execute(
-                "UPDATE jobs SET state='running', progress=0, started_at=? WHERE seq = "
-                "(SELECT seq FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1) RETURNING *",
-                (time.time(),),
-            ).fetchone()
-        return _row_to_job(row) if row else None
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                head = self._db.execute(
+                    "SELECT * FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1"
+                ).fetchone()
+                if head is None:
+                    self._db.execute("ROLLBACK")
+                    return []
+                chosen = [head]
+                key = key_of(json.loads(head["request"])) if key_of is not None and max_jobs > 1 else None
+                if key is not None:
+                    rows = _rows_of(json.loads(head["request"]))
+                    later = self._db.execute(
+                        "SELECT * FROM jobs WHERE state='queued' AND seq > ? ORDER BY seq LIMIT ?",
+                        (head["seq"], _BATCH_SCAN),
+                    ).fetchall()
+                    for row in later:
+                        if len(chosen) >= max_jobs:
+                            break
+                        request = json.loads(row["request"])
+                        n = _rows_of(request)
+                        if rows + n <= max_rows and key_of(request) == key:
+                            chosen.append(row)
+                            rows += n
+                now = time.time()
+                claimed = []
+                for row in chosen:
+                    claimed.append(
+                        self._db.execute(
+                            "UPDATE jobs SET state='running', progress=0, started_at=?, batch_jobs=? "
+                            "WHERE id=? RETURNING *",
+                            (now, len(chosen), row["id"]),
+                        ).fetchone()
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return [_row_to_job(row) for row in claimed]
 
     def set_progress(self, job_id: str, progress: float) -> None:
         self._exec("UPDATE jobs SET progress=? WHERE id=? AND state='running'", (progress, job_id))
@@ -209,13 +293,25 @@ class JobStore:
 
 
 class Worker:
-    """The one thread that owns the pipeline and runs queued jobs, oldest first."""
+    """The one thread that owns the pipeline and runs queued jobs, oldest first (``max_batch`` > 1:
+    compatible queued jobs together, see the module docstring)."""
 
-    def __init__(self, pipeline, store: JobStore, outputs_dir: Path, runtime: dict[str, Any]):
+    def __init__(
+        self,
+        pipeline,
+        store: JobStore,
+        outputs_dir: Path,
+        runtime: dict[str, Any],
+        *,
+        max_batch: int = 1,
+    ):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.pipeline = pipeline
         self.store = store
         self.outputs_dir = outputs_dir
         self.runtime = runtime
+        self.max_batch = max_batch
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._resumed = threading.Event()
@@ -223,7 +319,7 @@ class Worker:
         self._cancel_lock = threading.Lock()
         self._cancelled: set[str] = set()
         self._thread: threading.Thread | None = None
-        self.current: str | None = None
+        self.current: tuple[str, ...] = ()  # ids of the job(s) running now
 
     # -- control -------------------------------------------------------------------------------------
 
@@ -268,41 +364,105 @@ class Worker:
             self._resumed.wait()
             if self._stop.is_set():
                 break
-            job = self.store.claim_next()
-            if job is None:
+            try:
+                jobs = self.store.claim_batch(self.max_batch, MAX_BATCH, _stored_batch_key)
+            except Exception:  # a broken store must not kill the thread; try again shortly
+                log.exception("cannot claim the next job")
+                jobs = []
+                self._stop.wait(1.0)
+            if not jobs:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
-            self.current = job.id
+            self.current = tuple(job.id for job in jobs)
             try:
-                self._run(job)
+                if len(jobs) == 1:
+                    self._run(jobs[0])
+                else:
+                    self._run_batch(jobs)
             except Exception:  # never let a job kill the worker
-                log.exception("job %s: unexpected error while recording its result", job.id)
+                log.exception("jobs %s: unexpected error while recording their results", self.current)
             finally:
-                self.current = None
+                self.current = ()
                 with self._cancel_lock:
-                    self._cancelled.discard(job.id)
+                    self._cancelled.difference_update(job.id for job in jobs)
 
-    def _progress_fn(self, job_id: str):
+    def _progress_fn(self, job_ids: list[str]):
+        """Progress callback of a run over ``job_ids``: records each live job's progress; raises
+        :class:`_Shutdown` when the server stops and :class:`Cancelled` once every job is cancelled."""
         last = [0.0]
 
         def progress(step: int, total: int) -> None:
             if self._stop.is_set():
                 raise _Shutdown()
             with self._cancel_lock:
-                if job_id in self._cancelled:
-                    raise Cancelled()
+                live = [i for i in job_ids if i not in self._cancelled]
+            if not live:
+                raise Cancelled()
             now = time.monotonic()
             if step >= total or now - last[0] >= 0.1:
                 last[0] = now
-                self.store.set_progress(job_id, min(1.0, step / max(total, 1)))
+                for job_id in live:
+                    self.store.set_progress(job_id, min(1.0, step / max(total, 1)))
 
         return progress
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        ids = [job.id for job in jobs]
+        try:
+            requests = [request_from_dict(job.request) for job in jobs]
+            results = self.pipeline.generate_many(requests, progress=self._progress_fn(ids))
+        except Cancelled:
+            log.info("jobs %s cancelled", ids)
+            return
+        except _Shutdown:
+            for job_id in ids:
+                self.store.finish(job_id, "queued", progress=0.0, started_at=None, batch_jobs=None)
+            log.info("jobs %s interrupted by shutdown; re-queued", ids)
+            return
+        except Exception as exc:
+            log.warning("a batch of %d jobs failed (%s); running them one at a time", len(jobs), exc)
+            for job in jobs:
+                if self._stop.is_set():
+                    self.store.finish(job.id, "queued", progress=0.0, started_at=None, batch_jobs=None)
+                elif not self._is_cancelled(job.id):
+                    self.store.finish(job.id, "running", batch_jobs=1)  # it now runs alone
+                    self._run(job)
+            return
+        for job, result in zip(jobs, results, strict=True):
+            if self._is_cancelled(job.id):
+                log.info("job %s cancelled", job.id)
+                continue
+            try:
+                outputs = self._write_outputs(job.id, result)
+            except Exception as exc:
+                self._record_failure(job.id, exc)
+                continue
+            self._record_done(job.id, result, outputs)
+
+    def _record_failure(self, job_id: str, exc: BaseException) -> None:
+        if isinstance(exc, SongflowError):
+            self.store.finish(job_id, "failed", error=str(exc))
+            log.info("job %s failed: %s", job_id, exc)
+        else:
+            log.error("job %s failed with an internal error", job_id, exc_info=exc)
+            self.store.finish(job_id, "failed", error="internal error")
+
+    def _record_done(self, job_id: str, result, outputs: list[str]) -> None:
+        timings = {k: round(v, 4) for k, v in result.timings_s.items()}
+        self.store.finish(
+            job_id,
+            "done",
+            progress=1.0,
+            resolved=request_to_dict(result.request),
+            timings=timings,
+            outputs=outputs,
+        )
 
     def _run(self, job: Job) -> None:
         try:
             request: Request = request_from_dict(job.request)
-            result = self.pipeline.generate(request, progress=self._progress_fn(job.id))
+            result = self.pipeline.generate(request, progress=self._progress_fn([job.id]))
             if self._is_cancelled(job.id):
                 raise Cancelled()
             outputs = self._write_outputs(job.id, result)
@@ -313,25 +473,13 @@ class Worker:
             self.store.finish(job.id, "queued", progress=0.0, started_at=None)
             log.info("job %s interrupted by shutdown; re-queued", job.id)
             return
-        except SongflowError as exc:
-            self.store.finish(job.id, "failed", error=str(exc))
-            log.info("job %s failed: %s", job.id, exc)
+        except Exception as exc:
+            self._record_failure(job.id, exc)
             return
-        except Exception:
-            log.exception("job %s failed with an internal error", job.id)
-            self.store.finish(job.id, "failed", error="internal error")
-            return
-        timings = {k: round(v, 4) for k, v in result.timings_s.items()}
-        self.store.finish(
-            job.id,
-            "done",
-            progress=1.0,
-            resolved=request_to_dict(result.request),
-            timings=timings,
-            outputs=outputs,
-        )
+        self._record_done(job.id, result, outputs)
 
     def _is_cancelled(self, job_id: str) -> bool:
+        """True once the job was cancelled (or deleted) while it ran."""
         with self._cancel_lock:
             if job_id in self._cancelled:
                 return True
@@ -351,3 +499,11 @@ class Worker:
             names.append(name)
         write_sidecar(folder / SIDECAR_NAME, result, names, self.runtime)
         return names
+
+
+def _stored_batch_key(request: dict[str, Any]) -> Hashable | None:
+    """``batch_key`` of a stored request (None for one that no longer parses: it runs alone and fails)."""
+    try:
+        return batch_key(request_from_dict(request))
+    except SongflowError:
+        return None
