@@ -16,7 +16,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         description="Serve the REST API: a persistent job queue over one loaded model. "
         "Jobs, uploads and outputs live in --data-dir and survive restarts.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (official layout)")
+    p.add_argument(
+        "--checkpoint", help="checkpoint folder (official layout; default: the shipped songflow-tiny model)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 (default float32)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -29,6 +31,13 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-queue", type=int, default=16, help="queued jobs beyond this get 429 (default 16)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="upload size limit in MB (default 50)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=4,
+        help="run up to this many compatible queued jobs as one batch; 1 disables batching (default 4)",
+    )
+    p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -43,14 +52,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"the server needs extra packages ({exc.name} is missing); install them with "
             "`pip install 'songflow[serve]'`"
         ) from exc
+    from songflow.hub import resolve_checkpoint
     from songflow.pipeline import Pipeline
 
     if args.max_queue < 1:
         raise SongflowError("--max-queue must be at least 1")
     if args.max_upload_mb <= 0:
         raise SongflowError("--max-upload-mb must be positive")
-    checkpoint = Path(args.checkpoint).expanduser()
-    pipe = Pipeline.from_pretrained(checkpoint, device=args.device, dtype=args.dtype)
+    if args.max_batch < 1:
+        raise SongflowError("--max-batch must be at least 1")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    pipe = Pipeline.from_pretrained(checkpoint, device=args.device, dtype=args.dtype, offload=args.offload)
     app = create_app(
         pipe,
         data_dir=Path(args.data_dir).expanduser(),
@@ -58,6 +70,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_upload_mb=args.max_upload_mb,
         checkpoint_name=checkpoint.resolve().name,
+        max_batch=args.max_batch,
     )
     uvicorn.run(app, host=args.host, port=args.port, workers=1)
     return 0
+
+
+class BackgroundServer:
+    """Serve ``app`` with uvicorn on a thread (the benchmark and tests use it on loopback).
+
+    ``port=0`` binds a free port; ``url`` is the base URL once started. ``stop()`` shuts the server down
+    gracefully (the app's lifespan stops its worker).
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._socket]}, name="songflow-http", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> BackgroundServer:
+        import time
+
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise SongflowError(f"the server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout_s)
+        self._socket.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
