@@ -1,5 +1,5 @@
 """The ``songflow`` command line: generate, bulk, bench, download, random-checkpoint, corpus, eval, train,
-train-codec, serve.
+train-codec, serve, bench-serve.
 
 Flags of ``generate`` are derived from the request dataclasses (``songflow.requests``), so the CLI cannot
 drift from the Python API. Every user error prints one ``error:`` line and exits with code 2.
@@ -172,9 +172,8 @@ def _check_output(out: Path) -> None:
 
 
 def _load_pipeline(args: argparse.Namespace):
-    from songflow.pipeline import Pipeline
-
     from songflow.hub import resolve_checkpoint
+    from songflow.pipeline import Pipeline
 
     ckpt = resolve_checkpoint(args.checkpoint)
     pipe = Pipeline.from_pretrained(
@@ -360,17 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
 
+    from songflow.interfaces.bench_serve import add_bench_serve_parser
     from songflow.interfaces.codec_train_cli import add_codec_train_parser
     from songflow.interfaces.corpus_cli import add_corpus_parser
     from songflow.interfaces.eval_cli import add_eval_parser
     from songflow.interfaces.serve_cli import add_serve_parser
     from songflow.interfaces.train_cli import add_train_parser
+    from songflow.interfaces.ui_cli import add_ui_parser
 
     add_corpus_parser(sub)
     add_eval_parser(sub)
     add_train_parser(sub)
     add_codec_train_parser(sub)
     add_serve_parser(sub)
+    add_bench_serve_parser(sub)
+    add_ui_parser(sub)
 
     dl = sub.add_parser("download", help="download the official checkpoint and lyric vocabulary")
     dl.add_argument("--repo-id", default="ACE-Step/ACE-Step-v1-3.5B")

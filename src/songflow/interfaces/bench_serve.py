@@ -1,0 +1,219 @@
+"""``songflow bench-serve``: throughput and latency of the REST server (a benchmark, not a test).
+
+Loads the checkpoint once, then for each ``--max-batch`` value starts the real server (uvicorn on a free
+loopback port, a fresh job store in a temporary folder) and lets ``--concurrency`` HTTP clients submit
+``--jobs`` text2music jobs between them, each client waiting for its job to finish before submitting the
+next (different tags, lyrics and seeds; one duration and one set of settings, so jobs can batch). One
+warm-up job per server is not counted. Printed per run: jobs per minute (finished jobs over the time from
+the first submission to the last finish), p50/p95 latency (submission to finish, from the job store's
+timestamps), the mean number of jobs that ran together, and failures / 429 answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from songflow.errors import ConfigError, SongflowError
+
+_TAGS = (
+    "pop, piano, 90 BPM, warm",
+    "funk, bass, 105 BPM, energetic, guitar",
+    "lofi, hip hop, mellow, vinyl",
+    "rock, drums, distorted guitar, 140 BPM",
+    "jazz, saxophone, swing, upright bass",
+    "ambient, pads, slow, dreamy",
+)
+_LYRICS = ("[verse]\nwalking down the street tonight", "[inst]", "[chorus]\nla la la, sing along", "")
+
+
+def add_bench_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench-serve",
+        help="measure REST server throughput and latency on loopback (needs the 'serve' extra)",
+        description="Start the REST server on loopback and measure jobs per minute and p50/p95 latency "
+        "with concurrent clients, once per --max-batch value.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped songflow-tiny model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--jobs", type=int, default=40, help="jobs to run per server (default 40)")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of audio per job (default 10)")
+    p.add_argument("--steps", type=int, default=27, help="sampling steps per job (default 27)")
+    p.add_argument(
+        "--max-batch",
+        default="1,4",
+        help="comma-separated --max-batch values, one server run each (default '1,4': without/with batching)",
+    )
+    p.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench_serve)
+    return p
+
+
+def _positive_ints(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{name} must be comma-separated positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    try:
+        import httpx  # noqa: F401
+
+        from songflow.interfaces.api import create_app  # noqa: F401
+        from songflow.interfaces.serve_cli import BackgroundServer  # noqa: F401
+    except ImportError as exc:
+        raise SongflowError(
+            f"bench-serve needs extra packages ({exc.name} is missing); install them with "
+            "`pip install 'songflow[serve]'` (and httpx)"
+        ) from exc
+    for name in ("jobs", "concurrency", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1")
+    if args.duration <= 0:
+        raise ConfigError("--duration must be positive")
+    batches = _positive_ints(args.max_batch, "--max-batch")
+
+    from songflow.hub import resolve_checkpoint
+    from songflow.pipeline import Pipeline
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    pipe = Pipeline.from_pretrained(checkpoint, device=args.device, dtype=args.dtype)
+    print(
+        f"bench-serve: checkpoint={checkpoint.name} device={pipe.device} dtype={args.dtype} "
+        f"jobs={args.jobs} concurrency={args.concurrency} duration={args.duration}s steps={args.steps}"
+    )
+    print(f"  {'max_batch':>9} {'jobs/min':>9} {'p50_s':>8} {'p95_s':>8} {'mean_batch':>10} {'failed':>6} {'429s':>5}")
+    runs = []
+    for max_batch in batches:
+        figures = run_server_load(pipe, args, max_batch, checkpoint_name=checkpoint.name)
+        runs.append(figures)
+        print(
+            f"  {max_batch:>9} {figures['jobs_per_min']:>9.2f} {figures['latency_p50_s']:>8.2f} "
+            f"{figures['latency_p95_s']:>8.2f} {figures['mean_batch_jobs']:>10.2f} "
+            f"{figures['failed']:>6} {figures['retries_429']:>5}"
+        )
+        sys.stdout.flush()
+    if args.json_path:
+        from songflow.fileio import atomic_write_text
+
+        meta = {
+            "checkpoint": checkpoint.name,
+            "device": str(pipe.device),
+            "dtype": args.dtype,
+            "jobs": args.jobs,
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "steps": args.steps,
+        }
+        atomic_write_text(Path(args.json_path), json.dumps({**meta, "runs": runs}, indent=2) + "\n")
+    return 0
+
+
+def _request(i: int, args) -> dict[str, Any]:
+    return {
+        "task": "text2music",
+        "tags": _TAGS[i % len(_TAGS)],
+        "lyrics": _LYRICS[i % len(_LYRICS)],
+        "duration_s": args.duration,
+        "params": {"steps": args.steps, "seeds": [i]},
+    }
+
+
+def run_server_load(pipe, args, max_batch: int, *, checkpoint_name: str) -> dict[str, Any]:
+    """One server run: ``args.jobs`` jobs from ``args.concurrency`` closed-loop clients; the figures."""
+    import httpx
+    import numpy as np
+
+    from songflow.interfaces.api import create_app
+    from songflow.interfaces.serve_cli import BackgroundServer
+
+    with tempfile.TemporaryDirectory(prefix="songflow-bench-") as data_dir:
+        app = create_app(
+            pipe,
+            data_dir=data_dir,
+            max_queue=max(args.jobs, args.concurrency) + 1,
+            max_batch=max_batch,
+            checkpoint_name=checkpoint_name,
+        )
+        with BackgroundServer(app) as server:
+            with httpx.Client(base_url=server.url, timeout=120.0) as client:
+                warm = client.post("/v1/jobs", json=_request(10**6, args)).json()["id"]
+                _wait(client, warm)
+
+            lock = threading.Lock()
+            next_index = [0]
+            done_ids: list[str] = []
+            errors: list[str] = []
+            retries = [0]
+
+            def client_loop() -> None:
+                with httpx.Client(base_url=server.url, timeout=120.0) as c:
+                    while True:
+                        with lock:
+                            i = next_index[0]
+                            next_index[0] += 1
+                        if i >= args.jobs:
+                            return
+                        try:
+                            while True:
+                                r = c.post("/v1/jobs", json=_request(i, args))
+                                if r.status_code != 429:
+                                    break
+                                with lock:
+                                    retries[0] += 1
+                                time.sleep(float(r.headers.get("retry-after", "1")))
+                            r.raise_for_status()
+                            job_id = r.json()["id"]
+                            _wait(c, job_id)
+                            with lock:
+                                done_ids.append(job_id)
+                        except Exception as exc:  # a benchmark reports errors rather than stopping
+                            with lock:
+                                errors.append(f"job {i}: {exc}")
+
+            threads = [threading.Thread(target=client_loop) for _ in range(args.concurrency)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            with httpx.Client(base_url=server.url, timeout=120.0) as client:
+                jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in done_ids]
+    for message in errors[:5]:
+        print(f"    error: {message}", file=sys.stderr)
+    ok = [j for j in jobs if j["state"] == "done"]
+    latencies = np.array([j["finished_at"] - j["created_at"] for j in ok]) if ok else np.array([np.nan])
+    span_s = (max(j["finished_at"] for j in ok) - min(j["created_at"] for j in ok)) if ok else float("nan")
+    return {
+        "max_batch": max_batch,
+        "jobs_done": len(ok),
+        "failed": args.jobs - len(ok),
+        "wall_s": span_s,
+        "jobs_per_min": 60.0 * len(ok) / span_s if ok else 0.0,
+        "latency_p50_s": float(np.percentile(latencies, 50)),
+        "latency_p95_s": float(np.percentile(latencies, 95)),
+        "mean_batch_jobs": float(np.mean([j["batch_jobs"] or 1 for j in ok])) if ok else 0.0,
+        "mean_run_s": float(np.mean([j["finished_at"] - j["started_at"] for j in ok])) if ok else 0.0,
+        "retries_429": retries[0],
+    }
+
+
+def _wait(client, job_id: str, poll_s: float = 0.1, timeout_s: float = 3600.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(poll_s)
+    raise SongflowError(f"job {job_id} did not finish within {timeout_s:.0f} s")
