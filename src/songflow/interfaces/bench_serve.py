@@ -94,7 +94,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         f"bench-serve: checkpoint={checkpoint.name} device={pipe.device} dtype={args.dtype} "
         f"jobs={args.jobs} concurrency={args.concurrency} duration={args.duration}s steps={args.steps}"
     )
-    print(f"  {'max_batch':>9} {'jobs/min':>9} {'p50_s':>8} {'p95_s':>8} {'mean_batch':>10} {'failed':>6} {'429s':>5}")
+    header = ("max_batch", 9), ("jobs/min", 9), ("p50_s", 8), ("p95_s", 8), ("mean_batch", 10), ("failed", 6)
+    print("  " + " ".join(f"{name:>{width}}" for name, width in (*header, ("429s", 5))))
     runs = []
     for max_batch in batches:
         figures = run_server_load(pipe, args, max_batch, checkpoint_name=checkpoint.name)
