@@ -1,0 +1,413 @@
+"""The studio (``songflow ui``): a Gradio front end over one loaded pipeline.
+
+``build_ui(studio)`` is a factory (no module globals): one tab per task of ``songflow.requests.TASKS``,
+each built from the task's dataclass fields (:mod:`songflow.interfaces.ui_form`), shared tags/lyrics with
+presets, LoRA selection, the advanced sampler/guidance settings with the official defaults, an output
+panel (player, waveform/spectrogram picture, downloads in every format, progress during generation) and
+the history of outputs (:mod:`songflow.interfaces.ui_studio`), any of which reloads into the form.
+
+Every user error surfaces as a ``gr.Error`` message in the page, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from songflow.audio.io import load_audio
+from songflow.errors import SongflowError
+from songflow.interfaces.ui_form import (
+    AUDIO,
+    BOOL,
+    CHOICE,
+    FLOAT,
+    INT,
+    INTS,
+    LONG_TEXT,
+    LYRIC_PRESETS,
+    TAG_PRESETS,
+    FormField,
+    common_fields,
+    default_values,
+    form_values,
+    lora_weight_field,
+    params_fields,
+    task_description,
+    task_fields,
+)
+from songflow.interfaces.ui_studio import HistoryEntry, StatusFn, Studio, waveform_spectrogram_image
+from songflow.requests import EDIT_PRESETS, TASKS
+
+log = logging.getLogger("songflow.ui")
+
+TASK_LABELS = {
+    "text2music": "Text to music",
+    "retake": "Retake",
+    "repaint": "Repaint",
+    "extend": "Extend",
+    "audio2audio": "Audio to audio",
+    "edit": "Edit",
+}
+HISTORY_HEADERS = ["created", "task", "tags", "seeds", "entry"]
+_CSS = "#generate-row button {min-height: 3em} .sf-help {opacity: 0.8}"
+
+
+def _component(f: FormField, elem_id: str) -> gr.components.Component:
+    """The widget of one form field, showing the field's default."""
+    common = {"label": f.label, "elem_id": elem_id}
+    value = default_values([f])[f.name]
+    if f.kind == AUDIO:
+        return gr.Audio(type="filepath", sources=["upload"], **common)
+    if f.kind == BOOL:
+        return gr.Checkbox(value=value, info=f.help, **common)
+    if f.kind == CHOICE:
+        return gr.Dropdown(choices=list(f.choices), value=value, info=f.help, **common)
+    if f.kind == FLOAT and f.low is not None and f.high is not None:
+        return gr.Slider(f.low, f.high, value=value, step=0.01, info=f.help, **common)
+    if f.kind in (INT, FLOAT):
+        return gr.Number(
+            value=value, precision=0 if f.kind == INT else None, minimum=f.low, maximum=f.high,
+            info=f.help, **common,
+        )
+    if f.kind == INTS:
+        return gr.Textbox(value=value, placeholder="e.g. 7, 8, 9", info=f.help, **common)
+    lines = 8 if f.kind == LONG_TEXT else 1
+    return gr.Textbox(value=value, lines=lines, max_lines=40 if lines > 1 else 1, info=f.help, **common)
+
+
+# -- handlers (plain functions: unit-testable without a browser) ---------------------------------------
+
+
+def run_task(
+    studio: Studio,
+    task: str,
+    values: Mapping[str, Any],
+    params: Mapping[str, Any],
+    loras: Sequence[str] = (),
+    lora_weight: Any = None,
+    status: StatusFn | None = None,
+) -> HistoryEntry:
+    """:meth:`Studio.generate`, with every failure turned into a message for the page (``gr.Error``)."""
+    return _user_errors(studio.generate, task, values, params, loras, lora_weight, status)
+
+
+def _user_errors(fn: Callable, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except gr.Error:
+        raise
+    except SongflowError as exc:
+        raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+    except Exception as exc:  # a bug: keep the traceback in the server log, not in the page
+        log.exception("studio: unexpected failure")
+        raise gr.Error(
+            f"generation failed ({type(exc).__name__}: {exc}); the server log has the details",
+            print_exception=False,
+        ) from None
+
+
+def history_rows(studio: Studio) -> list[list[str]]:
+    rows = []
+    for e in studio.history.entries():
+        seeds = ", ".join(str(s) for s in e.request.params.seeds or ())
+        rows.append([e.created, e.request.task, e.request.tags, seeds, e.id])
+    return rows
+
+
+def history_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(e.summary(), e.id) for e in studio.history.entries()]
+
+
+def entry_info(entry: HistoryEntry) -> str:
+    """Markdown describing an output: task, seeds, timings, folder."""
+    req = entry.request
+    lines = [f"**{TASK_LABELS.get(req.task, req.task)}** · `{entry.id}`"]
+    lines.append(f"seeds: `{', '.join(map(str, req.params.seeds or ()))}`")
+    retake = getattr(req, "retake_seeds", None)
+    if retake:
+        lines.append(f"retake seeds: `{', '.join(map(str, retake))}`")
+    if entry.timings_s:
+        total = sum(entry.timings_s.values())
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in entry.timings_s.items())
+        lines.append(f"time: {total:.2f} s ({parts})")
+    lines.append(f"files: `{entry.folder}`")
+    return "  \n".join(lines)
+
+
+def entry_view(entry: HistoryEntry) -> tuple[str, Any, list[str], str]:
+    """(player file, waveform/spectrogram picture, downloads, info) of an entry's first take."""
+    wav, rate = load_audio(entry.takes[0])
+    image = waveform_spectrogram_image(wav, rate)
+    return str(entry.takes[0]), image, [str(p) for p in entry.files], entry_info(entry)
+
+
+# -- layout --------------------------------------------------------------------------------------------
+
+
+class _Form:
+    """The form's components, by field name, for the handlers."""
+
+    def __init__(self) -> None:
+        self.common: dict[str, gr.components.Component] = {}
+        self.tasks: dict[str, dict[str, gr.components.Component]] = {}
+        self.params: dict[str, gr.components.Component] = {}
+        self.lora_select: gr.Dropdown | None = None
+        self.lora_weight: gr.components.Component | None = None
+
+    def inputs(self, task: str) -> set:
+        return {
+            *self.common.values(),
+            *self.tasks[task].values(),
+            *self.params.values(),
+            self.lora_select,
+            self.lora_weight,
+        }
+
+    def split(self, task: str, data: Mapping) -> tuple[dict, dict, list, Any]:
+        values = {name: data[c] for name, c in {**self.common, **self.tasks[task]}.items()}
+        params = {name: data[c] for name, c in self.params.items()}
+        return values, params, list(data[self.lora_select] or []), data[self.lora_weight]
+
+    def audio_inputs(self) -> list:
+        return [c for comps in self.tasks.values() for name, c in comps.items() if name.endswith("_path")]
+
+    def all_fields(self) -> list:
+        fields = [*self.common.values(), *self.params.values(), self.lora_select, self.lora_weight]
+        return fields + [c for comps in self.tasks.values() for c in comps.values()]
+
+
+def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
+    """The studio page over ``studio`` (not launched; see :func:`launch_ui`)."""
+    form = _Form()
+    checkpoint = studio.runtime.get("checkpoint", "?")
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"## songflow studio\nmodel `{Path(checkpoint).name}` on `{studio.runtime.get('device', '?')}` · "
+            f"outputs in `{studio.history.root}`"
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                tabs, buttons = _prompt_and_tasks(form)
+                _lora_panel(form, studio)
+                reset = _advanced_panel(form)
+            with gr.Column(scale=2):
+                out_audio = gr.Audio(
+                    label="Output", type="filepath", interactive=False, elem_id="output-audio"
+                )
+                out_image = gr.Image(
+                    label="Waveform and spectrogram", type="numpy", interactive=False, elem_id="output-picture"
+                )
+                out_files = gr.File(
+                    label="Download (every format + parameters)", file_count="multiple", interactive=False,
+                    elem_id="output-files",
+                )
+                out_info = gr.Markdown(elem_id="output-info")
+        with gr.Accordion("History", open=True):
+            table = gr.Dataframe(
+                value=history_rows(studio), headers=HISTORY_HEADERS, interactive=False, elem_id="history-table"
+            )
+            with gr.Row():
+                pick = gr.Dropdown(
+                    choices=history_choices(studio), value=None, label="Entry", scale=3, elem_id="history-pick"
+                )
+                reload_btn = gr.Button("Reload into form", scale=1, elem_id="history-reload")
+                source_btn = gr.Button("Use as source audio", scale=1, elem_id="history-source")
+                refresh_btn = gr.Button("Refresh", scale=1, elem_id="history-refresh")
+
+        view = [out_audio, out_image, out_files, out_info]
+
+        def after_generate(entry: HistoryEntry) -> dict:
+            audio, image, files, info = entry_view(entry)
+            return {
+                out_audio: audio,
+                out_image: image,
+                out_files: files,
+                out_info: info,
+                table: history_rows(studio),
+                pick: gr.Dropdown(choices=history_choices(studio), value=entry.id),
+            }
+
+        for task, button in buttons.items():
+            button.click(
+                _generate_handler(studio, form, task, after_generate),
+                inputs=form.inputs(task),
+                outputs=[*view, table, pick],
+                concurrency_limit=1,
+                concurrency_id="generate",
+                api_name=f"generate_{task}",
+            )
+
+        def reload(entry_id: str | None) -> dict:
+            entry = _user_errors(_entry, studio, entry_id)
+            return _reload_updates(form, tabs, entry) | dict(zip(view, _user_errors(entry_view, entry)))
+
+        reload_btn.click(reload, inputs=pick, outputs=[*form.all_fields(), tabs, *view], api_name=False)
+
+        def use_as_source(entry_id: str | None) -> list:
+            entry = _user_errors(_entry, studio, entry_id)
+            return [str(entry.takes[0])] * len(form.audio_inputs())
+
+        source_btn.click(use_as_source, inputs=pick, outputs=form.audio_inputs(), api_name=False)
+        refresh_btn.click(
+            lambda: (history_rows(studio), gr.Dropdown(choices=history_choices(studio))),
+            outputs=[table, pick],
+            api_name=False,
+        )
+        table.select(_select_row, outputs=pick, api_name=False)
+        reset.click(
+            lambda: [default_values(params_fields())[n] for n in form.params],
+            outputs=list(form.params.values()),
+            api_name=False,
+        )
+    return demo
+
+
+def _prompt_and_tasks(form: _Form) -> tuple[gr.Tabs, dict[str, gr.Button]]:
+    """Tags and lyrics (with presets), then one tab per task with its own fields and its button."""
+    buttons = {}
+    fields = {f.name: f for f in common_fields()}
+    presets = {"tags": TAG_PRESETS, "lyrics": LYRIC_PRESETS}
+    for name, f in fields.items():
+        with gr.Row():
+            form.common[name] = _component(f, f"field-{name}")
+        if name in presets:
+            choice = gr.Dropdown(
+                choices=list(presets[name]), value=None, label=f"{f.label} presets", elem_id=f"preset-{name}"
+            )
+            choice.change(
+                lambda key, table=presets[name]: table.get(key, gr.skip()) if key else gr.skip(),
+                inputs=choice,
+                outputs=form.common[name],
+                api_name=False,
+            )
+    with gr.Tabs() as tabs:
+        for task in TASKS:
+            with gr.Tab(TASK_LABELS.get(task, task), id=task, elem_id=f"tab-{task}"):
+                gr.Markdown(task_description(task), elem_classes="sf-help")
+                comps = {}
+                for f in task_fields(task):
+                    comps[f.name] = _component(f, f"{task}-{f.name}")
+                if task == "edit":
+                    _edit_presets(comps)
+                form.tasks[task] = comps
+                with gr.Row(elem_id="generate-row"):
+                    buttons[task] = gr.Button(
+                        f"Generate ({TASK_LABELS.get(task, task).lower()})",
+                        variant="primary",
+                        elem_id=f"generate-{task}",
+                    )
+    return tabs, buttons
+
+
+def _edit_presets(comps: dict) -> None:
+    preset = gr.Dropdown(
+        choices=sorted(EDIT_PRESETS), value=None, label="Edit preset (sets n min / n max)", elem_id="edit-preset"
+    )
+    preset.change(
+        lambda name: list(EDIT_PRESETS[name]) if name in EDIT_PRESETS else [gr.skip(), gr.skip()],
+        inputs=preset,
+        outputs=[comps["n_min_frac"], comps["n_max_frac"]],
+        api_name=False,
+    )
+
+
+def _lora_panel(form: _Form, studio: Studio) -> None:
+    with gr.Accordion("LoRA adapters", open=bool(studio.loras)):
+        info = (
+            "adapters found in --lora-dir; the weight applies to each"
+            if studio.loras
+            else "none offered: start the studio with --lora-dir DIR"
+        )
+        form.lora_select = gr.Dropdown(
+            choices=list(studio.loras),
+            value=[],
+            multiselect=True,
+            label="Adapters",
+            info=info,
+            interactive=bool(studio.loras),
+            elem_id="lora-select",
+        )
+        form.lora_weight = _component(lora_weight_field(), "lora-weight")
+
+
+def _advanced_panel(form: _Form) -> gr.Button:
+    with gr.Accordion("Advanced settings (official defaults)", open=False, elem_id="advanced"):
+        fields = params_fields()
+        for start in range(0, len(fields), 3):
+            with gr.Row():
+                for f in fields[start : start + 3]:
+                    form.params[f.name] = _component(f, f"params-{f.name}")
+        return gr.Button("Reset to defaults", size="sm", elem_id="params-reset")
+
+
+def _generate_handler(studio: Studio, form: _Form, task: str, after: Callable[[HistoryEntry], dict]):
+    def generate(data: dict, progress=gr.Progress()) -> dict:  # noqa: B008 (gradio's injection idiom)
+        values, params, loras, weight = form.split(task, data)
+
+        def status(frac: float, what: str) -> None:
+            progress(frac, desc=what)
+
+        entry = run_task(studio, task, values, params, loras, weight, status)
+        return after(entry)
+
+    return generate
+
+
+def _entry(studio: Studio, entry_id: str | None) -> HistoryEntry:
+    if not entry_id:
+        raise gr.Error("pick an entry of the history first", print_exception=False)
+    return studio.history.get(entry_id)
+
+
+def _select_row(evt: gr.SelectData) -> Any:
+    row = evt.row_value or []
+    return row[-1] if row else gr.skip()
+
+
+def _reload_updates(form: _Form, tabs: gr.Tabs, entry: HistoryEntry) -> dict:
+    """Field updates showing ``entry``'s request: its tab selected, every tab field of the same name
+    filled (a text2music song reloads into the retake tab too), seeds included so it regenerates."""
+    state = form_values(entry.request)
+    updates: dict = {tabs: gr.Tabs(selected=state.task)}
+    for name, comp in form.common.items():
+        updates[comp] = state.values[name]
+    for comps in form.tasks.values():
+        for name, comp in comps.items():
+            if name in state.values:
+                updates[comp] = state.values[name]
+    for name, comp in form.params.items():
+        updates[comp] = state.params[name]
+    choices = list(form.lora_select.choices or [])
+    known = {value for _, value in choices}
+    extra = [(Path(p).name, p) for p in state.loras if p not in known]
+    updates[form.lora_select] = gr.Dropdown(choices=choices + extra, value=state.loras)
+    updates[form.lora_weight] = state.lora_weight
+    return updates
+
+
+def launch_ui(
+    demo: gr.Blocks,
+    *,
+    output_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+):
+    """Serve ``demo`` (one generation at a time; the output folder is served for playback/downloads)."""
+    demo.queue(default_concurrency_limit=1)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        allowed_paths=[str(Path(output_dir).expanduser().resolve())],
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        css=_CSS,
+        ssr_mode=False,
+        mcp_server=False,
+        footer_links=["settings"],
+    )

@@ -1,0 +1,340 @@
+"""The studio's forms, derived from the request dataclasses (``songflow.requests``); no gradio here.
+
+Every form field comes from a dataclass field: its widget kind from the type hint, its default from the
+dataclass default, its choices from a ``Literal``, its label from the name (units from the suffix:
+``_s`` seconds, ``_frac`` a fraction in [0, 1]) and its help from the class docstring's sentence naming it.
+So the studio, the CLI and the REST API cannot drift apart: a new request field appears everywhere.
+
+:func:`build_request` turns widget values into a request (validation stays in the dataclasses) and
+:func:`form_values` is its inverse, used to reload a history entry into the form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from songflow.errors import ConfigError
+from songflow.requests import TASKS, GenerationParams, LoraRef, Request, request_from_dict
+
+# widget kinds
+BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO = (
+    "bool",
+    "choice",
+    "int",
+    "float",
+    "text",
+    "long_text",
+    "ints",
+    "audio",
+)
+# fields that are not plain widgets: the sampler settings and the adapters have their own panels
+_NESTED = frozenset({"params", "loras"})
+_ACRONYMS = {"erg": "ERG", "lora": "LoRA", "oss": "OSS", "apg": "APG", "cfg": "CFG"}
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One form widget for the dataclass field ``name``.
+
+    ``default`` is the dataclass default (None when the field has none); ``optional`` fields accept
+    None ("not given": an empty widget); ``required`` fields have no default. ``low``/``high`` bound a
+    numeric widget where the name's unit says so (``_frac`` fields lie in [0, 1]).
+    """
+
+    name: str
+    kind: str
+    label: str
+    help: str
+    default: Any = None
+    required: bool = False
+    optional: bool = False
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+
+def _label(name: str) -> str:
+    """``duration_s`` -> "Duration (s)", ``n_min_frac`` -> "N min (0-1)", ``use_erg_tag`` -> "Use ERG tag"."""
+    unit = ""
+    if name.endswith("_path"):
+        name = name.removesuffix("_path") + "_audio"
+    elif name.endswith("_frac"):
+        name, unit = name.removesuffix("_frac"), " (0-1)"
+    elif name.endswith("_s"):
+        name, unit = name.removesuffix("_s"), " (s)"
+    words = [_ACRONYMS.get(w, w) for w in name.split("_")]
+    text = " ".join(words)
+    return text[:1].upper() + text[1:] + unit
+
+
+def _doc_chunks(cls: type) -> list[str]:
+    """Paragraphs and bullet items of the docstrings of ``cls`` and its bases (own first), except each
+    docstring's first paragraph: that describes the whole task and heads its tab already."""
+    chunks = []
+    for klass in cls.__mro__:
+        doc = inspect.getdoc(klass) if "__doc__" in vars(klass) else None
+        if not doc:
+            continue
+        for para in re.split(r"\n\s*\n", doc)[1:]:
+            for item in re.split(r"\n\s*- ", para):
+                chunks.append(" ".join(item.split()).removeprefix("- "))
+    return chunks
+
+
+def field_help(cls: type, name: str) -> str:
+    """The docstring passage that names ````name```` (the one naming it earliest), without markup."""
+    tag = f"``{name}``"
+    found = [(chunk.index(tag), i, chunk) for i, chunk in enumerate(_doc_chunks(cls)) if tag in chunk]
+    if not found:
+        return ""
+    chunk = min(found)[2]
+    return chunk.replace("``", "")
+
+
+def _default_text(f: FormField) -> str:
+    if f.required:
+        return "Required."
+    if f.default is None or f.default == ():
+        return "Empty: random." if f.name.endswith("seeds") else "Empty: not set."
+    return f"Default: {f.default}."
+
+
+def _field(cls: type, f: dataclasses.Field, hint: Any) -> FormField | None:
+    has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional and len(args) == 2:
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    low = high = None
+    if f.name.endswith("_path") and hint is str:
+        kind = AUDIO
+    elif hint is bool:
+        kind = BOOL
+    elif origin is typing.Literal:
+        kind = CHOICE
+    elif origin is tuple and args and args[0] is int:
+        kind = INTS
+    elif hint is int:
+        kind = INT
+    elif hint is float:
+        kind = FLOAT
+        if f.name.endswith("_frac"):
+            low, high = 0.0, 1.0
+        elif f.name.endswith("_s"):
+            low = 0.0
+    elif hint is str:
+        kind = LONG_TEXT if "lyrics" in f.name else TEXT
+    else:
+        return None
+    spec = FormField(
+        name=f.name,
+        kind=kind,
+        label=_label(f.name),
+        help="",
+        default=default,
+        required=not has_default,
+        optional=optional,
+        choices=tuple(args) if kind == CHOICE else (),
+        low=low,
+        high=high,
+    )
+    text = field_help(cls, f.name)
+    return dataclasses.replace(spec, help=f"{text} {_default_text(spec)}".strip())
+
+
+def form_fields(cls: type, skip: Sequence[str] = ()) -> tuple[FormField, ...]:
+    """The widgets of dataclass ``cls`` in field order (nested settings and ``skip`` left out)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in _NESTED or f.name in skip:
+            continue
+        spec = _field(cls, f, hints[f.name])
+        if spec is not None:
+            out.append(spec)
+    return tuple(out)
+
+
+def common_fields() -> tuple[FormField, ...]:
+    """Fields every task shares (the tags and the lyrics), shown once above the task tabs."""
+    shared = set.intersection(*({f.name for f in dataclasses.fields(cls)} for cls in TASKS.values()))
+    first = next(iter(TASKS.values()))
+    return tuple(f for f in form_fields(first) if f.name in shared)
+
+
+def task_fields(task: str) -> tuple[FormField, ...]:
+    """The fields of ``task``'s own tab (everything but the common fields)."""
+    common = {f.name for f in common_fields()}
+    return form_fields(_task_class(task), skip=tuple(common))
+
+
+def params_fields() -> tuple[FormField, ...]:
+    """The advanced sampler/guidance settings, with the official defaults."""
+    return form_fields(GenerationParams)
+
+
+def lora_weight_field() -> FormField:
+    """The weight of the selected LoRA adapters (from :class:`LoraRef`)."""
+    (weight,) = form_fields(LoraRef, skip=("path",))
+    return weight
+
+
+def task_description(task: str) -> str:
+    """The first paragraph of the task's docstring (shown at the top of its tab)."""
+    doc = inspect.getdoc(_task_class(task)) or ""
+    return " ".join(re.split(r"\n\s*\n", doc)[0].split()).replace("``", "`")
+
+
+def _task_class(task: str) -> type:
+    cls = TASKS.get(task)
+    if cls is None:
+        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    return cls
+
+
+# -- widget values <-> field values ------------------------------------------------------------------
+
+
+def parse_value(f: FormField, raw: Any) -> Any:
+    """A widget's value -> the dataclass field value (empty widgets give the default, or None)."""
+    if f.kind == AUDIO:
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise ConfigError(f"{f.label}: no audio uploaded; upload an audio file (wav, flac, ogg, mp3)")
+        return str(raw)
+    if f.kind == INTS:
+        text = "" if raw is None else str(raw).strip()
+        if not text:
+            return f.default
+        try:
+            return tuple(int(part) for part in re.split(r"[,\s]+", text) if part)
+        except ValueError:
+            raise ConfigError(
+                f"{f.label}: expected whole numbers separated by commas, got {text!r}"
+            ) from None
+    if f.kind in (INT, FLOAT):
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            if f.required:
+                raise ConfigError(f"{f.label}: a number is required")
+            return f.default
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{f.label}: expected a number, got {raw!r}") from None
+        if f.kind == FLOAT:
+            return number
+        if not number.is_integer():
+            raise ConfigError(f"{f.label}: expected a whole number, got {raw!r}")
+        return int(number)
+    if f.kind in (TEXT, LONG_TEXT):
+        text = "" if raw is None else str(raw)
+        return None if f.optional and not text.strip() else text
+    if f.kind == BOOL:
+        return bool(raw)
+    return raw
+
+
+def widget_value(f: FormField, value: Any) -> Any:
+    """Inverse of :func:`parse_value`: a field value -> what the widget shows."""
+    if f.kind == INTS:
+        return ", ".join(str(v) for v in value) if value else ""
+    if f.kind in (TEXT, LONG_TEXT):
+        return "" if value is None else value
+    return value
+
+
+def default_values(fields: Sequence[FormField]) -> dict[str, Any]:
+    """Widget values showing each field's default."""
+    return {f.name: widget_value(f, f.default) for f in fields}
+
+
+def build_request(
+    task: str,
+    values: Mapping[str, Any],
+    params: Mapping[str, Any],
+    loras: Sequence[str] = (),
+    lora_weight: Any = None,
+) -> Request:
+    """The request a filled-in form describes.
+
+    Args:
+        task: a key of ``TASKS``.
+        values: widget values of the common fields and of the task's own fields, by field name.
+        params: widget values of the advanced settings, by :class:`GenerationParams` field name.
+        loras: paths of the selected LoRA adapters; ``lora_weight`` applies to each.
+
+    Raises:
+        ConfigError: a missing upload or an invalid value, with a message naming the field.
+    """
+    data: dict[str, Any] = {"task": task}
+    for f in (*common_fields(), *task_fields(task)):
+        data[f.name] = parse_value(f, values.get(f.name))
+    data["params"] = {f.name: parse_value(f, params.get(f.name)) for f in params_fields()}
+    weight = parse_value(lora_weight_field(), lora_weight)
+    data["loras"] = [{"path": str(path), "weight": weight} for path in loras or ()]
+    return request_from_dict(data)
+
+
+@dataclass(frozen=True)
+class FormState:
+    """What a request looks like in the form (see :func:`form_values`)."""
+
+    task: str
+    values: dict[str, Any]
+    params: dict[str, Any]
+    loras: list[str]
+    lora_weight: float
+
+
+def form_values(request: Request) -> FormState:
+    """The widget values that :func:`build_request` turns back into ``request``.
+
+    ``values`` holds the common fields and every field of the request's task; the caller fills any tab
+    whose fields share these names (so a text2music song reloads into the retake tab as well).
+    Adapters of different weights cannot be shown with one weight: the first adapter's weight is used.
+    """
+    values = {f.name: widget_value(f, getattr(request, f.name)) for f in common_fields()}
+    values |= {f.name: widget_value(f, getattr(request, f.name)) for f in task_fields(request.task)}
+    params = {f.name: widget_value(f, getattr(request.params, f.name)) for f in params_fields()}
+    weight = request.loras[0].weight if request.loras else lora_weight_field().default
+    return FormState(request.task, values, params, [ref.path for ref in request.loras], weight)
+
+
+# -- presets (UI content, not parameters) ------------------------------------------------------------
+
+TAG_PRESETS: dict[str, str] = {
+    "Funk pop": "funk, pop, soul, 105 BPM, energetic, groovy, electric guitar, bass, drums, male vocal",
+    "Lo-fi piano": "lofi, hip hop, chill, 70 BPM, piano, vinyl crackle, soft drums, instrumental",
+    "Pop rock": "pop rock, upbeat, 120 BPM, female vocal, electric guitar, drums, catchy",
+    "EDM": "edm, electronic, dance, 128 BPM, synthesizer, four on the floor, euphoric, drop",
+    "Acoustic folk": "folk, acoustic guitar, 90 BPM, warm, male vocal, harmonica, storytelling",
+    "Orchestral": "orchestral, cinematic, epic, strings, brass, timpani, 80 BPM, instrumental",
+    "Jazz trio": "jazz, piano trio, upright bass, brushed drums, swing, 140 BPM, instrumental",
+    "Rap": "hip hop, rap, 90 BPM, boom bap, male vocal, deep bass, scratches",
+}
+
+LYRIC_PRESETS: dict[str, str] = {
+    "Instrumental": "[inst]",
+    "Verse + chorus": (
+        "[verse]\nNeon lights on the river tonight\nEvery window is a story in flight\n\n"
+        "[chorus]\nWe keep on dancing, dancing till the morning\nWe keep on singing, never see it coming"
+    ),
+    "Full song": (
+        "[intro]\n\n[verse]\nWoke up early with the sun in my eyes\nCoffee's cold but the morning is mine\n\n"
+        "[chorus]\nOh, let it shine, let it shine on me\nEverything I need is everything I see\n\n"
+        "[verse]\nCity's humming like a song in my head\nEvery word that I never said\n\n"
+        "[bridge]\nSlow it down, slow it down\n\n"
+        "[chorus]\nOh, let it shine, let it shine on me\nEverything I need is everything I see\n\n[outro]"
+    ),
+    "Empty": "",
+}

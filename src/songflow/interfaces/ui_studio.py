@@ -1,0 +1,299 @@
+"""The studio's engine, without gradio: generation into a persistent history, LoRA discovery, the
+waveform/spectrogram picture.
+
+History layout (``--output-dir``), one folder per output, written atomically and readable by the CLI::
+
+    <output_dir>/<YYYYmmdd-HHMMSS>-<task>-<id>/song.wav   (song_0.wav, song_1.wav, ... for a batch)
+                                              song.flac, song.ogg, song.mp3 (every supported format)
+                                              source.wav  (a copy of the uploaded input, if any)
+                                              song.json   (the reproducibility sidecar, written last)
+
+An entry exists once its sidecar exists, so a crash mid-generation leaves no half entry in the list;
+``songflow generate --from <entry>/song.json`` regenerates an entry on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
+from songflow.errors import AudioError, ConfigError, SongflowError
+from songflow.interfaces.sidecar import sidecar_path, write_sidecar
+from songflow.interfaces.ui_form import build_request
+from songflow.requests import Request, request_from_dict
+
+log = logging.getLogger("songflow.ui")
+
+AUDIO_STEM = "song"
+_ENTRY_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9]+-[0-9a-f]{8}$")
+
+# (fraction done 0..1, what is happening)
+StatusFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One finished output: its resolved request (seeds filled in) and its files."""
+
+    id: str
+    folder: Path
+    created: str
+    request: Request
+    takes: tuple[Path, ...]  # one wav per batch item
+    sample_rate_hz: int
+    timings_s: dict[str, float]
+
+    @property
+    def files(self) -> list[Path]:
+        """Every downloadable file: each take in every format, then the sidecar."""
+        out = [take.with_suffix(f".{fmt}") for take in self.takes for fmt in SUPPORTED_FORMATS]
+        return [p for p in out if p.exists()] + [self.folder / f"{AUDIO_STEM}.json"]
+
+    def summary(self) -> str:
+        """One line for the history picker."""
+        tags = self.request.tags if len(self.request.tags) <= 40 else self.request.tags[:39] + "…"
+        return f"{self.created} · {self.request.task} · {tags}"
+
+
+class History:
+    """The output folder: a list of :class:`HistoryEntry`, newest first."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_folder(self, task: str) -> Path:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder = self.root / f"{stamp}-{task}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def entries(self) -> list[HistoryEntry]:
+        out = []
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            if _ENTRY_ID.match(folder.name) and (folder / f"{AUDIO_STEM}.json").is_file():
+                try:
+                    out.append(self._read(folder))
+                except SongflowError as exc:  # a foreign or damaged folder: list the others
+                    log.warning("skipping history entry %s: %s", folder, exc)
+        return sorted(out, key=lambda e: e.id, reverse=True)
+
+    def get(self, entry_id: str) -> HistoryEntry:
+        """The entry ``entry_id`` (a folder name of the history)."""
+        folder = self.root / str(entry_id)
+        if not _ENTRY_ID.match(str(entry_id)) or not (folder / f"{AUDIO_STEM}.json").is_file():
+            raise ConfigError(f"no history entry {entry_id!r} in {self.root}")
+        return self._read(folder)
+
+    def _read(self, folder: Path) -> HistoryEntry:
+        path = folder / f"{AUDIO_STEM}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            request_data = dict(data["request"])
+            takes = tuple(folder / name for name in data["outputs"])
+            rate = int(data["sample_rate_hz"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} is not a readable studio entry: {exc}") from exc
+        # inputs copied into the entry follow the folder if the output dir moved
+        for key, value in request_data.items():
+            if key.endswith("_path") and isinstance(value, str) and not Path(value).exists():
+                if (folder / Path(value).name).exists():
+                    request_data[key] = str(folder / Path(value).name)
+        return HistoryEntry(
+            id=folder.name,
+            folder=folder,
+            created=str(data.get("created", "")).replace("T", " ")[:19],
+            request=request_from_dict(request_data),
+            takes=takes,
+            sample_rate_hz=rate,
+            timings_s=dict(data.get("timings_s", {})),
+        )
+
+
+def discover_loras(lora_dir: str | Path | None) -> list[tuple[str, str]]:
+    """``(name, path)`` of every LoRA adapter in ``lora_dir``: sub-folders holding adapter weights and
+    ``.safetensors`` files (see :func:`songflow.lora.resolve_lora_files`); others are skipped."""
+    from songflow.lora import resolve_lora_files
+
+    if lora_dir is None:
+        return []
+    root = Path(lora_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"--lora-dir {root} is not a folder")
+    found = []
+    for path in sorted(root.iterdir()):
+        if not (path.is_dir() or path.suffix == ".safetensors"):
+            continue
+        try:
+            resolve_lora_files(path)
+        except SongflowError as exc:
+            log.info("not a LoRA adapter, skipped: %s (%s)", path, exc)
+            continue
+        found.append((path.name, str(path)))
+    return found
+
+
+class Studio:
+    """Runs requests on one pipeline and keeps their outputs in a :class:`History`.
+
+    Args:
+        pipeline: a loaded :class:`songflow.pipeline.Pipeline` (one per process).
+        history: where outputs go.
+        runtime: checkpoint/device/dtype, recorded in each sidecar.
+        loras: ``(name, path)`` adapters offered in the form.
+    """
+
+    def __init__(
+        self,
+        pipeline,
+        history: History,
+        *,
+        runtime: Mapping[str, str] | None = None,
+        loras: Sequence[tuple[str, str]] = (),
+    ):
+        self.pipeline = pipeline
+        self.history = history
+        self.runtime = dict(runtime or {})
+        self.loras = list(loras)
+        self._lock = threading.Lock()  # one generation at a time on the one pipeline
+
+    def generate(
+        self,
+        task: str,
+        values: Mapping[str, Any],
+        params: Mapping[str, Any],
+        loras: Sequence[str] = (),
+        lora_weight: Any = None,
+        status: StatusFn | None = None,
+    ) -> HistoryEntry:
+        """Build the request from form values, check it, run it and store the output.
+
+        Raises:
+            SongflowError: bad input (missing or unreadable upload, invalid value, duration out of range)
+                or a generation failure, with a message for the user.
+        """
+        status = status or (lambda frac, what: None)
+        request = build_request(task, values, params, loras, lora_weight)
+        self.pipeline.check_request(request)
+        uploads = {
+            f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name.endswith("_path")
+        }
+        for name, path in uploads.items():
+            _check_upload(name, path)
+        with self._lock:
+            folder = self.history.new_folder(task)
+            try:
+                copies = {name: _copy_upload(path, folder, name) for name, path in uploads.items()}
+                request = dataclasses.replace(request, **copies)
+                status(0.0, "encoding the prompt")
+
+                def on_step(step: int, total: int) -> None:
+                    status(step / max(total, 1), f"sampling step {step}/{total}")
+
+                result = self.pipeline.generate(request, progress=on_step)
+                status(1.0, "writing audio")
+                return self._save(folder, result)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+
+    def _save(self, folder: Path, result) -> HistoryEntry:
+        n = len(result.audio)
+        takes = [folder / (f"{AUDIO_STEM}.wav" if n == 1 else f"{AUDIO_STEM}_{i}.wav") for i in range(n)]
+        for take, audio in zip(takes, result.audio, strict=True):
+            for fmt in SUPPORTED_FORMATS:
+                save_audio(take.with_suffix(f".{fmt}"), audio, result.sample_rate_hz)
+        write_sidecar(sidecar_path(folder / f"{AUDIO_STEM}.wav"), result, [t.name for t in takes], self.runtime)
+        return self.history.get(folder.name)
+
+
+def _check_upload(field_name: str, path: str) -> None:
+    what = field_name.removesuffix("_path").replace("_", " ")
+    try:
+        load_audio(path)
+    except AudioError as exc:
+        raise AudioError(f"the uploaded {what} audio cannot be used: {exc}") from exc
+
+
+def _copy_upload(path: str, folder: Path, field_name: str) -> str:
+    """Copy an uploaded input into the entry (uploads are temporary; the entry must regenerate)."""
+    suffix = Path(path).suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
+        suffix = ".audio"
+    target = folder / f"{field_name.removesuffix('_path')}{suffix}"
+    shutil.copyfile(path, target)
+    return str(target)
+
+
+# -- the waveform + spectrogram picture ----------------------------------------------------------------
+
+# dark blue -> purple -> orange -> pale yellow (a perceptually increasing ramp)
+_COLOUR_STOPS = np.array(
+    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39],
+     [252, 255, 164]],
+    dtype=np.float64,
+)
+
+
+def _colour(values: np.ndarray) -> np.ndarray:
+    """values in [0, 1] [...] -> uint8 RGB [..., 3]."""
+    pos = np.clip(values, 0.0, 1.0) * (len(_COLOUR_STOPS) - 1)
+    low = np.floor(pos).astype(int).clip(0, len(_COLOUR_STOPS) - 2)
+    frac = (pos - low)[..., None]
+    return (_COLOUR_STOPS[low] * (1 - frac) + _COLOUR_STOPS[low + 1] * frac).astype(np.uint8)
+
+
+def waveform_spectrogram_image(
+    audio: Tensor, sample_rate_hz: int, *, width: int = 900, wave_height: int = 90, spec_height: int = 230
+) -> np.ndarray:
+    """A picture of ``audio`` [C, N]: the waveform (min/max per column) over a log-frequency
+    spectrogram (dB, 80 dB range, 30 Hz to Nyquist). Returns uint8 RGB [wave_height + spec_height, width, 3].
+    """
+    mono = audio.float().mean(0) if audio.dim() == 2 else audio.float()
+    n = mono.numel()
+    if n == 0:
+        raise AudioError("no audio to draw")
+    image = np.zeros((wave_height + spec_height, width, 3), dtype=np.uint8)
+
+    # 1. waveform: the sample range of each column
+    edges = np.linspace(0, n, width + 1).astype(int)
+    wav = mono.numpy()
+    peak = max(float(np.abs(wav).max()), 1e-6)
+    image[:wave_height] = (16, 18, 28)
+    mid = wave_height // 2
+    for x in range(width):
+        seg = wav[edges[x] : max(edges[x + 1], edges[x] + 1)]
+        top = mid - int(round(seg.max() / peak * (mid - 2)))
+        bottom = mid - int(round(seg.min() / peak * (mid - 2)))
+        image[top : bottom + 1, x] = (120, 200, 255)
+
+    # 2. spectrogram: STFT magnitude in dB, sampled on a log-frequency axis
+    n_fft = 2048
+    hop = max(1, n // width)
+    padded = torch.nn.functional.pad(mono, (0, max(0, n_fft - n)))
+    spec = torch.stft(
+        padded, n_fft, hop_length=hop, window=torch.hann_window(n_fft), center=True, return_complex=True
+    ).abs()  # [F, T]
+    db = 20 * torch.log10(spec.clamp_min(1e-8))
+    db = ((db - (db.max() - 80.0)) / 80.0).clamp(0, 1).numpy()
+    freqs = np.linspace(0, sample_rate_hz / 2, db.shape[0])
+    rows = np.geomspace(30.0, sample_rate_hz / 2, spec_height)[::-1]  # high frequencies on top
+    cols = np.linspace(0, db.shape[1] - 1, width).round().astype(int)
+    row_idx = np.searchsorted(freqs, rows).clip(0, db.shape[0] - 1)
+    image[wave_height:] = _colour(db[row_idx][:, cols])
+    return image
