@@ -70,13 +70,20 @@ def _component(f: FormField, elem_id: str) -> gr.components.Component:
         return gr.Slider(f.low, f.high, value=value, step=0.01, info=f.help, **common)
     if f.kind in (INT, FLOAT):
         return gr.Number(
-            value=value, precision=0 if f.kind == INT else None, minimum=f.low, maximum=f.high,
-            info=f.help, **common,
+            value=value,
+            precision=0 if f.kind == INT else None,
+            minimum=f.low,
+            maximum=f.high,
+            info=f.help,
+            **common,
         )
     if f.kind == INTS:
         return gr.Textbox(value=value, placeholder="e.g. 7, 8, 9", info=f.help, **common)
     lines = 8 if f.kind == LONG_TEXT else 1
-    return gr.Textbox(value=value, lines=lines, max_lines=40 if lines > 1 else 1, info=f.help, **common)
+    example = next(iter(TAG_PRESETS.values())) if f.name.endswith("tags") else None
+    return gr.Textbox(
+        value=value, lines=lines, max_lines=40 if lines > 1 else 1, placeholder=example, info=f.help, **common
+    )
 
 
 # -- handlers (plain functions: unit-testable without a browser) ---------------------------------------
@@ -196,23 +203,40 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
                 reset = _advanced_panel(form)
             with gr.Column(scale=2):
                 out_audio = gr.Audio(
-                    label="Output", type="filepath", interactive=False, elem_id="output-audio"
+                    label="Output",
+                    type="filepath",
+                    interactive=False,
+                    buttons=["download"],
+                    elem_id="output-audio",
                 )
                 out_image = gr.Image(
-                    label="Waveform and spectrogram", type="numpy", interactive=False, elem_id="output-picture"
+                    label="Waveform and spectrogram",
+                    type="numpy",
+                    interactive=False,
+                    buttons=["download", "fullscreen"],
+                    elem_id="output-picture",
                 )
                 out_files = gr.File(
-                    label="Download (every format + parameters)", file_count="multiple", interactive=False,
+                    label="Download (every format + parameters)",
+                    file_count="multiple",
+                    interactive=False,
                     elem_id="output-files",
                 )
                 out_info = gr.Markdown(elem_id="output-info")
         with gr.Accordion("History", open=True):
             table = gr.Dataframe(
-                value=history_rows(studio), headers=HISTORY_HEADERS, interactive=False, elem_id="history-table"
+                value=history_rows(studio),
+                headers=HISTORY_HEADERS,
+                interactive=False,
+                elem_id="history-table",
             )
             with gr.Row():
                 pick = gr.Dropdown(
-                    choices=history_choices(studio), value=None, label="Entry", scale=3, elem_id="history-pick"
+                    choices=history_choices(studio),
+                    value=None,
+                    label="Entry",
+                    scale=3,
+                    elem_id="history-pick",
                 )
                 reload_btn = gr.Button("Reload into form", scale=1, elem_id="history-reload")
                 source_btn = gr.Button("Use as source audio", scale=1, elem_id="history-source")
@@ -236,6 +260,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
                 _generate_handler(studio, form, task, after_generate),
                 inputs=form.inputs(task),
                 outputs=[*view, table, pick],
+                show_progress_on=out_audio,  # the progress bar (and an error) on the player only
                 concurrency_limit=1,
                 concurrency_id="generate",
                 api_name=f"generate_{task}",
@@ -243,7 +268,8 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
 
         def reload(entry_id: str | None) -> dict:
             entry = _user_errors(_entry, studio, entry_id)
-            return _reload_updates(form, tabs, entry) | dict(zip(view, _user_errors(entry_view, entry)))
+            shown = dict(zip(view, _user_errors(entry_view, entry), strict=True))
+            return _reload_updates(form, tabs, entry) | shown
 
         reload_btn.click(reload, inputs=pick, outputs=[*form.all_fields(), tabs, *view], api_name=False)
 
@@ -272,18 +298,20 @@ def _prompt_and_tasks(form: _Form) -> tuple[gr.Tabs, dict[str, gr.Button]]:
     fields = {f.name: f for f in common_fields()}
     presets = {"tags": TAG_PRESETS, "lyrics": LYRIC_PRESETS}
     for name, f in fields.items():
-        with gr.Row():
-            form.common[name] = _component(f, f"field-{name}")
-        if name in presets:
-            choice = gr.Dropdown(
-                choices=list(presets[name]), value=None, label=f"{f.label} presets", elem_id=f"preset-{name}"
-            )
-            choice.change(
-                lambda key, table=presets[name]: table.get(key, gr.skip()) if key else gr.skip(),
-                inputs=choice,
-                outputs=form.common[name],
-                api_name=False,
-            )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                form.common[name] = _component(f, f"field-{name}")
+            if name in presets:
+                with gr.Column(scale=1, min_width=180):
+                    choice = gr.Dropdown(
+                        choices=list(presets[name]), value=None, label="Preset", elem_id=f"preset-{name}"
+                    )
+                choice.change(
+                    lambda key, table=presets[name]: table.get(key, gr.skip()) if key else gr.skip(),
+                    inputs=choice,
+                    outputs=form.common[name],
+                    api_name=False,
+                )
     with gr.Tabs() as tabs:
         for task in TASKS:
             with gr.Tab(TASK_LABELS.get(task, task), id=task, elem_id=f"tab-{task}"):
@@ -305,7 +333,10 @@ def _prompt_and_tasks(form: _Form) -> tuple[gr.Tabs, dict[str, gr.Button]]:
 
 def _edit_presets(comps: dict) -> None:
     preset = gr.Dropdown(
-        choices=sorted(EDIT_PRESETS), value=None, label="Edit preset (sets n min / n max)", elem_id="edit-preset"
+        choices=sorted(EDIT_PRESETS),
+        value=None,
+        label="Edit preset (sets n min / n max)",
+        elem_id="edit-preset",
     )
     preset.change(
         lambda name: list(EDIT_PRESETS[name]) if name in EDIT_PRESETS else [gr.skip(), gr.skip()],
@@ -324,7 +355,7 @@ def _lora_panel(form: _Form, studio: Studio) -> None:
         )
         form.lora_select = gr.Dropdown(
             choices=list(studio.loras),
-            value=[],
+            value=None,
             multiselect=True,
             label="Adapters",
             info=info,
@@ -384,7 +415,7 @@ def _reload_updates(form: _Form, tabs: gr.Tabs, entry: HistoryEntry) -> dict:
     choices = list(form.lora_select.choices or [])
     known = {value for _, value in choices}
     extra = [(Path(p).name, p) for p in state.loras if p not in known]
-    updates[form.lora_select] = gr.Dropdown(choices=choices + extra, value=state.loras)
+    updates[form.lora_select] = gr.Dropdown(choices=choices + extra, value=state.loras or None)
     updates[form.lora_weight] = state.lora_weight
     return updates
 

@@ -102,6 +102,8 @@ def _default_text(f: FormField) -> str:
         return "Required."
     if f.default is None or f.default == ():
         return "Empty: random." if f.name.endswith("seeds") else "Empty: not set."
+    if f.default == "":
+        return "Default: empty."
     return f"Default: {f.default}."
 
 
@@ -239,6 +241,8 @@ def parse_value(f: FormField, raw: Any) -> Any:
     if f.kind in (TEXT, LONG_TEXT):
         text = "" if raw is None else str(raw)
         return None if f.optional and not text.strip() else text
+    if raw is None:  # a cleared dropdown or an unset checkbox
+        return f.default
     if f.kind == BOOL:
         return bool(raw)
     return raw

@@ -78,7 +78,7 @@ class History:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def new_folder(self, task: str) -> Path:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
         folder = self.root / f"{stamp}-{task}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
         return folder
@@ -218,7 +218,8 @@ class Studio:
         for take, audio in zip(takes, result.audio, strict=True):
             for fmt in SUPPORTED_FORMATS:
                 save_audio(take.with_suffix(f".{fmt}"), audio, result.sample_rate_hz)
-        write_sidecar(sidecar_path(folder / f"{AUDIO_STEM}.wav"), result, [t.name for t in takes], self.runtime)
+        sidecar = sidecar_path(folder / f"{AUDIO_STEM}.wav")
+        write_sidecar(sidecar, result, [t.name for t in takes], self.runtime)
         return self.history.get(folder.name)
 
 
@@ -244,8 +245,16 @@ def _copy_upload(path: str, folder: Path, field_name: str) -> str:
 
 # dark blue -> purple -> orange -> pale yellow (a perceptually increasing ramp)
 _COLOUR_STOPS = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39],
-     [252, 255, 164]],
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
     dtype=np.float64,
 )
 

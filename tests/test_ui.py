@@ -1,0 +1,376 @@
+"""The studio (``songflow ui``) without a browser: the form <-> request mapping derived from the request
+dataclasses, the history (written atomically, reloadable, regenerating the same audio), error messages,
+LoRA discovery, the waveform/spectrogram picture and the built Blocks. The browser test is test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
+from songflow.errors import ConfigError
+from songflow.interfaces import ui_form
+from songflow.interfaces.ui_form import (
+    AUDIO,
+    BOOL,
+    CHOICE,
+    FLOAT,
+    INT,
+    INTS,
+    build_request,
+    common_fields,
+    default_values,
+    form_values,
+    params_fields,
+    task_fields,
+)
+from songflow.interfaces.ui_studio import History, Studio, discover_loras, waveform_spectrogram_image
+from songflow.requests import (
+    EDIT_PRESETS,
+    SAMPLER_NAMES,
+    TASKS,
+    AudioToAudio,
+    Edit,
+    Extend,
+    GenerationParams,
+    LoraRef,
+    Repaint,
+    Retake,
+    Text2Music,
+)
+
+FAST = {"steps": 3}  # sampler steps for the generations below (the rest: official defaults)
+
+
+def _widget_params(**overrides) -> dict:
+    return default_values(params_fields()) | overrides
+
+
+class _FakePipeline:
+    """Accepts every request; ``generate`` raises ``error``."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def check_request(self, request) -> None:
+        pass
+
+    def generate(self, request, progress=None):
+        raise self.error
+
+
+@pytest.fixture(scope="module")
+def gr():
+    return pytest.importorskip("gradio", reason="the studio needs the 'ui' extra (gradio)")
+
+
+@pytest.fixture
+def studio(pipe, tmp_path):
+    return Studio(pipe, History(tmp_path / "out"), runtime={"checkpoint": "tiny", "device": "cpu"})
+
+
+@pytest.fixture
+def source_wav(tmp_path):
+    """2 s of a 440 Hz stereo tone at 44.1 kHz."""
+    t = torch.arange(88200) / 44100
+    path = tmp_path / "source.wav"
+    save_audio(path, 0.3 * torch.sin(2 * torch.pi * 440 * t).expand(2, -1), 44100)
+    return path
+
+
+# -- fields derived from the dataclasses --------------------------------------------------------------
+
+
+def test_every_request_field_has_exactly_one_widget():
+    common = {f.name for f in common_fields()}
+    assert common == {"tags", "lyrics"}
+    for task, cls in TASKS.items():
+        names = {f.name for f in dataclasses.fields(cls)} - {"params", "loras"}
+        own = [f.name for f in task_fields(task)]
+        assert len(own) == len(set(own))
+        assert common | set(own) == names, task
+        assert not common & set(own)
+    assert [f.name for f in params_fields()] == [f.name for f in dataclasses.fields(GenerationParams)]
+
+
+def test_widgets_carry_the_dataclass_types_defaults_and_choices():
+    official = GenerationParams()
+    by_name = {f.name: f for f in params_fields()}
+    for name, f in by_name.items():
+        assert f.default == getattr(official, name), name
+    assert by_name["steps"].kind == INT and by_name["steps"].default == 60
+    assert by_name["sampler"].kind == CHOICE and by_name["sampler"].choices == SAMPLER_NAMES
+    assert by_name["omega_mean_over"].choices == ("sample", "batch")
+    assert by_name["use_erg_tag"].kind == BOOL and by_name["use_erg_tag"].default is True
+    assert by_name["seeds"].kind == INTS and by_name["seeds"].optional
+    assert by_name["guidance_scale"].kind == FLOAT and by_name["guidance_scale"].default == 15.0
+    repaint = {f.name: f for f in task_fields("repaint")}
+    assert repaint["source_path"].kind == AUDIO and repaint["source_path"].required
+    assert (repaint["variance_frac"].low, repaint["variance_frac"].high) == (0.0, 1.0)
+    assert (
+        repaint["end_s"].label == "End (s)"
+        and repaint["end_s"].default == Repaint.__dataclass_fields__["end_s"].default
+    )
+    assert ui_form.lora_weight_field().default == LoraRef("x").weight
+
+
+def test_help_texts_come_from_the_docstrings():
+    retake = {f.name: f for f in task_fields("retake")}
+    assert "fresh song" in retake["variance_frac"].help and "Default: 0.2." in retake["variance_frac"].help
+    lyrics = {f.name: f for f in common_fields()}["lyrics"]
+    assert "[inst]" in lyrics.help and "``" not in lyrics.help
+    legacy = {f.name: f for f in params_fields()}["legacy_double_shift"]
+    assert "shifted twice" in legacy.help
+    assert "edit" in TASKS and "FlowEdit" in ui_form.task_description("edit")
+
+
+def _examples(path: str) -> list:
+    params = GenerationParams(
+        steps=7,
+        sampler="pingpong",
+        guidance="cfg",
+        guidance_scale=4.5,
+        use_erg_lyric=False,
+        step_indices=(1, 3, 5),
+        seeds=(11, 12),
+        batch_size=2,
+        omega_mean_over="batch",
+        legacy_double_shift=False,
+    )
+    loras = (LoraRef("/adapters/a", 0.7), LoraRef("/adapters/b", 0.7))
+    return [
+        Text2Music(tags="jazz", lyrics="[verse]\nla la", duration_s=12.5, params=params, loras=loras),
+        Retake(tags="jazz", duration_s=30, variance_frac=0.4, retake_seeds=(3, 4), params=params),
+        Repaint(tags="rock", source_path=path, start_s=1.0, end_s=2.5, variance_frac=0.9),
+        Extend(tags="rock", source_path=path, left_s=0.0, right_s=4.0, retake_seeds=(5,)),
+        AudioToAudio(tags="lofi", reference_path=path, strength_frac=0.25),
+        Edit(
+            tags="rock", source_path=path, target_lyrics="[verse]\nnew words", n_min_frac=0.2, n_max_frac=0.4
+        ),
+        Edit(tags="rock", source_path=path, target_tags="jazz", n_avg=3),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_form_round_trip(index):
+    """A request shown in the form and read back is the same request (what reloading history relies on)."""
+    request = _examples("/songs/src.wav")[index]
+    state = form_values(request)
+    assert state.task == request.task
+    again = build_request(state.task, state.values, state.params, state.loras, state.lora_weight)
+    assert again == request
+
+
+def test_untouched_form_gives_the_official_defaults():
+    request = build_request("text2music", {"tags": "pop", "lyrics": ""}, _widget_params())
+    assert request == Text2Music(tags="pop")
+    # cleared widgets (None) mean "the default" too, checkboxes included
+    cleared = build_request("retake", {"tags": "pop"}, {name: None for name in _widget_params()})
+    assert cleared == Retake(tags="pop")
+    assert cleared.params.use_erg_tag is True
+
+
+def test_bad_widget_values_name_the_field():
+    with pytest.raises(ConfigError, match=r"Seeds: expected whole numbers.*'1, x'"):
+        build_request("text2music", {"tags": "pop"}, _widget_params(seeds="1, x"))
+    with pytest.raises(ConfigError, match=r"N avg: expected a whole number"):
+        build_request("edit", {"tags": "a", "source_path": "s.wav", "target_tags": "b", "n_avg": 1.5}, {})
+    with pytest.raises(ConfigError, match=r"Source audio: no audio uploaded"):
+        build_request("repaint", {"tags": "pop", "source_path": None}, {})
+    with pytest.raises(ConfigError, match="tags must be a non-empty text"):
+        build_request("text2music", {"tags": "  "}, {})
+    with pytest.raises(ConfigError, match="edit needs target_tags and/or target_lyrics"):
+        build_request("edit", {"tags": "a", "source_path": "s.wav", "target_tags": " "}, {})
+    with pytest.raises(ConfigError, match="unknown task"):
+        build_request("karaoke", {"tags": "a"}, {})
+
+
+def test_edit_presets_are_valid_n_ranges():
+    for n_min, n_max in EDIT_PRESETS.values():
+        values = {
+            "tags": "a",
+            "source_path": "s.wav",
+            "target_tags": "b",
+            "n_min_frac": n_min,
+            "n_max_frac": n_max,
+        }
+        assert build_request("edit", values, {}).n_min_frac == n_min
+
+
+# -- the studio: history, reload, errors ----------------------------------------------------------------
+
+
+def test_generate_writes_every_format_and_a_reload_regenerates_the_same_song(studio):
+    steps = []
+    values = {"tags": "funk, pop", "lyrics": "[verse]\nneon lights", "duration_s": 1.0}
+    entry = studio.generate("text2music", values, _widget_params(**FAST), status=lambda f, w: steps.append(f))
+    assert steps[0] == 0.0 and steps[-1] == 1.0 and len(steps) >= FAST["steps"] + 2
+
+    # 1. every format, the sidecar last; the history lists the entry
+    names = sorted(p.name for p in entry.folder.iterdir())
+    assert names == sorted([f"song.{fmt}" for fmt in SUPPORTED_FORMATS] + ["song.json"])
+    assert [p.name for p in entry.files] == [f"song.{fmt}" for fmt in SUPPORTED_FORMATS] + ["song.json"]
+    assert [e.id for e in studio.history.entries()] == [entry.id]
+    sidecar = json.loads((entry.folder / "song.json").read_text())
+    assert sidecar["request"]["params"]["seeds"] == list(entry.request.params.seeds)
+    assert sidecar["runtime"]["checkpoint"] == "tiny"
+
+    # 2. reload the entry into the form and generate again: the same request, the same audio
+    again_entry = studio.history.get(entry.id)
+    state = form_values(again_entry.request)
+    assert state.params["seeds"] == str(entry.request.params.seeds[0])
+    again = studio.generate(state.task, state.values, state.params, state.loras, state.lora_weight)
+    assert again.request == entry.request
+    first, _ = load_audio(entry.takes[0])
+    second, _ = load_audio(again.takes[0])
+    assert torch.equal(first, second)
+    assert len(studio.history.entries()) == 2
+
+
+def test_uploaded_source_is_kept_with_the_entry(studio, source_wav):
+    values = {"tags": "rock", "lyrics": "", "source_path": str(source_wav), "right_s": 1.0}
+    entry = studio.generate("extend", values, _widget_params(**FAST))
+    kept = entry.folder / "source.wav"
+    assert entry.request.source_path == str(kept)
+    assert kept.read_bytes() == source_wav.read_bytes()
+    source_wav.unlink()  # the upload was temporary; the entry still regenerates
+    state = form_values(studio.history.get(entry.id).request)
+    assert state.values["source_path"] == str(kept)
+    wav, rate = load_audio(entry.takes[0])
+    assert wav.shape[-1] / rate > 2.5  # 2 s source + 1 s on the right
+
+
+@pytest.mark.parametrize(
+    ("task", "values", "message"),
+    [
+        ("repaint", {"tags": "rock"}, "Source audio: no audio uploaded"),
+        ("audio2audio", {"tags": "rock", "reference_path": ""}, "Reference audio: no audio uploaded"),
+        ("text2music", {"tags": "rock", "duration_s": 100000}, "longer than the model's maximum"),
+        ("text2music", {"tags": "rock", "duration_s": -3}, "positive number of seconds"),
+        ("text2music", {"tags": ""}, "tags must be a non-empty text"),
+        (
+            "repaint",
+            {"tags": "rock", "source_path": "UNREADABLE", "start_s": 5, "end_s": 1},
+            "window is empty",
+        ),
+    ],
+)
+def test_bad_input_is_a_message_not_a_traceback(gr, studio, tmp_path, task, values, message):
+    from songflow.interfaces.ui import run_task
+
+    with pytest.raises(gr.Error) as info:
+        run_task(studio, task, values, _widget_params(**FAST))
+    assert message in info.value.message
+    assert "Traceback" not in info.value.message
+    assert list((tmp_path / "out").iterdir()) == []  # nothing half-written
+
+
+def test_unreadable_upload_is_a_message(gr, studio, tmp_path):
+    from songflow.interfaces.ui import run_task
+
+    bogus = tmp_path / "notes.wav"
+    bogus.write_text("these are not samples")
+    with pytest.raises(gr.Error) as info:
+        run_task(studio, "repaint", {"tags": "rock", "source_path": str(bogus)}, _widget_params(**FAST))
+    assert "the uploaded source audio cannot be used" in info.value.message
+    assert "notes.wav" in info.value.message
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_unexpected_failure_is_a_message_and_leaves_no_entry(gr, tmp_path):
+    from songflow.interfaces.ui import run_task
+
+    studio = Studio(_FakePipeline(RuntimeError("device lost")), History(tmp_path / "out"))
+    with pytest.raises(gr.Error) as info:
+        run_task(studio, "text2music", {"tags": "rock", "duration_s": 1}, {})
+    assert info.value.message.startswith("generation failed (RuntimeError: device lost)")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_history_skips_foreign_folders_and_refuses_unknown_ids(tmp_path):
+    history = History(tmp_path)
+    (tmp_path / "notes").mkdir()
+    damaged = tmp_path / "20260101-000000-text2music-0123abcd"
+    damaged.mkdir()
+    (damaged / "song.json").write_text("{not json")
+    assert history.entries() == []
+    for bad in ("../etc", "notes", "20260101-000000-text2music-0123abcd", ""):
+        with pytest.raises(ConfigError):
+            history.get(bad)
+
+
+def test_discover_loras(tmp_path):
+    (tmp_path / "waltz").mkdir()
+    (tmp_path / "waltz" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (tmp_path / "rap.safetensors").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "readme.txt").write_text("hi")
+    assert discover_loras(tmp_path) == [
+        ("rap.safetensors", str(tmp_path / "rap.safetensors")),
+        ("waltz", str(tmp_path / "waltz")),
+    ]
+    assert discover_loras(None) == []
+    with pytest.raises(ConfigError, match="not a folder"):
+        discover_loras(tmp_path / "missing")
+
+
+def test_spectrogram_picture_puts_a_tone_at_its_frequency():
+    rate = 48000
+    t = torch.arange(rate * 2) / rate
+    image = waveform_spectrogram_image(0.5 * torch.sin(2 * torch.pi * 1000 * t)[None], rate)
+    assert image.shape == (90 + 230, 900, 3) and image.dtype == np.uint8
+    spec = image[90:].astype(float).sum(axis=(1, 2))  # brightness per row (high frequencies on top)
+    rows_hz = np.geomspace(30.0, rate / 2, 230)[::-1]
+    assert abs(np.log2(rows_hz[spec.argmax()] / 1000)) < 0.1
+    wave = image[:90].astype(int).sum(-1)
+    assert (wave > 3 * (16 + 18 + 28)).any(axis=0).all()  # a waveform mark in every column
+
+
+# -- the Gradio layer ----------------------------------------------------------------------------------
+
+
+def test_blocks_have_a_widget_per_field_and_reload_fills_the_form(gr, studio):
+    from songflow.interfaces.ui import build_ui
+
+    entry = studio.generate(
+        "text2music", {"tags": "lofi", "lyrics": "[inst]", "duration_s": 1.0}, _widget_params(**FAST)
+    )
+    demo = build_ui(studio)
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for task in TASKS:
+        assert f"generate-{task}" in by_id
+        for f in task_fields(task):
+            assert f"{task}-{f.name}" in by_id
+    for f in params_fields():
+        assert by_id[f"params-{f.name}"].value == default_values([f])[f.name]
+    assert by_id["field-tags"].value == "" and "lora-select" in by_id
+    fns = {f.name: f for f in demo.fns.values()}
+    generate = [f for f in demo.fns.values() if f.name == "generate"]
+    assert len(generate) == len(TASKS)
+    assert {f.concurrency_id for f in generate} == {"generate"}
+
+    updates = fns["reload"].fn(entry.id)
+    shown = {getattr(c, "elem_id", None): v for c, v in updates.items()}
+    assert shown["field-tags"] == "lofi" and shown["field-lyrics"] == "[inst]"
+    assert shown["text2music-duration_s"] == 1.0 and shown["retake-duration_s"] == 1.0
+    assert shown["params-steps"] == FAST["steps"]
+    assert shown["params-seeds"] == str(entry.request.params.seeds[0])
+    assert shown["output-audio"] == str(entry.takes[0])
+    assert "repaint-source_path" not in shown  # a text2music entry has no source
+    with pytest.raises(gr.Error, match="pick an entry"):
+        fns["reload"].fn(None)
+
+
+def test_ui_command_line(tmp_path, capsys):
+    from songflow.interfaces.cli import build_parser, main
+
+    args = build_parser().parse_args(["ui"])
+    assert (args.checkpoint, args.host, args.port, args.lora_dir) == (None, "127.0.0.1", 7860, None)
+    assert args.output_dir == "songflow-studio" and args.device == "auto"
+    assert main(["ui", "--lora-dir", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
