@@ -125,7 +125,7 @@ def run_bench(args) -> dict[str, float]:
         params=GenerationParams(steps=args.steps, seeds=(0,) * args.batch_size, batch_size=args.batch_size),
     )
     n_frames = pipe.geometry.frames_from_seconds(args.duration)
-    conds = pipe.encode_conditions(request, args.batch_size)
+    conds = pipe.encode_conditions(request.tags, request.lyrics, request.params)
     x = torch.randn(args.batch_size, 8, 16, n_frames, device=device, dtype=dtype)
     sigma = torch.full((args.batch_size,), 0.5, device=device, dtype=dtype)
 

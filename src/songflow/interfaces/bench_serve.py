@@ -6,7 +6,8 @@ loopback port, a fresh job store in a temporary folder) and lets ``--concurrency
 next (different tags, lyrics and seeds; one duration and one set of settings, so jobs can batch). One
 warm-up job per server is not counted. Printed per run: jobs per minute (finished jobs over the time from
 the first submission to the last finish), p50/p95 latency (submission to finish, from the job store's
-timestamps), the mean number of jobs that ran together, and failures / 429 answers.
+timestamps), the mean number of jobs that ran together, failures / 429 answers, and the seconds each
+pipeline stage took per job (a batch's stage time shared among its jobs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _TAGS = (
     "jazz, saxophone, swing, upright bass",
     "ambient, pads, slow, dreamy",
 )
+_STAGES = ("preprocess", "diffusion", "decode")
 _LYRICS = ("[verse]\nwalking down the street tonight", "[inst]", "[chorus]\nla la la, sing along", "")
 
 
@@ -103,7 +105,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         print(
             f"  {max_batch:>9} {figures['jobs_per_min']:>9.2f} {figures['latency_p50_s']:>8.2f} "
             f"{figures['latency_p95_s']:>8.2f} {figures['mean_batch_jobs']:>10.2f} "
-            f"{figures['failed']:>6} {figures['retries_429']:>5}"
+            f"{figures['failed']:>6} {figures['retries_429']:>5}   per job: "
+            + ", ".join(f"{stage} {figures[f'per_job_{stage}_s']:.2f} s" for stage in _STAGES)
         )
         sys.stdout.flush()
     if args.json_path:
@@ -207,6 +210,13 @@ def run_server_load(pipe, args, max_batch: int, *, checkpoint_name: str) -> dict
         "mean_batch_jobs": float(np.mean([j["batch_jobs"] or 1 for j in ok])) if ok else 0.0,
         "mean_run_s": float(np.mean([j["finished_at"] - j["started_at"] for j in ok])) if ok else 0.0,
         "retries_429": retries[0],
+        # seconds of each stage per job (a batch's stage time shared among its jobs)
+        **{
+            f"per_job_{stage}_s": float(np.mean([j["timings_s"][stage] / (j["batch_jobs"] or 1) for j in ok]))
+            if ok
+            else 0.0
+            for stage in _STAGES
+        },
     }
 
 
