@@ -375,9 +375,66 @@ def test_cli_train_and_preprocess(env, tmp_path):
             "optim.max_steps=2",
             "--set",
             "progress=false",
+            "--set",
+            "samples.tags=[pop piano]",
+            "--set",
+            "samples.duration_s=2",
+            "--set",
+            "samples.steps=2",
         ]
     )
     assert args.func(args) == 0 and (tmp_path / "o" / "final" / "ace_step_transformer").is_dir()
+    # periodic sample renders: the tiny config saves every 10 steps, so the final export renders step 2
+    from songflow.audio.io import load_audio
+
+    wav, rate = load_audio(tmp_path / "o" / "samples" / "step=2" / "sample_0.wav")
+    assert wav.shape[0] == 2 and abs(wav.shape[-1] / rate - 2.0) < 0.2 and torch.isfinite(wav).all()
     bad = parser.parse_args(["train", "configs/train/tiny_full.yaml", "--set", "optim.nope=1"])
     with pytest.raises(ConfigError, match="optim.nope"):
         bad.func(bad)
+
+
+def test_init_and_package_make_a_self_contained_default_model(env, tmp_path):
+    """``train init`` builds the songflow-tiny structure over a trained codec with a tokenizer that knows
+    the dataset's tag words; ``train package`` makes a link-free copy (DiT in bf16) that the engine loads."""
+    from safetensors import safe_open
+    from transformers import PreTrainedTokenizerFast
+
+    from songflow.interfaces.train_cli import add_train_parser
+    from songflow.pipeline import Pipeline
+    from songflow.requests import GenerationParams, Text2Music
+    from songflow.training.default_model import songflow_tiny_configs
+    from songflow.weights import load_checkpoint
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    init = tmp_path / "init"
+    args = parser.parse_args(
+        ["train", "init", "--dataset", str(env["ds"]), "--dcae", str(env["ckpt"] / "music_dcae_f8c8"),
+         "--vocoder", str(env["ckpt"]), "--out", str(init)]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    ckpt = load_checkpoint(init, load_text_encoder=False)
+    assert ckpt.transformer.config == songflow_tiny_configs()[0]
+    tok = PreTrainedTokenizerFast.from_pretrained(init / "umt5-base")
+    ids = tok("pop, piano, 132 bpm")["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == 7  # pop , piano , 132 bpm </s>
+    assert tok.unk_token_id in tok("zydeco")["input_ids"]
+
+    (init / "music_vocoder").rename(tmp_path / "voc")  # a linked component is copied as plain files
+    (init / "music_vocoder").symlink_to(tmp_path / "voc")
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    dest = tmp_path / "shipped"
+    dest.mkdir()
+    (dest / "stale.txt").write_text("replaced as a whole")
+    args = parser.parse_args(["train", "package", str(init), "--out", str(dest), "--card", str(card)])
+    assert args.func(args) == 0
+    assert not (dest / "stale.txt").exists() and (dest / "MODEL_CARD.md").read_text() == "# card\n"
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+    with safe_open(dest / "ace_step_transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    result = Pipeline.from_pretrained(dest).generate(
+        Text2Music(tags="pop, piano", lyrics="[inst]", duration_s=1.0, params=GenerationParams(steps=2))
+    )
+    assert result.audio[0].shape[0] == 2 and torch.isfinite(result.audio[0]).all()

@@ -156,3 +156,47 @@ def test_meta_construction_tiny():
     with torch.device("meta"):
         model = Vocoder(VocoderConfig.tiny())
     assert all(t.is_meta for t in model.state_dict().values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# songflow's istft head (head_type="istft")
+
+
+def _istft_config(head_type: str = "istft") -> VocoderConfig:
+    return VocoderConfig(dims=(32,), depths=(2,), num_mels=32, head_type=head_type)
+
+
+def test_istft_head_inverts_the_front_end_framing():
+    """The STFT taken with the mel front end's framing (reflect pad (n_fft-hop)/2, uncentred) goes back
+    to the same samples: the synthesis frames line up with the mel frames."""
+    head = Vocoder(_istft_config()).head
+    n_fft, hop = 2048, 512
+    x = torch.randn(2, hop * 24, dtype=torch.float64)
+    pad = (n_fft - hop) // 2
+    padded = torch.nn.functional.pad(x[:, None], (pad, pad), mode="reflect")[:, 0]
+    spec = torch.stft(padded, n_fft, hop, window=head.window.double(), center=False, return_complex=True)
+    assert spec.shape[-1] == 24  # one frame per hop, as the mel front end
+    err = assert_close(head.synthesize(spec)[:, 0], x, rtol=1e-6, name="istft round trip")
+    print(f"istft head round trip: max abs err {err:.1e}")
+
+
+def test_istft_vocoder_shapes_config_and_receptive_field():
+    from songflow.models.codec import vocoder_receptive_radius_mel_frames
+
+    cfg = _istft_config()
+    assert VocoderConfig.from_dict(cfg.to_dict()) == cfg
+    torch.manual_seed(0)
+    vocoder = Vocoder(cfg)
+    assert not any(k.endswith("weight_g") for k in vocoder.state_dict())
+    n_frames, centre, hop = 40, 20, cfg.hop_length
+    x = torch.randn(1, 128, n_frames, requires_grad=True)
+    wav = vocoder(x)
+    assert wav.shape == (1, 1, hop * n_frames) and wav.abs().max() <= 1.0
+    radius = 0.0
+    for sample in (centre * hop, centre * hop + hop // 2, centre * hop + hop - 1):
+        (grad,) = torch.autograd.grad(wav[0, 0, sample], x, retain_graph=True)
+        hit = grad.abs().sum(1)[0].nonzero()[:, 0]
+        radius = max(radius, sample / hop - int(hit.min()), int(hit.max()) - sample / hop)
+    assert radius <= vocoder_receptive_radius_mel_frames(cfg) <= radius + 4
+    with pytest.raises(ConfigError, match="head_type"):
+        _istft_config(head_type="wavenet")

@@ -82,7 +82,18 @@ def build_lyric_vocab(path: Path) -> Path:
     return path
 
 
-def _write_text_encoder(folder: Path, d_model: int, n_layers: int, seed: int) -> None:
+def tag_tokens(text: str) -> list[str]:
+    """How the word-level tag tokenizer splits ``text``: lower-cased words and punctuation runs."""
+    from tokenizers import pre_tokenizers
+
+    return [w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text.lower())]
+
+
+def write_text_encoder(
+    folder: Path, d_model: int, n_layers: int, seed: int, words: tuple[str, ...] = tuple(TAG_WORDS)
+) -> None:
+    """A small random UMT5 encoder in ``folder`` with a word-level tokenizer over ``words`` (lower-cased;
+    anything else maps to ``<unk>``). It stays frozen, as UMT5 does: the DiT learns to read its states."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import UMT5Config, UMT5EncoderModel
     from transformers.utils import logging as hf_logging
@@ -90,7 +101,7 @@ def _write_text_encoder(folder: Path, d_model: int, n_layers: int, seed: int) ->
     hf_logging.disable_progress_bar()
 
     folder.mkdir(parents=True, exist_ok=True)
-    words = ["<pad>", "</s>", "<unk>", *TAG_WORDS]
+    words = ["<pad>", "</s>", "<unk>", *dict.fromkeys(w.lower() for w in words if w)]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -105,7 +116,7 @@ def _write_text_encoder(folder: Path, d_model: int, n_layers: int, seed: int) ->
         ),
     )
     cfg = UMT5Config(
-        vocab_size=128,
+        vocab_size=max(128, len(words)),
         d_model=d_model,
         d_kv=d_model // 2,
         d_ff=2 * d_model,
@@ -160,6 +171,6 @@ def build_random_checkpoint(root: Path, *, size: str = "tiny", seed: int = 0) ->
             if name.endswith("weight_g"):
                 param.fill_(1.3)
     save_component(vocoder, vcfg, root / "music_vocoder")
-    _write_text_encoder(root / "umt5-base", d_model=tcfg.text_embedding_dim, n_layers=2, seed=seed)
+    write_text_encoder(root / "umt5-base", d_model=tcfg.text_embedding_dim, n_layers=2, seed=seed)
     build_lyric_vocab(root / "vocab.json")
     return root

@@ -2,6 +2,8 @@
 
     songflow train CONFIG [--set key.path=value ...]          train (preprocessing the dataset if needed)
     songflow train preprocess [CONFIG] [--set ...] [--dataset DIR --checkpoint DIR --out DIR]
+    songflow train init --dataset DIR --dcae DIR --vocoder DIR --out DIR   a fresh songflow-tiny checkpoint
+    songflow train package CHECKPOINT --out DIR [--card FILE]            a self-contained copy to ship
 
 Hook into a CLI with ``add_train_parser(subparsers)``; the parsed namespace carries ``func`` (returns the
 exit code). DDP: ``torchrun --nproc_per_node N -m songflow train CONFIG``.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from songflow.errors import ConfigError
 
@@ -55,17 +58,72 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from songflow.training.default_model import build_initial_checkpoint
+
+    missing = [f"--{k}" for k in ("dataset", "dcae", "vocoder", "out") if not getattr(args, k)]
+    if missing:
+        raise ConfigError(f"train init needs {', '.join(missing)}")
+    path = build_initial_checkpoint(args.out, dataset=args.dataset, dcae=args.dcae, vocoder=args.vocoder)
+    print(f"untrained songflow-tiny checkpoint written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from songflow.training.default_model import package_model
+
+    if not args.config or not args.out:
+        raise ConfigError("usage: songflow train package CHECKPOINT --out DIR [--card MODEL_CARD.md]")
+    path = package_model(args.config, args.out, card=args.card)
+    print(f"packaged {args.config} into {path}", file=sys.stderr)
+    return 0
+
+
+def sample_renderer(cfg):
+    """``on_export`` hook of :func:`songflow.training.trainer.train` that renders ``cfg.samples`` with the
+    exported weights into ``<output_dir>/samples/step=N/sample_<i>.wav`` (None when no samples are set)."""
+    if not cfg.samples.tags:
+        return None
+
+    def render(folder: Path, step: int) -> None:
+        from songflow.audio.io import save_audio
+        from songflow.pipeline import Pipeline
+        from songflow.requests import GenerationParams, LoraRef, Text2Music
+
+        s = cfg.samples
+        base, loras = (cfg.model.checkpoint_dir, (LoraRef(str(folder)),)) if cfg.lora.enabled else (folder, ())
+        pipe = Pipeline.from_pretrained(base, device="cpu")
+        out = Path(cfg.output_dir) / "samples" / f"step={step}"
+        for i, tags in enumerate(s.tags):
+            request = Text2Music(
+                tags=tags,
+                lyrics=s.lyrics[i] if s.lyrics else "[inst]",
+                duration_s=s.duration_s,
+                params=GenerationParams(steps=s.steps, seeds=(s.seed + i,)),
+                loras=loras,
+            )
+            result = pipe.generate(request)
+            save_audio(out / f"sample_{i}.wav", result.audio[0], result.sample_rate_hz)
+        print(f"step {step}: rendered {len(s.tags)} samples into {out}", file=sys.stderr)
+
+    return render
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.target == "preprocess":
-        return cmd_preprocess(args)
+    if args.target in _ACTIONS:
+        return _ACTIONS[args.target](args)
     from songflow.training.trainer import train
 
     if args.config:
         raise ConfigError(f"unexpected argument {args.config!r}; use --set key=value for overrides")
     args.config = args.target
-    path = train(_load_config(args))
+    cfg = _load_config(args)
+    path = train(cfg, on_export=sample_renderer(cfg))
     print(f"trained weights written to {path}", file=sys.stderr)
     return 0
+
+
+_ACTIONS = {"preprocess": cmd_preprocess, "init": cmd_init, "package": cmd_package}
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -73,10 +131,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="fine-tune the DiT (full or LoRA) from a YAML/JSON config",
-        description="songflow train CONFIG [--set k=v ...]  |  songflow train preprocess [CONFIG] [options]",
+        description="songflow train CONFIG [--set k=v ...]  |  songflow train preprocess [CONFIG] [options]"
+        "  |  songflow train init [options]  |  songflow train package CHECKPOINT --out DIR",
     )
-    p.add_argument("target", metavar="CONFIG|preprocess", help="a train config file, or 'preprocess'")
-    p.add_argument("config", nargs="?", default=None, help="(preprocess) optional train config file")
+    p.add_argument(
+        "target",
+        metavar="CONFIG|preprocess|init|package",
+        help="a train config file, or one of the actions preprocess, init, package",
+    )
+    p.add_argument(
+        "config", nargs="?", default=None, help="(preprocess) train config file; (package) checkpoint"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -84,9 +149,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)",
     )
-    p.add_argument("--dataset", help="(preprocess) official-format dataset folder")
+    p.add_argument("--dataset", help="(preprocess, init) official-format dataset folder")
     p.add_argument("--checkpoint", help="(preprocess) base checkpoint folder")
-    p.add_argument("--out", help="(preprocess) cache folder to write")
+    p.add_argument("--out", help="(preprocess) cache folder; (init, package) checkpoint folder to write")
+    p.add_argument("--dcae", help="(init) trained music_dcae_f8c8 folder (train-codec dcae output)")
+    p.add_argument("--vocoder", help="(init) trained music_vocoder folder (train-codec vocoder output)")
+    p.add_argument("--card", help="(package) model card to ship beside the weights")
     p.add_argument("--ssl-model", action="append", default=[], help="(preprocess) REPA SSL model folder")
     p.add_argument("--device", help="(preprocess) device, default from the config")
     p.set_defaults(func=cmd_train)

@@ -79,10 +79,13 @@ def vocoder_receptive_radius_mel_frames(config: VocoderConfig) -> float:
 
     Sum of the half-widths of every convolution on the path, each in mel frames: the ConvNeXt stem (kernel
     7, SPEC §4) and one depthwise conv per block, ``conv_pre``, each transposed conv (at most
-    ``kernel/stride`` input steps), the widest ResBlock1 of each stage, ``conv_post``. Released vocoder:
+    ``kernel/stride`` input steps), the widest ResBlock1 of each stage, ``conv_post`` (the ``istft`` head:
+    the synthesis window's half-width instead of the upsampling path). Released vocoder:
     92.6 frames; the gradient measurement in ``tests/test_codec.py`` finds 89.5.
     """
     radius = 3.0 + (config.kernel_sizes[0] // 2) * sum(config.depths)
+    if config.head_type == "istft":  # 1x1 conv, then frames whose synthesis windows cover the sample
+        return radius + config.n_fft / (2 * config.hop_length)
     radius += config.pre_conv_kernel_size // 2
     samples_per_frame = 1
     for rate, kernel in zip(config.upsample_rates, config.upsample_kernel_sizes, strict=True):

@@ -26,6 +26,9 @@ _STEM_KERNEL = 7
 _LAYER_NORM_EPS = 1e-6
 _MLP_RATIO = 4
 _LAYER_SCALE_INIT = 1e-6
+HEAD_TYPES = ("hifigan", "istft")
+# the istft head's log-magnitude is clipped here before exp (e^10 ~ 2e4, far above any real bin)
+_MAX_LOG_MAGNITUDE = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,17 @@ class VocoderConfig(JsonConfig):
     f_min: float = 40
     f_max: float = 16000
     n_mels: int = 128
+    # songflow extension (absent from the official file): "hifigan" (the release) or "istft", a
+    # frame-rate head that predicts STFT magnitude and phase and overlap-adds them (no upsampling
+    # convolutions: ~50x cheaper on CPU; the ``upsample_*``/``resblock_*`` fields are then unused).
+    head_type: str = "hifigan"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The official keys; ``head_type`` only when it is not the release's head."""
+        out = super().to_dict()
+        if self.head_type == "hifigan":
+            del out["head_type"]
+        return out
 
     @classmethod
     def tiny(cls) -> VocoderConfig:
@@ -108,6 +122,14 @@ class VocoderConfig(JsonConfig):
             fail(f"num_mels (head input width, {self.num_mels}) must equal dims[-1] ({self.dims[-1]})")
         if not 0.0 <= self.drop_path_rate < 1.0:
             fail(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.head_type not in HEAD_TYPES:
+            fail(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
+        if not self.hop_length <= self.win_length <= self.n_fft or (self.n_fft - self.hop_length) % 2:
+            fail("need hop_length <= win_length <= n_fft and an even n_fft - hop_length")
+        if not 0 <= self.f_min < self.f_max <= self.sampling_rate / 2:
+            fail(f"need 0 <= f_min < f_max <= sampling_rate/2, got {self.f_min}, {self.f_max}")
+        if self.head_type == "istft":
+            return
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
             fail("upsample_rates and upsample_kernel_sizes differ in length")
         if math.prod(self.upsample_rates) != self.hop_length:
@@ -135,10 +157,6 @@ class VocoderConfig(JsonConfig):
         ]
         if any(k < 1 or k % 2 == 0 for k in odd):
             fail(f"conv kernel sizes must be odd, got {odd}")
-        if not self.hop_length <= self.win_length <= self.n_fft or (self.n_fft - self.hop_length) % 2:
-            fail("need hop_length <= win_length <= n_fft and an even n_fft - hop_length")
-        if not 0 <= self.f_min < self.f_max <= self.sampling_rate / 2:
-            fail(f"need 0 <= f_min < f_max <= sampling_rate/2, got {self.f_min}, {self.f_max}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -372,6 +390,46 @@ class HiFiGANHead(nn.Module):
         return torch.tanh(self.conv_post(F.silu(x)))
 
 
+class ISTFTHead(nn.Module):
+    """Frame-rate head (songflow's ``head_type="istft"``): a 1x1 conv ``out`` predicts, per mel frame,
+    ``n_fft/2 + 1`` log-magnitudes and as many phases; :meth:`synthesize` overlap-adds the inverse FFTs.
+
+    Synthesis frame f covers the same samples as analysis frame f of the mel front end
+    (``[f·hop − (n_fft − hop)/2, f·hop + (n_fft + hop)/2)``), with a Hann window of ``win_length``
+    (zero-padded to ``n_fft``) and the usual squared-window normalisation, so ``[B, C, F]`` features give
+    exactly ``hop · F`` samples, aligned with the input mel.
+    """
+
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        self.n_fft = config.n_fft
+        self.hop = config.hop_length
+        self.out = nn.Conv1d(config.num_mels, config.n_fft + 2, 1)
+        window = torch.hann_window(config.win_length, periodic=True)
+        left = (config.n_fft - config.win_length) // 2
+        window = F.pad(window, (left, config.n_fft - config.win_length - left))
+        self.register_buffer("window", window, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        log_magnitude, phase = self.out(x).float().chunk(2, dim=1)  # (B, n_freqs, F) each
+        magnitude = torch.exp(log_magnitude.clamp(max=_MAX_LOG_MAGNITUDE))
+        wav = self.synthesize(torch.polar(magnitude, phase))
+        return wav.clamp(-1.0, 1.0).to(x.dtype)
+
+    def synthesize(self, spec: Tensor) -> Tensor:
+        """Complex STFT ``[B, n_fft/2 + 1, F]`` -> ``[B, 1, hop · F]`` by windowed overlap-add."""
+        n_frames = spec.shape[-1]
+        frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[:, None]  # (B, n_fft, F)
+        pad = (self.n_fft - self.hop) // 2
+        full = (n_frames - 1) * self.hop + self.n_fft
+        fold = dict(output_size=(1, full), kernel_size=(1, self.n_fft), stride=(1, self.hop))
+        wav = F.fold(frames, **fold)[:, 0, 0]  # (B, full)
+        squared = self.window.square()[None, :, None].expand(1, -1, n_frames)
+        envelope = F.fold(squared, **fold)[:, 0, 0]
+        wav = wav / envelope.clamp(min=1e-8)
+        return wav[:, None, pad : pad + self.hop * n_frames]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Vocoder
 # ---------------------------------------------------------------------------------------------------
@@ -391,7 +449,7 @@ class Vocoder(nn.Module):
         super().__init__()
         self.config = config = config or VocoderConfig()
         self.backbone = ConvNeXtBackbone(config)
-        self.head = HiFiGANHead(config)
+        self.head = ISTFTHead(config) if config.head_type == "istft" else HiFiGANHead(config)
         self.mel_transform = LogMelSpectrogram(
             sample_rate_hz=config.sampling_rate,
             n_fft=config.n_fft,

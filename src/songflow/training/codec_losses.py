@@ -54,7 +54,8 @@ def stft_magnitude(
     if window is None:
         window = torch.hann_window(win_length, periodic=True, device=wav.device)
     spec = torch.stft(wav, n_fft, hop_length=hop, win_length=win_length, window=window, return_complex=True)
-    return torch.sqrt(spec.real.square() + spec.imag.square()).clamp_min(_MAG_FLOOR)
+    # floor before the sqrt: sqrt'(0) is infinite and would turn a silent bin's gradient into NaN
+    return (spec.real.square() + spec.imag.square()).clamp_min(_MAG_FLOOR**2).sqrt()
 
 
 class MultiResolutionSTFTLoss(nn.Module):

@@ -181,6 +181,9 @@ class DCAETrainConfig(_CommonTrainConfig):
     betas: tuple[float, float] = (0.9, 0.999)
     lambda_adv: float = 0.1
     lambda_fm: float = 1.0
+    # phase 1: weight of ``mean(latent)^2 + (std(latent) - 1)^2``, which pulls the DiT latents (after
+    # the official fixed shift/scale of ``CodecConstants``) towards zero mean and unit variance
+    lambda_latent_moments: float = 0.0
     phase2_start_step: int = 100_000
     disc_channels: int = 64
     disc_layers: int = 3
@@ -592,6 +595,10 @@ class DCAETrainer(_Trainer):
             out["loss_disc"] = float(loss_d.detach())
         loss_rec = (recon.float() - x.float()).square().mean()
         loss = loss_rec
+        if not phase2 and cfg.lambda_latent_moments > 0:
+            lat = self.constants.latents_from_code(z.float())
+            moments = lat.mean().square() + (lat.std() - 1.0).square()
+            loss = loss + cfg.lambda_latent_moments * moments
         if phase2:
             real_out, fake_out = self.disc(x), self.disc(recon)
             adv = generator_adversarial_loss(fake_out, cfg.adv_loss)

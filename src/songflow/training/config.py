@@ -106,6 +106,25 @@ class ScheduleConfig:
 
 
 @dataclass
+class SamplesConfig:
+    """Audio rendered with the weights of every checkpoint save (``<output_dir>/samples/step=N/``)."""
+
+    tags: list[str] = field(default_factory=list)  # one clip per entry; empty = no renders
+    lyrics: list[str] = field(default_factory=list)  # same length as tags, or empty for "[inst]"
+    duration_s: float = 10.0
+    steps: int = 27
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lyrics and len(self.lyrics) != len(self.tags):
+            raise ConfigError(
+                f"samples.lyrics holds {len(self.lyrics)} entries for {len(self.tags)} samples.tags"
+            )
+        if self.duration_s <= 0 or self.steps < 1:
+            raise ConfigError("samples.duration_s must be > 0 and samples.steps >= 1")
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "exps/run"
     seed: int = 1234
@@ -121,6 +140,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     repa: RepaConfig = field(default_factory=RepaConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     # ---------------------------------------------------------------- construction
 

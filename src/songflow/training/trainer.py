@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,8 +257,11 @@ def _prune(output_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training to ``optim.max_steps``; returns the exported weights folder (see module doc)."""
+def train(cfg: TrainConfig, on_export: Callable[[Path, int], None] | None = None) -> Path:
+    """Run training to ``optim.max_steps``; returns the exported weights folder (see module doc).
+
+    ``on_export(folder, step)`` runs on the main rank after every periodic and final export (the CLI renders
+    ``cfg.samples`` with it; the engine lives above this layer)."""
     info = setup_distributed(cfg.device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -353,10 +356,14 @@ def train(cfg: TrainConfig) -> Path:
             save_training_state(folder, module, optimizer, scheduler, done)
             export_weights(cfg, module, folder / ("lora" if cfg.lora.enabled else "weights"))
             _prune(out, cfg.keep_last)
+            if on_export is not None:
+                on_export(folder / ("lora" if cfg.lora.enabled else "weights"), done)
     if bar is not None:
         bar.close()
     final = out / ("final_lora" if cfg.lora.enabled else "final")
     if info.main:
         export_weights(cfg, module, final)
+        if on_export is not None and o.max_steps % max(1, cfg.save_every):
+            on_export(final, o.max_steps)
     _barrier(info)
     return final
