@@ -318,6 +318,25 @@ def test_corpus_is_deterministic_resumable_and_loads(tmp_path):
         full = json.loads(r["labels"])
         assert bool(full["syllables"]) == r["has_vocals"] == bool(r["norm_lyrics"])
 
+    # eval prompts: one valid text2music request per clip, labelled for the checkers
+    import argparse
+
+    from songflow.interfaces.corpus_cli import add_corpus_parser
+    from songflow.requests import request_from_dict
+
+    parser = argparse.ArgumentParser()
+    add_corpus_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["corpus", "prompts", str(a), "--out", str(tmp_path / "p.jsonl"), "--duration", "8"])
+    assert args.func(args) == 0
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [x["name"] for x in lines] == [p.key for p in plans]
+    for line, plan in zip(lines, plans, strict=True):
+        label = json.loads((a / "labels" / f"{plan.key}.json").read_text())
+        assert line["labels"]["vocals"] == plan.vocals == (line["lyrics"] != "[inst]")
+        assert line["labels"]["bpm"] == label["bpm"] and line["labels"].get("tonic") == label.get("tonic")
+        req = request_from_dict({k: v for k, v in line.items() if k not in ("name", "labels")})
+        assert req.duration_s == 8 and req.params.seeds == (lines.index(line),)
+
     # other settings in the same folder are refused
     from songflow.errors import ConfigError
 

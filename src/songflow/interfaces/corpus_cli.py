@@ -52,6 +52,20 @@ def cmd_corpus_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corpus_prompts(args: argparse.Namespace) -> int:
+    from songflow.data.synth.corpus import eval_requests
+    from songflow.fileio import atomic_write_text
+
+    if args.duration <= 0:
+        raise ConfigError("--duration must be > 0 seconds")
+    lines = eval_requests(args.corpus, duration_s=args.duration, limit=args.limit)
+    if not lines:
+        raise ConfigError(f"no clip labels in {args.corpus}/labels; make a corpus first")
+    atomic_write_text(args.out, "".join(json.dumps(line) + "\n" for line in lines))
+    print(f"wrote {len(lines)} requests to {args.out}", file=sys.stderr)
+    return 0
+
+
 def add_corpus_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``corpus make`` on an ``argparse`` subparsers object; returns the ``corpus`` parser."""
     corpus = subparsers.add_parser("corpus", help="make a labelled synthetic music corpus offline")
@@ -84,4 +98,15 @@ def add_corpus_parser(subparsers) -> argparse.ArgumentParser:
     make.add_argument("--soundfont", default=None, help="an .sf2 file (default: installed FluidR3_GM)")
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(func=cmd_corpus_make)
+    prompts = corpus_sub.add_parser(
+        "prompts",
+        help="turn a corpus's labels into requests for `songflow eval --generate`",
+        description="One text2music request per clip (its tags and lyrics) with the labels the checkers "
+        "read. Use a corpus made with another --seed than the training corpus to test unseen prompts.",
+    )
+    prompts.add_argument("corpus", help="corpus folder (made by `songflow corpus make`)")
+    prompts.add_argument("--out", required=True, help="JSONL file to write")
+    prompts.add_argument("--duration", type=float, default=10.0, help="seconds per request (default 10)")
+    prompts.add_argument("--limit", type=int, default=None, help="only the first N clips")
+    prompts.set_defaults(func=cmd_corpus_prompts)
     return corpus

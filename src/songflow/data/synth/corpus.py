@@ -459,6 +459,34 @@ def iter_clip_labels(out: Path, plans: list[ClipPlan] | None = None) -> Iterator
             yield json.loads(path.read_text(encoding="utf-8"))
 
 
+EVAL_LABEL_KEYS = ("bpm", "tonic", "mode", "genre", "instruments", "time_signature")
+
+
+def eval_requests(out: str | os.PathLike[str], *, duration_s: float = 10.0, limit: int | None = None) -> list[dict]:
+    """text2music requests for ``songflow eval --generate``, one per clip of the corpus in ``out``: its tags
+    and lyrics (``[inst]`` when it has none), ``duration_s`` seconds, seed = clip index, and the labels the
+    checkers read (``vocals`` says whether the clip is sung)."""
+    lines = []
+    for i, label in enumerate(iter_clip_labels(Path(out))):
+        if limit is not None and i >= limit:
+            break
+        lyrics = str(label.get("lyrics") or "").strip()
+        labels = {k: label[k] for k in EVAL_LABEL_KEYS if k in label}
+        labels["vocals"] = bool(lyrics)
+        lines.append(
+            {
+                "name": label["key"],
+                "task": "text2music",
+                "tags": ", ".join(_tags_list(label.get("tags"))),
+                "lyrics": lyrics or "[inst]",
+                "duration_s": duration_s,
+                "params": {"seeds": [i]},
+                "labels": labels,
+            }
+        )
+    return lines
+
+
 def build_dataset(
     out: str | os.PathLike[str], plans: list[ClipPlan] | None = None, *, progress: bool = False
 ):
