@@ -30,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
 from songflow.interfaces.api import create_app  # noqa: E402
-from songflow.interfaces.jobs import JobStore  # noqa: E402
+from songflow.interfaces.jobs import STATES, JobStore  # noqa: E402
 from songflow.interfaces.serve_cli import BackgroundServer  # noqa: E402
 
 FAST = {"steps": 2, "guidance": "cfg", "guidance_scale": 2.0}
@@ -204,8 +204,37 @@ def test_openapi_schema_matches_the_routes(pipe, live):
     } == routes
     post = schema["paths"]["/v1/jobs"]["post"]
     assert {"application/json", "multipart/form-data"} <= set(post["requestBody"]["content"])
-    params = {p["name"] for p in schema["paths"]["/v1/jobs/{job_id}/audio"]["get"]["parameters"]}
-    assert {"job_id", "format", "index"} <= params
+    assert {"202", "401", "413", "422", "429"} <= set(post["responses"])
+    assert "Retry-After" in post["responses"]["429"]["headers"]
+    audio_op = schema["paths"]["/v1/jobs/{job_id}/audio"]["get"]
+    assert {p["name"] for p in audio_op["parameters"]} == {"job_id", "format", "index"}
+    assert {"audio/wav", "audio/flac", "audio/mpeg", "audio/ogg"} <= set(
+        audio_op["responses"]["200"]["content"]
+    )
+
+    # the documented response models are exactly what the server sends
+    def model(path: str, method: str, code: str) -> dict:
+        content = schema["paths"][path][method]["responses"][code]["content"]["application/json"]
+        return schema["components"]["schemas"][content["schema"]["$ref"].rsplit("/", 1)[1]]
+
+    job_model = schema["components"]["schemas"]["JobView"]
+    assert set(job_model["properties"]["state"]["enum"]) == set(STATES)
+    r = client.post("/v1/jobs", json=t2m(seed=1))
+    assert (
+        set(r.json()) == set(model("/v1/jobs", "post", "202")["properties"]) == set(job_model["properties"])
+    )
+    job = wait_final(client, r.json()["id"])
+    assert set(job) == set(model("/v1/jobs/{job_id}", "get", "200")["properties"])
+    assert set(job_model["required"]) <= set(job)
+    listed = client.get("/v1/jobs").json()
+    assert set(listed) == set(model("/v1/jobs", "get", "200")["properties"]) == {"jobs"}
+    models = client.get("/v1/models").json()
+    assert set(models["models"][0]) == set(schema["components"]["schemas"]["ModelInfo"]["properties"])
+    assert set(client.get("/health").json()) == set(model("/health", "get", "200")["properties"])
+    error = client.get("/v1/jobs/" + "0" * 32)
+    assert error.status_code == 404 and set(error.json()) == set(
+        model("/v1/jobs/{job_id}", "get", "404")["properties"]
+    )
 
 
 def test_auth_validation_and_bad_uploads(pipe, live, tmp_path):

@@ -20,10 +20,11 @@ import math
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
 
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import SongflowError
@@ -67,6 +68,79 @@ _SUBMIT_OPENAPI: dict[str, Any] = {
         },
     }
 }
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobView(BaseModel):
+    """A job as every endpoint shows it."""
+
+    id: str = Field(description="32 hexadecimal characters")
+    state: JobState
+    progress: float = Field(description="fraction of the sampling steps done, 0..1")
+    request: dict[str, Any] = Field(
+        description="the request; once done, the resolved one (seeds filled in) that regenerates the "
+        "audio; uploaded files appear as 'upload:<name>'"
+    )
+    error: str | None = Field(description="why the job failed (or 'cancelled by the client')")
+    timings_s: dict[str, float] = Field(
+        description="seconds per pipeline stage (preprocess, diffusion, decode); a batch's times"
+    )
+    n_outputs: int = Field(description="audio files (the request's batch_size) once done")
+    batch_jobs: int | None = Field(description="how many jobs ran together in its batch (1: alone)")
+    created_at: float = Field(description="Unix time of the submission")
+    started_at: float | None = Field(description="Unix time the run started")
+    finished_at: float | None = Field(description="Unix time the job reached a final state")
+    audio_urls: list[str] = Field(description="one download URL per output (add &format=flac etc.)")
+
+
+class JobList(BaseModel):
+    jobs: list[JobView] = Field(description="newest first")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    device: str
+    dtype: str
+    sample_rate_hz: int | None
+    tasks: list[str]
+    audio_formats: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    worker_alive: bool
+    queued: int
+    running: int
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[Any] = Field(description="what was wrong; names the offending field")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "an uploaded file is not readable audio",
+        401: "missing or wrong API key",
+        404: "no such job (or output index)",
+        409: "the job is not in a state that allows this",
+        413: "the upload is larger than the server's limit",
+        422: "the request breaks the schema; the message names the field",
+        429: "the queue is full; retry after Retry-After seconds",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": ErrorBody, "description": text[code]}
+    if 429 in codes:
+        out[429]["headers"] = {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        }
+    return out
 
 
 def _path_fields(task: str) -> set[str]:
@@ -194,7 +268,7 @@ def create_app(
             raise
         return path
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
         return {
             "status": "ok",
@@ -203,7 +277,7 @@ def create_app(
             "running": store.count("running"),
         }
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models", dependencies=auth, response_model=ModelList, responses=_errors(401))
     def models() -> dict[str, Any]:
         return {
             "models": [
@@ -218,7 +292,20 @@ def create_app(
             ]
         }
 
-    @app.post("/v1/jobs", dependencies=auth, status_code=202, openapi_extra=_SUBMIT_OPENAPI)
+    @app.post(
+        "/v1/jobs",
+        dependencies=auth,
+        status_code=202,
+        response_model=JobView,
+        responses={
+            202: {
+                "description": "accepted and queued",
+                "headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}},
+            },
+            **_errors(400, 401, 413, 422, 429),
+        },
+        openapi_extra=_SUBMIT_OPENAPI,
+    )
     async def submit(request: Request) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         uploads: list[Path] = []
@@ -265,20 +352,22 @@ def create_app(
         worker.notify()
         return JSONResponse(job_json(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    @app.get("/v1/jobs", dependencies=auth)
+    @app.get("/v1/jobs", dependencies=auth, response_model=JobList, responses=_errors(401, 422))
     def list_jobs(
-        state: str | None = Query(None, description="only jobs in this state"),
-        limit: int = Query(100, ge=1, le=1000),
+        state: str | None = Query(None, description="only jobs in this state: " + ", ".join(STATES)),
+        limit: int = Query(100, ge=1, le=1000, description="at most this many, newest first"),
     ) -> dict[str, Any]:
         if state is not None and state not in STATES:
             raise HTTPException(422, f"state must be one of {list(STATES)}, got {state!r}")
         return {"jobs": [job_json(j) for j in store.list(state, limit)]}
 
-    @app.get("/v1/jobs/{job_id}", dependencies=auth)
+    @app.get("/v1/jobs/{job_id}", dependencies=auth, response_model=JobView, responses=_errors(401, 404))
     def job_status(job_id: str) -> dict[str, Any]:
         return job_json(get_job(job_id))
 
-    @app.delete("/v1/jobs/{job_id}", dependencies=auth)
+    @app.delete(
+        "/v1/jobs/{job_id}", dependencies=auth, response_model=JobView, responses=_errors(401, 404, 409)
+    )
     def cancel(job_id: str) -> dict[str, Any]:
         job = get_job(job_id)
         previous = store.cancel(job.id)
@@ -288,11 +377,25 @@ def create_app(
             worker.request_cancel(job.id)
         return job_json(get_job(job_id))
 
-    @app.get("/v1/jobs/{job_id}/audio", dependencies=auth)
+    @app.get(
+        "/v1/jobs/{job_id}/audio",
+        dependencies=auth,
+        response_class=FileResponse,
+        responses={
+            200: {
+                "description": "the audio file",
+                "content": {
+                    media: {"schema": {"type": "string", "format": "binary"}}
+                    for media in _MEDIA_TYPES.values()
+                },
+            },
+            **_errors(401, 404, 409, 422),
+        },
+    )
     def audio(
         job_id: str,
         format: str = Query("wav", description="one of " + ", ".join(SUPPORTED_FORMATS)),
-        index: int = Query(0, ge=0),
+        index: int = Query(0, ge=0, description="which output of a batch_size > 1 job"),
     ) -> FileResponse:
         job = get_job(job_id)
         if job.state != "done":
