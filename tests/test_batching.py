@@ -57,8 +57,9 @@ def _mixed_requests(**params):
     [
         {},  # APG with ERG (tag, lyric, diffusion), Euler
         {"sampler": "pingpong", "guidance": "cfg", "guidance_scale_text": 5.0, "guidance_scale_lyric": 1.5},
+        {"sampler": "heun", "guidance": "cfg_star", "use_erg_lyric": False},
     ],
-    ids=["apg-euler", "double-condition-pingpong"],
+    ids=["apg-euler", "double-condition-pingpong", "cfg-star-heun"],
 )
 def test_generate_many_equals_singles(pipe, params):
     requests = _mixed_requests(**params)
