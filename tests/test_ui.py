@@ -338,7 +338,7 @@ def test_blocks_have_a_widget_per_field_and_reload_fills_the_form(gr, studio):
     from songflow.interfaces.ui import build_ui
 
     entry = studio.generate(
-        "text2music", {"tags": "lofi", "lyrics": "[inst]", "duration_s": 1.0}, _widget_params(**FAST)
+        "text2music", {"tags": "lofi <b>", "lyrics": "[inst]", "duration_s": 1.0}, _widget_params(**FAST)
     )
     demo = build_ui(studio)
     by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
@@ -356,12 +356,16 @@ def test_blocks_have_a_widget_per_field_and_reload_fills_the_form(gr, studio):
 
     updates = fns["reload"].fn(entry.id)
     shown = {getattr(c, "elem_id", None): v for c, v in updates.items()}
-    assert shown["field-tags"] == "lofi" and shown["field-lyrics"] == "[inst]"
+    assert shown["field-tags"] == "lofi <b>" and shown["field-lyrics"] == "[inst]"
     assert shown["text2music-duration_s"] == 1.0 and shown["retake-duration_s"] == 1.0
     assert shown["params-steps"] == FAST["steps"]
     assert shown["params-seeds"] == str(entry.request.params.seeds[0])
     assert shown["output-audio"] == str(entry.takes[0])
     assert "repaint-source_path" not in shown  # a text2music entry has no source
+    sources = fns["use_as_source"].fn(entry.id)  # into every audio input: repaint, extend, edit, audio2audio
+    assert sources == [str(entry.takes[0])] * 4
+    assert entry.id in by_id["history-table"].value
+    assert "lofi &lt;b&gt;" in by_id["history-table"].value  # user text is escaped in the table
     with pytest.raises(gr.Error, match="pick an entry"):
         fns["reload"].fn(None)
 

@@ -140,29 +140,56 @@ def _wait(driver, what: str, predicate, timeout_s: float):
     )
 
 
-def _type(element, text: str) -> None:
+def _fill(driver, selector: str, text: str) -> None:
+    """Type ``text`` into the field at ``selector`` until it holds (the page may still be hydrating)."""
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    element.send_keys(Keys.CONTROL, "a")
-    element.send_keys(Keys.DELETE)
-    element.send_keys(text)
+    for _ in range(10):
+        element = driver.find_element(By.CSS_SELECTOR, selector)
+        element.send_keys(Keys.CONTROL, "a")
+        element.send_keys(Keys.DELETE)
+        element.send_keys(text)
+        time.sleep(0.3)
+        if driver.find_element(By.CSS_SELECTOR, selector).get_attribute("value") == text:
+            return
+    raise AssertionError(f"could not type into {selector}")
+
+
+def _toasts(driver) -> list[str]:
+    """The texts of the messages (gr.Error toasts) on the page."""
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']") if e.text]
+
+
+def _no_error(driver) -> None:
+    if toasts := _toasts(driver):
+        raise AssertionError(f"the page shows an error: {toasts}")
 
 
 def test_text2music_in_the_browser(studio_url, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        _text2music_then_repaint(studio_url, browser)
+    except BaseException:
+        browser.save_screenshot(str(ARTIFACTS / "ui_failure.png"))
+        raise
+
+
+def _text2music_then_repaint(studio_url: str, driver) -> None:
     import soundfile as sf
     from selenium.webdriver.common.by import By
 
-    ARTIFACTS.mkdir(exist_ok=True)
     started = time.monotonic()
-    driver = browser
     driver.get(studio_url)
     css = driver.find_element
-    tags = _wait(driver, "the form", lambda d: d.find_element(By.CSS_SELECTOR, "#field-tags input"), 60)
+    _wait(driver, "the form", lambda d: d.find_element(By.ID, "generate-text2music").is_displayed(), 60)
 
     # 1. fill tags and lyrics (and a short duration), generate
-    _type(tags, "funk, pop, 105 BPM, energetic, guitar, drums")
-    _type(css(By.CSS_SELECTOR, "#field-lyrics textarea"), "[verse]\nneon lights on the river")
-    _type(css(By.CSS_SELECTOR, "#text2music-duration_s input"), str(DURATION_S))
+    _fill(driver, "#field-tags input", "funk, pop, 105 BPM, energetic, guitar, drums")
+    _fill(driver, "#field-lyrics textarea", "[verse]\nneon lights on the river")
+    _fill(driver, "#text2music-duration_s input", str(DURATION_S))
     driver.execute_script(_WATCH_PROGRESS)
     css(By.CSS_SELECTOR, "#generate-text2music").click()
 
@@ -170,7 +197,9 @@ def test_text2music_in_the_browser(studio_url, browser):
     link = _wait(
         driver,
         "the generated audio",
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#output-audio a[data-testid='download-link']"),
+        lambda d: (
+            _no_error(d) or d.find_elements(By.CSS_SELECTOR, "#output-audio a[data-testid='download-link']")
+        ),
         GENERATE_TIMEOUT_S,
     )[0]
     shown = _wait(
@@ -200,25 +229,48 @@ def test_text2music_in_the_browser(studio_url, browser):
     files = [e.get_attribute("href") for e in driver.find_elements(By.CSS_SELECTOR, "#output-files a")]
     for name in ("song.wav", "song.flac", "song.ogg", "song.json"):
         assert any(href.endswith("/" + name) for href in files), files
-    rows = driver.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")
-    assert len(rows) >= 1
+    assert len(_history_ids(driver)) == 1
     driver.save_screenshot(str(ARTIFACTS / "ui_text2music.png"))
     assert (ARTIFACTS / "ui_text2music.png").stat().st_size > 10_000
 
     # 5. bad input: repaint without an upload shows a message, not a traceback
     _click_tab(driver, "Repaint")
     _wait(driver, "the repaint tab", lambda d: d.find_element(By.ID, "generate-repaint").is_displayed(), 10)
-    css(By.CSS_SELECTOR, "#generate-repaint").click()
-    toast = _wait(
-        driver,
-        "the error message",
-        lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']") if e.text],
-        30,
-    )
+    css(By.ID, "generate-repaint").click()
+    toast = _wait(driver, "the error message", _toasts, 30)
     assert any("no audio uploaded" in text for text in toast), toast
     assert not any("Traceback" in text for text in toast)
     driver.save_screenshot(str(ARTIFACTS / "ui_error.png"))
+
+    # 6. the song from the history as the source of a repaint: a second entry appears
+    css(By.ID, "history-source").click()
+    _wait(
+        driver,
+        "the source audio",
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#repaint-source_path time#duration"),
+        30,
+    )
+    _fill(driver, "#repaint-end_s input", "1")
+    for close in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close'], .toast-close"):
+        close.click()  # dismiss the earlier message
+    _wait(driver, "the message to close", lambda d: not _toasts(d), 15)
+    css(By.ID, "generate-repaint").click()
+    _wait(
+        driver,
+        "the repainted song in the history",
+        lambda d: _no_error(d) or len(_history_ids(d)) == 2,
+        GENERATE_TIMEOUT_S,
+    )
+    assert "Repaint" in css(By.ID, "output-info").text
     print(f"browser test: {time.monotonic() - started:.1f} s after the server was up")
+
+
+def _history_ids(driver) -> list[str]:
+    """The entry ids the history table shows (its last column)."""
+    from selenium.webdriver.common.by import By
+
+    cells = driver.find_elements(By.CSS_SELECTOR, "#history-table td[data-col='4']")
+    return [cell.text for cell in cells if cell.text]
 
 
 def _click_tab(driver, label: str) -> None:

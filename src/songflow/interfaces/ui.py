@@ -11,6 +11,7 @@ Every user error surfaces as a ``gr.Error`` message in the page, never as a trac
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -53,7 +54,12 @@ TASK_LABELS = {
     "edit": "Edit",
 }
 HISTORY_HEADERS = ["created", "task", "tags", "seeds", "entry"]
-_CSS = "#generate-row button {min-height: 3em} .sf-help {opacity: 0.8}"
+_CSS = """
+.sf-help {opacity: 0.8}
+.sf-history {max-height: 24em; overflow-y: auto}
+.sf-history table {width: 100%; border-collapse: collapse; font-size: 0.9em}
+.sf-history th, .sf-history td {text-align: left; padding: 0.3em 0.6em; border-bottom: 1px solid #8884}
+"""
 
 
 def _component(f: FormField, elem_id: str) -> gr.components.Component:
@@ -118,11 +124,28 @@ def _user_errors(fn: Callable, *args, **kwargs):
 
 
 def history_rows(studio: Studio) -> list[list[str]]:
+    """One row per history entry, newest first (columns: ``HISTORY_HEADERS``)."""
     rows = []
     for e in studio.history.entries():
         seeds = ", ".join(str(s) for s in e.request.params.seeds or ())
         rows.append([e.created, e.request.task, e.request.tags, seeds, e.id])
     return rows
+
+
+def history_table(studio: Studio) -> str:
+    """The history as an HTML table (a plain table: Gradio's virtualised Dataframe does not grow
+    its viewport when rows are added)."""
+    rows = history_rows(studio)
+    if not rows:
+        return "<p class='sf-help'>No outputs yet: they appear here, newest first.</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HISTORY_HEADERS)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td data-col='{i}'>{html.escape(str(v))}</td>" for i, v in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
+    return f"<div class='sf-history'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def history_choices(studio: Studio) -> list[tuple[str, str]]:
@@ -224,12 +247,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
                 )
                 out_info = gr.Markdown(elem_id="output-info")
         with gr.Accordion("History", open=True):
-            table = gr.Dataframe(
-                value=history_rows(studio),
-                headers=HISTORY_HEADERS,
-                interactive=False,
-                elem_id="history-table",
-            )
+            table = gr.HTML(history_table(studio), elem_id="history-table")
             with gr.Row():
                 pick = gr.Dropdown(
                     choices=history_choices(studio),
@@ -251,7 +269,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
                 out_image: image,
                 out_files: files,
                 out_info: info,
-                table: history_rows(studio),
+                table: history_table(studio),
                 pick: gr.Dropdown(choices=history_choices(studio), value=entry.id),
             }
 
@@ -279,11 +297,10 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
 
         source_btn.click(use_as_source, inputs=pick, outputs=form.audio_inputs(), api_name=False)
         refresh_btn.click(
-            lambda: (history_rows(studio), gr.Dropdown(choices=history_choices(studio))),
+            lambda: (history_table(studio), gr.Dropdown(choices=history_choices(studio))),
             outputs=[table, pick],
             api_name=False,
         )
-        table.select(_select_row, outputs=pick, api_name=False)
         reset.click(
             lambda: [default_values(params_fields())[n] for n in form.params],
             outputs=list(form.params.values()),
@@ -392,11 +409,6 @@ def _entry(studio: Studio, entry_id: str | None) -> HistoryEntry:
     if not entry_id:
         raise gr.Error("pick an entry of the history first", print_exception=False)
     return studio.history.get(entry_id)
-
-
-def _select_row(evt: gr.SelectData) -> Any:
-    row = evt.row_value or []
-    return row[-1] if row else gr.skip()
 
 
 def _reload_updates(form: _Form, tabs: gr.Tabs, entry: HistoryEntry) -> dict:
