@@ -319,6 +319,39 @@ def test_discover_loras(tmp_path):
         discover_loras(tmp_path / "missing")
 
 
+def test_lora_chosen_in_the_form_changes_the_song(studio, tiny_ckpt, tmp_path):
+    """An adapter offered from --lora-dir and selected in the form is applied (weight 0: the base song)."""
+    from songflow.lora import OFFICIAL_TARGET_MODULES, save_lora
+    from songflow.nn import lora as L
+    from songflow.weights import load_transformer
+
+    model = load_transformer(tiny_ckpt / "ace_step_transformer", dtype=torch.float32, device="cpu")
+    L.inject(model, OFFICIAL_TARGET_MODULES, name="style", r=4, alpha=4.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in L.lora_modules(model, "style").values():
+            for factor in (module.lora_A["style"], module.lora_B["style"]):
+                factor.weight.copy_(torch.randn(factor.weight.shape, generator=g) * 0.2)
+    save_lora(model, "style", tmp_path / "loras" / "style")
+    (offered,) = discover_loras(tmp_path / "loras")
+
+    values = {"tags": "waltz", "lyrics": "", "duration_s": 1.0}
+    params = _widget_params(seeds="5", **FAST)
+    try:
+        base = studio.generate("text2music", values, params)
+        styled = studio.generate("text2music", values, params, [offered[1]], 1.0)
+        off = studio.generate("text2music", values, params, [offered[1]], 0.0)
+    finally:
+        studio.pipeline.apply_loras(())  # the pipeline fixture is shared
+    assert styled.request.loras == (LoraRef(offered[1], 1.0),)
+    audio = {
+        name: load_audio(e.takes[0])[0] for name, e in [("base", base), ("styled", styled), ("off", off)]
+    }
+    assert not torch.allclose(audio["styled"], audio["base"], atol=1e-4)
+    assert torch.allclose(audio["off"], audio["base"], atol=1e-5)
+    assert form_values(styled.request).loras == [offered[1]]
+
+
 def test_spectrogram_picture_puts_a_tone_at_its_frequency():
     rate = 48000
     t = torch.arange(rate * 2) / rate
@@ -361,6 +394,7 @@ def test_blocks_have_a_widget_per_field_and_reload_fills_the_form(gr, studio):
     assert shown["params-steps"] == FAST["steps"]
     assert shown["params-seeds"] == str(entry.request.params.seeds[0])
     assert shown["output-audio"] == str(entry.takes[0])
+    assert shown["output-params"]["params"]["seeds"] == list(entry.request.params.seeds)
     assert "repaint-source_path" not in shown  # a text2music entry has no source
     sources = fns["use_as_source"].fn(entry.id)  # into every audio input: repaint, extend, edit, audio2audio
     assert sources == [str(entry.takes[0])] * 4

@@ -41,7 +41,7 @@ from songflow.interfaces.ui_form import (
     task_fields,
 )
 from songflow.interfaces.ui_studio import HistoryEntry, StatusFn, Studio, waveform_spectrogram_image
-from songflow.requests import EDIT_PRESETS, TASKS
+from songflow.requests import EDIT_PRESETS, TASKS, request_to_dict
 
 log = logging.getLogger("songflow.ui")
 
@@ -168,11 +168,12 @@ def entry_info(entry: HistoryEntry) -> str:
     return "  \n".join(lines)
 
 
-def entry_view(entry: HistoryEntry) -> tuple[str, Any, list[str], str]:
-    """(player file, waveform/spectrogram picture, downloads, info) of an entry's first take."""
+def entry_view(entry: HistoryEntry) -> tuple[str, Any, list[str], str, dict]:
+    """(player file, waveform/spectrogram picture, downloads, info, parameters) of an entry's first take."""
     wav, rate = load_audio(entry.takes[0])
     image = waveform_spectrogram_image(wav, rate)
-    return str(entry.takes[0]), image, [str(p) for p in entry.files], entry_info(entry)
+    files = [str(p) for p in entry.files]
+    return str(entry.takes[0]), image, files, entry_info(entry), request_to_dict(entry.request)
 
 
 # -- layout --------------------------------------------------------------------------------------------
@@ -246,6 +247,8 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
                     elem_id="output-files",
                 )
                 out_info = gr.Markdown(elem_id="output-info")
+                with gr.Accordion("Parameters", open=False):
+                    out_params = gr.JSON(label="The request (seeds included)", elem_id="output-params")
         with gr.Accordion("History", open=True):
             table = gr.HTML(history_table(studio), elem_id="history-table")
             with gr.Row():
@@ -260,15 +263,10 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
                 source_btn = gr.Button("Use as source audio", scale=1, elem_id="history-source")
                 refresh_btn = gr.Button("Refresh", scale=1, elem_id="history-refresh")
 
-        view = [out_audio, out_image, out_files, out_info]
+        view = [out_audio, out_image, out_files, out_info, out_params]
 
         def after_generate(entry: HistoryEntry) -> dict:
-            audio, image, files, info = entry_view(entry)
-            return {
-                out_audio: audio,
-                out_image: image,
-                out_files: files,
-                out_info: info,
+            return dict(zip(view, entry_view(entry), strict=True)) | {
                 table: history_table(studio),
                 pick: gr.Dropdown(choices=history_choices(studio), value=entry.id),
             }
