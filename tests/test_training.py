@@ -227,6 +227,27 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(env):
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
 
 
+def test_bf16_mixed_autocasts_on_cpu_and_stays_close_to_fp32(env):
+    """``model.precision=bf16-mixed`` runs the DiT's matmuls in bf16 on CPU too (weights stay fp32)."""
+    batch = _fixed_batch(env)
+    losses = {}
+    for precision in ("32", "bf16-mixed"):
+        cfg = _cfg(env, env["root"] / "unused", f"model.precision={precision}")
+        module = FlowMatchingModule(load_transformer(env["ckpt"] / "ace_step_transformer"), cfg)
+        seen = []
+        hook = module.transformer.final_layer.linear.register_forward_hook(
+            lambda m, i, o: seen.append(o.dtype)
+        )
+        out = module(batch, step_generator(3, 1))["loss"]
+        out.backward()
+        hook.remove()
+        grad = module.transformer.proj_in.early_conv_layers[0].weight.grad
+        assert torch.isfinite(grad).all() and grad.dtype == torch.float32
+        losses[precision] = (out.item(), seen)
+    assert losses["32"][1][0] == torch.float32 and losses["bf16-mixed"][1][0] == torch.bfloat16
+    assert losses["bf16-mixed"][0] == pytest.approx(losses["32"][0], rel=0.05)
+
+
 def test_resume_reproduces_the_uninterrupted_run(env, tmp_path):
     full = train(_cfg(env, tmp_path / "a", "optim.max_steps=4", "save_every=2", "keep_last=3"))
     ckpt2 = tmp_path / "a" / "checkpoints" / "step=2"

@@ -81,8 +81,8 @@ class FlowMatchingModule(nn.Module):
         return [(n, p) for n, p in self.transformer.named_parameters() if p.requires_grad]
 
     def _autocast(self, device: torch.device):
-        if self.cfg.model.precision == "bf16-mixed" and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.cfg.model.precision == "bf16-mixed" and device.type in ("cuda", "cpu"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
