@@ -20,11 +20,13 @@ from songflow.errors import ConfigError
 
 
 def _load_config(args: argparse.Namespace):
+    from songflow.hub import DEFAULT_MODEL_NAME, resolve_checkpoint
     from songflow.training.config import TrainConfig, apply_overrides
 
-    if args.config:
-        return TrainConfig.from_file(args.config, args.set)
-    return apply_overrides(TrainConfig(), args.set)
+    cfg = TrainConfig.from_file(args.config, args.set) if args.config else apply_overrides(TrainConfig(), args.set)
+    if cfg.model.checkpoint_dir == DEFAULT_MODEL_NAME:  # fine-tune the shipped model by name
+        cfg.model.checkpoint_dir = str(resolve_checkpoint(None))
+    return cfg
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
