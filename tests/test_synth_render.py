@@ -326,7 +326,9 @@ def test_corpus_is_deterministic_resumable_and_loads(tmp_path):
 
     parser = argparse.ArgumentParser()
     add_corpus_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["corpus", "prompts", str(a), "--out", str(tmp_path / "p.jsonl"), "--duration", "8"])
+    args = parser.parse_args(
+        ["corpus", "prompts", str(a), "--out", str(tmp_path / "p.jsonl"), "--duration", "8"]
+    )
     assert args.func(args) == 0
     lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [x["name"] for x in lines] == [p.key for p in plans]

@@ -234,9 +234,9 @@ def test_bf16_mixed_autocasts_on_cpu_and_stays_close_to_fp32(env):
     for precision in ("32", "bf16-mixed"):
         cfg = _cfg(env, env["root"] / "unused", f"model.precision={precision}")
         module = FlowMatchingModule(load_transformer(env["ckpt"] / "ace_step_transformer"), cfg)
-        seen = []
+        seen: list[torch.dtype] = []
         hook = module.transformer.final_layer.linear.register_forward_hook(
-            lambda m, i, o: seen.append(o.dtype)
+            lambda m, i, o, seen=seen: seen.append(o.dtype)
         )
         out = module(batch, step_generator(3, 1))["loss"]
         out.backward()

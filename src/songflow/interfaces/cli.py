@@ -392,9 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", help="checkpoint folder (default: the shipped songflow-tiny model)"
-    )
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped songflow-tiny model)")
     parser.add_argument("--vocab", help="lyric vocab.json (default: looked up in the checkpoint folder)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

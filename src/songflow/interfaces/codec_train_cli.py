@@ -3,31 +3,28 @@
 Hook into a CLI with ``add_codec_train_parser(subparsers)``; the parsed namespace carries ``func`` (returns
 the exit code). CONFIG is a JSON or YAML file of
 :class:`~songflow.training.codec_trainer.VocoderTrainConfig` / ``DCAETrainConfig`` fields; ``--set``
-values are parsed as JSON when possible (``--set steps=10``,
-``--set betas=[0.8,0.99]``) and taken as strings otherwise (``--set data=/music``); dotted keys reach into
-mappings (``--set model_overrides.dims=[16,32]``). Prints the folder of the saved component.
+values are parsed as YAML, as for ``songflow train`` (``--set steps=10``, ``--set betas=[0.8,0.99]``,
+``--set data=/music``); dotted keys reach into mappings (``--set model_overrides.dims=[16,32]``).
+Prints the folder of the saved component.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from songflow.errors import ConfigError
+
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
-    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b.c": "x"}`` (values JSON-decoded when they parse)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key.strip()] = text
-    return out
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b.c": "x"}`` (values parsed as by ``songflow train --set``)."""
+    from songflow.training.config import parse_override
+
+    try:
+        return dict(parse_override(item) for item in items or [])
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"--set: {exc}") from exc
 
 
 def cmd_train_codec(args: argparse.Namespace) -> int:

@@ -23,7 +23,11 @@ def _load_config(args: argparse.Namespace):
     from songflow.hub import DEFAULT_MODEL_NAME, resolve_checkpoint
     from songflow.training.config import TrainConfig, apply_overrides
 
-    cfg = TrainConfig.from_file(args.config, args.set) if args.config else apply_overrides(TrainConfig(), args.set)
+    cfg = (
+        TrainConfig.from_file(args.config, args.set)
+        if args.config
+        else apply_overrides(TrainConfig(), args.set)
+    )
     if cfg.model.checkpoint_dir == DEFAULT_MODEL_NAME:  # fine-tune the shipped model by name
         cfg.model.checkpoint_dir = str(resolve_checkpoint(None))
     return cfg
@@ -93,7 +97,9 @@ def sample_renderer(cfg):
         from songflow.requests import GenerationParams, LoraRef, Text2Music
 
         s = cfg.samples
-        base, loras = (cfg.model.checkpoint_dir, (LoraRef(str(folder)),)) if cfg.lora.enabled else (folder, ())
+        base, loras = (
+            (cfg.model.checkpoint_dir, (LoraRef(str(folder)),)) if cfg.lora.enabled else (folder, ())
+        )
         pipe = Pipeline.from_pretrained(base, device="cpu")
         out = Path(cfg.output_dir) / "samples" / f"step={step}"
         for i, tags in enumerate(s.tags):

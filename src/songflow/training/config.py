@@ -242,20 +242,26 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(f"invalid {prefix.rstrip('.') or 'config'}: {exc}") from exc
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """A new config with ``["optim.lr=3e-4", "lora.enabled=true", ...]`` applied (values parsed as YAML)."""
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` -> ``("optim.lr", 0.0003)``: the value parsed as a YAML scalar/list (so JSON
+    works too: ``[0.8, 0.99]``, ``true``, ``"quoted"``), kept as text when it does not parse."""
     import yaml
 
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A new config with ``["optim.lr=3e-4", "lora.enabled=true", ...]`` applied (:func:`parse_override`)."""
     data = cfg.to_dict()
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        key, value = parse_override(item)
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):

@@ -64,7 +64,10 @@ def tag_vocabulary(tag_texts: Iterable[str]) -> tuple[str, ...]:
 def _dataset_tags(dataset_path: Path) -> list[str]:
     import datasets
 
-    if not (dataset_path / "dataset_info.json").is_file() and not (dataset_path / "dataset_dict.json").is_file():
+    if (
+        not (dataset_path / "dataset_info.json").is_file()
+        and not (dataset_path / "dataset_dict.json").is_file()
+    ):
         raise ConfigError(f"{dataset_path} is not a datasets.save_to_disk folder (official dataset format)")
     ds = datasets.load_from_disk(str(dataset_path))
     if isinstance(ds, datasets.DatasetDict):
@@ -124,7 +127,9 @@ def package_model(checkpoint: str | Path, dest: str | Path, *, card: str | Path 
             shutil.copy2(source, tmp / name)
     weights = tmp / "ace_step_transformer" / WEIGHTS_NAME
     tensors = load_file(str(weights))
-    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}, str(weights))
+    save_file(
+        {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}, str(weights)
+    )
     if card is not None:
         atomic_write_text(tmp / CARD_NAME, Path(card).read_text(encoding="utf-8"))
     old = dest.with_name(dest.name + ".old")

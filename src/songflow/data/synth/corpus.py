@@ -462,7 +462,9 @@ def iter_clip_labels(out: Path, plans: list[ClipPlan] | None = None) -> Iterator
 EVAL_LABEL_KEYS = ("bpm", "tonic", "mode", "genre", "instruments", "time_signature")
 
 
-def eval_requests(out: str | os.PathLike[str], *, duration_s: float = 10.0, limit: int | None = None) -> list[dict]:
+def eval_requests(
+    out: str | os.PathLike[str], *, duration_s: float = 10.0, limit: int | None = None
+) -> list[dict]:
     """text2music requests for ``songflow eval --generate``, one per clip of the corpus in ``out``: its tags
     and lyrics (``[inst]`` when it has none), ``duration_s`` seconds, seed = clip index, and the labels the
     checkers read (``vocals`` says whether the clip is sung)."""
