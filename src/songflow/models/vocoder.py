@@ -411,10 +411,20 @@ class ISTFTHead(nn.Module):
         self.register_buffer("window", window, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.synthesize(self.spectrum(x)).clamp(-1.0, 1.0).to(x.dtype)
+
+    def spectrum(self, x: Tensor) -> Tensor:
+        """Features ``[B, C, F]`` -> the complex STFT ``[B, n_fft/2 + 1, F]`` the head synthesises."""
         log_magnitude, phase = self.out(x).float().chunk(2, dim=1)  # (B, n_freqs, F) each
-        magnitude = torch.exp(log_magnitude.clamp(max=_MAX_LOG_MAGNITUDE))
-        wav = self.synthesize(torch.polar(magnitude, phase))
-        return wav.clamp(-1.0, 1.0).to(x.dtype)
+        return torch.polar(torch.exp(log_magnitude.clamp(max=_MAX_LOG_MAGNITUDE)), phase)
+
+    def analyze(self, wav: Tensor) -> Tensor:
+        """``[B, T]`` -> complex STFT ``[B, n_fft/2 + 1, T / hop]`` with the synthesis framing (the mel front
+        end's: reflect padding ``(n_fft - hop)/2`` per side, uncentred), so ``synthesize(analyze(x)) == x``."""
+        pad = (self.n_fft - self.hop) // 2
+        padded = F.pad(wav.float()[:, None], (pad, pad), mode="reflect")[:, 0]
+        window = self.window.to(padded.dtype)
+        return torch.stft(padded, self.n_fft, self.hop, window=window, center=False, return_complex=True)
 
     def synthesize(self, spec: Tensor) -> Tensor:
         """Complex STFT ``[B, n_fft/2 + 1, F]`` -> ``[B, 1, hop · F]`` by windowed overlap-add."""

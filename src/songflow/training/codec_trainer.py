@@ -146,6 +146,9 @@ class VocoderTrainConfig(_CommonTrainConfig):
     lambda_stft: float = 1.0
     stft_resolutions: tuple[tuple[int, int, int], ...] = DEFAULT_STFT_RESOLUTIONS
     gan_start_step: int = 2000
+    # istft head only: weight of the spectral consistency term ``|STFT(ISTFT(S)) - S| / |S|``; phases that
+    # disagree between overlapping frames cancel into a buzz at the frame rate, this term penalises them
+    lambda_consistency: float = 0.0
     mpd_periods: tuple[int, ...] = DEFAULT_PERIODS
     mpd_channels: tuple[int, ...] = DEFAULT_PERIOD_CHANNELS
     mrd_channels: int = 32
@@ -410,7 +413,17 @@ class VocoderTrainer(_Trainer):
     """Vocoder + :class:`VocoderDiscriminator` with AdamW each; one :meth:`train_step` per batch."""
 
     component_folder = VOCODER_FOLDER
-    log_fields = ("loss", "mel_l1", "stft_sc", "stft_mag", "loss_adv", "loss_fm", "loss_disc", "grad_norm")
+    log_fields = (
+        "loss",
+        "mel_l1",
+        "stft_sc",
+        "stft_mag",
+        "loss_adv",
+        "loss_fm",
+        "loss_disc",
+        "grad_norm",
+        "consistency",
+    )
 
     def __init__(self, cfg: VocoderTrainConfig):
         super().__init__(cfg)
@@ -459,7 +472,15 @@ class VocoderTrainer(_Trainer):
         mel_fn = self.vocoder.mel_transform
         with torch.no_grad():
             mel = mel_fn(wav)  # (B, M, F)
-        fake = self.vocoder(mel)[:, 0]  # (B, F·hop)
+        consistency = None
+        if cfg.lambda_consistency > 0 and self.vocoder.config.head_type == "istft":
+            head = self.vocoder.head
+            spec = head.spectrum(self.vocoder.backbone(mel))
+            raw = head.synthesize(spec)[:, 0]
+            consistency = (head.analyze(raw) - spec).abs().mean() / spec.abs().mean().clamp_min(1e-8)
+            fake = raw.clamp(-1.0, 1.0)
+        else:
+            fake = self.vocoder(mel)[:, 0]  # (B, F·hop)
         wav = wav[..., : fake.shape[-1]]
         out: dict[str, float] = {}
         # 1. discriminator
@@ -474,6 +495,9 @@ class VocoderTrainer(_Trainer):
         loss_mel = mel_l1(mel_fn(fake), mel)
         sc, mag = self.stft_loss(fake, wav)
         loss = cfg.lambda_mel * loss_mel + cfg.lambda_stft * (sc + mag)
+        if consistency is not None:
+            loss = loss + cfg.lambda_consistency * consistency
+            out["consistency"] = float(consistency.detach())
         if use_gan:
             real_out = self.disc(wav)
             fake_out = self.disc(fake)
