@@ -420,7 +420,7 @@ class ISTFTHead(nn.Module):
 
     def analyze(self, wav: Tensor) -> Tensor:
         """``[B, T]`` -> complex STFT ``[B, n_fft/2 + 1, T / hop]`` with the synthesis framing (the mel front
-        end's: reflect padding ``(n_fft - hop)/2`` per side, uncentred), so ``synthesize(analyze(x)) == x``."""
+        end's: reflect padding ``(n_fft - hop)/2`` per side, uncentred): ``synthesize(analyze(x)) == x``."""
         pad = (self.n_fft - self.hop) // 2
         padded = F.pad(wav.float()[:, None], (pad, pad), mode="reflect")[:, 0]
         window = self.window.to(padded.dtype)
