@@ -294,15 +294,8 @@ class Pipeline:
         self.apply_loras(request.loras)
         conds = self.encode_conditions(request.tags, request.lyrics, p)
         retake = getattr(request, "retake_seeds", None)
-        ctx = TaskContext(
-            self.transformer,
-            conds,
-            p,
-            make_generators(list(p.seeds)),
-            make_generators(list(retake)) if retake else None,
-            model_dtype=self.dtype,
-            batch_passes=self.batch_passes,
-            oss_dtype=self.dtype,
+        ctx = self._task_context(
+            conds, p, make_generators(list(p.seeds)), make_generators(list(retake)) if retake else None
         )
         timings["preprocess"] = time.perf_counter() - t0
 
@@ -371,15 +364,7 @@ class Pipeline:
                 x = trig_mix(x, retake_noise, r.variance_frac)
             generators += gens
             initial.append(x)
-        ctx = TaskContext(
-            self.transformer,
-            conds,
-            params,
-            generators,
-            model_dtype=self.dtype,
-            batch_passes=self.batch_passes,
-            oss_dtype=self.dtype,
-        )
+        ctx = self._task_context(conds, params, generators)
         timings["preprocess"] = time.perf_counter() - t0
 
         # 2. one sampling run for the whole batch
@@ -404,6 +389,25 @@ class Pipeline:
             results.append(Result(audio[part], self.output_sample_rate_hz, latents[part], r, dict(timings)))
             start += n
         return results
+
+    def _task_context(
+        self,
+        conds: ConditionSet,
+        params: GenerationParams,
+        generators: list[torch.Generator],
+        retake_generators: list[torch.Generator] | None = None,
+    ) -> TaskContext:
+        """What a task plan needs from this pipeline: the DiT, the conditions, settings and per-item RNGs."""
+        return TaskContext(
+            self.transformer,
+            conds,
+            params,
+            generators,
+            retake_generators,
+            model_dtype=self.dtype,
+            batch_passes=self.batch_passes,
+            oss_dtype=self.dtype,
+        )
 
     def noise(self, generators: list[torch.Generator], n_frames: int) -> Tensor:
         """One N(0,1) latent draw per batch item [B, 8, 16, n_frames], CPU float32 -> device."""
