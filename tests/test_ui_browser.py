@@ -28,14 +28,10 @@ GENERATE_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def studio_checkpoint(tiny_ckpt) -> Path | None:
-    """The model the studio runs in this test (the one place to change it).
-
-    For now a random-weight tiny checkpoint; once the shipped songflow-tiny weights are in
-    ``src/songflow/assets/songflow-tiny/``, return None: the studio then starts without --checkpoint,
-    with its default model.
-    """
-    return tiny_ckpt
+def studio_checkpoint() -> Path | None:
+    """The model the studio runs in this test (the one place to change it): None = no --checkpoint, so
+    the studio starts with its default, the shipped songflow-tiny model."""
+    return None
 
 
 def _browser_binaries() -> tuple[str, str]:

@@ -44,7 +44,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, help="score only the first N clips")
     p.add_argument("--generate", action="store_true", help="JSONL only: generate each request first")
-    p.add_argument("--checkpoint", help="checkpoint folder for --generate")
+    p.add_argument("--checkpoint", help="checkpoint folder for --generate (default: songflow-tiny)")
     p.add_argument("--device", default="auto", help="device for --generate")
     p.add_argument(
         "--audio-dir", help="where --generate writes (and a JSONL without 'audio' looks for) clips"
@@ -60,14 +60,13 @@ _NON_REQUEST_KEYS = ("labels", "audio", "name", "key", "vocals_audio")
 def generate_missing(jsonl: Path, out_dir: Path, checkpoint: str | None, device: str, quiet: bool) -> Path:
     """Generate every request of ``jsonl`` into ``out_dir``; returns a JSONL pointing at the audio."""
     from songflow.audio.io import save_audio
+    from songflow.hub import resolve_checkpoint
     from songflow.pipeline import Pipeline
     from songflow.requests import request_from_dict
 
-    if checkpoint is None:
-        raise SystemExit("error: --generate needs --checkpoint")
     lines = rp.read_jsonl(jsonl)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline.from_pretrained(checkpoint, device=device)
+    pipe = Pipeline.from_pretrained(resolve_checkpoint(checkpoint), device=device)
     written = []
     for i, line in enumerate(lines):
         name = str(line.get("name") or line.get("key") or f"line{i:04d}")

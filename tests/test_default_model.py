@@ -1,0 +1,72 @@
+"""The shipped default model ``songflow-tiny``: it is inside the package, ``songflow generate`` uses it with
+no --checkpoint, and what it generates passes minimal adherence thresholds (the full figures on held-out
+prompts are in its MODEL_CARD.md; this guards against a broken or silently swapped model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from songflow.hub import DEFAULT_MODEL_NAME, default_model_dir, resolve_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    from songflow.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(resolve_checkpoint(None), device="cpu")
+
+
+def test_the_default_model_ships_with_its_card():
+    root = default_model_dir()
+    assert resolve_checkpoint(None) == root == resolve_checkpoint(DEFAULT_MODEL_NAME)
+    card = (root / "MODEL_CARD.md").read_text(encoding="utf-8")
+    for section in ("## Recipe", "## Adherence", "## Codec", "## Speed", "## Limitations"):
+        assert section in card, f"model card lacks {section}"
+    assert not any(p.is_symlink() for p in root.rglob("*"))
+    total_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
+    assert total_mb < 60, f"songflow-tiny weighs {total_mb:.0f} MB; keep the package small"
+
+
+def test_generate_without_checkpoint_uses_songflow_tiny(tmp_path):
+    from songflow.audio.io import load_audio
+    from songflow.interfaces.cli import main
+
+    out = tmp_path / "song.wav"
+    argv = ["generate", "--tags", "pop, 120 bpm, piano, drums, C major", "--lyrics", "[inst]"]
+    assert main([*argv, "--duration", "6", "--steps", "20", "--seed", "3", "--out", str(out)]) == 0
+    wav, rate = load_audio(out)
+    assert wav.shape[0] == 2 and abs(wav.shape[1] / rate - 6.0) < 0.1
+    rms = float(wav.square().mean().sqrt())
+    assert torch.isfinite(wav).all() and rms > 0.01, f"near-silent output (rms {rms:.4f})"
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["runtime"]["checkpoint"] == str(default_model_dir())
+
+
+def test_songflow_tiny_passes_minimal_adherence(tiny_pipe):
+    """Floors far below the model card's targets, high enough to catch a broken or swapped model: an
+    instrumental piano/bass prompt gives an unclipped clip at a sane loudness, with pitched instruments or
+    bass heard, no vocals, and a tempo an octave-tolerant 25 % from the asked one."""
+    from songflow.eval import checkers as ck
+    from songflow.requests import GenerationParams, Text2Music
+
+    request = Text2Music(
+        tags="jazz, piano, upright bass, drums, 100 bpm, C major, calm, instrumental",
+        lyrics="[inst]",
+        duration_s=10.0,
+        params=GenerationParams(seeds=(11,)),
+    )
+    result = tiny_pipe.generate(request)
+    audio, rate = result.audio[0].numpy(), result.sample_rate_hz
+    assert np.isfinite(audio).all()
+    assert ck.check_clipping(audio, rate).passed
+    lufs = ck.check_loudness(audio, rate).measured
+    assert -35.0 < lufs < -6.0, f"loudness {lufs} LUFS"
+    heard = ck.check_instruments(audio, rate, ["piano", "upright bass"]).details["families"]
+    assert heard["pitched"] or heard["bass"], heard
+    assert ck.check_vocals(audio, rate, False).passed
+    tempo = ck.check_tempo(audio, rate, 100.0, tol=0.25)
+    assert tempo.passed, f"tempo {tempo.measured} for 100 BPM"
