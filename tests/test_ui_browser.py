@@ -8,6 +8,7 @@ Skipped, with a message, only when chromium or chromedriver is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -129,11 +130,14 @@ new MutationObserver(() => {
 
 
 def _wait(driver, what: str, predicate, timeout_s: float):
+    """Poll ``predicate`` until truthy; elements Gradio re-renders between find and use are found again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.2).until(
-        lambda d: predicate(d), message=f"timed out waiting for {what}"
+    wait = WebDriverWait(
+        driver, timeout_s, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
     )
+    return wait.until(lambda d: predicate(d), message=f"timed out waiting for {what}")
 
 
 def _fill(driver, selector: str, text: str) -> None:
@@ -152,11 +156,22 @@ def _fill(driver, selector: str, text: str) -> None:
     raise AssertionError(f"could not type into {selector}")
 
 
-def _toasts(driver) -> list[str]:
-    """The texts of the messages (gr.Error toasts) on the page."""
+def _texts(driver, selector: str) -> list[str]:
+    """The non-empty texts of the elements at ``selector``, skipping any re-rendered while being read."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']") if e.text]
+    texts = []
+    for element in driver.find_elements(By.CSS_SELECTOR, selector):
+        with contextlib.suppress(StaleElementReferenceException):
+            if element.text:
+                texts.append(element.text)
+    return texts
+
+
+def _toasts(driver) -> list[str]:
+    """The texts of the messages (gr.Error toasts) on the page."""
+    return _texts(driver, "[data-testid='toast-body']")
 
 
 def _no_error(driver) -> None:
@@ -263,10 +278,7 @@ def _text2music_then_repaint(studio_url: str, driver) -> None:
 
 def _history_ids(driver) -> list[str]:
     """The entry ids the history table shows (its last column)."""
-    from selenium.webdriver.common.by import By
-
-    cells = driver.find_elements(By.CSS_SELECTOR, "#history-table td[data-col='4']")
-    return [cell.text for cell in cells if cell.text]
+    return _texts(driver, "#history-table td[data-col='4']")
 
 
 def _click_tab(driver, label: str) -> None:
