@@ -100,7 +100,7 @@ def sample_renderer(cfg):
         base, loras = (
             (cfg.model.checkpoint_dir, (LoraRef(str(folder)),)) if cfg.lora.enabled else (folder, ())
         )
-        pipe = Pipeline.from_pretrained(base, device="cpu")
+        pipe = Pipeline.from_pretrained(base, device=cfg.device)
         out = Path(cfg.output_dir) / "samples" / f"step={step}"
         for i, tags in enumerate(s.tags):
             request = Text2Music(
