@@ -49,7 +49,7 @@ def test_generate_without_checkpoint_uses_songflow_tiny(tmp_path):
 def test_songflow_tiny_passes_minimal_adherence(tiny_pipe):
     """Floors far below the model card's targets, high enough to catch a broken or swapped model: an
     instrumental piano/bass prompt gives an unclipped clip at a sane loudness, with pitched instruments or
-    bass heard, no vocals, and a tempo an octave-tolerant 25 % from the asked one."""
+    bass heard, no words heard (with the Whisper extra), and a tempo within 25 % (octave-tolerant)."""
     from songflow.eval import checkers as ck
     from songflow.requests import GenerationParams, Text2Music
 
@@ -67,6 +67,7 @@ def test_songflow_tiny_passes_minimal_adherence(tiny_pipe):
     assert -35.0 < lufs < -6.0, f"loudness {lufs} LUFS"
     heard = ck.check_instruments(audio, rate, ["piano", "upright bass"]).details["families"]
     assert heard["pitched"] or heard["bass"], heard
-    assert ck.check_vocals(audio, rate, False).passed
+    if ck.whisper_available():  # the pyin fallback is near chance level on full mixes
+        assert ck.check_vocals(audio, rate, False).passed
     tempo = ck.check_tempo(audio, rate, 100.0, tol=0.25)
     assert tempo.passed, f"tempo {tempo.measured} for 100 BPM"

