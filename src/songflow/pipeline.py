@@ -306,13 +306,7 @@ class Pipeline:
         timings["diffusion"] = time.perf_counter() - t0
 
         # 3. back to audio
-        t0 = time.perf_counter()
-        audio = self.decode(latents)
-        timings["decode"] = time.perf_counter() - t0
-        if not torch.isfinite(audio).all():
-            raise SongflowError(
-                "the model produced non-finite audio (NaN/inf); try float32 or other settings"
-            )
+        audio = self._to_audio(latents, timings)
         return Result(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
 
     def generate_many(
@@ -375,13 +369,7 @@ class Pipeline:
         timings["diffusion"] = time.perf_counter() - t0
 
         # 3. back to audio, split per request
-        t0 = time.perf_counter()
-        audio = self.decode(latents)
-        timings["decode"] = time.perf_counter() - t0
-        if not torch.isfinite(audio).all():
-            raise SongflowError(
-                "the model produced non-finite audio (NaN/inf); try float32 or other settings"
-            )
+        audio = self._to_audio(latents, timings)
         latents = latents.float().cpu()
         results, start = [], 0
         for r, n in zip(requests, rows, strict=True):
@@ -389,6 +377,17 @@ class Pipeline:
             results.append(Result(audio[part], self.output_sample_rate_hz, latents[part], r, dict(timings)))
             start += n
         return results
+
+    def _to_audio(self, latents: Tensor, timings: dict[str, float]) -> Tensor:
+        """Decode ``latents`` (timed as ``timings["decode"]``); refuses non-finite audio."""
+        t0 = time.perf_counter()
+        audio = self.decode(latents)
+        timings["decode"] = time.perf_counter() - t0
+        if not torch.isfinite(audio).all():
+            raise SongflowError(
+                "the model produced non-finite audio (NaN/inf); try float32 or other settings"
+            )
+        return audio
 
     def _task_context(
         self,
