@@ -120,11 +120,12 @@ class LogMelSpectrogram(nn.Module):
             slaney_mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate_hz, f_min_hz, f_max_hz)
         )
 
-    def magnitude(self, wav: Tensor) -> Tensor:
-        """Linear STFT magnitude ``[B, n_fft//2+1, T // hop]`` of ``wav`` ``[B, T]``, computed in float32."""
+    def stft(self, wav: Tensor) -> Tensor:
+        """Complex STFT ``[B, n_fft//2+1, T // hop]`` of ``wav`` ``[B, T]`` in float32: frame f covers samples
+        ``[f·hop − (n_fft − hop)/2, f·hop + (n_fft + hop)/2)`` (reflect padding, uncentred frames)."""
         pad = (self.n_fft - self.hop_samples) // 2
         x = F.pad(wav.float()[:, None, :], (pad, pad), mode="reflect")[:, 0]  # (B, T + 2·pad)
-        spec = torch.stft(
+        return torch.stft(
             x,
             self.n_fft,
             hop_length=self.hop_samples,
@@ -135,7 +136,10 @@ class LogMelSpectrogram(nn.Module):
             onesided=True,
             return_complex=True,
         )  # (B, n_freqs, frames)
-        spec = torch.view_as_real(spec)
+
+    def magnitude(self, wav: Tensor) -> Tensor:
+        """Linear STFT magnitude ``[B, n_fft//2+1, T // hop]`` of ``wav`` ``[B, T]``, computed in float32."""
+        spec = torch.view_as_real(self.stft(wav))
         return torch.sqrt(spec.pow(2).sum(-1) + 1e-6)
 
     def forward(self, wav: Tensor) -> Tensor:

@@ -397,7 +397,7 @@ class ISTFTHead(nn.Module):
     Synthesis frame f covers the same samples as analysis frame f of the mel front end
     (``[f·hop − (n_fft − hop)/2, f·hop + (n_fft + hop)/2)``), with a Hann window of ``win_length``
     (zero-padded to ``n_fft``) and the usual squared-window normalisation, so ``[B, C, F]`` features give
-    exactly ``hop · F`` samples, aligned with the input mel.
+    exactly ``hop · F`` samples, aligned with the input mel: ``synthesize(mel_transform.stft(x)) == x``.
     """
 
     def __init__(self, config: VocoderConfig):
@@ -417,14 +417,6 @@ class ISTFTHead(nn.Module):
         """Features ``[B, C, F]`` -> the complex STFT ``[B, n_fft/2 + 1, F]`` the head synthesises."""
         log_magnitude, phase = self.out(x).float().chunk(2, dim=1)  # (B, n_freqs, F) each
         return torch.polar(torch.exp(log_magnitude.clamp(max=_MAX_LOG_MAGNITUDE)), phase)
-
-    def analyze(self, wav: Tensor) -> Tensor:
-        """``[B, T]`` -> complex STFT ``[B, n_fft/2 + 1, T / hop]`` with the synthesis framing (the mel front
-        end's: reflect padding ``(n_fft - hop)/2`` per side, uncentred): ``synthesize(analyze(x)) == x``."""
-        pad = (self.n_fft - self.hop) // 2
-        padded = F.pad(wav.float()[:, None], (pad, pad), mode="reflect")[:, 0]
-        window = self.window.to(padded.dtype)
-        return torch.stft(padded, self.n_fft, self.hop, window=window, center=False, return_complex=True)
 
     def synthesize(self, spec: Tensor) -> Tensor:
         """Complex STFT ``[B, n_fft/2 + 1, F]`` -> ``[B, 1, hop · F]`` by windowed overlap-add."""

@@ -54,6 +54,7 @@ from songflow.training.codec_losses import (
     generator_adversarial_loss,
     mel_l1,
 )
+from songflow.training.data import is_saved_dataset, load_saved_dataset
 from songflow.training.discriminators import (
     DEFAULT_PERIOD_CHANNELS,
     DEFAULT_PERIODS,
@@ -244,12 +245,8 @@ class AudioCrops:
     def _list_files(root: Path, split: str) -> list[Path]:
         if not root.exists():
             raise ConfigError(f"training data {root} does not exist")
-        if (root / "dataset_info.json").is_file() or (root / "dataset_dict.json").is_file():
-            import datasets
-
-            ds = datasets.load_from_disk(str(root))
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[split]
+        if is_saved_dataset(root):
+            ds = load_saved_dataset(root, split)
             if "filename" not in ds.column_names:
                 raise ConfigError(f"dataset {root} has no 'filename' column (official format)")
             return [p if p.is_absolute() else root / p for p in map(Path, ds["filename"])]
@@ -477,7 +474,8 @@ class VocoderTrainer(_Trainer):
             head = self.vocoder.head
             spec = head.spectrum(self.vocoder.backbone(mel))
             raw = head.synthesize(spec)[:, 0]
-            consistency = (head.analyze(raw) - spec).abs().mean() / spec.abs().mean().clamp_min(1e-8)
+            reanalysed = self.vocoder.mel_transform.stft(raw)  # the head synthesises on this framing
+            consistency = (reanalysed - spec).abs().mean() / spec.abs().mean().clamp_min(1e-8)
             fake = raw.clamp(-1.0, 1.0)
         else:
             fake = self.vocoder(mel)[:, 0]  # (B, F·hop)

@@ -107,6 +107,19 @@ def load_ssl_model(path: str, device: str | torch.device = "cpu") -> torch.nn.Mo
 # preprocessing
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a ``datasets.save_to_disk`` folder (a Dataset or a DatasetDict)."""
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def load_saved_dataset(path: Path, split: str = "train"):
+    """The ``datasets.Dataset`` saved in ``path`` (``split`` of a DatasetDict)."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+
+
 def _resolve_audio(filename: str, dataset_path: Path) -> Path:
     p = Path(filename).expanduser()
     if p.is_absolute() or p.exists():

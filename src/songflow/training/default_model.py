@@ -23,7 +23,6 @@ import torch
 from songflow.errors import CheckpointError, ConfigError
 from songflow.fileio import atomic_write_text
 
-COMPONENTS = ("ace_step_transformer", "music_dcae_f8c8", "music_vocoder", "umt5-base")
 TEXT_WIDTH = 128  # d_model of the small UMT5 (= the DiT's text_embedding_dim)
 TEXT_LAYERS = 2
 TEMPO_WORDS = tuple(str(bpm) for bpm in range(30, 251))  # every tempo a prompt may name, seen or not
@@ -62,16 +61,11 @@ def tag_vocabulary(tag_texts: Iterable[str]) -> tuple[str, ...]:
 
 
 def _dataset_tags(dataset_path: Path) -> list[str]:
-    import datasets
+    from songflow.training.data import is_saved_dataset, load_saved_dataset
 
-    if (
-        not (dataset_path / "dataset_info.json").is_file()
-        and not (dataset_path / "dataset_dict.json").is_file()
-    ):
+    if not is_saved_dataset(dataset_path):
         raise ConfigError(f"{dataset_path} is not a datasets.save_to_disk folder (official dataset format)")
-    ds = datasets.load_from_disk(str(dataset_path))
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"]
+    ds = load_saved_dataset(dataset_path)
     if "tags" not in ds.column_names:
         raise ConfigError(f"dataset {dataset_path} has no 'tags' column")
     return [", ".join(t) if isinstance(t, list) else str(t) for t in ds["tags"]]
@@ -112,14 +106,14 @@ def package_model(checkpoint: str | Path, dest: str | Path, *, card: str | Path 
     """
     from safetensors.torch import load_file, save_file
 
-    from songflow.weights import WEIGHTS_NAME, validate_checkpoint_dir
+    from songflow.weights import CHECKPOINT_FOLDERS, WEIGHTS_NAME, validate_checkpoint_dir
 
     src = validate_checkpoint_dir(checkpoint)
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in (*COMPONENTS, "vocab.json"):
+    for name in (*CHECKPOINT_FOLDERS, "vocab.json"):
         source = (src / name).resolve()
         if source.is_dir():
             shutil.copytree(source, tmp / name)
