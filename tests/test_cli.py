@@ -208,3 +208,22 @@ def test_random_checkpoint_is_audible_and_runs_in_half_precision(tiny_ckpt, pipe
     half = Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="bfloat16").generate(_request(seeds=(1,)))
     assert half.audio.shape == full.audio.shape and torch.isfinite(half.audio).all()
     assert half.latents.dtype == torch.float32
+
+
+@pytest.mark.parametrize("config", ["tiny", "checkpoint"])
+def test_bench_prints_figures_for_random_weights_and_for_a_checkpoint(tiny_ckpt, capsys, config):
+    """`songflow bench` times the same pipeline for random weights and for real checkpoint folders."""
+    from songflow.interfaces.bench import run_bench
+    from songflow.interfaces.cli import build_parser
+
+    name = "tiny" if config == "tiny" else str(tiny_ckpt)
+    args = build_parser().parse_args(
+        ["bench", "--config", name, "--duration", "2", "--steps", "3", "--repeats", "1", "--device", "cpu"]
+    )
+    figures = run_bench(args)
+    assert all(v > 0 and v == v for v in figures.values()), figures
+    assert figures["end_to_end_s"] >= figures["diffusion_s"] + figures["decode_s"]
+    assert f"config={name}" in capsys.readouterr().out
+    if config == "checkpoint":  # a missing folder is one clear error, not a traceback
+        assert main(["bench", "--config", str(tiny_ckpt / "nope"), "--device", "cpu"]) != 0
+        assert "nope" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from songflow.training.codec_losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     mel_l1,
+    phase_advance_loss,
 )
 from songflow.training.codec_trainer import (
     DCAETrainConfig,
@@ -75,6 +76,28 @@ def test_mrstft_zero_for_identical_and_grows_with_noise():
     assert 0 < totals[0] < totals[1] < totals[2]
 
 
+def test_phase_advance_loss_measures_frequency_not_absolute_phase():
+    """0 for the same spectrum and for one rotated by any constant (absolute phase is arbitrary); a
+    known wrong advance per frame is measured in radians, across the ±π wrap; silent bins do not count."""
+    torch.manual_seed(0)
+    magnitude = torch.rand(2, 9, 30) + 0.1
+    phase = torch.rand(2, 9, 30) * 2 * math.pi
+    target = torch.polar(magnitude, phase)
+    assert float(phase_advance_loss(target, target)) == 0.0
+    assert float(phase_advance_loss(torch.polar(magnitude, phase + 2.5), target)) < 1e-5
+    frames = torch.arange(30.0)
+    for offset in (0.3, math.pi - 0.1, 2 * math.pi + 0.2):  # the last is 0.2 after wrapping
+        drifting = torch.polar(magnitude, phase + offset * frames)
+        expected = abs(math.remainder(offset, 2 * math.pi))
+        assert abs(float(phase_advance_loss(drifting, target)) - expected) < 1e-4
+    silent_magnitude = magnitude.clone()
+    silent_magnitude[:, 4] = 0.0  # bin 4 silent in the target: its (garbage) prediction is ignored
+    noisy_phase = phase.clone()
+    noisy_phase[:, 4] = torch.rand(2, 30) * 2 * math.pi
+    loss = phase_advance_loss(torch.polar(magnitude, noisy_phase), torch.polar(silent_magnitude, phase))
+    assert float(loss) < 1e-5
+
+
 def test_adversarial_and_feature_losses():
     real = [(torch.ones(2, 1, 5), [torch.zeros(2, 3)])]
     fake = [(torch.zeros(2, 1, 5), [torch.zeros(2, 3)])]
@@ -118,18 +141,22 @@ def test_vocoder_steps_reduce_mel_l1(tmp_path):
     assert min(losses[-3:]) < 0.8 * losses[0], losses
 
 
-def test_istft_vocoder_consistency_term_is_measured_and_reduced(tmp_path):
-    """The istft head's spectral consistency term starts high for random phases and training lowers it."""
+@pytest.mark.parametrize("term", ["consistency", "phase_advance"])
+def test_istft_vocoder_spectral_terms_are_measured_and_reduced(tmp_path, term):
+    """The istft head's spectral consistency and phase-advance terms start high for untrained phases and
+    training on their own lowers them."""
     torch.manual_seed(0)
     overrides = {"dims": (16,), "depths": (1,), "num_mels": 16, "head_type": "istft"}
     cfg = _vocoder_cfg(
-        tmp_path, gan_start_step=10_000, lr=3e-3, lambda_consistency=50.0, model_overrides=overrides
+        tmp_path, gan_start_step=10_000, lr=3e-3, model_overrides=overrides, **{f"lambda_{term}": 50.0}
     )
     trainer = VocoderTrainer(cfg)
     wav = trainer.sample_batch(0)
     terms = []
     for _ in range(12):
-        terms.append(trainer.train_step(wav)["consistency"])
+        out = trainer.train_step(wav)
+        assert ({"consistency", "phase_advance"} - {term}).isdisjoint(out)  # only what is weighted
+        terms.append(out[term])
         trainer.step += 1
     assert all(math.isfinite(v) for v in terms) and terms[0] > 0.3
     assert min(terms[-3:]) < 0.95 * terms[0], terms  # slow: phases are learned frame by frame

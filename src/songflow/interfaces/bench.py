@@ -1,9 +1,11 @@
-"""``songflow bench``: speed and memory of generation with random weights (a benchmark, not a test).
+"""``songflow bench``: speed and memory of generation (a benchmark, not a test).
 
 Prints seconds per DiT forward (conditional pass, and the batched guided pass), seconds per sampling
 step, end-to-end seconds, real-time factor (audio seconds per wall second) and peak memory (RSS on the
-CPU, ``torch.cuda.max_memory_allocated`` on CUDA). The text encoder and lyric tokenizer are replaced by
-stand-ins that return random states/ids of realistic size (their cost is a few ms per song).
+CPU, ``torch.cuda.max_memory_allocated`` on CUDA). ``--config tiny|full`` builds the architecture with
+random weights, the text encoder and lyric tokenizer replaced by stand-ins that return random states/ids
+of realistic size (their cost is a few ms per song); ``songflow-tiny`` or a checkpoint folder loads real
+weights with their own text encoder and tokenizer.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class RandomLyricTokenizer:
     def tokenize_lyrics(self, lyrics: str) -> list[int]:
         g = torch.Generator().manual_seed(0)
         return torch.randint(3, self.vocab_size, (self.n_tokens,), generator=g).tolist()
+
+
+RANDOM_CONFIGS = ("tiny", "full")
+"""``--config`` values that build random weights; anything else names a checkpoint."""
 
 
 def _build_components(config: str, device: torch.device, dtype: torch.dtype):
@@ -107,20 +113,27 @@ def run_bench(args) -> dict[str, float]:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(0)
-    transformer, codec = _build_components(args.config, device, dtype)
-    cfg = transformer.config
-    pipe = Pipeline(
-        transformer,
-        codec,
-        RandomTextEncoder(cfg.text_embedding_dim),
-        RandomLyricTokenizer(cfg.lyric_encoder_vocab_size),
-        device=device,
-        dtype=dtype,
-        offload=args.offload,
-    )
+    if args.config in RANDOM_CONFIGS:
+        transformer, codec = _build_components(args.config, device, dtype)
+        cfg = transformer.config
+        pipe = Pipeline(
+            transformer,
+            codec,
+            RandomTextEncoder(cfg.text_embedding_dim),
+            RandomLyricTokenizer(cfg.lyric_encoder_vocab_size),
+            device=device,
+            dtype=dtype,
+            offload=args.offload,
+        )
+    else:
+        from songflow.hub import resolve_checkpoint
+
+        folder = resolve_checkpoint(args.config)
+        pipe = Pipeline.from_pretrained(folder, device=str(device), dtype=args.dtype, offload=args.offload)
+        transformer = pipe.transformer
     request = Text2Music(
-        tags="bench",
-        lyrics="bench",
+        tags="pop, 120 bpm, piano, drums, C major, energetic",
+        lyrics="[verse]\nwe count the beats until the morning light",
         duration_s=args.duration,
         params=GenerationParams(steps=args.steps, seeds=(0,) * args.batch_size, batch_size=args.batch_size),
     )

@@ -350,8 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(bulk)
     bulk.set_defaults(func=cmd_bulk)
 
-    bench = sub.add_parser("bench", help="measure speed and memory with random weights")
-    bench.add_argument("--config", default="tiny", help="'tiny', 'full' (3.5B) or a checkpoint folder")
+    bench = sub.add_parser("bench", help="measure speed and memory of generation")
+    bench.add_argument(
+        "--config",
+        default="tiny",
+        help="'tiny' or 'full' (3.5B) with random weights; 'songflow-tiny' or a checkpoint folder",
+    )
     bench.add_argument("--duration", type=float, default=10.0, help="seconds of audio")
     bench.add_argument("--steps", type=int, default=27)
     bench.add_argument("--batch-size", type=int, default=1)

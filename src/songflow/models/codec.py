@@ -28,7 +28,7 @@ from songflow.audio.geometry import OFFICIAL_GEOMETRY, LatentGeometry
 from songflow.audio.resample import resample
 from songflow.errors import ConfigError, SongflowError
 from songflow.models.dcae import DCAE
-from songflow.models.vocoder import Vocoder, VocoderConfig
+from songflow.models.vocoder import ISTFTHead, Vocoder, VocoderConfig
 
 DEFAULT_WINDOW_FRAMES = 256
 """Latent frames decoded per window by :meth:`MusicCodec.decode_chunked` (23.8 s of audio)."""
@@ -80,8 +80,9 @@ def vocoder_receptive_radius_mel_frames(config: VocoderConfig) -> float:
     Sum of the half-widths of every convolution on the path, each in mel frames: the ConvNeXt stem (kernel
     7, SPEC §4) and one depthwise conv per block, ``conv_pre``, each transposed conv (at most
     ``kernel/stride`` input steps), the widest ResBlock1 of each stage, ``conv_post`` (the ``istft`` head:
-    the synthesis window's half-width instead of the upsampling path). Released vocoder:
-    92.6 frames; the gradient measurement in ``tests/test_codec.py`` finds 89.5.
+    the synthesis window's half-width instead of the upsampling path; its phase integration runs over the
+    whole song, so for it this bounds the frame features, which is where windowed vocoding cuts).
+    Released vocoder: 92.6 frames; the gradient measurement in ``tests/test_codec.py`` finds 89.5.
     """
     radius = 3.0 + (config.kernel_sizes[0] // 2) * sum(config.depths)
     if config.head_type == "istft":  # 1x1 conv, then frames whose synthesis windows cover the sample
@@ -340,12 +341,19 @@ class MusicCodec(nn.Module):
         samples of its core are kept. Exact when ``overlap_mel_frames >= vocoder_overlap_mel_frames() - 1``.
         """
         hop = self.geometry.hop_samples
+        head = self.vocoder.head
+        frame_local = isinstance(head, ISTFTHead)  # its phases integrate over the whole song: cut before
         wavs = []
         for item in logmel:
             cores = []
             for c0, c1, k0, k1 in _windows(item.shape[-1], window_mel_frames, overlap_mel_frames):
-                cores.append(self._vocode(item[..., c0:c1])[:, (k0 - c0) * hop : (k1 - c0) * hop])
-            wavs.append(torch.cat(cores, dim=-1))
+                window = item[..., c0:c1].to(self._vocoder_dtype())
+                if frame_local:
+                    cores.append(head.frame_features(self.vocoder.backbone(window))[..., k0 - c0 : k1 - c0])
+                else:
+                    cores.append(self._vocode(window)[:, (k0 - c0) * hop : (k1 - c0) * hop])
+            joined = torch.cat(cores, dim=-1)
+            wavs.append(head.render(joined)[:, 0] if frame_local else joined)
         return torch.stack(wavs)
 
     @torch.no_grad()

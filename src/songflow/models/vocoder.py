@@ -392,7 +392,14 @@ class HiFiGANHead(nn.Module):
 
 class ISTFTHead(nn.Module):
     """Frame-rate head (songflow's ``head_type="istft"``): a 1x1 conv ``out`` predicts, per mel frame,
-    ``n_fft/2 + 1`` log-magnitudes and as many phases; :meth:`synthesize` overlap-adds the inverse FFTs.
+    ``n_fft/2 + 1`` log-magnitudes and as many phase *advances*; :meth:`synthesize` overlap-adds the
+    inverse FFTs.
+
+    Phases are integrated over frames (:meth:`integrate_phase`): bin ``k`` advances by its centre
+    frequency's ``2π·k·hop/n_fft`` per hop plus the predicted deviation. A stationary input (a held
+    note) gives constant features from a convolutional backbone; predicting absolute phases would then
+    repeat the same phase every frame, which only frequencies at multiples of ``sr/hop`` survive (a
+    86 Hz buzz comb at 44.1 kHz/hop 512), whereas a constant advance is a steady sinusoid at any pitch.
 
     Synthesis frame f covers the same samples as analysis frame f of the mel front end
     (``[f·hop − (n_fft − hop)/2, f·hop + (n_fft + hop)/2)``), with a Hann window of ``win_length``
@@ -411,12 +418,44 @@ class ISTFTHead(nn.Module):
         self.register_buffer("window", window, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.synthesize(self.spectrum(x)).clamp(-1.0, 1.0).to(x.dtype)
+        return self.render(self.frame_features(x)).to(x.dtype)
+
+    def frame_features(self, x: Tensor) -> Tensor:
+        """Backbone features ``[B, C, F]`` -> ``[B, n_fft + 2, F]`` float32: log-magnitudes, then phase
+        deviations. Frame f depends on backbone frame f only (the part windowed vocoding may cut)."""
+        return self.out(x).float()
+
+    def render(self, features: Tensor) -> Tensor:
+        """:meth:`frame_features` of a whole song -> ``[B, 1, hop · F]`` float32 waveform in [-1, 1]."""
+        return self.synthesize(self.to_spectrum(features)).clamp(-1.0, 1.0)
 
     def spectrum(self, x: Tensor) -> Tensor:
         """Features ``[B, C, F]`` -> the complex STFT ``[B, n_fft/2 + 1, F]`` the head synthesises."""
-        log_magnitude, phase = self.out(x).float().chunk(2, dim=1)  # (B, n_freqs, F) each
-        return torch.polar(torch.exp(log_magnitude.clamp(max=_MAX_LOG_MAGNITUDE)), phase)
+        return self.to_spectrum(self.frame_features(x))
+
+    def to_spectrum(self, features: Tensor) -> Tensor:
+        log_magnitude, deviation = features.chunk(2, dim=1)  # (B, n_freqs, F) each
+        magnitude = torch.exp(log_magnitude.clamp(max=_MAX_LOG_MAGNITUDE))
+        return torch.polar(magnitude, self.integrate_phase(deviation))
+
+    def integrate_phase(self, deviation_rad: Tensor) -> Tensor:
+        """Phase ``[B, K, F]`` of frame f, bin k: ``π·k + Σ_{s≤f} (2π·k·hop/n_fft + deviation[s])``.
+
+        A sinusoid at ``ω`` rad/sample advances every bin of its main lobe by ``ω·hop`` per frame, so their
+        deviations ``(ω − ω_k)·hop`` differ, and ``π·k`` lines the lobe's bins up (the window is centred
+        at ``n_fft/2`` of its frame): constant deviations are one steady sinusoid. The bin-centre sum is
+        exact integer arithmetic and the deviations' sum float64 (float32 where the device has no
+        float64), both wrapped to [0, 2π), so hours of audio keep full phase precision.
+        """
+        n_bins, n_frames = deviation_rad.shape[-2:]
+        device = deviation_rad.device
+        k = torch.arange(n_bins, device=device)[:, None]
+        f = torch.arange(n_frames, device=device)[None, :]
+        cycles = (k * (self.hop * (f + 1) + self.n_fft // 2)) % self.n_fft  # int64, exact
+        base = cycles.to(torch.float32) * (2 * math.pi / self.n_fft)
+        acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        drift = torch.remainder(torch.cumsum(deviation_rad.to(acc_dtype), dim=-1), 2 * math.pi)
+        return base + drift.to(torch.float32)
 
     def synthesize(self, spec: Tensor) -> Tensor:
         """Complex STFT ``[B, n_fft/2 + 1, F]`` -> ``[B, 1, hop · F]`` by windowed overlap-add."""

@@ -5,6 +5,10 @@ Reconstruction terms
       absolute difference of log magnitudes, averaged over several STFT resolutions
       (Yamamoto et al. 2020, Parallel WaveGAN). Both terms are exactly 0 for identical signals.
     * :func:`mel_l1` — mean absolute difference of log-mels (HiFi-GAN's reconstruction term).
+    * :func:`phase_advance_loss` — wrap-free error of the frame-to-frame phase advance (instantaneous
+      frequency) of two complex STFTs on the same framing, weighted by magnitude (after APNet's
+      instantaneous-angular-frequency loss, Ai & Ling 2023). The absolute phase of a signal is arbitrary;
+      its advance per hop is what places a partial at its pitch.
 
 Adversarial terms
     Discriminators return ``list[(logits, features)]`` (one entry per sub-discriminator, see
@@ -36,6 +40,19 @@ DEFAULT_STFT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = (
 """``(n_fft, hop, win_length)`` triples of the multi-resolution STFT loss (44.1 kHz audio)."""
 
 _MAG_FLOOR = 1e-7
+
+
+def phase_advance_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean ``|wrap(Δφ_pred − Δφ_target)|`` in radians over complex STFTs ``[B, K, F]`` (same framing),
+    where ``Δφ`` is the phase change from frame f−1 to f and ``wrap`` maps to [−π, π); each (bin, frame
+    pair) weighs ``sqrt(|S_f|·|S_{f−1}|)`` of the target, so silent bins, whose phase is noise, do not count.
+    0 iff every weighted advance matches."""
+    advance_pred = torch.angle(pred[..., 1:] * pred[..., :-1].conj())
+    advance_target = torch.angle(target[..., 1:] * target[..., :-1].conj())
+    err = advance_pred - advance_target
+    err = err - 2 * torch.pi * torch.round(err / (2 * torch.pi))
+    weight = (target[..., 1:].abs() * target[..., :-1].abs()).sqrt()
+    return (weight * err.abs()).sum() / weight.sum().clamp_min(1e-8)
 
 
 def stft_magnitude(

@@ -53,6 +53,7 @@ from songflow.training.codec_losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     mel_l1,
+    phase_advance_loss,
 )
 from songflow.training.data import is_saved_dataset, load_saved_dataset
 from songflow.training.discriminators import (
@@ -150,6 +151,8 @@ class VocoderTrainConfig(_CommonTrainConfig):
     # istft head only: weight of the spectral consistency term ``|STFT(ISTFT(S)) - S| / |S|``; phases that
     # disagree between overlapping frames cancel into a buzz at the frame rate, this term penalises them
     lambda_consistency: float = 0.0
+    # istft head only: weight of :func:`phase_advance_loss` against the real audio's STFT (radians)
+    lambda_phase_advance: float = 0.0
     mpd_periods: tuple[int, ...] = DEFAULT_PERIODS
     mpd_channels: tuple[int, ...] = DEFAULT_PERIOD_CHANNELS
     mrd_channels: int = 32
@@ -420,6 +423,7 @@ class VocoderTrainer(_Trainer):
         "loss_disc",
         "grad_norm",
         "consistency",
+        "phase_advance",
     )
 
     def __init__(self, cfg: VocoderTrainConfig):
@@ -469,13 +473,17 @@ class VocoderTrainer(_Trainer):
         mel_fn = self.vocoder.mel_transform
         with torch.no_grad():
             mel = mel_fn(wav)  # (B, M, F)
-        consistency = None
-        if cfg.lambda_consistency > 0 and self.vocoder.config.head_type == "istft":
+        spectral: dict[str, Tensor] = {}  # istft head: terms on the spectrum it synthesises
+        spectral_terms = cfg.lambda_consistency > 0 or cfg.lambda_phase_advance > 0
+        if self.vocoder.config.head_type == "istft" and spectral_terms:
             head = self.vocoder.head
             spec = head.spectrum(self.vocoder.backbone(mel))
             raw = head.synthesize(spec)[:, 0]
-            reanalysed = self.vocoder.mel_transform.stft(raw)  # the head synthesises on this framing
-            consistency = (reanalysed - spec).abs().mean() / spec.abs().mean().clamp_min(1e-8)
+            if cfg.lambda_consistency > 0:
+                reanalysed = mel_fn.stft(raw)  # the head synthesises on this framing
+                spectral["consistency"] = (reanalysed - spec).abs().mean() / spec.abs().mean().clamp_min(1e-8)
+            if cfg.lambda_phase_advance > 0:
+                spectral["phase_advance"] = phase_advance_loss(spec, mel_fn.stft(wav)[..., : spec.shape[-1]])
             fake = raw.clamp(-1.0, 1.0)
         else:
             fake = self.vocoder(mel)[:, 0]  # (B, F·hop)
@@ -493,9 +501,9 @@ class VocoderTrainer(_Trainer):
         loss_mel = mel_l1(mel_fn(fake), mel)
         sc, mag = self.stft_loss(fake, wav)
         loss = cfg.lambda_mel * loss_mel + cfg.lambda_stft * (sc + mag)
-        if consistency is not None:
-            loss = loss + cfg.lambda_consistency * consistency
-            out["consistency"] = float(consistency.detach())
+        for name, term in spectral.items():
+            loss = loss + getattr(cfg, f"lambda_{name}") * term
+            out[name] = float(term.detach())
         if use_gan:
             real_out = self.disc(wav)
             fake_out = self.disc(fake)
