@@ -51,6 +51,37 @@ def progression(tonic: int, minor: bool) -> np.ndarray:
     return np.concatenate([sum(tone(48 + tonic + i, 1.2) for i in ch) for ch in chords * 2])
 
 
+def meter_clip(
+    beats_per_bar: int, bpm: float, seconds: float = 8.0, split: int = 2, sr: int = SR
+) -> np.ndarray:
+    """A loop with ``beats_per_bar`` beats a bar: kick, bass note and a new chord on each downbeat, a hat
+    on every beat (louder on the downbeat) and soft ticks splitting each beat into ``split``."""
+    n = int(seconds * sr)
+    beat_s = 60.0 / bpm
+    x = np.zeros(n + int((beats_per_bar * beat_s + 1) * sr), np.float32)  # room for the last bar's tails
+    rng = np.random.default_rng(0)
+    t = np.arange(int(0.25 * sr)) / sr
+    kick = np.sin(2 * np.pi * (50 + 80 * np.exp(-t / 0.02)) * t) * np.exp(-t / 0.08)
+    hat = rng.standard_normal(int(0.03 * sr)) * np.exp(-np.arange(int(0.03 * sr)) / (0.004 * sr))
+    roots = (0, 5, 7, 9)
+    for i, start_s in enumerate(np.arange(0.0, seconds, beat_s)):
+        j = int(start_s * sr)
+        down = i % beats_per_bar == 0
+        x[j : j + len(hat)] += (0.35 if down else 0.25) * hat
+        for k in range(1, split):
+            s = int((start_s + k * beat_s / split) * sr)
+            x[s : s + len(hat)] += 0.12 * hat
+        if down:
+            root = roots[(i // beats_per_bar) % len(roots)]
+            x[j : j + len(kick)] += 0.8 * kick
+            tb = np.arange(int(beat_s * sr)) / sr
+            x[j : j + len(tb)] += 0.4 * np.sin(2 * np.pi * ck.midi_to_hz(36 + root) * tb) * np.exp(-tb / 0.3)
+            tc = np.arange(int(beats_per_bar * beat_s * sr)) / sr
+            chord = sum(np.sin(2 * np.pi * ck.midi_to_hz(60 + root + p) * tc) for p in (0, 4, 7))
+            x[j : j + len(tc)] += 0.06 * chord * np.exp(-tc / 1.5)
+    return x[:n]
+
+
 SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
 
@@ -95,6 +126,20 @@ def test_tempo_accuracy_octaves():
 def test_word_error_rate():
     assert ck.word_error_rate("[verse]\nHello, world!", "hello world") == 0.0
     assert ck.word_error_rate("a b c d", "a x c") == pytest.approx(0.5)
+
+
+def test_meter_family():
+    fam = ck.meter_family
+    assert fam("3/4") == fam("6/8") == fam("12/8") == fam("9/8") == fam("waltz") == "triple"
+    assert fam("4/4") == fam("2/4") == fam("2/2") == fam("C") == fam(" 4 / 4 ") == "duple"
+    assert fam("5/4") is None and fam("7/8") is None
+    for bad in ("four", "4/3", "0/4", ""):
+        with pytest.raises(ValueError):
+            fam(bad)
+    assert rp.expected_time_signature({"time_signature": "6/8"}) == "6/8"
+    assert rp.expected_time_signature({"time_signature": "7/8"}) is None  # irregular: skipped
+    assert rp.expected_time_signature({"time_signature": "n/a"}) is None
+    assert rp.expected_time_signature({"bpm": 120}) is None
 
 
 def test_instrument_families():
@@ -151,6 +196,55 @@ def test_vocal_presence():
     for x in (silence, noise, flat, click_track(120, 3)):
         r = ck.check_vocals(x, SR, False, backend="pyin")
         assert r.passed, r.details
+
+
+@pytest.mark.parametrize(
+    "beats_per_bar,split,bpm,beat_step",
+    [
+        (3, 2, 100, 1),  # 3/4, beats at the quarter
+        (3, 2, 150, 1),
+        (3, 2, 90, 0.5),  # 3/4 tracked at the eighth: bars of 6 beats
+        (2, 3, 70, 1),  # 6/8 tracked at the dotted quarter: the beat splits into three
+        (2, 3, 70, 1 / 3),  # 6/8 tracked at the eighth
+        (4, 2, 100, 1),  # 4/4
+        (4, 2, 150, 1),
+        (4, 2, 90, 0.5),  # 4/4 tracked at the eighth
+        (4, 4, 120, 1),  # 4/4 with sixteenths
+    ],
+)
+def test_meter_from_known_beats(beats_per_bar, split, bpm, beat_step):
+    x = meter_clip(beats_per_bar, bpm, split=split)
+    beats_s = np.arange(0.0, 7.9, beat_step * 60.0 / bpm)
+    family, feats = ck.estimate_meter(x, SR, beats_s)
+    assert family == ("triple" if beats_per_bar == 3 or split == 3 else "duple"), feats
+    assert feats["beat_backend"] == "given beats" and feats["n_beats"] == len(beats_s)
+
+
+@pytest.mark.parametrize("bpm", [96, 132])
+def test_check_meter_tracks_beats(bpm):
+    waltz, march = meter_clip(3, bpm), meter_clip(4, bpm)
+    r = ck.check_meter(waltz, SR, "3/4")
+    assert r.passed and r.measured == "triple" and r.expected == "triple", r.details
+    assert abs(r.details["bpm"] - bpm) <= 0.04 * bpm or abs(r.details["bpm"] - 2 * bpm) <= 0.08 * bpm
+    assert not ck.check_meter(waltz, SR, "4/4").passed
+    r = ck.check_meter(march, SR, "4/4")
+    assert r.passed and r.measured == "duple", r.details
+    assert ck.check_meter(march, SR, "6/8").passed is False
+
+
+def test_numpy_beat_grid_and_meter():
+    _, beats_s, used = ck.estimate_beats(click_track(120), SR, backend="numpy")
+    assert used == "numpy" and np.median(np.diff(beats_s)) == pytest.approx(0.5, rel=0.02)
+    assert np.abs(beats_s - 0.5 * np.round(beats_s / 0.5)).max() < 0.03  # on the clicks
+    assert ck.estimate_meter(meter_clip(3, 100), SR, backend="numpy")[0] == "triple"
+    assert ck.estimate_meter(meter_clip(4, 100), SR, backend="numpy")[0] == "duple"
+
+
+def test_check_meter_too_short_and_bad_label():
+    r = ck.check_meter(meter_clip(3, 100, seconds=2.0), SR, "3/4")
+    assert r.error and r.passed is None and r.measured is None
+    with pytest.raises(ValueError):
+        ck.check_meter(meter_clip(3, 100), SR, "5/4")
 
 
 def test_loudness_sine():
@@ -260,3 +354,25 @@ def test_cli_errors(tmp_path):
     (tmp_path / "x.jsonl").write_text(json.dumps({"labels": {"bpm": 100}}) + "\n")
     assert _cli(["eval", str(tmp_path / "x.jsonl")]) == 2
     assert _cli(["eval", str(tmp_path), "--checks", "nope"]) == 2
+
+
+def test_meter_in_runner_and_cli(tmp_path):
+    clips = {"waltz": (3, "3/4"), "march": (4, "4/4"), "wrong": (3, "4/4"), "nolabel": (4, None)}
+    for name, (beats_per_bar, ts) in clips.items():
+        sf.write(tmp_path / f"{name}.flac", meter_clip(beats_per_bar, 110), SR)
+        labels = {"bpm": 110} if ts is None else {"bpm": 110, "time_signature": ts}
+        (tmp_path / f"{name}.json").write_text(json.dumps(labels))
+    reps = rp.evaluate(rp.items_from_corpus(tmp_path), ["meter"])
+    by_key = {r.key: r for r in reps}
+    assert "meter" not in by_key["nolabel"].results and "tempo" not in by_key["waltz"].results
+    assert by_key["waltz"].results["meter"].passed and by_key["march"].results["meter"].passed
+    assert by_key["wrong"].results["meter"].passed is False
+    s = rp.summarize(reps)
+    assert s["meter_n"] == 3 and s["meter_acc"] == pytest.approx(2 / 3)
+    assert "triple/triple" in rp.format_table(reps, s)
+    assert rp.summarize(reps[:0])["meter_acc"] is None
+    out = tmp_path / "s.json"
+    assert _cli(["eval", str(tmp_path), "--checks", "meter", "--json", str(out), "--quiet"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["meter_n"] == 3 and summary["meter_acc"] == pytest.approx(2 / 3)
+    assert "meter" in rp.DEFAULT_CHECKS

@@ -1,4 +1,5 @@
-"""Offline adherence metrics: tempo, key, instruments, vocals, sung pitch, loudness/clipping, lyric WER.
+"""Offline adherence metrics: tempo, meter (triple vs duple), key, instruments, vocals, sung pitch,
+loudness/clipping, lyric WER.
 
 >>> from songflow.eval import check_tempo, evaluate, items_from_corpus, summarize
 >>> reports = evaluate(items_from_corpus("corpus/"))        # doctest: +SKIP
@@ -12,15 +13,18 @@ from songflow.eval.checkers import (
     check_instruments,
     check_key,
     check_loudness,
+    check_meter,
     check_pitch,
     check_tempo,
     check_vocals,
     check_wer,
     estimate_key,
+    estimate_meter,
     estimate_tempo,
     instrument_family,
     integrated_loudness,
     key_score,
+    meter_family,
     parse_key,
     tempo_accuracy,
     word_error_rate,
@@ -48,11 +52,13 @@ __all__ = [
     "check_instruments",
     "check_key",
     "check_loudness",
+    "check_meter",
     "check_pitch",
     "check_tempo",
     "check_vocals",
     "check_wer",
     "estimate_key",
+    "estimate_meter",
     "estimate_tempo",
     "evaluate",
     "evaluate_item",
@@ -62,6 +68,7 @@ __all__ = [
     "items_from_corpus",
     "items_from_jsonl",
     "key_score",
+    "meter_family",
     "parse_key",
     "summarize",
     "tempo_accuracy",

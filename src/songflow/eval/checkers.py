@@ -9,6 +9,9 @@ What the checkers can and cannot see (see also ``docs`` in the report):
 
 * tempo: global BPM of a beat tracker (essentia ``RhythmExtractor2013``, else librosa). Octave errors are
   common (metal double time, bossa nova 3-3-2), hence the octave-tolerant Acc2 next to the strict Acc1.
+* meter: triple (3/4, 6/8, 9/8, 12/8) vs duple (2/4, 4/4) from the tempo checker's beats: do the beats'
+  accents (onsets, bass onsets, chord changes) repeat every 3/6 beats or every 4/8, and does a beat split
+  into three? Only the family is measured, not 3/4 vs 6/8 or 2/4 vs 4/4; shuffled 4/4 can read as triple.
 * key: global key of a chroma profile (essentia ``KeyExtractor`` with the EDMA profile, else our own
   Krumhansl-Schmuckler correlation). Modal pieces (dorian, mixolydian) are scored as minor/major.
 * instruments: no offline instrument recogniser exists, so only three *families* are measured: drums
@@ -48,15 +51,19 @@ __all__ = [
     "check_instruments",
     "check_key",
     "check_loudness",
+    "check_meter",
     "check_pitch",
     "check_tempo",
     "check_vocals",
     "check_wer",
+    "estimate_beats",
     "estimate_key",
+    "estimate_meter",
     "estimate_tempo",
     "instrument_family",
     "integrated_loudness",
     "key_score",
+    "meter_family",
     "parse_key",
     "tempo_accuracy",
     "word_error_rate",
@@ -204,11 +211,7 @@ def estimate_tempo(audio: Any, sr: int, backend: str = "auto") -> tuple[float, s
     """Global tempo in BPM and the backend used ('essentia' or 'librosa')."""
     x = to_mono(audio)
     if backend in ("auto", "essentia") and _has("essentia"):
-        import essentia.standard as es
-
-        y = resample(x, sr, 44100)
-        bpm = es.RhythmExtractor2013(method="multifeature")(y)[0]
-        return float(bpm), "essentia"
+        return _essentia_rhythm(x, sr)[0], "essentia"
     if backend in ("auto", "librosa") and _has("librosa"):
         import librosa
 
@@ -219,6 +222,14 @@ def estimate_tempo(audio: Any, sr: int, backend: str = "auto") -> tuple[float, s
     if backend in ("auto", "numpy"):
         return _tempo_autocorr(x, sr), "numpy"
     raise RuntimeError(f"tempo backend {backend!r} is not installed")
+
+
+def _essentia_rhythm(x: np.ndarray, sr: int) -> tuple[float, np.ndarray]:
+    """(BPM, beat times in s) of essentia's ``RhythmExtractor2013`` (multifeature) on mono ``x``."""
+    import essentia.standard as es
+
+    bpm, ticks = es.RhythmExtractor2013(method="multifeature")(resample(x, sr, 44100))[:2]
+    return float(bpm), np.asarray(ticks, dtype=np.float64)
 
 
 def _tempo_autocorr(x: np.ndarray, sr: int) -> float:
@@ -269,6 +280,243 @@ def check_tempo(
             "backend": used,
         },
     )
+
+
+# ----------------------------------------------------------------------------------------------- meter
+
+METER_FAMILIES = ("duple", "triple")
+_METER_ALIASES = {"c": "4/4", "common": "4/4", "common time": "4/4", "cut": "2/2", "cut time": "2/2",
+                  "alla breve": "2/2", "waltz": "3/4"}  # fmt: skip
+_METER_SR = 22050
+_METER_HOP = 256  # onset frames of 11.6 ms
+_CHROMA_N, _CHROMA_HOP = 4096, 1024
+_MIN_METER_BEATS = 8
+_GROUPING_LAGS = {"triple": (3, 6), "duple": (4, 8)}
+_SUBDIV_BINS = 24  # beat-phase grid of the subdivision profile
+# decision thresholds, set on 120 corpus20 clips (30 3/4, 30 6/8, 60 4/4), first 10 s each
+TRIPLE_GROUPING_MIN = 0.07
+TRIPLE_SUBDIVISION_MIN = 0.5
+
+
+def meter_family(time_signature: str) -> str | None:
+    """Meter family of a time signature: 'triple', 'duple', or None for irregular meters (5/4, 7/8).
+
+    'triple' means the pulse groups in threes at some level, what someone asking for a waltz expects:
+    simple triple (3/4, 3/8, 3/2) *and* compound meters (6/8, 9/8, 12/8, 6/4), whose beats split into
+    three. 6/8 is "compound duple" in theory (two dotted-quarter beats), but its audible feel is the
+    lilting 1-2-3 4-5-6 of the eighths, and a 4/4 rendering of a 6/8 request is a failure. Hence 12/8
+    is triple too, and a heavily swung/shuffled 4/4 (near-triplet eighths) can measure as triple.
+    'duple' is 2/4, 4/4, 2/2, 8/8 (numerators that are powers of two). 'triple' and 'duple' themselves
+    and the words 'waltz', 'common time' and 'cut time' are accepted; anything else raises ValueError.
+    """
+    text = str(time_signature).strip().lower()
+    if text in METER_FAMILIES:
+        return text
+    text = _METER_ALIASES.get(text, text)
+    m = re.fullmatch(r"(\d+)\s*[/:-]\s*(\d+)", text)
+    if not m or int(m.group(1)) == 0 or int(m.group(2)) not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"cannot parse time signature {time_signature!r} (e.g. '3/4', '6/8', '4/4')")
+    beats_per_bar = int(m.group(1))
+    if beats_per_bar % 3 == 0:
+        return "triple"
+    if beats_per_bar & (beats_per_bar - 1) == 0:
+        return "duple"
+    return None
+
+
+def estimate_beats(audio: Any, sr: int, backend: str = "auto") -> tuple[float, np.ndarray, str]:
+    """(tempo in BPM, beat times in s, backend) of the tempo checker's beat tracker.
+
+    essentia: the ticks of the same ``RhythmExtractor2013`` call :func:`estimate_tempo` uses; librosa:
+    ``beat_track``; numpy: a constant-tempo grid at :func:`_tempo_autocorr`'s tempo, phased onto the
+    strongest onsets.
+    """
+    x = to_mono(audio)
+    if backend in ("auto", "essentia") and _has("essentia"):
+        bpm, ticks = _essentia_rhythm(x, sr)
+        return bpm, ticks, "essentia"
+    if backend in ("auto", "librosa") and _has("librosa"):
+        import librosa
+
+        y = resample(x, sr, 22050)
+        bpm, beats = librosa.beat.beat_track(y=y, sr=22050, units="time")
+        return float(np.atleast_1d(bpm)[0]), np.asarray(beats, dtype=np.float64), "librosa"
+    if backend in ("auto", "numpy"):
+        bpm = _tempo_autocorr(x, sr)
+        onset = _onset_envelopes(resample(x, sr, _METER_SR))[0]
+        fps = _METER_SR / _METER_HOP
+        period_frames = 60.0 * fps / bpm
+        grid = np.arange(0.0, len(onset) - 1, period_frames)
+        phases = np.arange(0.0, period_frames, 1.0)
+        sums = [onset[np.round(grid + p).astype(int).clip(0, len(onset) - 1)].sum() for p in phases]
+        beats_s = (grid + phases[int(np.argmax(sums))]) / fps
+        return bpm, beats_s[beats_s < len(x) / sr], "numpy"
+    raise RuntimeError(f"beat backend {backend!r} is not installed")
+
+
+def _frames(y: np.ndarray, n: int, hop: int) -> np.ndarray:
+    """Hann-windowed magnitude spectra ``[frames, n // 2 + 1]``; frame j is centred on sample j * hop."""
+    y = np.pad(y, (n // 2, n // 2 + max(0, n - len(y))))
+    frames = np.lib.stride_tricks.sliding_window_view(y, n)[::hop] * np.hanning(n)
+    return np.abs(np.fft.rfft(frames, axis=1))
+
+
+def _onset_envelopes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(broadband, below-200-Hz) log-spectral flux at ``_METER_SR / _METER_HOP`` frames per second."""
+    mag = _frames(y, 1024, _METER_HOP)
+    freqs = np.fft.rfftfreq(1024, 1 / _METER_SR)
+    log_mag = np.log1p(1000.0 * mag / (mag.max() + 1e-12))
+    flux = np.maximum(np.diff(log_mag, axis=0, prepend=log_mag[:1]), 0.0)
+    return flux.sum(axis=1), flux[:, (freqs > 25) & (freqs < 200)].sum(axis=1)
+
+
+def _frame_chroma(y: np.ndarray) -> np.ndarray:
+    """12-bin chroma ``[frames, 12]`` (55 Hz - 2 kHz STFT bins folded) at ``_METER_SR / _CHROMA_HOP`` fps."""
+    mag = _frames(y, _CHROMA_N, _CHROMA_HOP)
+    freqs = np.fft.rfftfreq(_CHROMA_N, 1 / _METER_SR)
+    sel = (freqs >= 55) & (freqs <= 2000)
+    pcs = np.round(12 * np.log2(freqs[sel] / 440.0) + 69).astype(int) % 12
+    chroma = np.zeros((len(mag), 12))
+    np.add.at(chroma.T, pcs, mag[:, sel].T)
+    return chroma
+
+
+def _beat_peaks(env: np.ndarray, beats_s: np.ndarray, fps: float, half_window_s: float = 0.05) -> np.ndarray:
+    """Largest value of a frame envelope within ``half_window_s`` of each beat (tracker jitter)."""
+    w = max(1, round(half_window_s * fps))
+    idx = np.round(beats_s * fps).astype(int)
+    return np.array([env[max(0, i - w) : i + w + 1].max() if 0 <= i < len(env) else 0.0 for i in idx])
+
+
+def _beat_chroma_change(chroma: np.ndarray, beats_s: np.ndarray, fps: float) -> np.ndarray:
+    """Harmonic change at each beat: 1 - cosine(chroma of the previous beat span, this one); NaN first."""
+    edges = np.append(np.round(beats_s * fps).astype(int), len(chroma)).clip(0, len(chroma))
+    spans = np.array([chroma[a : max(b, a + 1)].mean(axis=0) if a < len(chroma) else np.zeros(12)
+                      for a, b in zip(edges[:-1], edges[1:], strict=True)])  # fmt: skip
+    spans /= np.linalg.norm(spans, axis=1, keepdims=True) + 1e-12
+    change = np.full(len(spans), np.nan)
+    change[1:] = 1.0 - (spans[1:] * spans[:-1]).sum(axis=1)
+    return change
+
+
+def _lag_correlation(seq: np.ndarray, lag_beats: int, min_pairs: int = 4) -> float:
+    """Autocorrelation of a per-beat sequence at ``lag_beats`` (NaN-aware, global mean/variance)."""
+    a, b = seq[:-lag_beats], seq[lag_beats:]
+    ok = np.isfinite(a) & np.isfinite(b)
+    if len(seq) <= lag_beats or ok.sum() < min_pairs:
+        return float("nan")
+    mean, var = np.nanmean(seq), np.nanvar(seq)
+    if var < 1e-12:
+        return float("nan")
+    return float(np.mean((a[ok] - mean) * (b[ok] - mean)) / var)
+
+
+def _grouping_evidence(seq: np.ndarray) -> float:
+    """max(r(3), r(6)) - max(r(4), r(8)) of a per-beat accent sequence; NaN when it cannot tell.
+
+    Bars of 3 beats repeat after 3 and 6 beats and not after 4 or 8; 4/4 bars the other way round. The
+    lags also cover the tracker's usual octave errors: eighth-note beats in 3/4 (bar = 6), in 6/8 (groups
+    of 3 and 6) and in 4/4 (bar = 8), and the quarter-note grid of 6/8 (bar = 3 beats).
+    """
+    triple = np.nanmax([_lag_correlation(seq, k) for k in _GROUPING_LAGS["triple"]] + [-np.inf])
+    duple = np.nanmax([_lag_correlation(seq, k) for k in _GROUPING_LAGS["duple"]] + [-np.inf])
+    return float(triple - duple) if np.isfinite(triple) and np.isfinite(duple) else float("nan")
+
+
+def _subdivision_profile(env: np.ndarray, beats_s: np.ndarray, fps: float) -> np.ndarray:
+    """Mean onset envelope at ``_SUBDIV_BINS`` equally spaced phases of each beat span, over its mean."""
+    ibi_s = np.diff(beats_s)
+    rows = []
+    for start, span in zip(beats_s[:-1], ibi_s, strict=True):
+        if not 0.6 * np.median(ibi_s) <= span <= 1.5 * np.median(ibi_s):  # tracker gap or jump
+            continue
+        idx = np.round((start + span * np.arange(_SUBDIV_BINS) / _SUBDIV_BINS) * fps).astype(int)
+        if idx[-1] < len(env):
+            rows.append(env[idx])
+    if not rows:
+        return np.full(_SUBDIV_BINS, np.nan)
+    profile = np.mean(rows, axis=0)
+    return profile / (profile.mean() + 1e-12)
+
+
+def meter_features(audio: Any, sr: int, beats_s: Any = None, *, backend: str = "auto") -> dict[str, Any]:
+    """Evidence for triple vs duple meter from beat-synchronous accents.
+
+    Per beat: onset strength, bass (< 200 Hz) onset strength and chord (chroma) change. For each, the
+    grouping evidence of :func:`_grouping_evidence`; ``grouping`` is their mean (> 0 leans triple).
+    ``subdivision`` = min(onsets at 1/3, 2/3 of the beat) - onsets at 1/2 (envelope / its mean): > 0 when
+    the beat splits into three, which catches 6/8 tracked at the dotted quarter (two beats a bar, the
+    one case the grouping cannot see). Swung eighths (~0.6-0.67 of the beat) lack the 1/3 onset.
+    ``beats_s`` skips the beat tracker (e.g. known beat times); else :func:`estimate_beats` runs.
+    """
+    x = to_mono(audio)
+    if beats_s is None:
+        bpm, beats, used = estimate_beats(x, sr, backend)
+    else:
+        beats = np.sort(np.asarray(beats_s, dtype=np.float64))
+        bpm, used = (60.0 / float(np.median(np.diff(beats))) if len(beats) > 1 else 0.0), "given beats"
+    feats: dict[str, Any] = {"bpm": round(float(bpm), 2), "n_beats": len(beats), "beat_backend": used}
+    if len(beats) < _MIN_METER_BEATS:
+        return {**feats, "grouping": float("nan"), "subdivision": float("nan")}
+    y = resample(x, sr, _METER_SR)
+    onset, bass = _onset_envelopes(y)
+    fps = _METER_SR / _METER_HOP
+    sequences = {
+        "onset": _beat_peaks(onset, beats, fps),
+        "bass": _beat_peaks(bass, beats, fps),
+        "harmony": _beat_chroma_change(_frame_chroma(y), beats, _METER_SR / _CHROMA_HOP),
+    }
+    per = {name: _grouping_evidence(seq) for name, seq in sequences.items()}
+    usable = [v for v in per.values() if np.isfinite(v)]
+    profile = _subdivision_profile(onset, beats, fps)
+    third, half, two_thirds = (float(profile[i - 1 : i + 2].max()) for i in (8, 12, 16))
+    return {
+        **feats,
+        "grouping": float(np.mean(usable)) if usable else float("nan"),
+        "grouping_by_feature": per,
+        "subdivision": min(third, two_thirds) - half,
+    }
+
+
+def estimate_meter(
+    audio: Any, sr: int, beats_s: Any = None, *, backend: str = "auto"
+) -> tuple[str | None, dict[str, Any]]:
+    """('triple' | 'duple', :func:`meter_features`); None when there are too few beats to tell."""
+    feats = meter_features(audio, sr, beats_s, backend=backend)
+    grouping, subdivision = feats["grouping"], feats["subdivision"]
+    if not (np.isfinite(grouping) or np.isfinite(subdivision)):
+        return None, feats
+    triple = (np.isfinite(grouping) and grouping > TRIPLE_GROUPING_MIN) or (
+        np.isfinite(subdivision) and subdivision > TRIPLE_SUBDIVISION_MIN
+    )
+    return ("triple" if triple else "duple"), feats
+
+
+def check_meter(audio: Any, sr: int, expected_time_signature: str, *, backend: str = "auto") -> CheckResult:
+    """Meter family adherence: ``passed`` when the clip's measured family (see :func:`meter_family`:
+    3/4, 6/8, 9/8, 12/8 are 'triple'; 2/4, 4/4, 2/2 'duple') matches the label's. Needs about eight
+    beats (4-6 s of rhythmic audio); irregular labels (5/4, 7/8) raise ValueError.
+
+    On rendered songs (first 10 s, essentia beats) it scored 96.7 % on 120 corpus20 clips (30 3/4, 30
+    6/8, 60 4/4; the clips the thresholds were set on), 95.0 % on 120 other ones and 96.8 % on the 63
+    held-out clips (15/15 triple). Misses: bossa nova (3-3-2 clave), swung jazz/blues, sparse ambient
+    waltzes. Not measured with the numpy beat grid (no essentia/librosa), whose tempo can be off by 3:2
+    (a 150 BPM test loop came out at 99 BPM and read as triple).
+    """
+    family = meter_family(expected_time_signature)
+    if family is None:
+        raise ValueError(f"time signature {expected_time_signature!r} is neither duple nor triple")
+    measured, feats = estimate_meter(audio, sr, backend=backend)
+    details = {**feats, "label": str(expected_time_signature), "backend": f"{feats['beat_backend']}+numpy"}
+    if measured is None:
+        return CheckResult(
+            "meter",
+            expected=family,
+            details=details,
+            error=f"too few beats ({feats['n_beats']}) to tell the meter",
+        )
+    return CheckResult("meter", measured=measured, expected=family, passed=measured == family,
+                       details=details)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- key

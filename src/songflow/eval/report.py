@@ -23,8 +23,8 @@ from songflow.eval import checkers as ck
 
 log = logging.getLogger(__name__)
 
-ALL_CHECKS = ("tempo", "key", "instruments", "vocals", "pitch", "loudness", "clipping", "wer")
-DEFAULT_CHECKS = ("tempo", "key", "instruments", "vocals", "pitch", "loudness", "clipping", "wer")
+ALL_CHECKS = ("tempo", "meter", "key", "instruments", "vocals", "pitch", "loudness", "clipping", "wer")
+DEFAULT_CHECKS = ALL_CHECKS
 
 # rough tempo ranges per genre, used as a prior against octave errors (``--genre-prior``)
 GENRE_BPM = {
@@ -103,6 +103,20 @@ def expected_key(labels: dict[str, Any]) -> str | None:
             return text
         except ValueError:
             return None
+    return None
+
+
+def expected_time_signature(labels: dict[str, Any]) -> str | None:
+    """The ``time_signature`` (or ``meter``) label when it names a duple or triple meter ('3/4', '6/8',
+    '4/4'); None when absent, unparsable or irregular (5/4, 7/8), so the meter check skips the clip."""
+    for name in ("time_signature", "meter"):
+        value = labels.get(name)
+        if isinstance(value, str) and value.strip():
+            try:
+                return value if ck.meter_family(value) is not None else None
+            except ValueError:
+                log.debug("unparsable %s label %r", name, value)
+                return None
     return None
 
 
@@ -225,6 +239,9 @@ def evaluate_item(
 
     if "tempo" in checks and lab.get("bpm"):
         run("tempo", ck.check_tempo, audio, sr, float(lab["bpm"]), bpm_range=_bpm_range(lab, genre_prior))
+    meter_label = expected_time_signature(lab)
+    if "meter" in checks and meter_label:
+        run("meter", ck.check_meter, audio, sr, meter_label)
     key_label = expected_key(lab)
     if "key" in checks and key_label:
         run("key", ck.check_key, audio, sr, key_label)
@@ -303,7 +320,8 @@ def summarize(reports: Sequence[ClipReport]) -> dict[str, Any]:
     def ok(name: str) -> list[ck.CheckResult]:
         return [r.results[name] for r in reports if name in r.results and r.results[name].error is None]
 
-    tempo, key, inst, voc = ok("tempo"), ok("key"), ok("instruments"), ok("vocals")
+    tempo, meter, key = ok("tempo"), ok("meter"), ok("key")
+    inst, voc = ok("instruments"), ok("vocals")
     pitch, loud, clip, wer = ok("pitch"), ok("loudness"), ok("clipping"), ok("wer")
     per_family: dict[str, list[bool]] = {}
     for r in inst:
@@ -320,6 +338,8 @@ def summarize(reports: Sequence[ClipReport]) -> dict[str, Any]:
         "tempo_median_abs_err_bpm": float(np.median([r.details["abs_err_bpm"] for r in tempo]))
         if tempo
         else None,
+        "meter_n": len(meter),
+        "meter_acc": _mean(r.passed for r in meter),
         "key_n": len(key),
         "key_acc": _mean(r.passed for r in key),
         "key_mirex": _mean(r.score for r in key),

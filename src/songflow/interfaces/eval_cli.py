@@ -18,7 +18,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``eval`` sub-command on an ``argparse`` sub-parsers object; returns its parser."""
     p = subparsers.add_parser(
         "eval",
-        help="score audio against its labels (tempo, key, instruments, vocals, pitch, loudness, WER)",
+        help="score audio against its labels (tempo, meter, key, instruments, vocals, pitch, loudness, WER)",
         description="Offline adherence metrics. INPUT is a corpus folder (<key>.flac + <key>.json "
         "[+ <key>_vocals.flac]) or a JSONL of requests with a 'labels' object and an 'audio' path.",
     )
