@@ -141,10 +141,10 @@ def test_vocoder_steps_reduce_mel_l1(tmp_path):
     assert min(losses[-3:]) < 0.8 * losses[0], losses
 
 
-@pytest.mark.parametrize("term", ["consistency", "phase_advance"])
+@pytest.mark.parametrize("term", ["consistency", "log_magnitude", "phase_advance"])
 def test_istft_vocoder_spectral_terms_are_measured_and_reduced(tmp_path, term):
-    """The istft head's spectral consistency and phase-advance terms start high for untrained phases and
-    training on their own lowers them."""
+    """The istft head's spectral terms (consistency, log-magnitude and phase advance against the real
+    STFT) start high for an untrained head and training on each alone lowers it."""
     torch.manual_seed(0)
     overrides = {"dims": (16,), "depths": (1,), "num_mels": 16, "head_type": "istft"}
     cfg = _vocoder_cfg(
@@ -155,7 +155,7 @@ def test_istft_vocoder_spectral_terms_are_measured_and_reduced(tmp_path, term):
     terms = []
     for _ in range(12):
         out = trainer.train_step(wav)
-        assert ({"consistency", "phase_advance"} - {term}).isdisjoint(out)  # only what is weighted
+        assert ({"consistency", "log_magnitude", "phase_advance"} - {term}).isdisjoint(out)  # only weighted
         terms.append(out[term])
         trainer.step += 1
     assert all(math.isfinite(v) for v in terms) and terms[0] > 0.3

@@ -151,7 +151,10 @@ class VocoderTrainConfig(_CommonTrainConfig):
     # istft head only: weight of the spectral consistency term ``|STFT(ISTFT(S)) - S| / |S|``; phases that
     # disagree between overlapping frames cancel into a buzz at the frame rate, this term penalises them
     lambda_consistency: float = 0.0
-    # istft head only: weight of :func:`phase_advance_loss` against the real audio's STFT (radians)
+    # istft head only, against the real audio's STFT on the head's framing: weight of the L1 distance of
+    # log-magnitudes (the predicted spectrum itself, not only what its overlap-add sounds like) and of
+    # :func:`phase_advance_loss` (radians)
+    lambda_log_magnitude: float = 0.0
     lambda_phase_advance: float = 0.0
     mpd_periods: tuple[int, ...] = DEFAULT_PERIODS
     mpd_channels: tuple[int, ...] = DEFAULT_PERIOD_CHANNELS
@@ -423,6 +426,7 @@ class VocoderTrainer(_Trainer):
         "loss_disc",
         "grad_norm",
         "consistency",
+        "log_magnitude",
         "phase_advance",
     )
 
@@ -474,16 +478,24 @@ class VocoderTrainer(_Trainer):
         with torch.no_grad():
             mel = mel_fn(wav)  # (B, M, F)
         spectral: dict[str, Tensor] = {}  # istft head: terms on the spectrum it synthesises
-        spectral_terms = cfg.lambda_consistency > 0 or cfg.lambda_phase_advance > 0
+        spectral_terms = (
+            cfg.lambda_consistency > 0 or cfg.lambda_log_magnitude > 0 or cfg.lambda_phase_advance > 0
+        )
         if self.vocoder.config.head_type == "istft" and spectral_terms:
             head = self.vocoder.head
             spec = head.spectrum(self.vocoder.backbone(mel))
             raw = head.synthesize(spec)[:, 0]
+            target = mel_fn.stft(wav)[..., : spec.shape[-1]]  # the head synthesises on this framing
             if cfg.lambda_consistency > 0:
-                reanalysed = mel_fn.stft(raw)  # the head synthesises on this framing
+                reanalysed = mel_fn.stft(raw)
                 spectral["consistency"] = (reanalysed - spec).abs().mean() / spec.abs().mean().clamp_min(1e-8)
+            if cfg.lambda_log_magnitude > 0:
+                floor = 1e-5
+                spectral["log_magnitude"] = mel_l1(
+                    spec.abs().clamp_min(floor).log(), target.abs().clamp_min(floor).log()
+                )
             if cfg.lambda_phase_advance > 0:
-                spectral["phase_advance"] = phase_advance_loss(spec, mel_fn.stft(wav)[..., : spec.shape[-1]])
+                spectral["phase_advance"] = phase_advance_loss(spec, target)
             fake = raw.clamp(-1.0, 1.0)
         else:
             fake = self.vocoder(mel)[:, 0]  # (B, F·hop)
