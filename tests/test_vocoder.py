@@ -163,8 +163,10 @@ def test_meta_construction_tiny():
 # songflow's istft head (head_type="istft")
 
 
-def _istft_config(head_type: str = "istft") -> VocoderConfig:
-    return VocoderConfig(dims=(32,), depths=(2,), num_mels=32, head_type=head_type)
+def _istft_config(head_type: str = "istft", phase_refiner_bins: int = 64) -> VocoderConfig:
+    return VocoderConfig(
+        dims=(32,), depths=(2,), num_mels=32, head_type=head_type, phase_refiner_bins=phase_refiner_bins
+    )
 
 
 def test_istft_head_inverts_the_front_end_framing():
@@ -236,12 +238,14 @@ def test_istft_vocoder_shapes_config_and_receptive_field():
     torch.manual_seed(0)
     vocoder = Vocoder(cfg)
     assert not any(k.endswith("weight_g") for k in vocoder.state_dict())
+    with torch.no_grad():  # a refiner that does something (it starts as the identity)
+        vocoder.head.phase_refiner[-1].weight.normal_()
     n_frames, centre, hop = 40, 20, cfg.hop_length
     x = torch.randn(1, 128, n_frames, requires_grad=True)
     wav = vocoder(x)
     assert wav.shape == (1, 1, hop * n_frames) and wav.abs().max() <= 1.0
     # the frame features are local (the phase integration after them is global): windowed vocoding cuts there
-    features = vocoder.head.frame_features(vocoder.backbone(x))
+    features = vocoder.head.frame_features(vocoder.backbone(x), x)
     (grad,) = torch.autograd.grad(features[0, :, centre].sum(), x)
     hit = grad.abs().sum(1)[0].nonzero()[:, 0]
     radius = max(centre - int(hit.min()), int(hit.max()) - centre)
@@ -265,6 +269,16 @@ def test_istft_codec_windowed_vocoding_equals_full():
     chunked = codec.vocode_chunked(logmel, window_mel_frames=25, overlap_mel_frames=overlap)[0]
     assert full.abs().max() > 1e-3
     assert_close(chunked, full, rtol=1e-5, name="windowed istft vocoding")
+    # the phase refiner corrects exactly the deviations of the lowest phase_refiner_bins bins
+    head, n_freqs = voc.head, voc.config.n_fft // 2 + 1
+    with torch.no_grad():
+        hidden = voc.backbone(logmel[0])
+        refined = head.frame_features(hidden, logmel[0])
+        head.phase_refiner[-1].weight.zero_()
+        head.phase_refiner[-1].bias.zero_()
+        plain = head.frame_features(hidden, logmel[0])
+    changed = (refined != plain).any(-1).any(0).nonzero()[:, 0]
+    assert changed.min() == n_freqs and changed.max() == n_freqs + head.refine_bins - 1
 
 
 def test_istft_head_type_is_checked():

@@ -349,7 +349,8 @@ class MusicCodec(nn.Module):
             for c0, c1, k0, k1 in _windows(item.shape[-1], window_mel_frames, overlap_mel_frames):
                 window = item[..., c0:c1].to(self._vocoder_dtype())
                 if frame_local:
-                    cores.append(head.frame_features(self.vocoder.backbone(window))[..., k0 - c0 : k1 - c0])
+                    features = head.frame_features(self.vocoder.backbone(window), window)
+                    cores.append(features[..., k0 - c0 : k1 - c0])
                 else:
                     cores.append(self._vocode(window)[:, (k0 - c0) * hop : (k1 - c0) * hop])
             joined = torch.cat(cores, dim=-1)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from songflow.audio.mel import LogMelSpectrogram
+from songflow.audio.mel import LogMelSpectrogram, slaney_mel_filterbank
 from songflow.config import JsonConfig
 from songflow.errors import ConfigError
 
@@ -70,12 +70,19 @@ class VocoderConfig(JsonConfig):
     # frame-rate head that predicts STFT magnitude and phase and overlap-adds them (no upsampling
     # convolutions: ~50x cheaper on CPU; the ``upsample_*``/``resblock_*`` fields are then unused).
     head_type: str = "hifigan"
+    # istft head only (songflow extension): the phase refiner's reach (the lowest ``phase_refiner_bins``
+    # STFT bins, 0 = none) and width; see :class:`ISTFTHead`
+    phase_refiner_bins: int = 0
+    phase_refiner_channels: int = 24
+
+    _ISTFT_KEYS: ClassVar[tuple[str, ...]] = ("head_type", "phase_refiner_bins", "phase_refiner_channels")
 
     def to_dict(self) -> dict[str, Any]:
-        """The official keys; ``head_type`` only when it is not the release's head."""
+        """The official keys; the songflow extension's keys only when it is not the release's head."""
         out = super().to_dict()
         if self.head_type == "hifigan":
-            del out["head_type"]
+            for key in self._ISTFT_KEYS:
+                del out[key]
         return out
 
     @classmethod
@@ -128,6 +135,8 @@ class VocoderConfig(JsonConfig):
             fail("need hop_length <= win_length <= n_fft and an even n_fft - hop_length")
         if not 0 <= self.f_min < self.f_max <= self.sampling_rate / 2:
             fail(f"need 0 <= f_min < f_max <= sampling_rate/2, got {self.f_min}, {self.f_max}")
+        if not 0 <= self.phase_refiner_bins <= self.n_fft // 2 + 1 or self.phase_refiner_channels < 1:
+            fail("need 0 <= phase_refiner_bins <= n_fft/2 + 1 and phase_refiner_channels >= 1")
         if self.head_type == "istft":
             return
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
@@ -401,6 +410,12 @@ class ISTFTHead(nn.Module):
     repeat the same phase every frame, which only frequencies at multiples of ``sr/hop`` survive (a
     86 Hz buzz comb at 44.1 kHz/hop 512), whereas a constant advance is a steady sinusoid at any pitch.
 
+    Where pitch is decided by less than a bin (the lowest ``phase_refiner_bins``: 21.5 Hz per bin is a
+    semitone near 370 Hz), a small ``phase_refiner`` corrects the deviations with convolutions along
+    frequency over each frame's log-magnitudes, deviations and input mel energy spread on the STFT bins:
+    where a partial lies between mel band centres is a local pattern of neighbouring bands, the same at
+    any pitch, which a 1x1 conv from the backbone's features learns slowly.
+
     Synthesis frame f covers the same samples as analysis frame f of the mel front end
     (``[f·hop − (n_fft − hop)/2, f·hop + (n_fft + hop)/2)``), with a Hann window of ``win_length``
     (zero-padded to ``n_fft``) and the usual squared-window normalisation, so ``[B, C, F]`` features give
@@ -416,22 +431,54 @@ class ISTFTHead(nn.Module):
         left = (config.n_fft - config.win_length) // 2
         window = F.pad(window, (left, config.n_fft - config.win_length - left))
         self.register_buffer("window", window, persistent=False)
+        self.refine_bins = config.phase_refiner_bins
+        if self.refine_bins:
+            width = config.phase_refiner_channels
+            self.phase_refiner = nn.Sequential(
+                nn.Conv1d(4, width, 7, padding=3),
+                nn.GELU(),
+                nn.Conv1d(width, width, 7, padding=3),
+                nn.GELU(),
+                nn.Conv1d(width, 1, 1),
+            )
+            nn.init.zeros_(self.phase_refiner[-1].weight)  # starts as the identity
+            nn.init.zeros_(self.phase_refiner[-1].bias)
+            fb = slaney_mel_filterbank(
+                config.n_fft // 2 + 1, config.n_mels, config.sampling_rate, config.f_min, config.f_max
+            )[: self.refine_bins]
+            spread = fb / fb.sum(0, keepdim=True).clamp_min(1e-8)  # (bins, n_mels): band energy per bin
+            self.register_buffer("mel_spread", spread, persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.render(self.frame_features(x)).to(x.dtype)
+    def forward(self, x: Tensor, logmel: Tensor) -> Tensor:
+        return self.render(self.frame_features(x, logmel)).to(x.dtype)
 
-    def frame_features(self, x: Tensor) -> Tensor:
-        """Backbone features ``[B, C, F]`` -> ``[B, n_fft + 2, F]`` float32: log-magnitudes, then phase
-        deviations. Frame f depends on backbone frame f only (the part windowed vocoding may cut)."""
-        return self.out(x).float()
+    def frame_features(self, x: Tensor, logmel: Tensor) -> Tensor:
+        """Backbone features ``[B, C, F]`` and the input log-mel ``[B, n_mels, F]`` -> ``[B, n_fft + 2, F]``
+        float32: log-magnitudes, then phase deviations. Frame f depends on backbone frame f and mel frame
+        f only (the part windowed vocoding may cut)."""
+        features = self.out(x).float()
+        if not self.refine_bins:
+            return features
+        log_magnitude, deviation = features.chunk(2, dim=1)
+        n_batch, _, n_frames = features.shape
+        low = slice(0, self.refine_bins)
+        spread = (self.mel_spread @ logmel.float().exp()).clamp_min(1e-7).log()  # (B, bins, F)
+        position = torch.linspace(0, 1, self.refine_bins, device=x.device)[None, :, None]
+        inputs = torch.stack(
+            [log_magnitude[:, low], deviation[:, low], spread, position.expand_as(spread)], dim=1
+        )  # (B, 4, bins, F): one frequency "sequence" per frame
+        inputs = inputs.permute(0, 3, 1, 2).reshape(n_batch * n_frames, 4, self.refine_bins)
+        correction = self.phase_refiner(inputs).reshape(n_batch, n_frames, self.refine_bins).transpose(1, 2)
+        deviation = torch.cat([deviation[:, low] + correction, deviation[:, self.refine_bins :]], dim=1)
+        return torch.cat([log_magnitude, deviation], dim=1)
 
     def render(self, features: Tensor) -> Tensor:
         """:meth:`frame_features` of a whole song -> ``[B, 1, hop · F]`` float32 waveform in [-1, 1]."""
         return self.synthesize(self.to_spectrum(features)).clamp(-1.0, 1.0)
 
-    def spectrum(self, x: Tensor) -> Tensor:
-        """Features ``[B, C, F]`` -> the complex STFT ``[B, n_fft/2 + 1, F]`` the head synthesises."""
-        return self.to_spectrum(self.frame_features(x))
+    def spectrum(self, x: Tensor, logmel: Tensor) -> Tensor:
+        """Features ``[B, C, F]`` (+ log-mel) -> the complex STFT ``[B, n_fft/2 + 1, F]`` it synthesises."""
+        return self.to_spectrum(self.frame_features(x, logmel))
 
     def to_spectrum(self, features: Tensor) -> Tensor:
         log_magnitude, deviation = features.chunk(2, dim=1)  # (B, n_freqs, F) each
@@ -522,6 +569,8 @@ class Vocoder(nn.Module):
             raise ValueError(
                 f"Vocoder expects [B, {self.config.n_mels}, F] log-mel, got {tuple(logmel.shape)}"
             )
+        if isinstance(self.head, ISTFTHead):
+            return self.head(self.backbone(logmel), logmel)
         return self.head(self.backbone(logmel))
 
     def encode_mel(self, wav: Tensor) -> Tensor:

@@ -483,7 +483,7 @@ class VocoderTrainer(_Trainer):
         )
         if self.vocoder.config.head_type == "istft" and spectral_terms:
             head = self.vocoder.head
-            spec = head.spectrum(self.vocoder.backbone(mel))
+            spec = head.spectrum(self.vocoder.backbone(mel), mel)
             raw = head.synthesize(spec)[:, 0]
             target = mel_fn.stft(wav)[..., : spec.shape[-1]]  # the head synthesises on this framing
             if cfg.lambda_consistency > 0:
