@@ -36,4 +36,4 @@ songflow corpus prompts "$WORK/heldout" --out "$WORK/heldout.jsonl" --duration 1
 songflow eval "$WORK/heldout.jsonl" --generate --checkpoint "$WORK/dit/final" \
   --audio-dir "$WORK/heldout_audio" --checks tempo,key,instruments,vocals --json "$WORK/eval.json"
 songflow train package "$WORK/dit/final" --out src/songflow/assets/songflow-tiny \
-  --card src/songflow/assets/MODEL_CARD.songflow-tiny.md
+  --card src/songflow/assets/songflow-tiny/MODEL_CARD.md
