@@ -34,6 +34,6 @@ songflow train configs/train/songflow_tiny.yaml --set "output_dir=$WORK/dit" \
 # 5. adherence on prompts it was not trained on, then ship it with its card
 songflow corpus prompts "$WORK/heldout" --out "$WORK/heldout.jsonl" --duration 10
 songflow eval "$WORK/heldout.jsonl" --generate --checkpoint "$WORK/dit/final" \
-  --audio-dir "$WORK/heldout_audio" --checks tempo,key,instruments,vocals --json "$WORK/eval.json"
+  --audio-dir "$WORK/heldout_audio" --checks tempo,key,instruments,vocals,meter --json "$WORK/eval.json"
 songflow train package "$WORK/dit/final" --out src/songflow/assets/songflow-tiny \
   --card src/songflow/assets/songflow-tiny/MODEL_CARD.md
