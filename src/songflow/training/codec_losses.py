@@ -113,7 +113,7 @@ class MultiResolutionSTFTLoss(nn.Module):
 
 
 def mel_l1(pred_logmel: Tensor, target_logmel: Tensor) -> Tensor:
-    """Mean absolute difference of two log-mel spectrograms of equal shape (natural-log units)."""
+    """Mean absolute difference of two log spectrograms (mel or linear bins) of equal shape (natural log)."""
     if pred_logmel.shape != target_logmel.shape:
         raise ValueError(f"mel shapes differ: {tuple(pred_logmel.shape)} vs {tuple(target_logmel.shape)}")
     return (pred_logmel.float() - target_logmel.float()).abs().mean()
