@@ -28,10 +28,12 @@ from songflow.training.losses import (
 )
 
 
-def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
-    """The CPU generator of one micro-batch: a pure function of its coordinates."""
+def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+    """The CPU generator of one micro-batch: a pure function of (seed, step, micro), where ``micro`` is the
+    micro-batch's index in the step's global batch (``accumulation index × world size + rank``), so N ranks
+    draw what one process accumulating N micro-batches draws."""
     g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step * 10_007 + micro * 101 + rank) % (2**63 - 1))
+    g.manual_seed((seed * 1_000_003 + step * 10_007 + micro * 101) % (2**63 - 1))
     return g
 
 

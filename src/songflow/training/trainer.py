@@ -12,7 +12,8 @@ periodic resumable checkpoints, and an export the engine loads:
 Resume is exact: every random draw of a step is seeded by its step number and the data order by the
 micro-batch count, so ``resume_from`` reproduces the uninterrupted run (same losses, same weights).
 DDP: run ``torchrun --nproc_per_node N -m songflow train CONFIG``; each rank takes its share of each
-global batch.
+global batch and draws its share of the step's random numbers, so N ranks of batch B train exactly like one
+process accumulating N micro-batches of B (tested).
 """
 
 from __future__ import annotations
@@ -319,7 +320,7 @@ def train(cfg: TrainConfig, on_export: Callable[[Path, int], None] | None = None
             sync = micro == o.accumulate - 1 or info.world == 1
             ctx = contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]
             with ctx:
-                terms = model(batch, step_generator(cfg.seed, step, micro, info.rank))
+                terms = model(batch, step_generator(cfg.seed, step, micro * info.world + info.rank))
                 (terms["loss"] / o.accumulate).backward()
             for k in totals:
                 totals[k] += float(terms[k].detach()) / o.accumulate
