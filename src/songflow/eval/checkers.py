@@ -232,12 +232,25 @@ def _essentia_rhythm(x: np.ndarray, sr: int) -> tuple[float, np.ndarray]:
     return float(bpm), np.asarray(ticks, dtype=np.float64)
 
 
+def _magnitude_frames(y: np.ndarray, n: int, hop: int) -> np.ndarray:
+    """Hann-windowed magnitude spectra ``[frames, n // 2 + 1]`` of the ``n``-sample frames of ``y`` starting
+    every ``hop`` samples (callers pad ``y`` as their framing needs)."""
+    frames = np.lib.stride_tricks.sliding_window_view(y, n)[::hop] * np.hanning(n)
+    return np.abs(np.fft.rfft(frames, axis=1))
+
+
+def _chroma_bins(n: int, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the 55 Hz - 2 kHz bins of an ``n``-point rfft at ``sr``, their pitch classes 0-11)."""
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    sel = (freqs >= 55) & (freqs <= 2000)
+    return sel, np.round(12 * np.log2(freqs[sel] / 440.0) + 69).astype(int) % 12
+
+
 def _tempo_autocorr(x: np.ndarray, sr: int) -> float:
     """Last-resort tempo: autocorrelation of a spectral-flux onset envelope, weighted toward 120 BPM."""
     y = resample(x, sr, 22050)
     hop, n = 256, 1024
-    frames = np.lib.stride_tricks.sliding_window_view(np.pad(y, (0, n)), n)[::hop] * np.hanning(n)
-    mag = np.log1p(100 * np.abs(np.fft.rfft(frames, axis=1)))
+    mag = np.log1p(100 * _magnitude_frames(np.pad(y, (0, n)), n, hop))
     flux = np.maximum(np.diff(mag, axis=0), 0).sum(axis=1)
     flux -= flux.mean()
     ac = np.correlate(flux, flux, "full")[len(flux) - 1 :]
@@ -356,9 +369,7 @@ def estimate_beats(audio: Any, sr: int, backend: str = "auto") -> tuple[float, n
 
 def _frames(y: np.ndarray, n: int, hop: int) -> np.ndarray:
     """Hann-windowed magnitude spectra ``[frames, n // 2 + 1]``; frame j is centred on sample j * hop."""
-    y = np.pad(y, (n // 2, n // 2 + max(0, n - len(y))))
-    frames = np.lib.stride_tricks.sliding_window_view(y, n)[::hop] * np.hanning(n)
-    return np.abs(np.fft.rfft(frames, axis=1))
+    return _magnitude_frames(np.pad(y, (n // 2, n // 2 + max(0, n - len(y)))), n, hop)
 
 
 def _onset_envelopes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -373,9 +384,7 @@ def _onset_envelopes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _frame_chroma(y: np.ndarray) -> np.ndarray:
     """12-bin chroma ``[frames, 12]`` (55 Hz - 2 kHz STFT bins folded) at ``_METER_SR / _CHROMA_HOP`` fps."""
     mag = _frames(y, _CHROMA_N, _CHROMA_HOP)
-    freqs = np.fft.rfftfreq(_CHROMA_N, 1 / _METER_SR)
-    sel = (freqs >= 55) & (freqs <= 2000)
-    pcs = np.round(12 * np.log2(freqs[sel] / 440.0) + 69).astype(int) % 12
+    sel, pcs = _chroma_bins(_CHROMA_N, _METER_SR)
     chroma = np.zeros((len(mag), 12))
     np.add.at(chroma.T, pcs, mag[:, sel].T)
     return chroma
@@ -573,11 +582,8 @@ def _chroma(x: np.ndarray, sr: int) -> np.ndarray:
     n, hop = 8192, 2048
     if len(y) < n:
         y = np.pad(y, (0, n - len(y)))
-    frames = np.lib.stride_tricks.sliding_window_view(y, n)[::hop] * np.hanning(n)
-    mag = np.abs(np.fft.rfft(frames, axis=1)).mean(axis=0)
-    freqs = np.fft.rfftfreq(n, 1 / 22050)
-    sel = (freqs >= 55) & (freqs <= 2000)
-    pcs = np.round(12 * np.log2(freqs[sel] / 440.0) + 69).astype(int) % 12
+    mag = _magnitude_frames(y, n, hop).mean(axis=0)
+    sel, pcs = _chroma_bins(n, 22050)
     chroma = np.bincount(pcs, weights=mag[sel] ** 2, minlength=12)
     return chroma / (chroma.max() + 1e-12)
 
@@ -949,8 +955,7 @@ def _pitched_activity(audio: Any, sr: int) -> tuple[float, float, str]:
     n, hop = 4096, 512
     if len(x) < n:
         x = np.pad(x, (0, n - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, n)[::hop] * np.hanning(n)
-    mag = np.abs(np.fft.rfft(frames, axis=1))
+    mag = _magnitude_frames(x, n, hop)
     freqs = np.fft.rfftfreq(n, 1 / 11025)
     floor = np.median(mag, axis=1, keepdims=True) + 1e-9
     peaky = mag > 30 * floor
@@ -967,8 +972,7 @@ def _drum_activity(audio: Any, sr: int) -> dict[str, float]:
     n, hop = 1024, 256
     if len(x) < n:
         x = np.pad(x, (0, n - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, n)[::hop] * np.hanning(n)
-    spec = np.abs(np.fft.rfft(frames, axis=1)).T  # [F, frames]
+    spec = _magnitude_frames(x, n, hop).T  # [F, frames]
     harm = median_filter(spec, size=(1, 17))
     perc = median_filter(spec, size=(17, 1))
     mask = perc**2 / (harm**2 + perc**2 + 1e-12)
