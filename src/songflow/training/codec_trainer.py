@@ -485,7 +485,8 @@ class VocoderTrainer(_Trainer):
             head = self.vocoder.head
             spec = head.spectrum(self.vocoder.backbone(mel), mel)
             raw = head.synthesize(spec)[:, 0]
-            target = mel_fn.stft(wav)[..., : spec.shape[-1]]  # the head synthesises on this framing
+            if cfg.lambda_log_magnitude > 0 or cfg.lambda_phase_advance > 0:
+                target = mel_fn.stft(wav)[..., : spec.shape[-1]]  # the head synthesises on this framing
             if cfg.lambda_consistency > 0:
                 reanalysed = mel_fn.stft(raw)
                 spectral["consistency"] = (reanalysed - spec).abs().mean() / spec.abs().mean().clamp_min(1e-8)
