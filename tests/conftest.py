@@ -87,7 +87,7 @@ def golden_text_inputs(t: dict[str, torch.Tensor], prefix: str = ""):
 @pytest.fixture(scope="session")
 def golden_transformer(golden_models_dir: Path):
     """The tiny reference DiT, loaded through the same code path as the official checkpoint."""
-    from songflow.weights import load_transformer
+    from songflow.checkpoint.weights import load_transformer
 
     return load_transformer(golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu")
 
@@ -95,7 +95,7 @@ def golden_transformer(golden_models_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A random-weight tiny checkpoint folder (official layout, own lyric vocab)."""
-    from songflow.random_checkpoint import build_random_checkpoint
+    from songflow.checkpoint.random_checkpoint import build_random_checkpoint
 
     return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
 

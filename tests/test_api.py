@@ -16,7 +16,7 @@ sf = pytest.importorskip("soundfile")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from songflow.interfaces.api import create_app  # noqa: E402
+from songflow.interfaces.server.app import create_app  # noqa: E402
 
 FAST = {"steps": 2, "guidance": "cfg", "guidance_scale": 2.0}
 

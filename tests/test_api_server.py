@@ -29,9 +29,9 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
-from songflow.interfaces.api import create_app  # noqa: E402
-from songflow.interfaces.jobs import STATES, JobStore  # noqa: E402
-from songflow.interfaces.serve_cli import BackgroundServer  # noqa: E402
+from songflow.interfaces.cli.serve import BackgroundServer  # noqa: E402
+from songflow.interfaces.server.app import create_app  # noqa: E402
+from songflow.interfaces.server.jobs import STATES, JobStore  # noqa: E402
 
 FAST = {"steps": 2, "guidance": "cfg", "guidance_scale": 2.0}
 FINAL = ("done", "failed", "cancelled")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from songflow.errors import ConfigError
-from songflow.interfaces.jobs import JobStore
+from songflow.interfaces.server.jobs import JobStore
 from songflow.pipeline import batch_key
 from songflow.requests import (
     AudioToAudio,
@@ -127,7 +127,7 @@ def _stored(tags: str, duration_s: float = 1.0, batch_size: int = 1, task: str =
 
 
 def test_store_claims_compatible_jobs_oldest_first(tmp_path):
-    from songflow.interfaces.jobs import _stored_batch_key
+    from songflow.interfaces.server.jobs import _stored_batch_key
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     ids = {}
@@ -164,7 +164,7 @@ sf = pytest.importorskip("soundfile")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from songflow.interfaces.api import create_app  # noqa: E402
+from songflow.interfaces.server.app import create_app  # noqa: E402
 
 FAST = {"steps": 2, "guidance": "cfg", "guidance_scale": 2.0}
 

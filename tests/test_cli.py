@@ -193,7 +193,7 @@ def test_result_request_regenerates_the_result(pipe):
 
 
 def test_typed_line_breaks_and_lyrics_files(tmp_path):
-    from songflow.interfaces.cli import _read_lyrics
+    from songflow.interfaces.cli.commands import _read_lyrics
 
     assert _read_lyrics("[verse]\\nla la") == "[verse]\nla la"
     (tmp_path / "l.txt").write_text("[chorus]\nhey\\n", encoding="utf-8")
@@ -213,8 +213,8 @@ def test_random_checkpoint_is_audible_and_runs_in_half_precision(tiny_ckpt, pipe
 @pytest.mark.parametrize("config", ["tiny", "checkpoint"])
 def test_bench_prints_figures_for_random_weights_and_for_a_checkpoint(tiny_ckpt, capsys, config):
     """`songflow bench` times the same pipeline for random weights and for real checkpoint folders."""
-    from songflow.interfaces.bench import run_bench
-    from songflow.interfaces.cli import build_parser
+    from songflow.interfaces.bench.speed import run_bench
+    from songflow.interfaces.cli.commands import build_parser
 
     name = "tiny" if config == "tiny" else str(tiny_ckpt)
     args = build_parser().parse_args(

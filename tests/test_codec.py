@@ -1,4 +1,5 @@
-"""Music codec (``songflow.models.codec``): golden end-to-end parity, exact windowed decoding, shapes, errors.
+"""Music codec (``songflow.models.acestep_v1.codec``): golden end-to-end parity, exact windowed decoding,
+shapes, errors.
 
 Run: ``python -m pytest tests/test_codec.py -q -s`` (``-s`` prints the measured errors and receptive fields).
 
@@ -15,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import songflow.models.codec as codec_module
+import songflow.models.acestep_v1.codec as codec_module
 from conftest import assert_close, load_tensors
 from songflow.audio.geometry import LatentGeometry
 from songflow.errors import ConfigError
-from songflow.models.codec import CodecInputError, MusicCodec, vocoder_receptive_radius_mel_frames
-from songflow.models.dcae import DCAE, DCAEConfig
-from songflow.models.vocoder import Vocoder, VocoderConfig
+from songflow.models.acestep_v1.codec import CodecInputError, MusicCodec, vocoder_receptive_radius_mel_frames
+from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
+from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig
 
 
 def _load(module: torch.nn.Module, path) -> torch.nn.Module:

@@ -195,7 +195,7 @@ def test_dcae_phase2_freezes_encoder(tmp_path):
 
 
 def test_saved_components_load_as_codec_and_decode(tmp_path):
-    from songflow.weights import load_codec
+    from songflow.checkpoint.weights import load_codec
 
     voc = train_vocoder(_vocoder_cfg(tmp_path, steps=1))
     dcae = train_dcae(_dcae_cfg(tmp_path, steps=1, phase2_start_step=1))
@@ -242,7 +242,7 @@ def test_griffin_lim_recovers_sine_pitch():
 
 
 def test_compare_to_griffin_lim_reports_both(tmp_path):
-    from songflow.weights import load_codec
+    from songflow.checkpoint.weights import load_codec
 
     voc = train_vocoder(_vocoder_cfg(tmp_path, steps=0))
     dcae = train_dcae(_dcae_cfg(tmp_path, steps=0))
@@ -263,7 +263,7 @@ def test_config_rejects_unknown_keys_and_applies_overrides(tmp_path):
 
 
 def test_cli_parser(tmp_path):
-    from songflow.interfaces.codec_train_cli import add_codec_train_parser, parse_set
+    from songflow.interfaces.cli.codec_train import add_codec_train_parser, parse_set
 
     parser = argparse.ArgumentParser()
     add_codec_train_parser(parser.add_subparsers(dest="command"))

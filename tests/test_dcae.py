@@ -1,4 +1,5 @@
-"""DC-AE (``songflow.models.dcae``): config round trip, official key layout, golden parity, diffusers parity.
+"""DC-AE (``songflow.models.acestep_v1.dcae``): config round trip, official key layout, golden parity,
+diffusers parity.
 
 Run: ``python -m pytest tests/test_dcae.py -q``. The golden tests use the tiny random-weight checkpoint
 ``models/music_dcae_f8c8`` (released structure at 1/16 width) and the tensors the official ``MusicDCAE``
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import assert_close, load_tensors
 from songflow.errors import ConfigError
-from songflow.models.dcae import DCAE, DCAEConfig
+from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
 
 MEL_MIN, MEL_MAX = -11.0, 3.0  # official wrapper constants (only to undo the golden normalisation here)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from songflow.hub import DEFAULT_MODEL_NAME, default_model_dir, resolve_checkpoint
+from songflow.checkpoint.hub import DEFAULT_MODEL_NAME, default_model_dir, resolve_checkpoint
 
 
 @pytest.fixture(scope="module")

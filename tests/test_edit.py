@@ -14,7 +14,7 @@ import torch
 
 from conftest import assert_close, golden_text_inputs, load_golden_run
 from songflow.errors import ConfigError
-from songflow.models.transformer import Conditions
+from songflow.models.acestep_v1.transformer import Conditions
 from songflow.requests import GenerationParams
 from songflow.sampling.noise import make_generators, randn_per_sample
 from songflow.tasks.edit import EDIT_PRESETS, encode_edit_conditions, run_edit

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from songflow.eval import checkers as ck
 from songflow.eval import report as rp
-from songflow.interfaces.eval_cli import add_eval_parser
+from songflow.interfaces.cli.eval import add_eval_parser
 
 SR = 22050
 HAS_LIBROSA = importlib.util.find_spec("librosa") is not None

@@ -1,4 +1,5 @@
-"""Checkpoint and vocabulary downloads (songflow.hub), against a local stand-in for the Hugging Face Hub.
+"""Checkpoint and vocabulary downloads (songflow.checkpoint.hub), against a local stand-in for the
+Hugging Face Hub.
 
 No network: a small HTTP server on 127.0.0.1 serves a fake model repo built from the golden tiny
 checkpoint, with the two endpoints ``snapshot_download`` uses (``/api/models/{repo}/revision/{rev}`` and
@@ -19,8 +20,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from songflow.errors import CheckpointError
-from songflow.hub import (
+from songflow.checkpoint.hub import (
     DEFAULT_REPO_ID,
     VOCAB_SHA256,
     VOCAB_SIZE_BYTES,
@@ -30,7 +30,8 @@ from songflow.hub import (
     fetch_lyric_vocab,
     find_lyric_vocab,
 )
-from songflow.weights import CHECKPOINT_FILES, CHECKPOINT_FOLDERS, load_checkpoint
+from songflow.checkpoint.weights import CHECKPOINT_FILES, CHECKPOINT_FOLDERS, load_checkpoint
+from songflow.errors import CheckpointError
 
 REPO_ID = "test-org/tiny-ace-step"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -20,10 +20,7 @@ RANK = {
     "text": 0,
     "nn": 0,
     "models": 1,
-    "weights": 1,
-    "hub": 1,
-    "random_checkpoint": 1,
-    "lora": 1,
+    "checkpoint": 1,
     "data": 1,
     "eval": 1,
     "sampling": 2,
@@ -35,7 +32,7 @@ RANK = {
 }
 FORBIDDEN = {
     ("sampling", "models"),
-    ("sampling", "weights"),
+    ("sampling", "checkpoint"),
     ("models", "sampling"),
     ("pipeline", "training"),  # inference never imports training code
     ("tasks", "training"),

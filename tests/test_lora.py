@@ -1,4 +1,4 @@
-"""LoRA adapters (songflow.nn.lora) and adapter files (songflow.lora) on the tiny ACE-Step DiT.
+"""LoRA adapters (songflow.nn.lora) and adapter files (songflow.checkpoint.lora) on the tiny ACE-Step DiT.
 
 Invariants (DESIGN §3.7): a zero-initialised B or a zero weight/scale equals the base model exactly, merged
 equals unmerged, unmerge restores the base, two adapters add their deltas, rsLoRA scaling, save -> load
@@ -20,8 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from songflow.errors import CheckpointError, ConfigError
-from songflow.lora import (
+from songflow.checkpoint.lora import (
     CONFIG_NAME,
     METADATA_KEY,
     OFFICIAL_TARGET_MODULES,
@@ -33,8 +32,9 @@ from songflow.lora import (
     set_loras,
     unload_lora,
 )
-from songflow.models.lyric_encoder import LyricEncoderConfig
-from songflow.models.transformer import ACEStepTransformer, TransformerConfig
+from songflow.errors import CheckpointError, ConfigError
+from songflow.models.acestep_v1.lyric_encoder import LyricEncoderConfig
+from songflow.models.acestep_v1.transformer import ACEStepTransformer, TransformerConfig
 from songflow.nn import lora as L
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -115,7 +115,7 @@ def test_official_targets_match_peft_rule_and_keep_base_keys(model: ACEStepTrans
 
 
 def test_base_checkpoint_loads_strictly_with_adapters_attached(tmp_path: Path, model, base) -> None:
-    from songflow.weights import load_state_dict_strict
+    from songflow.checkpoint.weights import load_state_dict_strict
 
     save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(tmp_path / "base.safetensors"))
     with torch.no_grad():
@@ -434,7 +434,7 @@ def test_set_loras_reuses_loaded_files(tmp_path: Path, model, base, monkeypatch)
     L.set_adapter_weight(model, "a", 0.5)
     expected = _run(model, inputs)
 
-    import songflow.lora as lora_module
+    import songflow.checkpoint.lora as lora_module
 
     calls = []
     real = lora_module.load_lora

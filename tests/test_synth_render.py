@@ -321,7 +321,7 @@ def test_corpus_is_deterministic_resumable_and_loads(tmp_path):
     # eval prompts: one valid text2music request per clip, labelled for the checkers
     import argparse
 
-    from songflow.interfaces.corpus_cli import add_corpus_parser
+    from songflow.interfaces.cli.corpus import add_corpus_parser
     from songflow.requests import request_from_dict
 
     parser = argparse.ArgumentParser()
@@ -350,7 +350,7 @@ def test_corpus_is_deterministic_resumable_and_loads(tmp_path):
 def test_cli_parser_registers_corpus_make():
     import argparse
 
-    from songflow.interfaces.corpus_cli import add_corpus_parser
+    from songflow.interfaces.cli.corpus import add_corpus_parser
 
     parser = argparse.ArgumentParser()
     add_corpus_parser(parser.add_subparsers(dest="command"))

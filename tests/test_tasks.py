@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from songflow.models.transformer import Conditions
+from songflow.models.acestep_v1.transformer import Conditions
 from songflow.requests import GenerationParams
 from songflow.sampling.guidance import guidance_interval_bounds
 from songflow.tasks.plan import (

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from songflow.errors import ConfigError
-from songflow.models.transformer import Conditions
+from songflow.models.acestep_v1.transformer import Conditions
 from songflow.requests import GenerationParams
 from songflow.sampling.guidance import guidance_interval_bounds
 from songflow.sampling.noise import make_generators

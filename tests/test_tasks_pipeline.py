@@ -284,8 +284,8 @@ def test_batch_of_repaints_equals_singles(pipe, source):
 
 def test_lora_through_the_pipeline_and_cli(tiny_ckpt, pipe, tmp_path, capsys):
     """A PEFT-layout adapter: weight 0 equals no LoRA, a weight changes the song, unloading restores it."""
-    from songflow.lora import save_lora
-    from songflow.models.transformer import ACEStepTransformer
+    from songflow.checkpoint.lora import save_lora
+    from songflow.models.acestep_v1.transformer import ACEStepTransformer
     from songflow.nn.lora import inject
     from songflow.requests import LoraRef
 

@@ -1,5 +1,5 @@
 """UMT5 text encoder adapter: parity with the reference pipeline's text states, ERG-tag query scaling,
-laziness and strict loading (songflow.models.text_encoder)."""
+laziness and strict loading (songflow.models.acestep_v1.text_encoder)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import assert_close, load_tensors
 from songflow.errors import CheckpointError, ConfigError
-from songflow.models.text_encoder import TextEncoder, UMT5TextEncoder
+from songflow.models.acestep_v1.text_encoder import TextEncoder, UMT5TextEncoder
 
 ERG_TAG = {8: 0.01, 9: 0.01}  # official ERG-tag hooks: blocks 8 and 9, tau 0.01 (SPEC §5)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from songflow.checkpoint.weights import load_transformer
 from songflow.errors import ConfigError
 from songflow.sampling.schedules import legacy_train_sigmas
 from songflow.training.config import SSLModelConfig, TrainConfig, apply_overrides
@@ -24,7 +25,6 @@ from songflow.training.losses import (
 )
 from songflow.training.module import FlowMatchingModule, step_generator
 from songflow.training.trainer import STATE_NAME, train
-from songflow.weights import load_transformer
 
 SR = 48000
 
@@ -63,7 +63,7 @@ def _write_dataset(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from songflow.random_checkpoint import build_random_checkpoint
+    from songflow.checkpoint.random_checkpoint import build_random_checkpoint
 
     root = tmp_path_factory.mktemp("train")
     ckpt = build_random_checkpoint(root / "ckpt")
@@ -260,7 +260,7 @@ def test_resume_reproduces_the_uninterrupted_run(env, tmp_path):
     wb = load_file(resumed / "ace_step_transformer" / "diffusion_pytorch_model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     # the export is an engine-loadable checkpoint folder
-    from songflow.weights import load_checkpoint
+    from songflow.checkpoint.weights import load_checkpoint
 
     loaded = load_checkpoint(full, load_text_encoder=False)
     assert torch.equal(
@@ -316,7 +316,7 @@ def test_ddp_two_cpu_ranks_step_like_one_process_accumulating_two(env, tmp_path)
 
 
 def test_lora_training_updates_only_the_adapter_and_reloads(env, tmp_path):
-    from songflow.lora import load_lora
+    from songflow.checkpoint.lora import load_lora
     from songflow.nn.lora import inject
 
     cfg = _cfg(env, tmp_path / "lora", "lora.enabled=true", "lora.r=4", "lora.alpha=8", "optim.max_steps=3")
@@ -403,7 +403,7 @@ def test_repa_with_a_tiny_ssl_model_reaches_the_projectors(env, tmp_path):
 
 
 def test_cli_train_and_preprocess(env, tmp_path):
-    from songflow.interfaces.train_cli import add_train_parser
+    from songflow.interfaces.cli.train import add_train_parser
 
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))
@@ -461,11 +461,11 @@ def test_init_and_package_make_a_self_contained_default_model(env, tmp_path):
     from safetensors import safe_open
     from transformers import PreTrainedTokenizerFast
 
-    from songflow.interfaces.train_cli import add_train_parser
+    from songflow.checkpoint.weights import load_checkpoint
+    from songflow.interfaces.cli.train import add_train_parser
     from songflow.pipeline import Pipeline
     from songflow.requests import GenerationParams, Text2Music
     from songflow.training.default_model import songflow_tiny_configs
-    from songflow.weights import load_checkpoint
 
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))

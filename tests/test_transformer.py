@@ -17,8 +17,8 @@ import torch
 
 from conftest import assert_close, load_tensors
 from songflow.errors import ConfigError
-from songflow.models.lyric_encoder import LyricEncoder, LyricEncoderConfig
-from songflow.models.transformer import (
+from songflow.models.acestep_v1.lyric_encoder import LyricEncoder, LyricEncoderConfig
+from songflow.models.acestep_v1.transformer import (
     OPTIONAL_CHECKPOINT_KEY_PATTERNS,
     UNUSED_CHECKPOINT_KEY_PATTERNS,
     ACEStepTransformer,

@@ -14,8 +14,9 @@ import torch
 
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import ConfigError
-from songflow.interfaces import ui_form
-from songflow.interfaces.ui_form import (
+from songflow.interfaces.studio import form as ui_form
+from songflow.interfaces.studio.engine import History, Studio, discover_loras, waveform_spectrogram_image
+from songflow.interfaces.studio.form import (
     AUDIO,
     BOOL,
     CHOICE,
@@ -29,7 +30,6 @@ from songflow.interfaces.ui_form import (
     params_fields,
     task_fields,
 )
-from songflow.interfaces.ui_studio import History, Studio, discover_loras, waveform_spectrogram_image
 from songflow.requests import (
     EDIT_PRESETS,
     SAMPLER_NAMES,
@@ -261,7 +261,7 @@ def test_uploaded_source_is_kept_with_the_entry(studio, source_wav):
     ],
 )
 def test_bad_input_is_a_message_not_a_traceback(gr, studio, tmp_path, task, values, message):
-    from songflow.interfaces.ui import run_task
+    from songflow.interfaces.studio.app import run_task
 
     with pytest.raises(gr.Error) as info:
         run_task(studio, task, values, _widget_params(**FAST))
@@ -271,7 +271,7 @@ def test_bad_input_is_a_message_not_a_traceback(gr, studio, tmp_path, task, valu
 
 
 def test_unreadable_upload_is_a_message(gr, studio, tmp_path):
-    from songflow.interfaces.ui import run_task
+    from songflow.interfaces.studio.app import run_task
 
     bogus = tmp_path / "notes.wav"
     bogus.write_text("these are not samples")
@@ -283,7 +283,7 @@ def test_unreadable_upload_is_a_message(gr, studio, tmp_path):
 
 
 def test_unexpected_failure_is_a_message_and_leaves_no_entry(gr, tmp_path):
-    from songflow.interfaces.ui import run_task
+    from songflow.interfaces.studio.app import run_task
 
     studio = Studio(_FakePipeline(RuntimeError("device lost")), History(tmp_path / "out"))
     with pytest.raises(gr.Error) as info:
@@ -321,9 +321,9 @@ def test_discover_loras(tmp_path):
 
 def test_lora_chosen_in_the_form_changes_the_song(studio, tiny_ckpt, tmp_path):
     """An adapter offered from --lora-dir and selected in the form is applied (weight 0: the base song)."""
-    from songflow.lora import OFFICIAL_TARGET_MODULES, save_lora
+    from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES, save_lora
+    from songflow.checkpoint.weights import load_transformer
     from songflow.nn import lora as L
-    from songflow.weights import load_transformer
 
     model = load_transformer(tiny_ckpt / "ace_step_transformer", dtype=torch.float32, device="cpu")
     L.inject(model, OFFICIAL_TARGET_MODULES, name="style", r=4, alpha=4.0)
@@ -368,7 +368,7 @@ def test_spectrogram_picture_puts_a_tone_at_its_frequency():
 
 
 def test_blocks_have_a_widget_per_field_and_reload_fills_the_form(gr, studio):
-    from songflow.interfaces.ui import build_ui
+    from songflow.interfaces.studio.app import build_ui
 
     entry = studio.generate(
         "text2music", {"tags": "lofi <b>", "lyrics": "[inst]", "duration_s": 1.0}, _widget_params(**FAST)
@@ -405,7 +405,7 @@ def test_blocks_have_a_widget_per_field_and_reload_fills_the_form(gr, studio):
 
 
 def test_ui_command_line(tmp_path, capsys):
-    from songflow.interfaces.cli import build_parser, main
+    from songflow.interfaces.cli.commands import build_parser, main
 
     args = build_parser().parse_args(["ui"])
     assert (args.checkpoint, args.host, args.port, args.lora_dir) == (None, "127.0.0.1", 7860, None)

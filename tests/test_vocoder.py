@@ -11,7 +11,7 @@ import torch
 
 from conftest import assert_close, load_tensors
 from songflow.errors import ConfigError
-from songflow.models.vocoder import Vocoder, VocoderConfig
+from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_istft_head_constant_features_give_a_steady_tone_at_any_pitch():
 
 
 def test_istft_vocoder_shapes_config_and_receptive_field():
-    from songflow.models.codec import vocoder_receptive_radius_mel_frames
+    from songflow.models.acestep_v1.codec import vocoder_receptive_radius_mel_frames
 
     cfg = _istft_config()
     assert VocoderConfig.from_dict(cfg.to_dict()) == cfg
@@ -253,8 +253,8 @@ def test_istft_vocoder_shapes_config_and_receptive_field():
 
 
 def test_istft_codec_windowed_vocoding_equals_full():
-    from songflow.models.codec import MusicCodec
-    from songflow.models.dcae import DCAE, DCAEConfig
+    from songflow.models.acestep_v1.codec import MusicCodec
+    from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
 
     torch.manual_seed(1)
     voc = Vocoder(_istft_config())

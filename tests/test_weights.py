@@ -1,4 +1,4 @@
-"""Strict safetensors loading, meta-device materialisation, checkpoint folders (songflow.weights).
+"""Strict safetensors loading, meta-device materialisation, checkpoint folders (songflow.checkpoint.weights).
 
 The generic loader is tested on small hand-made modules; the golden tiny checkpoint (official key layout)
 must load through ``load_checkpoint``; the full-size architectures built on the meta device must match the
@@ -18,8 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from songflow.errors import CheckpointError, ConfigError
-from songflow.weights import (
+from songflow.checkpoint.weights import (
     BUFFER_INIT_HOOK,
     CHECKPOINT_FILES,
     CHECKPOINT_FOLDERS,
@@ -35,6 +34,7 @@ from songflow.weights import (
     state_dict_shapes,
     validate_checkpoint_dir,
 )
+from songflow.errors import CheckpointError, ConfigError
 
 # ------------------------------------------------------------------------------------------------------
 # small modules for the generic loader
@@ -277,8 +277,8 @@ def test_missing_weight_file(tmp_path):
 
 
 def test_save_component_roundtrip(tmp_path):
-    from songflow.models.dcae import DCAE, DCAEConfig
-    from songflow.weights import load_dcae
+    from songflow.checkpoint.weights import load_dcae
+    from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
 
     config = DCAEConfig.tiny()
     torch.manual_seed(0)
@@ -345,7 +345,7 @@ def test_golden_checkpoint_loads(golden_models_dir, dtype):
 
 
 def test_golden_checkpoint_without_text_encoder_and_with_projectors(golden_models_dir):
-    from songflow.weights import load_transformer
+    from songflow.checkpoint.weights import load_transformer
 
     ckpt = load_checkpoint(golden_models_dir, load_text_encoder=False)
     assert ckpt.text_encoder is None
@@ -371,7 +371,7 @@ def _replace(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def test_vocoder_mel_buffers_are_optional(golden_models_dir, tmp_path):
-    from songflow.weights import load_vocoder
+    from songflow.checkpoint.weights import load_vocoder
 
     root = _link_checkpoint(golden_models_dir, tmp_path / "ckpt")
     file = root / "music_vocoder" / WEIGHTS_NAME
@@ -473,8 +473,8 @@ def _assert_same_keys(ours: dict[str, list[int]], official: dict[str, list[int]]
 def test_full_size_transformer_keys(golden_dir, with_projectors):
     import re
 
-    from songflow.models import transformer as dit
-    from songflow.models.lyric_encoder import LyricEncoderConfig
+    from songflow.models.acestep_v1 import transformer as dit
+    from songflow.models.acestep_v1.lyric_encoder import LyricEncoderConfig
 
     config = dit.TransformerConfig()
     model = build_on_meta(
@@ -494,8 +494,8 @@ def test_full_size_transformer_keys(golden_dir, with_projectors):
 
 
 def test_full_size_dcae_and_vocoder_keys(golden_dir):
-    from songflow.models.dcae import DCAE, DCAEConfig
-    from songflow.models.vocoder import Vocoder, VocoderConfig
+    from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
+    from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig
 
     _assert_same_keys(
         state_dict_shapes(build_on_meta(lambda: DCAE(DCAEConfig()))),

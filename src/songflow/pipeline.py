@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from songflow.audio.geometry import OFFICIAL_GEOMETRY, LatentGeometry
 from songflow.errors import AudioError, ConfigError, SongflowError
-from songflow.models.transformer import Conditions
+from songflow.models.acestep_v1.transformer import Conditions
 from songflow.requests import (
     MAX_BATCH,
     AudioToAudio,
@@ -140,10 +140,10 @@ class Pipeline:
         offload: bool = False,
         **kwargs,
     ) -> Pipeline:
-        """Load a checkpoint folder in the official four-folder layout (see ``songflow.weights``)."""
-        from songflow.hub import find_lyric_vocab
+        """Load a checkpoint folder in the official four-folder layout (``songflow.checkpoint``)."""
+        from songflow.checkpoint.hub import find_lyric_vocab
+        from songflow.checkpoint.weights import load_checkpoint, resolve_device, resolve_dtype
         from songflow.text.lyric_tokenizer import LyricTokenizer
-        from songflow.weights import load_checkpoint, resolve_device, resolve_dtype
 
         path = Path(path).expanduser()
         dev = resolve_device(device)
@@ -418,7 +418,7 @@ class Pipeline:
         wanted = tuple((ref.path, float(ref.weight)) for ref in loras)
         if wanted == self._loras:
             return
-        from songflow.lora import LoraSpec, set_loras
+        from songflow.checkpoint.lora import LoraSpec, set_loras
 
         specs = [LoraSpec(Path(path).expanduser(), weight) for path, weight in wanted]
         with self.placement.on_device(self.transformer):

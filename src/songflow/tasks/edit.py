@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from songflow.errors import ConfigError
-from songflow.models.transformer import Conditions
+from songflow.models.acestep_v1.transformer import Conditions
 from songflow.requests import EDIT_PRESETS
 from songflow.sampling.guidance import ApgState, apg, cfg, cfg_zero_star, guidance_scale_at
 from songflow.sampling.steppers import Stepper, euler_step, evals_per_step, make_stepper

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from songflow.models.transformer import Conditions
+from songflow.models.acestep_v1.transformer import Conditions
 from songflow.sampling.guidance import (
     ApgState,
     apg,
@@ -31,7 +31,7 @@ VelocityFn = Callable[[Tensor, Tensor, int], Tensor]
 
 
 class DiffusionModel(Protocol):
-    """What a task needs from the DiT (``songflow.models.transformer.ACEStepTransformer``)."""
+    """What a task needs from the DiT (``songflow.models.acestep_v1.transformer.ACEStepTransformer``)."""
 
     def encode(
         self,

@@ -19,7 +19,8 @@ paths resolve against the dataset folder). Files are resampled to the model's ra
 per step from a generator seeded by ``(seed, step)`` so a resumed run sees the same crops.
 
 Outputs in ``out_dir``: the model in the official component layout (``music_vocoder/`` or
-``music_dcae_f8c8/``, via :func:`songflow.weights.save_component`; :func:`songflow.weights.load_codec` reads
+``music_dcae_f8c8/``, via :func:`songflow.checkpoint.weights.save_component`;
+:func:`songflow.checkpoint.weights.load_codec` reads
 them), ``trainer_state.pt`` (models, discriminators, optimisers, step; loaded with ``weights_only=True``),
 ``log.csv`` (one row per logged step, appended on resume) and ``train_config.json``.
 
@@ -43,9 +44,9 @@ from torch import Tensor, nn
 
 from songflow.config import JsonConfig
 from songflow.errors import ConfigError
-from songflow.models.codec import CodecConstants, MusicCodec
-from songflow.models.dcae import DCAE, DCAEConfig
-from songflow.models.vocoder import Vocoder, VocoderConfig
+from songflow.models.acestep_v1.codec import CodecConstants, MusicCodec
+from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
+from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig
 from songflow.training.codec_losses import (
     DEFAULT_STFT_RESOLUTIONS,
     MultiResolutionSTFTLoss,
@@ -76,7 +77,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def _vocoder_preset(name: str) -> VocoderConfig:
-    from songflow.random_checkpoint import tiny_configs
+    from songflow.checkpoint.random_checkpoint import tiny_configs
 
     presets = {"official": VocoderConfig, "tiny": lambda: tiny_configs()[3], "test": VocoderConfig.tiny}
     if name not in presets:
@@ -290,7 +291,7 @@ class AudioCrops:
 
 
 def _device(name: str) -> torch.device:
-    from songflow.weights import resolve_device
+    from songflow.checkpoint.weights import resolve_device
 
     return resolve_device(name)
 
@@ -434,7 +435,7 @@ class VocoderTrainer(_Trainer):
         super().__init__(cfg)
         self.cfg = cfg
         if _is_folder(cfg.model):
-            from songflow.weights import load_vocoder
+            from songflow.checkpoint.weights import load_vocoder
 
             vocoder = load_vocoder(cfg.model, device=self.device)
         else:
@@ -538,7 +539,7 @@ class VocoderTrainer(_Trainer):
         return out
 
     def export(self) -> Path:
-        from songflow.weights import save_component
+        from songflow.checkpoint.weights import save_component
 
         return save_component(self.vocoder, self.vocoder.config, self.out_dir / VOCODER_FOLDER)
 
@@ -574,7 +575,7 @@ class DCAETrainer(_Trainer):
         super().__init__(cfg)
         self.cfg = cfg
         if _is_folder(cfg.model):
-            from songflow.weights import load_dcae
+            from songflow.checkpoint.weights import load_dcae
 
             dcae = load_dcae(cfg.model, device=self.device)
         else:
@@ -668,7 +669,7 @@ class DCAETrainer(_Trainer):
         return out
 
     def export(self) -> Path:
-        from songflow.weights import save_component
+        from songflow.checkpoint.weights import save_component
 
         return save_component(self.dcae, self.dcae_config, self.out_dir / DCAE_FOLDER)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES
 from songflow.errors import ConfigError
-from songflow.lora import OFFICIAL_TARGET_MODULES
 
 
 @dataclass

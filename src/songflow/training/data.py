@@ -178,9 +178,9 @@ def preprocess(
     """
     import datasets
 
-    from songflow.models.text_encoder import UMT5TextEncoder
+    from songflow.checkpoint.weights import load_codec
+    from songflow.models.acestep_v1.text_encoder import UMT5TextEncoder
     from songflow.text.lyric_tokenizer import LyricTokenizer
-    from songflow.weights import load_codec
 
     dataset_path, cache_dir, root = Path(dataset_path), Path(cache_dir), Path(checkpoint_dir)
     if not dataset_path.exists():

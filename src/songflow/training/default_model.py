@@ -32,8 +32,8 @@ CARD_NAME = "MODEL_CARD.md"
 def songflow_tiny_configs():
     """``(TransformerConfig, LyricEncoderConfig)`` of songflow-tiny: the released DiT structure at 6 blocks
     of width 256 (4 heads of 64), a 2-block Conformer of width 256, the real lyric vocabulary size."""
-    from songflow.models.lyric_encoder import LyricEncoderConfig
-    from songflow.models.transformer import TransformerConfig
+    from songflow.models.acestep_v1.lyric_encoder import LyricEncoderConfig
+    from songflow.models.acestep_v1.transformer import TransformerConfig
 
     tcfg = TransformerConfig(
         num_layers=6,
@@ -52,7 +52,7 @@ def songflow_tiny_configs():
 
 def tag_vocabulary(tag_texts: Iterable[str]) -> tuple[str, ...]:
     """Every word of ``tag_texts`` (as the tag tokenizer splits them) plus :data:`TEMPO_WORDS`, sorted."""
-    from songflow.random_checkpoint import TAG_WORDS, tag_tokens
+    from songflow.checkpoint.random_checkpoint import TAG_WORDS, tag_tokens
 
     words: set[str] = set(TEMPO_WORDS) | set(TAG_WORDS)
     for text in tag_texts:
@@ -83,9 +83,9 @@ def build_initial_checkpoint(
     out: str | Path, *, dataset: str | Path, dcae: str | Path, vocoder: str | Path, seed: int = 0
 ) -> Path:
     """Write the untrained songflow-tiny checkpoint folder ``out`` (official layout + ``vocab.json``)."""
-    from songflow.models.transformer import ACEStepTransformer
-    from songflow.random_checkpoint import build_lyric_vocab, write_text_encoder
-    from songflow.weights import save_component
+    from songflow.checkpoint.random_checkpoint import build_lyric_vocab, write_text_encoder
+    from songflow.checkpoint.weights import save_component
+    from songflow.models.acestep_v1.transformer import ACEStepTransformer
 
     out = Path(out)
     words = tag_vocabulary(_dataset_tags(Path(dataset)))
@@ -106,7 +106,7 @@ def package_model(checkpoint: str | Path, dest: str | Path, *, card: str | Path 
     """
     from safetensors.torch import load_file, save_file
 
-    from songflow.weights import CHECKPOINT_FOLDERS, WEIGHTS_NAME, validate_checkpoint_dir
+    from songflow.checkpoint.weights import CHECKPOINT_FOLDERS, WEIGHTS_NAME, validate_checkpoint_dir
 
     src = validate_checkpoint_dir(checkpoint)
     dest = Path(dest)

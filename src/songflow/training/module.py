@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from songflow.errors import ConfigError
-from songflow.models.transformer import ACEStepTransformer
+from songflow.models.acestep_v1.transformer import ACEStepTransformer
 from songflow.nn import lora as nn_lora
 from songflow.sampling.schedules import legacy_train_sigmas
 from songflow.training.config import TrainConfig

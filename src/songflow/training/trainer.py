@@ -7,7 +7,7 @@ periodic resumable checkpoints, and an export the engine loads:
 * full fine-tune: ``<output_dir>/final/`` is a checkpoint folder (new ``ace_step_transformer`` + links to the
   base codec, text encoder and vocab), so ``load_checkpoint(<output_dir>/final)`` works;
 * LoRA: ``<output_dir>/final_lora/pytorch_lora_weights.safetensors`` + ``adapter_config.json``
-  (``songflow.lora.load_lora``).
+  (``songflow.checkpoint.lora.load_lora``).
 
 Resume is exact: every random draw of a step is seeded by its step number and the data order by the
 micro-batch count, so ``resume_from`` reproduces the uninterrupted run (same losses, same weights).
@@ -58,7 +58,7 @@ class DistInfo:
 
 def setup_distributed(device: str) -> DistInfo:
     """Single process, or DDP when launched by ``torchrun`` (``WORLD_SIZE`` > 1)."""
-    from songflow.weights import resolve_device
+    from songflow.checkpoint.weights import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -148,7 +148,7 @@ def _checkpoints(output_dir: Path) -> list[Path]:
 
 
 def _load_model(cfg: TrainConfig, device: torch.device):
-    from songflow.weights import load_transformer
+    from songflow.checkpoint.weights import load_transformer
 
     if not cfg.model.checkpoint_dir:
         raise ConfigError("model.checkpoint_dir is required (the base checkpoint folder)")
@@ -214,7 +214,7 @@ def export_weights(cfg: TrainConfig, module: FlowMatchingModule, folder: Path) -
     """Engine-loadable weights: a LoRA adapter folder, or a checkpoint folder with the new DiT."""
     transformer = module.transformer
     if cfg.lora.enabled:
-        from songflow.lora import save_lora
+        from songflow.checkpoint.lora import save_lora
 
         return save_lora(
             transformer,
@@ -222,7 +222,7 @@ def export_weights(cfg: TrainConfig, module: FlowMatchingModule, folder: Path) -
             folder,
             config={"target_modules": list(cfg.lora.target_modules)},
         )
-    from songflow.weights import save_component
+    from songflow.checkpoint.weights import save_component
 
     save_component(transformer, transformer.config, folder / "ace_step_transformer")
     transformer.lyric_config.to_file(folder / "ace_step_transformer" / "lyric_encoder_config.json")

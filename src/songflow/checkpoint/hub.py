@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from songflow.checkpoint.weights import CHECKPOINT_FILES, OPTIONAL_CHECKPOINT_FILES, validate_checkpoint_dir
 from songflow.errors import CheckpointError
 from songflow.fileio import atomic_write_bytes
-from songflow.weights import CHECKPOINT_FILES, OPTIONAL_CHECKPOINT_FILES, validate_checkpoint_dir
 
 DEFAULT_REPO_ID = "ACE-Step/ACE-Step-v1-3.5B"
 
@@ -149,7 +149,7 @@ DEFAULT_MODEL_NAME = "songflow-tiny"
 
 def default_model_dir() -> Path:
     """Folder of the shipped ``songflow-tiny`` checkpoint (official four-folder layout + vocab.json)."""
-    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_NAME
+    return Path(__file__).resolve().parents[1] / "assets" / DEFAULT_MODEL_NAME
 
 
 def resolve_checkpoint(checkpoint: str | Path | None) -> Path:

@@ -46,13 +46,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from songflow.interfaces.api import create_app
+        from songflow.interfaces.server.app import create_app
     except ImportError as exc:
         raise SongflowError(
             f"the server needs extra packages ({exc.name} is missing); install them with "
             "`pip install 'songflow[serve]'`"
         ) from exc
-    from songflow.hub import resolve_checkpoint
+    from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.pipeline import Pipeline
 
     if args.max_queue < 1:

@@ -53,13 +53,13 @@ RANDOM_CONFIGS = ("tiny", "full")
 
 
 def _build_components(config: str, device: torch.device, dtype: torch.dtype):
-    from songflow.models.codec import MusicCodec
-    from songflow.models.dcae import DCAE, DCAEConfig
-    from songflow.models.transformer import ACEStepTransformer, TransformerConfig
-    from songflow.models.vocoder import Vocoder, VocoderConfig
+    from songflow.models.acestep_v1.codec import MusicCodec
+    from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
+    from songflow.models.acestep_v1.transformer import ACEStepTransformer, TransformerConfig
+    from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig
 
     if config == "tiny":
-        from songflow.random_checkpoint import tiny_configs
+        from songflow.checkpoint.random_checkpoint import tiny_configs
 
         tcfg, lcfg, dcfg, vcfg = tiny_configs()
     elif config == "full":
@@ -106,9 +106,9 @@ def _sync(device: torch.device) -> None:
 
 
 def run_bench(args) -> dict[str, float]:
+    from songflow.checkpoint.weights import resolve_device, resolve_dtype
     from songflow.pipeline import Pipeline
     from songflow.requests import GenerationParams, Text2Music
-    from songflow.weights import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -126,7 +126,7 @@ def run_bench(args) -> dict[str, float]:
             offload=args.offload,
         )
     else:
-        from songflow.hub import resolve_checkpoint
+        from songflow.checkpoint.hub import resolve_checkpoint
 
         folder = resolve_checkpoint(args.config)
         pipe = Pipeline.from_pretrained(folder, device=str(device), dtype=args.dtype, offload=args.offload)

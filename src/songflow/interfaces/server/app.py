@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import SongflowError
-from songflow.interfaces.jobs import AUDIO_STEM, STATES, JobStore, Worker
+from songflow.interfaces.server.jobs import AUDIO_STEM, STATES, JobStore, Worker
 from songflow.requests import TASKS, request_from_dict, request_to_dict
 
 log = logging.getLogger("songflow.server")

@@ -1,10 +1,10 @@
 """The studio (``songflow ui``): a Gradio front end over one loaded pipeline.
 
 ``build_ui(studio)`` is a factory (no module globals): one tab per task of ``songflow.requests.TASKS``,
-each built from the task's dataclass fields (:mod:`songflow.interfaces.ui_form`), shared tags/lyrics with
+each built from the task's dataclass fields (:mod:`songflow.interfaces.studio.form`), shared tags/lyrics with
 presets, LoRA selection, the advanced sampler/guidance settings with the official defaults, an output
 panel (player, waveform/spectrogram picture, downloads in every format, progress during generation) and
-the history of outputs (:mod:`songflow.interfaces.ui_studio`), any of which reloads into the form.
+the history of outputs (:mod:`songflow.interfaces.studio.engine`), any of which reloads into the form.
 
 Every user error surfaces as a ``gr.Error`` message in the page, never as a traceback.
 """
@@ -21,7 +21,8 @@ import gradio as gr
 
 from songflow.audio.io import load_audio
 from songflow.errors import SongflowError
-from songflow.interfaces.ui_form import (
+from songflow.interfaces.studio.engine import HistoryEntry, StatusFn, Studio, waveform_spectrogram_image
+from songflow.interfaces.studio.form import (
     AUDIO,
     BOOL,
     CHOICE,
@@ -40,7 +41,6 @@ from songflow.interfaces.ui_form import (
     task_description,
     task_fields,
 )
-from songflow.interfaces.ui_studio import HistoryEntry, StatusFn, Studio, waveform_spectrogram_image
 from songflow.requests import EDIT_PRESETS, TASKS, request_to_dict
 
 log = logging.getLogger("songflow.ui")

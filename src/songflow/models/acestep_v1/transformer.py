@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from songflow.config import JsonConfig
 from songflow.errors import ConfigError
-from songflow.models.lyric_encoder import LyricEncoder, LyricEncoderConfig
+from songflow.models.acestep_v1.lyric_encoder import LyricEncoder, LyricEncoderConfig
 from songflow.nn.attention import CrossAttention, LinearSelfAttention, RotaryEmbedding, check_query_scale
 from songflow.nn.embeddings import TimestepEmbedding, TimestepSinusoid
 from songflow.nn.norms import RMSNorm

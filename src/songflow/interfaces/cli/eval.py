@@ -1,6 +1,6 @@
 """``songflow eval DIR_OR_JSONL``: score clips against their labels with the offline checkers.
 
-Hook into a CLI with :func:`add_eval_parser`; ``python -m songflow.interfaces.eval_cli`` also works.
+Hook into a CLI with :func:`add_eval_parser`; ``python -m songflow.interfaces.cli.eval`` also works.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ _NON_REQUEST_KEYS = ("labels", "audio", "name", "key", "vocals_audio")
 def generate_missing(jsonl: Path, out_dir: Path, checkpoint: str | None, device: str, quiet: bool) -> Path:
     """Generate every request of ``jsonl`` into ``out_dir``; returns a JSONL pointing at the audio."""
     from songflow.audio.io import save_audio
-    from songflow.hub import resolve_checkpoint
+    from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.pipeline import Pipeline
     from songflow.requests import request_from_dict
 

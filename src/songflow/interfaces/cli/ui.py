@@ -36,14 +36,14 @@ def add_ui_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_ui(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        from songflow.interfaces.ui import build_ui, launch_ui
+        from songflow.interfaces.studio.app import build_ui, launch_ui
     except ImportError as exc:
         raise SongflowError(
             f"the studio needs extra packages ({exc.name} is missing); install them with "
             "`pip install 'songflow[ui]'`"
         ) from exc
-    from songflow.hub import resolve_checkpoint
-    from songflow.interfaces.ui_studio import History, Studio, discover_loras
+    from songflow.checkpoint.hub import resolve_checkpoint
+    from songflow.interfaces.studio.engine import History, Studio, discover_loras
     from songflow.pipeline import Pipeline
 
     if not 0 < args.port < 65536:

@@ -34,7 +34,7 @@ from torch import Tensor
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import AudioError, ConfigError, SongflowError
 from songflow.interfaces.sidecar import sidecar_path, write_sidecar
-from songflow.interfaces.ui_form import build_request
+from songflow.interfaces.studio.form import build_request
 from songflow.requests import Request, request_from_dict
 
 log = logging.getLogger("songflow.ui")
@@ -127,8 +127,8 @@ class History:
 
 def discover_loras(lora_dir: str | Path | None) -> list[tuple[str, str]]:
     """``(name, path)`` of every LoRA adapter in ``lora_dir``: sub-folders holding adapter weights and
-    ``.safetensors`` files (see :func:`songflow.lora.resolve_lora_files`); others are skipped."""
-    from songflow.lora import resolve_lora_files
+    ``.safetensors`` files (see :func:`songflow.checkpoint.lora.resolve_lora_files`); others are skipped."""
+    from songflow.checkpoint.lora import resolve_lora_files
 
     if lora_dir is None:
         return []

@@ -138,10 +138,10 @@ def tiny_configs():
 
     Small widths, but the official audio geometry (44.1 kHz, hop 512, 128 mels) so the codec fits.
     """
-    from songflow.models.dcae import DCAEConfig
-    from songflow.models.lyric_encoder import LyricEncoderConfig
-    from songflow.models.transformer import TransformerConfig
-    from songflow.models.vocoder import VocoderConfig
+    from songflow.models.acestep_v1.dcae import DCAEConfig
+    from songflow.models.acestep_v1.lyric_encoder import LyricEncoderConfig
+    from songflow.models.acestep_v1.transformer import TransformerConfig
+    from songflow.models.acestep_v1.vocoder import VocoderConfig
 
     tcfg = TransformerConfig.tiny()
     lcfg = LyricEncoderConfig.tiny(input_size=tcfg.lyric_hidden_size)
@@ -151,11 +151,11 @@ def tiny_configs():
 
 def build_random_checkpoint(root: Path, *, size: str = "tiny", seed: int = 0) -> Path:
     """Write ``root/{ace_step_transformer,music_dcae_f8c8,music_vocoder,umt5-base}`` + ``vocab.json``."""
+    from songflow.checkpoint.weights import save_component
     from songflow.errors import ConfigError
-    from songflow.models.dcae import DCAE
-    from songflow.models.transformer import ACEStepTransformer
-    from songflow.models.vocoder import Vocoder
-    from songflow.weights import save_component
+    from songflow.models.acestep_v1.dcae import DCAE
+    from songflow.models.acestep_v1.transformer import ACEStepTransformer
+    from songflow.models.acestep_v1.vocoder import Vocoder
 
     if size != "tiny":
         raise ConfigError(f"unknown random checkpoint size {size!r}; only 'tiny' is available")

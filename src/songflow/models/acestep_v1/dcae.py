@@ -12,7 +12,7 @@ Blocks (all convolutions are 2-D over (mel bin, frame), "same" padding):
 - ``ResBlock``: conv3x3 -> act -> conv3x3 (no bias) -> channel RMSNorm -> + input.
 - ``EfficientViTBlock``: multiscale ReLU linear attention (residual), then a GLU MBConv (residual). The
   attention is global over all H*W positions; :class:`Decoder` can run it with attention summaries computed
-  elsewhere, which is what makes exact windowed decoding possible (see ``songflow.models.codec``).
+  elsewhere, which is what makes exact windowed decoding possible (see ``songflow.models.acestep_v1.codec``).
 - down step (``"Conv"``): stride-2 conv3x3, plus a shortcut that pixel-unshuffles the input and averages
   consecutive channel groups. Up step (``"interpolate"``): nearest x2 then conv3x3, plus a shortcut that
   repeats every channel and pixel-shuffles.
@@ -476,7 +476,7 @@ class Decoder(nn.Module):
     Every EfficientViT attention layer ("attention layer i", numbered in execution order) is global over
     its whole input. :meth:`forward` accepts their summaries precomputed (:meth:`attention_summary`), which
     turns the decoder into a purely local (finite receptive field) network: the basis of exact windowed
-    decoding in ``songflow.models.codec``.
+    decoding in ``songflow.models.acestep_v1.codec``.
     """
 
     def __init__(self, config: DCAEConfig):

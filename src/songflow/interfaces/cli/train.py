@@ -20,7 +20,7 @@ from songflow.errors import ConfigError
 
 
 def _load_config(args: argparse.Namespace):
-    from songflow.hub import DEFAULT_MODEL_NAME, resolve_checkpoint
+    from songflow.checkpoint.hub import DEFAULT_MODEL_NAME, resolve_checkpoint
     from songflow.training.config import TrainConfig, apply_overrides
 
     cfg = (
@@ -34,9 +34,9 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from songflow.checkpoint.weights import resolve_device
     from songflow.training.config import SSLModelConfig
     from songflow.training.data import preprocess
-    from songflow.weights import resolve_device
 
     cfg = _load_config(args)
     dataset = args.dataset or cfg.data.dataset_path

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from songflow.audio.geometry import OFFICIAL_GEOMETRY, LatentGeometry
 from songflow.audio.resample import resample
 from songflow.errors import ConfigError, SongflowError
-from songflow.models.dcae import DCAE
-from songflow.models.vocoder import ISTFTHead, Vocoder, VocoderConfig
+from songflow.models.acestep_v1.dcae import DCAE
+from songflow.models.acestep_v1.vocoder import ISTFTHead, Vocoder, VocoderConfig
 
 DEFAULT_WINDOW_FRAMES = 256
 """Latent frames decoded per window by :meth:`MusicCodec.decode_chunked` (23.8 s of audio)."""

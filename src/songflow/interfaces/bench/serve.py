@@ -73,8 +73,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     try:
         import httpx  # noqa: F401
 
-        from songflow.interfaces.api import create_app  # noqa: F401
-        from songflow.interfaces.serve_cli import BackgroundServer  # noqa: F401
+        from songflow.interfaces.cli.serve import BackgroundServer  # noqa: F401
+        from songflow.interfaces.server.app import create_app  # noqa: F401
     except ImportError as exc:
         raise SongflowError(
             f"bench-serve needs extra packages ({exc.name} is missing); install them with "
@@ -87,7 +87,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--duration must be positive")
     batches = _positive_ints(args.max_batch, "--max-batch")
 
-    from songflow.hub import resolve_checkpoint
+    from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.pipeline import Pipeline
 
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -140,8 +140,8 @@ def run_server_load(pipe, args, max_batch: int, *, checkpoint_name: str) -> dict
     import httpx
     import numpy as np
 
-    from songflow.interfaces.api import create_app
-    from songflow.interfaces.serve_cli import BackgroundServer
+    from songflow.interfaces.cli.serve import BackgroundServer
+    from songflow.interfaces.server.app import create_app
 
     with tempfile.TemporaryDirectory(prefix="songflow-bench-") as data_dir:
         app = create_app(

@@ -57,9 +57,9 @@ from songflow.errors import CheckpointError, ConfigError
 from songflow.fileio import atomic_path
 
 if TYPE_CHECKING:
-    from songflow.models.codec import MusicCodec
-    from songflow.models.text_encoder import UMT5TextEncoder
-    from songflow.models.transformer import ACEStepTransformer
+    from songflow.models.acestep_v1.codec import MusicCodec
+    from songflow.models.acestep_v1.text_encoder import UMT5TextEncoder
+    from songflow.models.acestep_v1.transformer import ACEStepTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -593,8 +593,8 @@ def load_transformer(
     sizes). The unused cross-attention ``add_*`` weights are dropped; the REPA projectors are loaded only
     with ``with_projectors=True`` (training).
     """
-    from songflow.models import transformer as dit
-    from songflow.models.lyric_encoder import LyricEncoderConfig
+    from songflow.models.acestep_v1 import transformer as dit
+    from songflow.models.acestep_v1.lyric_encoder import LyricEncoderConfig
 
     folder = Path(folder)
     device = resolve_device(device)
@@ -623,7 +623,7 @@ def load_dcae(
     folder: str | Path, dtype: str | torch.dtype = "float32", device: DeviceLike = "cpu"
 ) -> nn.Module:
     """The mel autoencoder from a ``music_dcae_f8c8`` folder (diffusers ``AutoencoderDC`` keys), frozen."""
-    from songflow.models.dcae import DCAE, DCAEConfig
+    from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
 
     folder = Path(folder)
     device = resolve_device(device)
@@ -640,7 +640,7 @@ def load_vocoder(
 ) -> nn.Module:
     """The vocoder from a ``music_vocoder`` folder (legacy weight-norm keys), frozen. The mel buffers are
     taken from the file when it has them, else the module's computed values are kept."""
-    from songflow.models import vocoder as voc
+    from songflow.models.acestep_v1 import vocoder as voc
 
     folder = Path(folder)
     device = resolve_device(device)
@@ -662,7 +662,7 @@ def load_codec(
     device: DeviceLike = "cpu",
 ) -> MusicCodec:
     """``MusicCodec(dcae, vocoder)`` from the ``music_dcae_f8c8`` and ``music_vocoder`` folders, frozen."""
-    from songflow.models.codec import MusicCodec
+    from songflow.models.acestep_v1.codec import MusicCodec
 
     device = resolve_device(device)
     dcae = load_dcae(dcae_folder, dtype, device)
@@ -735,7 +735,7 @@ def load_checkpoint(
     codec = load_codec(root / "music_dcae_f8c8", root / "music_vocoder", dtype_, device_)
     text_encoder = None
     if load_text_encoder:
-        from songflow.models.text_encoder import UMT5TextEncoder
+        from songflow.models.acestep_v1.text_encoder import UMT5TextEncoder
 
         text_encoder = UMT5TextEncoder(root / "umt5-base", dtype=dtype_, device=device_)
         text_encoder.load()

@@ -1,7 +1,8 @@
 """LoRA adapter files: load, save and unload adapters on the DiT (:class:`ACEStepTransformer`).
 
 The layer maths (:class:`~songflow.nn.lora.LoRALinear`, merge/unmerge) is in :mod:`songflow.nn.lora`; this
-module reads and writes files, like :mod:`songflow.weights` does for base checkpoints. Safetensors only.
+module reads and writes files, like :mod:`songflow.checkpoint.weights` does for base checkpoints.
+Safetensors only.
 
 File layout (what the official trainer's diffusers ``save_lora_adapter`` writes and what the official
 pipeline's ``load_lora_adapter`` reads, SPEC §7.6/§8.6)::

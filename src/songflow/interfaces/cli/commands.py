@@ -172,7 +172,7 @@ def _check_output(out: Path) -> None:
 
 
 def _load_pipeline(args: argparse.Namespace):
-    from songflow.hub import resolve_checkpoint
+    from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.pipeline import Pipeline
 
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -285,7 +285,7 @@ def _progress_printer():
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from songflow.hub import download_checkpoint, fetch_lyric_vocab
+    from songflow.checkpoint.hub import download_checkpoint, fetch_lyric_vocab
 
     root = download_checkpoint(args.repo_id, Path(args.dir).expanduser(), revision=args.revision)
     fetch_lyric_vocab(root)
@@ -294,14 +294,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from songflow.interfaces.bench import run_bench
+    from songflow.interfaces.bench.speed import run_bench
 
     run_bench(args)
     return 0
 
 
 def cmd_random_checkpoint(args: argparse.Namespace) -> int:
-    from songflow.random_checkpoint import build_random_checkpoint
+    from songflow.checkpoint.random_checkpoint import build_random_checkpoint
 
     path = build_random_checkpoint(Path(args.dir), size=args.size, seed=args.seed)
     print(
@@ -363,13 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
 
-    from songflow.interfaces.bench_serve import add_bench_serve_parser
-    from songflow.interfaces.codec_train_cli import add_codec_train_parser
-    from songflow.interfaces.corpus_cli import add_corpus_parser
-    from songflow.interfaces.eval_cli import add_eval_parser
-    from songflow.interfaces.serve_cli import add_serve_parser
-    from songflow.interfaces.train_cli import add_train_parser
-    from songflow.interfaces.ui_cli import add_ui_parser
+    from songflow.interfaces.bench.serve import add_bench_serve_parser
+    from songflow.interfaces.cli.codec_train import add_codec_train_parser
+    from songflow.interfaces.cli.corpus import add_corpus_parser
+    from songflow.interfaces.cli.eval import add_eval_parser
+    from songflow.interfaces.cli.serve import add_serve_parser
+    from songflow.interfaces.cli.train import add_train_parser
+    from songflow.interfaces.cli.ui import add_ui_parser
 
     add_corpus_parser(sub)
     add_eval_parser(sub)

@@ -1,0 +1,2 @@
+"""Checkpoints: strict safetensors loading, device/dtype resolution, hub download,
+LoRA files, random checkpoints."""

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: model speed/memory (``speed``) and server load (``serve``)."""

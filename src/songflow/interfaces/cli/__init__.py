@@ -1,0 +1,5 @@
+"""``songflow`` console script: one parser, one module per group of subcommands."""
+
+from songflow.interfaces.cli.commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""The REST server: FastAPI app factory, routers and the persistent job store."""

@@ -1,0 +1,1 @@
+"""The Gradio studio: the app, the form built from the request classes, and its history engine."""
