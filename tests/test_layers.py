@@ -28,7 +28,8 @@ RANK = {
     "tasks": 3,
     "pipeline": 4,
     "training": 4,
-    "interfaces": 5,
+    "families": 5,
+    "interfaces": 6,
 }
 FORBIDDEN = {
     ("sampling", "models"),

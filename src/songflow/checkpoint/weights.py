@@ -751,3 +751,22 @@ def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
     """Build a module entirely on the meta device (parameters and buffers), e.g. to compare key lists."""
     with torch.device("meta"):
         return factory()
+
+
+def safetensors_summary(path: Path) -> tuple[int, tuple[str, ...]]:
+    """(number of parameters, stored dtypes) of a safetensors file, read from its header only."""
+    import math
+
+    from safetensors import safe_open
+
+    _require_safetensors(path)
+    n, dtypes = 0, set()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                n += math.prod(sl.get_shape())
+                dtypes.add(str(sl.get_dtype()))
+    except Exception as exc:  # noqa: BLE001 - a damaged header is reported, not raised from deep inside
+        raise _damaged(path, exc) from exc
+    return n, tuple(sorted(dtypes))

@@ -1,0 +1,63 @@
+"""Model families and the one loader: ``family_for(folder)`` and ``load_pipeline(checkpoint)``.
+
+Each family is declared once (``songflow.families.<name>``) and listed in :data:`FAMILIES`; a new family
+slots in by adding its module and one entry here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from songflow.errors import CheckpointError
+from songflow.families.acestep_v1 import ACESTEP_V1
+from songflow.families.base import ComponentInfo, FolderReport, ModelFamily
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (ACESTEP_V1,)}
+
+
+def family_for(path: str | Path) -> ModelFamily:
+    """The family whose layout ``path`` has; raises ``CheckpointError`` saying what was expected."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise CheckpointError(f"checkpoint folder {root} does not exist")
+    for family in FAMILIES.values():
+        if family.recognises(root):
+            return family
+    for family in FAMILIES.values():  # e.g. a Hugging Face cache folder: the family's full check resolves it
+        try:
+            family.validate(root)
+        except CheckpointError:
+            continue
+        return family
+    known = ", ".join(f"{f.title} ({f.name})" for f in FAMILIES.values())
+    raise CheckpointError(f"{root} is not a checkpoint folder of any known model family ({known})")
+
+
+def describe_folder(path: str | Path) -> FolderReport:
+    """Family, components and parameter counts of a checkpoint folder (``songflow info``)."""
+    return family_for(path).describe(Path(path).expanduser())
+
+
+def load_pipeline(checkpoint: str | Path | None = None, **options: Any):
+    """Load the pipeline of a checkpoint folder (default: the shipped songflow-tiny model).
+
+    ``options`` are the family loader's: ``device``, ``dtype``, ``offload``, ``vocab_path``, ... The
+    returned pipeline carries its family as ``pipeline.family``.
+    """
+    from songflow.checkpoint.hub import resolve_checkpoint
+
+    root = resolve_checkpoint(checkpoint)
+    family = family_for(root)
+    return family.load(family.validate(root), **options)
+
+
+__all__ = [
+    "FAMILIES",
+    "ComponentInfo",
+    "FolderReport",
+    "ModelFamily",
+    "describe_folder",
+    "family_for",
+    "load_pipeline",
+]
