@@ -87,7 +87,7 @@ def golden_text_inputs(t: dict[str, torch.Tensor], prefix: str = ""):
 @pytest.fixture(scope="session")
 def golden_transformer(golden_models_dir: Path):
     """The tiny reference DiT, loaded through the same code path as the official checkpoint."""
-    from songflow.checkpoint.weights import load_transformer
+    from songflow.checkpoint.acestep_v1 import load_transformer
 
     return load_transformer(golden_models_dir / "ace_step_transformer", dtype=torch.float32, device="cpu")
 
@@ -103,9 +103,9 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pipe(tiny_ckpt):
     """The pipeline over the tiny random checkpoint (float32, CPU)."""
-    from songflow.pipeline import Pipeline
+    from songflow.families import load_pipeline
 
-    return Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="float32")
+    return load_pipeline(tiny_ckpt, device="cpu", dtype="float32")
 
 
 def regenerate(checkpoint: Path, audio: Path, out: Path, *extra: str) -> int:

@@ -132,3 +132,120 @@ def test_retry_after_follows_recent_run_times(pipe, tmp_path):
         assert r.status_code == 429 and "queue is full" in r.json()["detail"]
         mean = app.state.store.mean_run_s()
         assert mean is not None and r.headers["Retry-After"] == str(max(1, math.ceil(mean)))
+
+
+# --- the request body's schema and validation (pydantic models derived from songflow.requests) -------
+
+_JSON_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _json_types(prop: dict) -> set:
+    return {p.get("type") for p in [prop, *prop.get("anyOf", [])]} - {None}
+
+
+def _check_fields(cls, component: dict, schemas: dict) -> None:
+    """Every dataclass field of ``cls`` is in ``component`` with its type, default and bounds."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    props = component["properties"]
+    for f in dataclasses.fields(cls):
+        assert f.name in props, (cls.__name__, f.name)
+        prop, hint = props[f.name], hints[f.name]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            assert f.name in component["required"], (cls.__name__, f.name)
+        elif f.default is not dataclasses.MISSING:
+            expected = list(f.default) if isinstance(f.default, tuple) else f.default
+            assert prop["default"] == expected, (cls.__name__, f.name, prop)
+        for key, json_key in _JSON_BOUNDS.items():
+            if key in f.metadata:
+                assert prop[json_key] == f.metadata[key], (cls.__name__, f.name, prop)
+        if hint in _JSON_TYPES:
+            assert _json_types(prop) == {_JSON_TYPES[hint]}, (cls.__name__, f.name, prop)
+        elif typing.get_origin(hint) is typing.Literal:
+            assert set(prop["enum"]) == set(typing.get_args(hint)), (cls.__name__, f.name, prop)
+        elif dataclasses.is_dataclass(hint):
+            nested = schemas[prop["$ref"].rsplit("/", 1)[1]]
+            _check_fields(hint, nested, schemas)
+        elif "tuple" in str(hint):
+            assert "array" in _json_types(prop), (cls.__name__, f.name, prop)
+
+
+def test_openapi_lists_every_task_and_its_fields(pipe, tmp_path):
+    from songflow.requests import TASKS
+
+    client = TestClient(create_app(pipe, data_dir=tmp_path, start_worker=False))
+    schema = client.get("/openapi.json").json()
+    schemas = schema["components"]["schemas"]
+    body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    union = schemas[body["$ref"].rsplit("/", 1)[1]]
+    assert union["discriminator"]["propertyName"] == "task"
+    mapping = union["discriminator"]["mapping"]
+    assert set(mapping) == set(TASKS)
+    for task, cls in TASKS.items():
+        component = schemas[mapping[task].rsplit("/", 1)[1]]
+        assert component["properties"]["task"]["const"] == task
+        assert component["additionalProperties"] is False
+        _check_fields(cls, component, schemas)
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        ({"params": {"steps": "ten"}}, ["params", "steps"]),
+        ({"params": {"steps": True}}, ["params", "steps"]),
+        ({"params": {"steps": 0}}, ["params", "steps"]),
+        ({"params": {"use_erg_tag": "no"}}, ["params", "use_erg_tag"]),
+        ({"params": {"seeds": ["1"]}}, ["params", "seeds", 0]),
+        ({"params": {"guidance_interval": 2}}, ["params", "guidance_interval"]),
+        ({"duration_s": True}, ["duration_s"]),
+        ({"duration_s": "60"}, ["duration_s"]),
+        ({"colour": "red"}, ["colour"]),
+        # the request's own checks after the schema: still a field error
+        ({"tags": "   "}, ["tags"]),
+        ({"params": {"sampler": "heun", "step_indices": [2]}}, ["params", "step_indices"]),
+    ],
+)
+def test_a_bad_field_gets_422_naming_it(pipe, tmp_path, change, loc):
+    client = TestClient(create_app(pipe, data_dir=tmp_path, start_worker=False))
+    body = {"task": "text2music", "tags": "pop", "duration_s": 1.0, **change}
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 422, r.text
+    locs = [e["loc"] for e in r.json()["detail"]]
+    assert ["body", *loc] in locs, locs  # the field's path in the body
+    assert client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_body_without_task_is_text2music(pipe, tmp_path):
+    client = TestClient(create_app(pipe, data_dir=tmp_path, start_worker=False))
+    r = client.post("/v1/jobs", json={"tags": "pop", "duration_s": 1.0, "params": FAST})
+    assert r.status_code == 202, r.text
+    assert r.json()["request"]["task"] == "text2music"
+
+
+def test_tasks_come_from_the_model_family(pipe, tmp_path):
+    from types import SimpleNamespace
+
+    class OneTaskPipeline:
+        family = SimpleNamespace(name="tiny_family", tasks=("text2music", "retake"))
+
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+    client = TestClient(create_app(OneTaskPipeline(), data_dir=tmp_path, start_worker=False))
+    model = client.get("/v1/models").json()["models"][0]
+    assert model["tasks"] == ["retake", "text2music"] and model["family"] == "tiny_family"
+    r = client.post("/v1/jobs", json={"task": "extend", "tags": "pop", "right_s": 1.0})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "task"], r.text
+    assert "tiny_family" in r.json()["detail"][0]["msg"]
+    union = client.get("/openapi.json").json()["components"]["schemas"]["JobRequest"]
+    assert set(union["discriminator"]["mapping"]) == {"text2music", "retake"}
+    assert client.post("/v1/jobs", json=t2m()).status_code == 202
+
+
+def test_create_app_is_a_short_factory():
+    import inspect
+
+    assert len(inspect.getsource(create_app).splitlines()) < 40

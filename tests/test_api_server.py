@@ -185,10 +185,21 @@ def test_openapi_schema_matches_the_routes(pipe, live):
 
     server, client = live(pipe)
     schema = client.get("/openapi.json").json()
+
+    def api_routes(routes) -> list[APIRoute]:
+        # newer FastAPI keeps an included router as one entry holding the router (no prefix is added
+        # on inclusion here: each router carries its own)
+        out = []
+        for route in routes:
+            if isinstance(route, APIRoute):
+                out.append(route)
+            elif hasattr(route, "original_router"):
+                out += api_routes(route.original_router.routes)
+        return out
+
     routes = {
         (route.path, method.lower())
-        for route in server.server.config.app.routes
-        if isinstance(route, APIRoute)
+        for route in api_routes(server.server.config.app.routes)
         for method in route.methods
     }
     documented = {(path, method) for path, ops in schema["paths"].items() for method in ops}
@@ -265,11 +276,11 @@ def test_auth_validation_and_bad_uploads(pipe, live, tmp_path):
         ({**t2m(), "loras": [{"path": "/srv/lora"}]}, "loras"),
     ):
         r = client.post("/v1/jobs", json=body)
-        assert r.status_code == 422 and field in r.json()["detail"], (body, r.text)
+        assert r.status_code == 422 and field in json.dumps(r.json()["detail"]), (body, r.text)
     r = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+    assert r.status_code == 422 and "JSON" in json.dumps(r.json()["detail"])
     r = client.post("/v1/jobs", data={"nothing": "here"}, files={"source": ("a.wav", b"x", "audio/wav")})
-    assert r.status_code == 422 and "request" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "request"]
     assert client.get("/v1/jobs", params={"state": "sleeping"}).status_code == 422
     r = client.get("/v1/jobs", params={"limit": 0})
     assert r.status_code == 422 and "limit" in json.dumps(r.json()["detail"])

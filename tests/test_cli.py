@@ -193,7 +193,7 @@ def test_result_request_regenerates_the_result(pipe):
 
 
 def test_typed_line_breaks_and_lyrics_files(tmp_path):
-    from songflow.interfaces.cli.commands import _read_lyrics
+    from songflow.interfaces.cli.generate import _read_lyrics
 
     assert _read_lyrics("[verse]\\nla la") == "[verse]\nla la"
     (tmp_path / "l.txt").write_text("[chorus]\nhey\\n", encoding="utf-8")
@@ -201,11 +201,11 @@ def test_typed_line_breaks_and_lyrics_files(tmp_path):
 
 
 def test_random_checkpoint_is_audible_and_runs_in_half_precision(tiny_ckpt, pipe):
-    from songflow.pipeline import Pipeline
+    from songflow.families import load_pipeline
 
     full = pipe.generate(_request(seeds=(1,)))
     assert full.audio.pow(2).mean().sqrt() > 1e-3, "the demo checkpoint must not produce silence"
-    half = Pipeline.from_pretrained(tiny_ckpt, device="cpu", dtype="bfloat16").generate(_request(seeds=(1,)))
+    half = load_pipeline(tiny_ckpt, device="cpu", dtype="bfloat16").generate(_request(seeds=(1,)))
     assert half.audio.shape == full.audio.shape and torch.isfinite(half.audio).all()
     assert half.latents.dtype == torch.float32
 
@@ -227,3 +227,47 @@ def test_bench_prints_figures_for_random_weights_and_for_a_checkpoint(tiny_ckpt,
     if config == "checkpoint":  # a missing folder is one clear error, not a traceback
         assert main(["bench", "--config", str(tiny_ckpt / "nope"), "--device", "cpu"]) != 0
         assert "nope" in capsys.readouterr().err
+
+
+def _stored_numel(module: torch.nn.Module) -> int:
+    """Elements of the tensors a module saves (tied weights once): what its safetensors file holds."""
+    return sum({t.data_ptr(): t.numel() for t in module.state_dict().values()}.values())
+
+
+def test_info_names_the_family_components_and_parameter_counts(capsys):
+    from songflow.checkpoint.hub import default_model_dir
+    from songflow.families import describe_folder, load_pipeline
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert main(["info", str(default_model_dir())]) == 0
+    assert capsys.readouterr().out == out
+    report = describe_folder(default_model_dir())
+    assert report.family == "acestep-v1" and out.startswith("family: acestep-v1 (ACE-Step v1)")
+    assert f"root:   {report.root}" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(lines) == {c.name for c in report.components}
+    for c in report.components:
+        assert f"{c.n_params:,} params" in lines[c.name] and c.folder in lines[c.name]
+    assert out.rstrip().endswith(f"total:  {report.n_params:,} params")
+    pipe = load_pipeline(None, device="cpu")
+    loaded = {
+        "transformer": pipe.transformer,
+        "dcae": pipe.codec.dcae,
+        "vocoder": pipe.codec.vocoder,
+        "text_encoder": pipe.text_encoder._model,
+    }
+    assert {c.name: c.n_params for c in report.components} == {k: _stored_numel(m) for k, m in loaded.items()}
+
+
+def test_info_on_a_partial_or_missing_folder_is_one_clear_error(tiny_ckpt, tmp_path, capsys):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_ckpt / "ace_step_transformer", partial / "ace_step_transformer")
+    assert main(["info", str(partial)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:") and "Traceback" not in captured.err
+    assert "music_dcae_f8c8" in captured.err and "umt5-base" in captured.err
+    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err

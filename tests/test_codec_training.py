@@ -195,7 +195,7 @@ def test_dcae_phase2_freezes_encoder(tmp_path):
 
 
 def test_saved_components_load_as_codec_and_decode(tmp_path):
-    from songflow.checkpoint.weights import load_codec
+    from songflow.checkpoint.acestep_v1 import load_codec
 
     voc = train_vocoder(_vocoder_cfg(tmp_path, steps=1))
     dcae = train_dcae(_dcae_cfg(tmp_path, steps=1, phase2_start_step=1))
@@ -242,7 +242,7 @@ def test_griffin_lim_recovers_sine_pitch():
 
 
 def test_compare_to_griffin_lim_reports_both(tmp_path):
-    from songflow.checkpoint.weights import load_codec
+    from songflow.checkpoint.acestep_v1 import load_codec
 
     voc = train_vocoder(_vocoder_cfg(tmp_path, steps=0))
     dcae = train_dcae(_dcae_cfg(tmp_path, steps=0))
@@ -290,3 +290,63 @@ def test_folder_and_hf_dataset_data_sources(tmp_path):
     trainer = DCAETrainer(_dcae_cfg(tmp_path, data=str(ds_dir)))
     assert trainer.data.files == [audio / "0.wav"]
     assert trainer.sample_batch(0).shape == (1, 2, 2 * 8 * 512)
+
+
+def _state_equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_state_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("kind", ["vocoder", "dcae"])
+def test_resumed_codec_run_continues_exactly_like_an_uninterrupted_one(tmp_path, kind):
+    """Stopped after 2 steps and resumed to 4 (GAN / phase 2 starting in the resumed part, lr decaying):
+    the same logged losses, the same models and optimiser states as 4 steps in one go."""
+    if kind == "vocoder":
+        make, run = _vocoder_cfg, train_vocoder
+        extra = {"gan_start_step": 3}
+    else:
+        make, run = _dcae_cfg, train_dcae
+        extra = {"phase2_start_step": 3}
+    common = {"lr_decay_per_step": 0.9, "ckpt_every": 2, **extra}
+    run(make(tmp_path / "a", steps=4, **common))
+    run(make(tmp_path / "b", steps=2, **common))
+    run(make(tmp_path / "b", steps=4, **common))
+    folder = "voc" if kind == "vocoder" else "dcae"
+    logs = []
+    for name in ("a", "b"):
+        with (tmp_path / name / folder / "log.csv").open() as f:
+            logs.append([{k: v for k, v in r.items() if k != "sec_per_step"} for r in csv.DictReader(f)])
+    assert [r["step"] for r in logs[0]] == ["1", "2", "3", "4"] and logs[0] == logs[1]
+    states = [torch.load(tmp_path / n / folder / "trainer_state.pt", weights_only=True) for n in "ab"]
+    assert states[0]["step"] == 4 and _state_equal(states[0], states[1])
+
+
+def test_codec_set_overrides_work_like_the_dit_configs(tmp_path):
+    """``--set`` strings go through the DiT config's code: YAML-parsed, coerced to the field type (``1e-3``
+    is a float, lists become tuples), dotted keys into mappings, unknown keys rejected by dotted name."""
+    from songflow.training.config import TrainConfig, apply_overrides
+
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\nmodel_overrides:\n  dims: [8, 8]\n")
+    sets = ["steps=7", "lr=1e-3", "betas=[0.5, 0.6]", "model_overrides.depths=[1, 1]", 'data="/x y"']
+    cfg = load_train_config("vocoder", path, sets)
+    assert cfg == VocoderTrainConfig.from_file(path, sets)
+    assert cfg.steps == 7 and cfg.lr == 1e-3 and isinstance(cfg.lr, float) and cfg.betas == (0.5, 0.6)
+    assert dict(cfg.model_overrides) == {"dims": [8, 8], "depths": [1, 1]} and cfg.data == "/x y"
+    assert apply_overrides(cfg, ["lr_disc=2e-3"]).lr_disc == 2e-3  # same function as for TrainConfig
+    assert apply_overrides(TrainConfig(), ["optim.lr=1e-3"]).optim.lr == 1e-3
+    for bad, name in (("stepz=1", "stepz"), ("steps.x=1", "steps"), ("steps=abc", "steps")):
+        with pytest.raises(ConfigError, match=name):
+            load_train_config("dcae", None, [bad])
+    assert load_train_config("dcae", None, {"steps": 2}).steps == 2  # already-parsed values too
+
+
+def test_codec_yaml_configs_load():
+    for kind, name in (("vocoder", "songflow_tiny_vocoder"), ("dcae", "songflow_tiny_dcae")):
+        cfg = load_train_config(kind, f"configs/codec/{name}.yaml", ['data="/corpus"'])
+        assert cfg.data == "/corpus" and cfg.steps > 0 and cfg.loop_settings().save_every == cfg.ckpt_every

@@ -15,9 +15,9 @@ from songflow.checkpoint.hub import DEFAULT_MODEL_NAME, default_model_dir, resol
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    from songflow.pipeline import Pipeline
+    from songflow.families import load_pipeline
 
-    return Pipeline.from_pretrained(resolve_checkpoint(None), device="cpu")
+    return load_pipeline(resolve_checkpoint(None), device="cpu")
 
 
 def test_the_default_model_ships_with_its_card():

@@ -191,7 +191,8 @@ def test_reference_momentum_is_asymmetric():
 def test_an_edit_moves_the_latents_under_every_sampler(sampler, frac):
     out = _edit(_conds([0.4]), _conds([1.2]), frac=frac, sampler=sampler)
     assert (out - _source()).abs().max() > 1e-2
-    if frac[1] == 1.0:  # the reference discards the ping-pong edit (DESIGN §2 bug 2); euler edits
+    # the reference discards the ping-pong edit (docs/reference_behaviour.md#r17); euler edits
+    if frac[1] == 1.0:
         ref = _edit(_conds([0.4]), _conds([1.2]), frac=frac, sampler=sampler, reference=True)
         if sampler == "pingpong":
             assert torch.equal(ref, _source())
@@ -314,6 +315,28 @@ def test_bad_ranges_raise_config_error(frac, n_avg, message):
 def test_double_condition_guidance_is_rejected():
     with pytest.raises(ConfigError, match="double-condition"):
         _edit(_conds([0.4]), _conds([1.2]), guidance_scale_text=5.0, guidance_scale_lyric=1.5)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_unknown_guidance_kind_raises_before_any_model_call(reference):
+    """FlowEdit looks the kind up in the guidance registry (as ``build_velocity`` does) and never falls
+    back to another kind. (The reference forces APG, but it rebuilds the params, which rejects the kind.)"""
+    p = GenerationParams(steps=6, guidance_interval=1.0)
+    object.__setattr__(p, "guidance", "cfg-zero")  # bypass the request validation
+    model = FieldModel()
+    message = "choose one of" if reference else "'cfg-zero'; valid: cfg, apg, cfg_star"
+    with pytest.raises(ConfigError, match=message):
+        run_edit(
+            TaskContext(model, _conds([0.4]), p),
+            _conds([1.2]),
+            src_latents=_source(),
+            n_min_frac=0.0,
+            n_max_frac=1.0,
+            n_avg=1,
+            noise_fn=lambda: torch.zeros((1, *SHAPE)),
+            reference_behaviour=reference,
+        )
+    assert model.calls == 0
 
 
 def test_report_errors():

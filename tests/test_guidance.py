@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 import torch
@@ -12,13 +13,16 @@ from hypothesis import strategies as st
 from conftest import assert_close, load_tensors
 from songflow.errors import ConfigError
 from songflow.sampling.guidance import (
+    GUIDANCE,
     GUIDANCE_TYPES,
     ApgState,
+    GuidanceKind,
     apg,
     cfg,
     cfg_zero_star,
     double_condition,
     guidance_interval_bounds,
+    guidance_rule,
     guidance_scale_at,
     validate_guidance_name,
     weighted_terms,
@@ -314,3 +318,55 @@ def test_validate_guidance_name():
         assert validate_guidance_name(name) == name
     with pytest.raises(ConfigError, match="cfg, apg, cfg_star"):
         validate_guidance_name("cfg-star")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the guidance registry
+
+
+def test_registry_names_are_defined_once():
+    from songflow import requests
+
+    assert tuple(GUIDANCE) == GUIDANCE_TYPES == typing.get_args(GuidanceKind)
+    assert requests.GUIDANCE_NAMES is GUIDANCE_TYPES
+    assert typing.get_type_hints(requests.GenerationParams)["guidance"] == GuidanceKind
+    assert [name for name, rule in GUIDANCE.items() if rule.uses_momentum] == ["apg"]
+    assert GUIDANCE["apg"].initial_state() == ApgState() and GUIDANCE["cfg"].initial_state() is None
+
+
+def test_registry_combinators_are_the_guidance_functions():
+    g = torch.Generator().manual_seed(3)
+    cond, uncond = torch.randn(2, 8, 16, 5, generator=g), torch.randn(2, 8, 16, 5, generator=g)
+    state = ApgState(torch.randn(2, 8, 16, 5, generator=g))
+    out, new = guidance_rule("cfg").combine(cond, uncond, 4.0, 3, state)
+    assert torch.equal(out, cfg(cond, uncond, 4.0)) and new is state
+    out, new = guidance_rule("cfg_star").combine(cond, uncond, 4.0, 3, state)
+    assert torch.equal(out, cfg_zero_star(cond, uncond, 4.0, 3)) and new is state
+    assert not guidance_rule("cfg_star").combine(cond, uncond, 4.0, 1, None)[0].any()  # zero init
+    out, new = guidance_rule("apg").combine(cond, uncond, 4.0, 3, state)
+    ref, ref_state = apg(cond, uncond, 4.0, state)
+    assert torch.equal(out, ref) and new is not None and ref_state is not None
+    assert torch.equal(new.running_average, ref_state.running_average)
+
+
+class _CountingModel:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, sigma, cond, *, query_scale=None):
+        self.calls += 1
+        return torch.zeros_like(x)
+
+
+def test_unknown_kind_raises_in_build_velocity_before_any_model_call():
+    from songflow.models.acestep_v1.transformer import Conditions
+    from songflow.tasks.plan import ConditionSet, GuidanceSpec, build_velocity
+
+    c = Conditions(states=torch.zeros(1, 2, 4), mask=torch.ones(1, 2))
+    model = _CountingModel()
+    spec = GuidanceSpec(kind="cfg-zero", scale=7.0, interval=1.0, n_steps=4)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'cfg-zero'; valid: cfg, apg, cfg_star"):
+        build_velocity(model, ConditionSet(cond=c, uncond=c), spec)
+    assert model.calls == 0
+    with pytest.raises(ValueError, match="cfg, apg, cfg_star"):  # ConfigError is a ValueError
+        guidance_rule("CFG")

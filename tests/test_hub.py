@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from songflow.checkpoint.acestep_v1 import CHECKPOINT_FILES, CHECKPOINT_FOLDERS, load_checkpoint
 from songflow.checkpoint.hub import (
     DEFAULT_REPO_ID,
     VOCAB_SHA256,
@@ -30,7 +31,6 @@ from songflow.checkpoint.hub import (
     fetch_lyric_vocab,
     find_lyric_vocab,
 )
-from songflow.checkpoint.weights import CHECKPOINT_FILES, CHECKPOINT_FOLDERS, load_checkpoint
 from songflow.errors import CheckpointError
 
 REPO_ID = "test-org/tiny-ace-step"

@@ -1,4 +1,4 @@
-"""Architecture test: imports flow one way (DESIGN §3.1).
+"""Architecture test: imports flow one way (docs/architecture.md#layers).
 
 audio/text/nn -> models -> sampling -> tasks -> pipeline -> interfaces. A module may import its own layer
 or lower ones; ``songflow.sampling`` never imports ``songflow.models``.

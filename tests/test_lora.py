@@ -1,9 +1,9 @@
 """LoRA adapters (songflow.nn.lora) and adapter files (songflow.checkpoint.lora) on the tiny ACE-Step DiT.
 
-Invariants (DESIGN §3.7): a zero-initialised B or a zero weight/scale equals the base model exactly, merged
-equals unmerged, unmerge restores the base, two adapters add their deltas, rsLoRA scaling, save -> load
-reproduces outputs exactly. Interop: a PEFT-written file loads and matches PEFT's own forward; our file loads
-in diffusers (both skipped when the package is absent).
+Invariants (docs/architecture.md#testing): a zero-initialised B or a zero weight/scale equals the base model
+exactly, merged equals unmerged, unmerge restores the base, two adapters add their deltas, rsLoRA scaling,
+save -> load reproduces outputs exactly. Interop: a PEFT-written file loads and matches PEFT's own forward;
+our file loads in diffusers (both skipped when the package is absent).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_official_targets_match_peft_rule_and_keep_base_keys(model: ACEStepTrans
 
 
 def test_base_checkpoint_loads_strictly_with_adapters_attached(tmp_path: Path, model, base) -> None:
-    from songflow.checkpoint.weights import load_state_dict_strict
+    from songflow.checkpoint.strict import load_state_dict_strict
 
     save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(tmp_path / "base.safetensors"))
     with torch.no_grad():
@@ -236,7 +236,8 @@ def test_two_adapters_add_their_deltas(model) -> None:
 
 
 def test_rslora_scaling() -> None:
-    assert L.lora_scale(256, 32, use_rslora=True) == 2.0  # the official rap LoRA (SPEC §8.6)
+    # the official rap LoRA (docs/reference_behaviour.md#r21)
+    assert L.lora_scale(256, 32, use_rslora=True) == 2.0
     assert L.lora_scale(256, 32) == 0.125
     layer = L.LoRALinear.from_linear(nn.Linear(6, 5))
     layer.add_adapter("p", L.AdapterSpec(r=16, alpha=8.0))

@@ -131,9 +131,9 @@ def test_empty_lyrics_and_blank_lines(tok):
 
 
 def test_spec_examples(tok):
-    """SPEC §6.3: "[verse]\\nNeon lights" and the pinyin example."""
+    """The official tokenizer's documented examples: "[verse]\\nNeon lights" and the pinyin one."""
     spec = [261, 259, 6683, 2, 259, 111, 47, 2, 75, 20, 583, 32, 2]
-    # The SPEC example assumes "Neon lights" is detected as en; our port of the official detector (which
+    # The documented example assumes "Neon lights" is detected as en; our port of the official detector (which
     # agrees on every fixture line) says es, so the pipeline would tag it [es]. Both sequences are checked.
     assert tok.tokenize_lines("Neon lights")[0].detected == "es"
     assert tok.tokenize_lyrics("[verse]\nNeon lights") == [*spec[:4], 284, *spec[5:]]

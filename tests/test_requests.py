@@ -85,3 +85,71 @@ def test_official_parameters_adapter():
     assert p.omega_mean_over == "sample" and not p.legacy_batch_noise
     legacy = request_from_official(official, reference_behaviour=True).params
     assert legacy.omega_mean_over == "batch" and legacy.legacy_batch_noise and legacy.legacy_heun_interval
+
+
+def _outside(f) -> list:
+    """Values just outside a number field's metadata bounds (the REST schema shows the same bounds)."""
+    out = []
+    step = 1 if f.type in ("int", int) else 0.5
+    if "ge" in f.metadata:
+        out.append(f.metadata["ge"] - step)
+    if "gt" in f.metadata:
+        out.append(f.metadata["gt"])
+    if "le" in f.metadata:
+        out.append(f.metadata["le"] + step)
+    if "lt" in f.metadata:
+        out.append(f.metadata["lt"])
+    return out
+
+
+def _valid(task: str) -> dict:
+    extra = {"repaint": {"source_path": "a.wav"}, "extend": {"source_path": "a.wav"}}
+    extra |= {
+        "audio2audio": {"reference_path": "a.wav"},
+        "edit": {"source_path": "a.wav", "target_tags": "y"},
+    }
+    return {"task": task, "tags": "x", **extra.get(task, {})}
+
+
+def test_metadata_bounds_are_the_checked_bounds():
+    import dataclasses
+
+    from songflow.requests import TASKS, RequestFieldError
+
+    checked = 0
+    for task, cls in TASKS.items():
+        request_from_dict(_valid(task))
+        for f in dataclasses.fields(cls):
+            for value in _outside(f):
+                with pytest.raises(RequestFieldError) as exc:
+                    request_from_dict({**_valid(task), f.name: value})
+                assert exc.value.loc == (f.name,), (task, f.name, value)
+                checked += 1
+    for f in dataclasses.fields(GenerationParams):
+        for value in _outside(f):
+            with pytest.raises(RequestFieldError) as exc:
+                request_from_dict({"tags": "x", "params": {f.name: value}})
+            assert exc.value.loc == ("params", f.name), (f.name, value)
+            checked += 1
+    assert checked > 20
+
+
+@pytest.mark.parametrize(
+    ("data", "loc"),
+    [
+        ({"tags": "x", "params": {"stepz": 3}}, ("params", "stepz")),
+        ({"tags": "x", "params": {"step_indices": [3, 2]}}, ("params", "step_indices")),
+        ({"tags": "x", "loras": [{"path": "a", "weight": 99}]}, ("loras", 0, "weight")),
+        ({"task": "karaoke", "tags": "x"}, ("task",)),
+        ({"task": "repaint", "tags": "x"}, ("source_path",)),
+        ({"task": "repaint", "tags": "x", "source_path": "a", "start_s": 5, "end_s": 4}, ("end_s",)),
+        ({"task": "edit", "tags": "x", "source_path": "a"}, ("target_tags",)),
+        ({"tags": "x", "retake": 1}, ("retake",)),
+    ],
+)
+def test_errors_name_their_field(data, loc):
+    from songflow.requests import RequestFieldError
+
+    with pytest.raises(RequestFieldError) as exc:
+        request_from_dict(data)
+    assert exc.value.loc == loc and isinstance(exc.value, ConfigError)

@@ -58,7 +58,8 @@ def test_init_grid_exact(sched, shift):
 
 def test_every_scheduler_schedule_exact(sched):
     tensors, meta = sched
-    assert len(meta["schedules"]) == 36
+    stored = {k.rsplit("/", 1)[0] for k in tensors if k.split("/")[0] in ("euler", "heun", "pingpong")}
+    assert stored and set(meta["schedules"]) == stored  # every stored schedule is checked
     for key, info in meta["schedules"].items():
         name, shift_s, n_s = key.split("/")
         shift, n = float(shift_s.removeprefix("shift")), int(n_s.removeprefix("N"))
@@ -111,7 +112,7 @@ def test_oss_bf16_rounds_before_third_shift():
 def test_audio2audio_exact(sched):
     tensors, meta = sched
     gt, noise = tensors["a2a/gt_latents"], tensors["a2a/noise"]
-    assert len(meta["audio2audio"]) == 3
+    assert meta["audio2audio"]
     for case in meta["audio2audio"]:
         sigmas, level = audio2audio_sigmas(case["infer_steps"], case["ref_audio_strength"], 3.0)
         name = case["call"].split("'")[1]
@@ -126,7 +127,9 @@ def test_audio2audio_exact(sched):
         assert torch.equal(timesteps, tensors[f"{key}/timesteps"]), key
         noisy = gt * (1 - level) + noise * level
         assert torch.equal(noisy, tensors[f"{key}/noisy"]), key
-        assert float(timesteps[0]) == 900.0  # twice-shifted first model timestep
+        assert float(timesteps[0]) == case["timesteps"][0]
+        # the first model timestep is shifted twice: the schedule starts at s(level), level = s(1 - strength)
+        assert abs(float(timesteps[0]) / 1000 - shift_sigma(level, 3.0)) < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ from songflow.sampling.noise import (
 from songflow.sampling.schedules import audio2audio_sigmas, flow_sigmas, oss_sigmas, sigmas_to_timesteps
 from songflow.sampling.steppers import (
     SAMPLERS,
+    STEPPERS,
+    Sampler,
     count_evals,
     euler_step,
     evals_per_step,
@@ -31,6 +34,7 @@ from songflow.sampling.steppers import (
     omega_factor,
     omega_rescale,
     pingpong_step,
+    stepper_spec,
     uses_noise,
 )
 
@@ -309,12 +313,63 @@ def test_stepper_registry():
     for name in SAMPLERS:
         step = make_stepper(name)
         assert step.name == name and step.uses_noise == uses_noise(name)
+        assert step.evals_per_step == evals_per_step(name) and step.spec is stepper_spec(name)
     with pytest.raises(ConfigError, match="euler, heun, pingpong"):
         make_stepper("dpm++")
+    with pytest.raises(ConfigError, match="'dpm'; valid: euler, heun, pingpong"):
+        evals_per_step("dpm")
     with pytest.raises(ConfigError):
         make_stepper("euler", omega_mean_over="channel")
     with pytest.raises(ConfigError, match="noise"):
         pingpong_step(lambda x, s: x, torch.zeros(1, 2), 1.0, 0.5, None)
+
+
+def test_sampler_names_are_defined_once():
+    from songflow import requests
+
+    assert tuple(STEPPERS) == SAMPLERS == typing.get_args(Sampler)
+    assert requests.SAMPLER_NAMES is SAMPLERS
+    assert typing.get_type_hints(requests.GenerationParams)["sampler"] == Sampler
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_registry_metadata_matches_behaviour(name):
+    """``evals_per_step`` is the number of velocity calls of a non-final step (one for the step to 0);
+    a stepper declared noise-free ignores its noise, a noisy one depends on it; the loop supplies noise
+    exactly to the steppers that declare it."""
+    spec = STEPPERS[name]
+    step = make_stepper(name, omega_scale=10.0)
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    calls: list[float] = []
+
+    def f(xx, sigma):
+        calls.append(float(sigma[0]))
+        return torch.tanh(xx) + sigma.view(-1, 1, 1)
+
+    noise_a, noise_b = torch.randn(2, 2, 3, 4, generator=torch.Generator().manual_seed(2))
+    out_a = step(f, x, 0.8, 0.5, noise_a)
+    assert len(calls) == spec.evals_per_step
+    out_b = step(f, x, 0.8, 0.5, noise_b)
+    assert torch.equal(out_a, out_b) != spec.uses_noise
+    if not spec.uses_noise:
+        assert torch.equal(step(f, x, 0.8, 0.5, None), out_a)
+    calls.clear()
+    step(f, x, 0.5, 0.0, noise_a)
+    assert len(calls) == 1  # the step to sigma = 0 is first-order for every stepper
+
+    drawn: list[int] = []
+    sigmas = flow_sigmas(4, 3.0)
+    calls.clear()
+    sample(lambda xx, s, i: f(xx, s), x, sigmas, step=step, noise=lambda i: drawn.append(i) or noise_a)
+    assert drawn == (list(range(4)) if spec.uses_noise else [])
+    assert len(calls) == count_evals(name, 4)
+
+
+def test_heun_calls_the_velocity_twice_per_step():
+    assert STEPPERS["heun"].evals_per_step == 2
+    calls: list[float] = []
+    heun_step(lambda x, s: calls.append(float(s[0])) or torch.ones_like(x), torch.zeros(1, 3), 0.8, 0.5)
+    assert calls == pytest.approx([0.8, 0.5])  # predictor at sigma, corrector at sigma_next
 
 
 def test_heun_last_step_is_first_order():
@@ -356,25 +411,39 @@ def test_randn_per_sample_batch_equals_singles():
     assert torch.equal(fn(0)[1:], step_noise_fn((2, 3), make_generators([4]))(0))
 
 
+def _golden_run(root, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    folder = root / name
+    return json.loads((folder / "params.json").read_text()), load_tensors(folder / "tensors.safetensors")
+
+
 def test_noise_matches_official_draws(golden_dir):
+    """Seeds, shapes and the retake variance come from each run's ``call_kwargs`` and ``noise_draws``."""
     root = golden_dir / "pipeline"
-    t = load_tensors(root / "t2m_batch2" / "tensors.safetensors")
-    gens = make_generators(parse_seeds([21, 22], 2))
-    assert torch.equal(randn_per_sample((8, 16, 32), gens), t["noise/00_text2music_diffusion_process"])
+    run, t = _golden_run(root, "t2m_batch2")
+    seeds = run["call_kwargs"]["manual_seeds"]
+    item_shape = tuple(t["noise/00_text2music_diffusion_process"].shape[1:])
+    gens = make_generators(parse_seeds(seeds, len(seeds)))
+    assert torch.equal(randn_per_sample(item_shape, gens), t["noise/00_text2music_diffusion_process"])
     # ping-pong: initial noise per item, then every step's noise for the WHOLE batch from item 0's generator
-    t = load_tensors(root / "t2m_pingpong_batch2" / "tensors.safetensors")
-    gens = make_generators(parse_seeds("22,21", 2))
-    assert torch.equal(randn_per_sample((8, 16, 32), gens), t["noise/00_text2music_diffusion_process"])
-    legacy = step_noise_fn((8, 16, 32), gens, per_sample=False)
-    for k in range(6):
-        assert torch.equal(legacy(k), t[f"noise/pingpong_step_{k:02d}"])
+    run, t = _golden_run(root, "t2m_pingpong_batch2")
+    seeds = run["call_kwargs"]["manual_seeds"]
+    item_shape = tuple(t["noise/00_text2music_diffusion_process"].shape[1:])
+    gens = make_generators(parse_seeds(",".join(str(s) for s in seeds), len(seeds)))
+    assert torch.equal(randn_per_sample(item_shape, gens), t["noise/00_text2music_diffusion_process"])
+    legacy = step_noise_fn(item_shape, gens, per_sample=False)
+    steps = [d for d in run["noise_draws"] if d["tensor"].startswith("noise/pingpong_step_")]
+    assert steps and all(d["generator_initial_seeds"] == seeds[:1] for d in steps)
+    for k, draw in enumerate(steps):
+        assert torch.equal(legacy(k), t[draw["tensor"]])
     # retake: trig mix of the main and retake noise is the first latent
-    t = load_tensors(root / "retake" / "tensors.safetensors")
-    a = randn_per_sample((8, 16, 32), make_generators(parse_seeds(1234, 1)))
-    b = randn_per_sample((8, 16, 32), make_generators(parse_seeds([4321], 1)))
+    run, t = _golden_run(root, "retake")
+    call = run["call_kwargs"]
+    item_shape = tuple(t["noise/00_text2music_diffusion_process"].shape[1:])
+    a = randn_per_sample(item_shape, make_generators(parse_seeds(call["manual_seeds"][0], 1)))
+    b = randn_per_sample(item_shape, make_generators(parse_seeds(call["retake_seeds"], 1)))
     assert torch.equal(a, t["noise/00_text2music_diffusion_process"])
     assert torch.equal(b, t["noise/01_text2music_diffusion_process"])
-    assert torch.equal(trig_mix(a, b, 0.3), t["steps/00/x"])
+    assert torch.equal(trig_mix(a, b, call["retake_variance"]), t["steps/00/x"])
 
 
 def test_shared_generator_noise_is_one_stream():

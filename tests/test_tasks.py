@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from songflow.audio.geometry import OFFICIAL_GEOMETRY
+from songflow.errors import ConfigError
 from songflow.models.acestep_v1.transformer import Conditions
-from songflow.requests import GenerationParams
+from songflow.requests import GenerationParams, Retake, Text2Music
 from songflow.sampling.guidance import guidance_interval_bounds
+from songflow.sampling.noise import make_generators, randn_per_sample, trig_mix
 from songflow.tasks.plan import (
     ConditionSet,
     ErgFlags,
@@ -16,6 +19,9 @@ from songflow.tasks.plan import (
     encode_conditions,
     run_plan,
 )
+from songflow.tasks.registry import spec_for
+from songflow.tasks.repaint import repaint_window
+from songflow.tasks.retake import build_retake_plan
 from songflow.tasks.setup import TaskContext
 from songflow.tasks.text2music import build_text2music_plan
 
@@ -114,9 +120,11 @@ def test_null_condition_without_erg_lyric_zeroes_ids_and_keeps_the_mask():
         n_dit_blocks=24,
     )
     null = model.encodes[1]
-    assert torch.equal(null["text"], torch.zeros_like(inputs.text_states))  # ERG-tag unused (quirk 5)
+    # ERG-tag states unused (docs/reference_behaviour.md#r6)
+    assert torch.equal(null["text"], torch.zeros_like(inputs.text_states))
     assert torch.equal(null["ids"], torch.zeros_like(inputs.lyric_ids))
-    assert torch.equal(null["lyric_mask"], inputs.lyric_mask)  # quirk 4: mask kept at 1
+    # lyric mask kept at 1 (docs/reference_behaviour.md#r7)
+    assert torch.equal(null["lyric_mask"], inputs.lyric_mask)
     assert conds.uncond_query_scale is None
 
 
@@ -137,3 +145,51 @@ def test_null_condition_with_erg_uses_weakened_encoders_on_existing_layers():
     assert null["scale"] == {4: 0.01} and text_only["scale"] == {4: 0.01}
     assert torch.equal(text_only["text"], inputs.text_states)
     assert conds.uncond_query_scale == {15: 0.01, 16: 0.01}
+
+
+class FakeHost:
+    """The ``TaskHost`` a runner sees: official geometry, seeded noise, no audio files."""
+
+    geometry = OFFICIAL_GEOMETRY
+
+    def noise(self, generators, n_frames):
+        return randn_per_sample((8, 16, n_frames), generators)
+
+    def load_source(self, path, *, what, allow_long=False):
+        raise AssertionError("text tasks read no audio")
+
+    def text_inputs(self, tags, lyrics, batch, *, with_erg_text):
+        raise AssertionError("the conditions come with the context")
+
+
+def test_runners_convert_seconds_and_match_their_plans():
+    """text2music and retake runners: duration_s -> frames (truncated) and the plan built by hand."""
+    params = GenerationParams(steps=3, seeds=(3,))
+    host, steps = FakeHost(), []
+
+    def ctx() -> TaskContext:
+        return TaskContext(FakeModel(), _conds(), params, make_generators([3]), make_generators([4]))
+
+    t2m = Text2Music(tags="pop", duration_s=1.0, params=params)
+    got = spec_for("text2music").run(host, t2m, ctx(), lambda i, n: steps.append((i, n)))
+    assert got.shape[-1] == OFFICIAL_GEOMETRY.frames_from_seconds(1.0) == 10
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    c = ctx()
+    want = run_plan(build_text2music_plan(c, host.noise(c.generators, 10)))
+    assert torch.equal(got, want)
+    retake = Retake(tags="pop", duration_s=1.0, params=params, variance_frac=0.5, retake_seeds=(4,))
+    got = spec_for("retake").run(host, retake, ctx(), None)
+    c = ctx()
+    noise, retake_noise = host.noise(c.generators, 10), host.noise(c.retake_generators, 10)
+    want = run_plan(build_retake_plan(c, noise=noise, retake_noise=retake_noise, variance_frac=0.5))
+    assert torch.equal(got, want)
+    initial = spec_for("retake").initial_noise(host, retake, make_generators([3]), 10)
+    assert torch.equal(initial, trig_mix(noise, retake_noise, 0.5))
+
+
+def test_repaint_window_in_frames():
+    g = OFFICIAL_GEOMETRY
+    assert repaint_window(g, 1.0, 2.0, 100) == (g.frames_from_seconds(1.0), g.frames_from_seconds(2.0))
+    assert repaint_window(g, 1.0, 60.0, 100) == (10, 100)  # clipped to the source
+    with pytest.raises(ConfigError, match="after the source ends"):
+        repaint_window(g, 20.0, 30.0, 100)

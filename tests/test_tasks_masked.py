@@ -1,8 +1,9 @@
 """Retake, repaint, extend and audio2audio invariants with a fake velocity model (no weights).
 
-DESIGN §3.7: repaint keeps the unmasked frames exactly; extend has exactly ``left + L + right`` frames,
-also past the window limit, and keeps the source; audio2audio with strength 1 returns the reference;
-retake with variance 0 is the original run; a batch equals its singles; bad inputs raise ConfigError.
+Invariants (docs/architecture.md#testing): repaint keeps the unmasked frames exactly; extend has exactly
+``left + L + right`` frames, also past the window limit, and keeps the source; audio2audio with strength 1
+returns the reference; retake with variance 0 is the original run; a batch equals its singles; bad inputs
+raise ConfigError.
 """
 
 from __future__ import annotations

@@ -82,9 +82,9 @@ def test_extend_has_the_requested_length_and_keeps_the_source(pipe, source, left
 def test_extend_grows_past_the_model_window(tiny_ckpt, source):
     """With a 4 s model window, a 3 s source extended by 5 s on both sides is generated in windows."""
     from songflow.audio.geometry import LatentGeometry
-    from songflow.pipeline import Pipeline
+    from songflow.families import load_pipeline
 
-    small = Pipeline.from_pretrained(tiny_ckpt, device="cpu", geometry=LatentGeometry(max_duration_s=4.0))
+    small = load_pipeline(tiny_ckpt, device="cpu", geometry=LatentGeometry(max_duration_s=4.0))
     src = small.load_source(str(source), what="source", allow_long=True).cpu()
     result = small.generate(
         Extend(tags=TAGS, source_path=str(source), left_s=5.0, right_s=5.0, params=PARAMS)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from songflow.checkpoint.weights import load_transformer
+from songflow.checkpoint.acestep_v1 import load_transformer
 from songflow.errors import ConfigError
 from songflow.sampling.schedules import legacy_train_sigmas
 from songflow.training.config import SSLModelConfig, TrainConfig, apply_overrides
@@ -260,7 +260,7 @@ def test_resume_reproduces_the_uninterrupted_run(env, tmp_path):
     wb = load_file(resumed / "ace_step_transformer" / "diffusion_pytorch_model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     # the export is an engine-loadable checkpoint folder
-    from songflow.checkpoint.weights import load_checkpoint
+    from songflow.checkpoint.acestep_v1 import load_checkpoint
 
     loaded = load_checkpoint(full, load_text_encoder=False)
     assert torch.equal(
@@ -313,6 +313,84 @@ def test_ddp_two_cpu_ranks_step_like_one_process_accumulating_two(env, tmp_path)
     step_a = torch.cat([(wa[k].float() - w0[k].float()).flatten() for k in wa])
     step_b = torch.cat([(wb[k].float() - w0[k].float()).flatten() for k in wa])
     assert step_a.norm() > 0 and (step_a - step_b).norm() / step_a.norm() < 1e-3, (step_a - step_b).norm()
+
+
+# ------------------------------------------------------------------------------------------- skeleton
+
+
+def test_prune_keeps_the_newest_checkpoints_and_resume_last_finds_the_newest(tmp_path):
+    from songflow.training.loop import checkpoint_folders, find_checkpoint, prune_checkpoints
+
+    for step in (3, 10, 1, 20):
+        folder = tmp_path / "checkpoints" / f"step={step}"
+        folder.mkdir(parents=True)
+        (folder / STATE_NAME).write_bytes(b"x")
+    (tmp_path / "checkpoints" / "step=99").mkdir()  # no state file: not a checkpoint
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step=1", "step=3", "step=10", "step=20"]
+    assert find_checkpoint(tmp_path, "last").name == "step=20" and find_checkpoint(tmp_path, "") is None
+    deleted = prune_checkpoints(tmp_path, 2)
+    assert [p.name for p in deleted] == ["step=1", "step=3"]
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step=10", "step=20"]
+    prune_checkpoints(tmp_path, 0)  # keeps at least one
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step=20"]
+    with pytest.raises(ConfigError, match="no trainer_state.pt"):
+        find_checkpoint(tmp_path, str(tmp_path / "checkpoints" / "step=99"))
+
+
+def test_csv_log_formats_and_truncates_on_resume(tmp_path):
+    from songflow.training.loop import CsvLog
+
+    path = tmp_path / "logs" / "m.csv"
+    log = CsvLog(path, ["step", "loss", "note"], resume_step=0)
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 1 / 3, "note": "a"})
+    CsvLog(path, ["step", "loss", "note"], resume_step=2)  # a resume at step 2 drops step 3
+    CsvLog(path, ["other"]).write({"step": 4, "note": "b"})  # appending keeps the file's columns
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "4"]
+    assert rows[0]["loss"] == "0.333333" and rows[2]["loss"] == "nan" and rows[2]["note"] == "b"
+
+
+def test_loop_logs_saves_and_prunes_on_schedule(tmp_path):
+    from songflow.training.loop import (
+        CsvLog,
+        LoopSettings,
+        TrainingLoop,
+        checkpoint_folder,
+        checkpoint_folders,
+        clip_and_step,
+        single_process,
+    )
+
+    class Toy(TrainingLoop):
+        def __init__(self):
+            self.info, self.output_dir = single_process("cpu"), tmp_path
+            self.settings = LoopSettings(max_steps=7, log_every=3, save_every=2, keep_last=2)
+            self.log = CsvLog(tmp_path / "log.csv", ["step", "loss", "grad_norm"])
+            self.w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+            self.opt = torch.optim.SGD([self.w], lr=0.1)
+            self.saved: list[int] = []
+
+        def run_step(self, step):
+            self.opt.zero_grad()
+            loss = (self.w**2).sum() / 2
+            loss.backward()
+            return {"loss": float(loss.detach()), "grad_norm": clip_and_step(self.opt, [self.w], 1.0)}
+
+        def save_checkpoint(self, done):
+            self.saved.append(done)
+            (checkpoint_folder(tmp_path, done) / STATE_NAME).parent.mkdir(parents=True)
+            (checkpoint_folder(tmp_path, done) / STATE_NAME).write_bytes(b"x")
+
+    toy = Toy()
+    assert toy.run_steps(0) == 7 and toy.step == 7
+    assert toy.saved == [2, 4, 6, 7]
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step=6", "step=7"]
+    with (tmp_path / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["3", "6", "7"]
+    assert float(rows[0]["grad_norm"]) == pytest.approx(5.0 - 2 * 0.1)  # pre-clip norm, clipped steps of 0.1
 
 
 def test_lora_training_updates_only_the_adapter_and_reloads(env, tmp_path):
@@ -461,9 +539,9 @@ def test_init_and_package_make_a_self_contained_default_model(env, tmp_path):
     from safetensors import safe_open
     from transformers import PreTrainedTokenizerFast
 
-    from songflow.checkpoint.weights import load_checkpoint
+    from songflow.checkpoint.acestep_v1 import load_checkpoint
+    from songflow.families import load_pipeline
     from songflow.interfaces.cli.train import add_train_parser
-    from songflow.pipeline import Pipeline
     from songflow.requests import GenerationParams, Text2Music
     from songflow.training.default_model import songflow_tiny_configs
 
@@ -495,7 +573,7 @@ def test_init_and_package_make_a_self_contained_default_model(env, tmp_path):
     assert not any(p.is_symlink() for p in dest.rglob("*"))
     with safe_open(dest / "ace_step_transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
-    result = Pipeline.from_pretrained(dest).generate(
+    result = load_pipeline(dest).generate(
         Text2Music(tags="pop, piano", lyrics="[inst]", duration_s=1.0, params=GenerationParams(steps=2))
     )
     assert result.audio[0].shape[0] == 2 and torch.isfinite(result.audio[0]).all()

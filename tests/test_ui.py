@@ -321,8 +321,8 @@ def test_discover_loras(tmp_path):
 
 def test_lora_chosen_in_the_form_changes_the_song(studio, tiny_ckpt, tmp_path):
     """An adapter offered from --lora-dir and selected in the form is applied (weight 0: the base song)."""
+    from songflow.checkpoint.acestep_v1 import load_transformer
     from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES, save_lora
-    from songflow.checkpoint.weights import load_transformer
     from songflow.nn import lora as L
 
     model = load_transformer(tiny_ckpt / "ace_step_transformer", dtype=torch.float32, device="cpu")
@@ -402,6 +402,23 @@ def test_blocks_have_a_widget_per_field_and_reload_fills_the_form(gr, studio):
     assert "lofi &lt;b&gt;" in by_id["history-table"].value  # user text is escaped in the table
     with pytest.raises(gr.Error, match="pick an entry"):
         fns["reload"].fn(None)
+
+
+def test_tabs_are_the_tasks_the_loaded_family_runs(gr, tmp_path):
+    import types
+
+    from songflow.interfaces.studio.app import build_ui, studio_tasks
+
+    fake = _FakePipeline(RuntimeError("unused"))
+    assert studio_tasks(Studio(fake, History(tmp_path / "a"))) == tuple(TASKS)  # no family: every task
+    fake.family = types.SimpleNamespace(tasks=("retake", "text2music", "not-a-task"))
+    studio = Studio(fake, History(tmp_path / "b"))
+    assert studio_tasks(studio) == ("text2music", "retake")  # in the order of TASKS, known tasks only
+    demo = build_ui(studio)
+    ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert {i for i in ids if i.startswith("tab-")} == {"tab-text2music", "tab-retake"}
+    assert "generate-repaint" not in ids and "repaint-source_path" not in ids
+    assert len([f for f in demo.fns.values() if f.name == "generate"]) == 2
 
 
 def test_ui_command_line(tmp_path, capsys):

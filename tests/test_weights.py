@@ -1,4 +1,5 @@
-"""Strict safetensors loading, meta-device materialisation, checkpoint folders (songflow.checkpoint.weights).
+"""Strict safetensors loading, meta-device construction (songflow.checkpoint.strict) and the v1 checkpoint
+folder (songflow.checkpoint.acestep_v1).
 
 The generic loader is tested on small hand-made modules; the golden tiny checkpoint (official key layout)
 must load through ``load_checkpoint``; the full-size architectures built on the meta device must match the
@@ -18,21 +19,23 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from songflow.checkpoint.weights import (
-    BUFFER_INIT_HOOK,
+from songflow.checkpoint.acestep_v1 import (
     CHECKPOINT_FILES,
     CHECKPOINT_FOLDERS,
-    DTYPES,
     WEIGHTS_NAME,
+    load_checkpoint,
+    load_dcae,
+    load_transformer,
+    load_vocoder,
+    save_component,
+    validate_checkpoint_dir,
+)
+from songflow.checkpoint.device import DTYPES, resolve_device, resolve_dtype
+from songflow.checkpoint.strict import (
     build_on_meta,
     init_empty_weights,
-    load_checkpoint,
     load_state_dict_strict,
-    resolve_device,
-    resolve_dtype,
-    save_component,
     state_dict_shapes,
-    validate_checkpoint_dir,
 )
 from songflow.errors import CheckpointError, ConfigError
 
@@ -42,7 +45,7 @@ from songflow.errors import CheckpointError, ConfigError
 
 
 class Toy(nn.Module):
-    """Linear + norm + an integer persistent buffer + a computed non-persistent buffer with the hook."""
+    """Linear + norm + an integer persistent buffer + a non-persistent buffer computed at construction."""
 
     def __init__(self, width: int = 4):
         super().__init__()
@@ -52,11 +55,8 @@ class Toy(nn.Module):
         self.register_buffer("table", self._table(), persistent=False)
 
     @staticmethod
-    def _table(device=None) -> torch.Tensor:
-        return torch.linspace(0.0, 1.0, 7, device=device).exp()
-
-    def init_non_persistent_buffers(self) -> None:
-        self.table = self._table(device=self.table.device)
+    def _table() -> torch.Tensor:
+        return torch.linspace(0.0, 1.0, 7).exp()
 
 
 class ToyNoHook(nn.Module):
@@ -64,17 +64,6 @@ class ToyNoHook(nn.Module):
         super().__init__()
         self.lin = nn.Linear(2, 2)
         self.register_buffer("table", torch.ones(3), persistent=False)
-
-
-class Outer(nn.Module):
-    """The hook on an ancestor covers a child's buffers."""
-
-    def __init__(self):
-        super().__init__()
-        self.child = ToyNoHook()
-
-    def init_non_persistent_buffers(self) -> None:
-        self.child.table = torch.full((3,), 2.0, device=self.child.table.device)
 
 
 def _random_state(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -124,26 +113,36 @@ def test_meta_materialisation_and_dtype_cast(tmp_path, dtype):
     assert torch.equal(model.table, Toy._table().to(want))
 
 
-def test_fully_meta_module_recomputes_buffers_with_hook(tmp_path):
-    path = _write(tmp_path / "toy.safetensors", _random_state(Toy()))
+def test_fully_meta_module_loads_when_the_file_holds_every_tensor(tmp_path):
+    state = _random_state(Toy())
+    state["table"] = torch.full((7,), 3.0)
+    path = _write(tmp_path / "toy.safetensors", state)
     with torch.device("meta"):
         model = Toy()
-        outer = Outer()
-    assert model.table.is_meta
-    load_state_dict_strict(model, path, dtype=None, device="cpu")
-    assert torch.equal(model.table, Toy._table())  # the hook ran after to_empty-style materialisation
-    path2 = _write(tmp_path / "outer.safetensors", _random_state(Outer()))
-    load_state_dict_strict(outer, path2, dtype=None, device="cpu")
-    assert torch.equal(outer.child.table, torch.full((3,), 2.0))  # hook on an ancestor
+    load_state_dict_strict(model, path, dtype=torch.bfloat16, optional_patterns=[r"^table$"])
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert torch.equal(model.lin.weight, state["lin.weight"].bfloat16())
+    assert torch.equal(model.table, torch.full((7,), 3.0, dtype=torch.bfloat16))
 
 
-def test_meta_buffer_without_hook_is_reported(tmp_path):
+def test_meta_buffer_not_in_the_file_is_reported(tmp_path):
     path = _write(tmp_path / "t.safetensors", _random_state(ToyNoHook()))
     with torch.device("meta"):
         model = ToyNoHook()
-    with pytest.raises(RuntimeError, match=BUFFER_INIT_HOOK) as info:
+    with pytest.raises(RuntimeError, match="init_empty_weights") as info:
         load_state_dict_strict(model, path, dtype=None, device="cpu")
-    assert "table" in str(info.value)
+    assert "buffer table" in str(info.value)
+    assert all(t.is_meta for t in model.state_dict().values())  # reported before anything is allocated
+
+
+def test_loaded_tensors_do_not_depend_on_the_file(tmp_path):
+    state = _random_state(Toy())
+    path = _write(tmp_path / "toy.safetensors", state)
+    with init_empty_weights():
+        model = Toy()
+    load_state_dict_strict(model, path, dtype=None)
+    path.write_bytes(b"")  # overwritten in place: the parameters are copies, not views of the mapped file
+    assert torch.equal(model.lin.weight, state["lin.weight"])
 
 
 def test_tied_parameters_stay_tied(tmp_path):
@@ -277,7 +276,6 @@ def test_missing_weight_file(tmp_path):
 
 
 def test_save_component_roundtrip(tmp_path):
-    from songflow.checkpoint.weights import load_dcae
     from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
 
     config = DCAEConfig.tiny()
@@ -345,8 +343,6 @@ def test_golden_checkpoint_loads(golden_models_dir, dtype):
 
 
 def test_golden_checkpoint_without_text_encoder_and_with_projectors(golden_models_dir):
-    from songflow.checkpoint.weights import load_transformer
-
     ckpt = load_checkpoint(golden_models_dir, load_text_encoder=False)
     assert ckpt.text_encoder is None
     dit = load_transformer(golden_models_dir / "ace_step_transformer", "float32", "cpu", with_projectors=True)
@@ -371,8 +367,6 @@ def _replace(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def test_vocoder_mel_buffers_are_optional(golden_models_dir, tmp_path):
-    from songflow.checkpoint.weights import load_vocoder
-
     root = _link_checkpoint(golden_models_dir, tmp_path / "ckpt")
     file = root / "music_vocoder" / WEIGHTS_NAME
     stored = _file_state(file)
@@ -382,6 +376,27 @@ def test_vocoder_mel_buffers_are_optional(golden_models_dir, tmp_path):
     for key in ("mel_transform.spectrogram.window", "mel_transform.mel_scale.fb"):
         got = dict(vocoder.named_buffers())[key]
         assert torch.allclose(got, stored[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vocoder_buffers_computed_at_construction_survive_the_load(tmp_path, dtype):
+    import dataclasses
+
+    from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig
+
+    config = dataclasses.replace(VocoderConfig.tiny(), head_type="istft", phase_refiner_bins=8)
+    torch.manual_seed(0)
+    reference = Vocoder(config)
+    folder = save_component(reference, config, tmp_path / "music_vocoder")
+    vocoder = load_vocoder(folder, dtype, "cpu")
+    stored = set(_file_state(folder / WEIGHTS_NAME))
+    computed = {k: v for k, v in reference.named_buffers() if k not in stored}
+    assert {"head.window", "head.mel_spread"} <= set(computed)  # not state: computed at construction
+    got = dict(vocoder.named_buffers())
+    for key, value in computed.items():
+        assert not got[key].is_meta and torch.equal(got[key], value.to(dtype)), key
+    for key, value in reference.state_dict().items():
+        assert torch.equal(vocoder.state_dict()[key], value.to(dtype)), key
 
 
 def test_validate_checkpoint_dir_errors(golden_models_dir, tmp_path):
@@ -508,7 +523,7 @@ def test_full_size_dcae_and_vocoder_keys(golden_dir):
 def test_full_size_umt5_keys(golden_dir):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    # google/umt5-base, SPEC §1.4
+    # google/umt5-base
     config = UMT5Config(
         vocab_size=256384,
         d_model=768,

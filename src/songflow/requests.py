@@ -2,7 +2,7 @@
 
 A request is a frozen dataclass tagged by ``task``. ``to_dict``/``request_from_dict`` give a JSON round
 trip that rejects unknown keys by name, so a sidecar ``params.json`` written next to a song regenerates it
-exactly. Defaults follow the official ACE-Step ``__call__`` (SPEC §7.1), except where noted.
+exactly. Defaults follow the official ACE-Step ``__call__``, except where noted.
 """
 
 from __future__ import annotations
@@ -13,16 +13,32 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from songflow.errors import ConfigError
+from songflow.sampling.guidance import GUIDANCE_TYPES as GUIDANCE_NAMES
+from songflow.sampling.guidance import GuidanceKind
+from songflow.sampling.steppers import SAMPLERS as SAMPLER_NAMES
+from songflow.sampling.steppers import Sampler
 
-Sampler = Literal["euler", "heun", "pingpong"]
-GuidanceKind = Literal["cfg", "apg", "cfg_star"]
-
-SAMPLER_NAMES: tuple[str, ...] = ("euler", "heun", "pingpong")
-GUIDANCE_NAMES: tuple[str, ...] = ("cfg", "apg", "cfg_star")
 MAX_STEPS = 1000
 MAX_BATCH = 64
 MAX_TAGS_CHARS = 4096
 MAX_EXTEND_S = 3600.0
+# metadata keys of a number field's bounds (checked by ``_check_numbers``; the REST schema shows them)
+_BOUND_KEYS = ("ge", "gt", "le", "lt")
+_SEEDS: dict[str, Any] = {"min_length": 1, "items": {"ge": 0, "lt": 2**63}}
+_STEP_INDICES: dict[str, Any] = {"items": {"ge": 1, "le": MAX_STEPS}}
+_FRACTION: dict[str, Any] = {"ge": 0.0, "le": 1.0}
+
+
+class RequestFieldError(ConfigError):
+    """A request field holds an invalid value; ``loc`` names it (e.g. ``("params", "steps")``)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
+
+    def under(self, *prefix: str | int) -> RequestFieldError:
+        """The same error for a field nested under ``prefix`` (e.g. ``params``)."""
+        return RequestFieldError((*prefix, *self.loc), str(self))
 
 
 @dataclass(frozen=True)
@@ -30,7 +46,7 @@ class GenerationParams:
     """Sampler, guidance and seed settings shared by every task.
 
     The three ``legacy_*``/``omega_mean_over`` switches choose between the reference implementation's
-    behaviour and the corrected one (SPEC §7.3, §11; DESIGN §2 bugs 3 and 7):
+    behaviour and the corrected one (docs/reference_behaviour.md#r9-#r12):
 
     - ``legacy_double_shift`` (default True, as the reference): the sigma schedule is shifted twice; False
       shifts once (see ``songflow.sampling.schedules.flow_sigmas``).
@@ -41,12 +57,12 @@ class GenerationParams:
       2N-1 evaluations with N; False (default) decides guidance per step, for both Heun evaluations.
     """
 
-    steps: int = 60
+    steps: int = field(default=60, metadata={"ge": 1, "le": MAX_STEPS})
     sampler: Sampler = "euler"
-    shift: float = 3.0
+    shift: float = field(default=3.0, metadata={"gt": 0})
     guidance: GuidanceKind = "apg"
-    guidance_scale: float = 15.0
-    guidance_interval: float = 0.5
+    guidance_scale: float = field(default=15.0, metadata={"ge": 0})
+    guidance_interval: float = field(default=0.5, metadata={"ge": 0.0, "le": 1.0})
     guidance_interval_decay: float = 0.0
     min_guidance_scale: float = 3.0
     guidance_scale_text: float = 0.0
@@ -55,56 +71,44 @@ class GenerationParams:
     use_erg_tag: bool = True
     use_erg_lyric: bool = True
     use_erg_diffusion: bool = True
-    step_indices: tuple[int, ...] = ()
-    seeds: tuple[int, ...] | None = None
-    batch_size: int = 1
+    step_indices: tuple[int, ...] = field(default=(), metadata=_STEP_INDICES)
+    seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
+    batch_size: int = field(default=1, metadata={"ge": 1, "le": MAX_BATCH})
     legacy_double_shift: bool = True
     omega_mean_over: Literal["sample", "batch"] = "sample"
     legacy_batch_noise: bool = False
     legacy_heun_interval: bool = False
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.steps, bool)
-            or not isinstance(self.steps, int)
-            or not 1 <= self.steps <= MAX_STEPS
-        ):
-            raise ConfigError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
+        _check_numbers(self)
         if self.sampler not in SAMPLER_NAMES:
-            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {list(SAMPLER_NAMES)}")
+            raise RequestFieldError(
+                ("sampler",), f"unknown sampler {self.sampler!r}; choose one of {list(SAMPLER_NAMES)}"
+            )
         if self.guidance not in GUIDANCE_NAMES:
-            raise ConfigError(f"unknown guidance {self.guidance!r}; choose one of {list(GUIDANCE_NAMES)}")
+            raise RequestFieldError(
+                ("guidance",), f"unknown guidance {self.guidance!r}; choose one of {list(GUIDANCE_NAMES)}"
+            )
         if self.omega_mean_over not in ("sample", "batch"):
-            raise ConfigError(f"omega_mean_over must be 'sample' or 'batch', got {self.omega_mean_over!r}")
-        for name in (
-            "shift",
-            "guidance_scale",
-            "guidance_interval",
-            "guidance_interval_decay",
-            "min_guidance_scale",
-            "guidance_scale_text",
-            "guidance_scale_lyric",
-            "omega_scale",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        if self.shift <= 0:
-            raise ConfigError(f"shift must be > 0, got {self.shift}")
-        if not 0.0 <= self.guidance_interval <= 1.0:
-            raise ConfigError(f"guidance_interval must be in [0, 1], got {self.guidance_interval}")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= MAX_BATCH:
-            raise ConfigError(f"batch_size must be an integer in [1, {MAX_BATCH}], got {self.batch_size!r}")
+            raise RequestFieldError(
+                ("omega_mean_over",),
+                f"omega_mean_over must be 'sample' or 'batch', got {self.omega_mean_over!r}",
+            )
         if self.step_indices:
-            if any(not isinstance(k, int) or k < 1 or k > MAX_STEPS for k in self.step_indices):
-                raise ConfigError(f"step_indices must be 1-based step numbers in [1, {MAX_STEPS}]")
+            items = _STEP_INDICES["items"]
+            if any(
+                isinstance(k, bool) or not isinstance(k, int) or not items["ge"] <= k <= items["le"]
+                for k in self.step_indices
+            ):
+                raise RequestFieldError(
+                    ("step_indices",), f"step_indices must be 1-based step numbers in [1, {MAX_STEPS}]"
+                )
             if list(self.step_indices) != sorted(set(self.step_indices)):
-                raise ConfigError("step_indices must be strictly increasing")
+                raise RequestFieldError(("step_indices",), "step_indices must be strictly increasing")
             if self.sampler == "heun":
-                raise ConfigError(
-                    "step_indices (oss_steps) work with the euler and pingpong samplers, not heun"
+                raise RequestFieldError(
+                    ("step_indices",),
+                    "step_indices (oss_steps) work with the euler and pingpong samplers, not heun",
                 )
         _check_seeds("seeds", self.seeds)
 
@@ -113,17 +117,62 @@ def _check_seeds(name: str, seeds: tuple[int, ...] | None) -> None:
     if seeds is None:
         return
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{name} must be a non-empty list of integers, got {seeds!r}")
-    if any(not 0 <= s < 2**63 for s in seeds):
-        raise ConfigError(f"{name} must be in [0, 2**63)")
+        raise RequestFieldError((name,), f"{name} must be a non-empty list of integers, got {seeds!r}")
+    if any(not _SEEDS["items"]["ge"] <= s < _SEEDS["items"]["lt"] for s in seeds):
+        raise RequestFieldError((name,), f"{name} must be in [0, 2**63)")
 
 
-def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        raise ConfigError(f"{name} must be in {bounds}, got {value!r}")
+def _check_numbers(obj: Any) -> None:
+    """Check every ``int``/``float`` field of a request dataclass against its type and the bounds in its
+    field metadata (``ge``/``gt``/``le``/``lt``, the names the REST schema uses)."""
+    for f in dataclasses.fields(obj):
+        if f.type in ("int", "float", int, float):
+            bounds = {k: f.metadata[k] for k in _BOUND_KEYS if k in f.metadata}
+            _check_number(
+                f.name,
+                getattr(obj, f.name),
+                integer=f.type in ("int", int),
+                unit=f.metadata.get("unit"),
+                **bounds,
+            )
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    unit: str | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        ok = False
+    else:
+        ok = math.isfinite(value) and not (
+            (ge is not None and value < ge)
+            or (gt is not None and value <= gt)
+            or (le is not None and value > le)
+            or (lt is not None and value >= lt)
+        )
+    if ok:
+        return
+    low, high = (ge if ge is not None else gt), (le if le is not None else lt)
+    interval = f"{'[' if ge is not None else '('}{low}, {high}{']' if le is not None else ')'}"
+    if integer:
+        what = "an integer" + (f" in {interval}" if low is not None and high is not None else "")
+        what += f" >= {ge}" if high is None and ge is not None else ""
+    elif low is not None and high is not None:
+        what = f"in {interval}"
+    elif gt == 0 and high is None:
+        what = "a positive number" + (f" of {unit}" if unit else "")
+    elif low is not None:
+        what = f"a number {'>=' if ge is not None else '>'} {low}"
+    else:
+        what = "a finite number"
+    raise RequestFieldError((name,), f"{name} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -131,37 +180,42 @@ class LoraRef:
     """A LoRA adapter to apply: a folder (or ``.safetensors`` file) and its weight (0 = off)."""
 
     path: str
-    weight: float = 1.0
+    weight: float = field(default=1.0, metadata={"ge": -10.0, "le": 10.0})
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
-            raise ConfigError("a LoRA needs a path")
-        _check_number("LoRA weight", self.weight, -10.0, 10.0)
+            raise RequestFieldError(("path",), "a LoRA needs a path")
+        _check_numbers(self)
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Request:
     """Fields every task has: the style tags, the lyrics, sampler settings and LoRA adapters."""
 
-    tags: str
+    tags: str = field(metadata={"min_length": 1, "max_length": MAX_TAGS_CHARS})
     lyrics: str = ""
     params: GenerationParams = field(default_factory=GenerationParams)
     loras: tuple[LoraRef, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.tags, str) or not self.tags.strip():
-            raise ConfigError("tags must be a non-empty text, e.g. 'funk, pop, 105 BPM, energetic, guitar'")
+            raise RequestFieldError(
+                ("tags",), "tags must be a non-empty text, e.g. 'funk, pop, 105 BPM, energetic, guitar'"
+            )
         if len(self.tags) > MAX_TAGS_CHARS:
-            raise ConfigError(f"tags are {len(self.tags)} characters long; the limit is {MAX_TAGS_CHARS}")
+            raise RequestFieldError(
+                ("tags",), f"tags are {len(self.tags)} characters long; the limit is {MAX_TAGS_CHARS}"
+            )
         if not isinstance(self.lyrics, str):
-            raise ConfigError("lyrics must be text")
+            raise RequestFieldError(("lyrics",), "lyrics must be text")
         if not isinstance(self.params, GenerationParams):
-            raise ConfigError("params must be a GenerationParams")
+            raise RequestFieldError(("params",), "params must be a GenerationParams")
+        _check_numbers(self)
 
 
 def _check_source(name: str, path: Any) -> None:
     if not isinstance(path, str) or not path.strip():
-        raise ConfigError(f"{name} must name an audio file")
+        raise RequestFieldError((name,), f"{name} must name an audio file")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,13 +227,7 @@ class Text2Music(_Request):
     """
 
     task: ClassVar[str] = "text2music"
-    duration_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        d = self.duration_s
-        if isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or d <= 0:
-            raise ConfigError(f"duration_s must be a positive number of seconds, got {d!r}")
+    duration_s: float = field(default=60.0, metadata={"gt": 0, "unit": "seconds"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,12 +239,11 @@ class Retake(Text2Music):
     """
 
     task: ClassVar[str] = "retake"
-    variance_frac: float = 0.2
-    retake_seeds: tuple[int, ...] | None = None
+    variance_frac: float = field(default=0.2, metadata=_FRACTION)
+    retake_seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_number("variance_frac", self.variance_frac, 0.0, 1.0)
         _check_seeds("retake_seeds", self.retake_seeds)
 
 
@@ -206,19 +253,18 @@ class Repaint(_Request):
 
     task: ClassVar[str] = "repaint"
     source_path: str
-    start_s: float = 0.0
-    end_s: float = 30.0
-    variance_frac: float = 0.2
-    retake_seeds: tuple[int, ...] | None = None
+    start_s: float = field(default=0.0, metadata={"ge": 0.0})
+    end_s: float = field(default=30.0, metadata={"ge": 0.0})
+    variance_frac: float = field(default=0.2, metadata=_FRACTION)
+    retake_seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_source("source_path", self.source_path)
-        _check_number("start_s", self.start_s, 0.0)
-        _check_number("end_s", self.end_s, 0.0)
         if self.end_s <= self.start_s:
-            raise ConfigError(f"the repaint window is empty: end_s {self.end_s} <= start_s {self.start_s}")
-        _check_number("variance_frac", self.variance_frac, 0.0, 1.0)
+            raise RequestFieldError(
+                ("end_s",), f"the repaint window is empty: end_s {self.end_s} <= start_s {self.start_s}"
+            )
         _check_seeds("retake_seeds", self.retake_seeds)
 
 
@@ -231,17 +277,15 @@ class Extend(_Request):
 
     task: ClassVar[str] = "extend"
     source_path: str
-    left_s: float = 0.0
-    right_s: float = 30.0
-    retake_seeds: tuple[int, ...] | None = None
+    left_s: float = field(default=0.0, metadata={"ge": 0.0, "le": MAX_EXTEND_S})
+    right_s: float = field(default=30.0, metadata={"ge": 0.0, "le": MAX_EXTEND_S})
+    retake_seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_source("source_path", self.source_path)
-        _check_number("left_s", self.left_s, 0.0, MAX_EXTEND_S)
-        _check_number("right_s", self.right_s, 0.0, MAX_EXTEND_S)
         if self.left_s == 0 and self.right_s == 0:
-            raise ConfigError("extend needs left_s > 0 or right_s > 0")
+            raise RequestFieldError(("right_s",), "extend needs left_s > 0 or right_s > 0")
         _check_seeds("retake_seeds", self.retake_seeds)
 
 
@@ -251,12 +295,11 @@ class AudioToAudio(_Request):
 
     task: ClassVar[str] = "audio2audio"
     reference_path: str
-    strength_frac: float = 0.5
+    strength_frac: float = field(default=0.5, metadata=_FRACTION)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_source("reference_path", self.reference_path)
-        _check_number("strength_frac", self.strength_frac, 0.0, 1.0)
 
 
 EDIT_PRESETS: dict[str, tuple[float, float]] = {"only_lyrics": (0.6, 1.0), "remix": (0.2, 0.4)}
@@ -272,23 +315,21 @@ class Edit(_Request):
     source_path: str
     target_tags: str | None = None
     target_lyrics: str | None = None
-    n_min_frac: float = 0.6
-    n_max_frac: float = 1.0
-    n_avg: int = 1
+    n_min_frac: float = field(default=0.6, metadata=_FRACTION)
+    n_max_frac: float = field(default=1.0, metadata=_FRACTION)
+    n_avg: int = field(default=1, metadata={"ge": 1, "le": 64})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_source("source_path", self.source_path)
         if self.target_tags is None and self.target_lyrics is None:
-            raise ConfigError("edit needs target_tags and/or target_lyrics")
+            raise RequestFieldError(("target_tags",), "edit needs target_tags and/or target_lyrics")
         if self.target_tags is not None and not str(self.target_tags).strip():
-            raise ConfigError("target_tags must be a non-empty text when given")
-        _check_number("n_min_frac", self.n_min_frac, 0.0, 1.0)
-        _check_number("n_max_frac", self.n_max_frac, 0.0, 1.0)
+            raise RequestFieldError(("target_tags",), "target_tags must be a non-empty text when given")
         if self.n_min_frac >= self.n_max_frac:
-            raise ConfigError(f"n_min_frac {self.n_min_frac} must be < n_max_frac {self.n_max_frac}")
-        if isinstance(self.n_avg, bool) or not isinstance(self.n_avg, int) or not 1 <= self.n_avg <= 64:
-            raise ConfigError(f"n_avg must be an integer in [1, 64], got {self.n_avg!r}")
+            raise RequestFieldError(
+                ("n_min_frac",), f"n_min_frac {self.n_min_frac} must be < n_max_frac {self.n_max_frac}"
+            )
 
 
 Request = Text2Music | Retake | Repaint | Extend | AudioToAudio | Edit
@@ -299,9 +340,30 @@ def _params_from_dict(data: dict[str, Any]) -> GenerationParams:
     names = {f.name for f in dataclasses.fields(GenerationParams)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown generation parameter(s) {unknown}; valid ones are {sorted(names)}")
-    data = dict(data)
-    return GenerationParams(**{k: _tuple(v) for k, v in data.items()})
+        raise RequestFieldError(
+            ("params", unknown[0]),
+            f"unknown generation parameter(s) {unknown}; valid ones are {sorted(names)}",
+        )
+    try:
+        return GenerationParams(**{k: _tuple(v) for k, v in data.items()})
+    except RequestFieldError as exc:
+        raise exc.under("params") from None
+
+
+def _loras_from_list(loras: Any) -> tuple[LoraRef, ...]:
+    if not isinstance(loras, list | tuple):
+        raise RequestFieldError(("loras",), "loras must be a list of {'path': ..., 'weight': ...}")
+    out = []
+    for i, ref in enumerate(loras):
+        try:
+            out.append(LoraRef(**ref) if isinstance(ref, dict) else LoraRef(*ref))
+        except TypeError as exc:
+            raise RequestFieldError(
+                ("loras", i), f"loras must be a list of {{'path': ..., 'weight': ...}}: {exc}"
+            ) from exc
+        except RequestFieldError as exc:
+            raise exc.under("loras", i) from None
+    return tuple(out)
 
 
 def _tuple(value: Any) -> Any:
@@ -309,24 +371,25 @@ def _tuple(value: Any) -> Any:
 
 
 def request_from_dict(data: dict[str, Any]) -> Request:
-    """Build a request from its JSON form ``{"task": ..., <task fields>, "params": {...}}``."""
+    """Build a request from its JSON form ``{"task": ..., <task fields>, "params": {...}}``.
+
+    Invalid fields raise :class:`RequestFieldError` (a ``ConfigError``) whose ``loc`` names the field.
+    """
     if not isinstance(data, dict):
         raise ConfigError("a request must be a JSON object")
     data = dict(data)
     task = data.pop("task", "text2music")
     cls = TASKS.get(task)
     if cls is None:
-        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+        raise RequestFieldError(("task",), f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     params = _params_from_dict(data.pop("params", {}) or {})
-    loras = data.pop("loras", []) or []
-    try:
-        loras = tuple(LoraRef(**ref) if isinstance(ref, dict) else LoraRef(*ref) for ref in loras)
-    except TypeError as exc:
-        raise ConfigError(f"loras must be a list of {{'path': ..., 'weight': ...}}: {exc}") from exc
+    loras = _loras_from_list(data.pop("loras", []) or [])
     names = {f.name for f in dataclasses.fields(cls)} - {"params", "loras"}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown field(s) {unknown} for task {task!r}; valid ones are {sorted(names)}")
+        raise RequestFieldError(
+            (unknown[0],), f"unknown field(s) {unknown} for task {task!r}; valid ones are {sorted(names)}"
+        )
     missing = sorted(
         f.name
         for f in dataclasses.fields(cls)
@@ -336,7 +399,7 @@ def request_from_dict(data: dict[str, Any]) -> Request:
         and f.default_factory is dataclasses.MISSING
     )
     if missing:
-        raise ConfigError(f"task {task!r} needs field(s) {missing}")
+        raise RequestFieldError((missing[0],), f"task {task!r} needs field(s) {missing}")
     return cls(params=params, loras=loras, **{k: _tuple(v) for k, v in data.items()})
 
 

@@ -1,6 +1,6 @@
 """Downloading the official checkpoint and the lyric vocabulary (the only module that talks to a network).
 
-* :func:`download_checkpoint` fetches exactly the files of the four checkpoint folders (SPEC §1) from the
+* :func:`download_checkpoint` fetches exactly the files of the four checkpoint folders from the
   Hugging Face Hub into a plain folder (``--local-dir`` layout, no symlinked cache), then validates it.
 * :func:`fetch_lyric_vocab` fetches the official lyric BPE ``vocab.json`` (not part of the HF repo; it lives
   in the GitHub sources) from a pinned commit and checks its sha256 before writing it.
@@ -15,13 +15,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from songflow.checkpoint.weights import CHECKPOINT_FILES, OPTIONAL_CHECKPOINT_FILES, validate_checkpoint_dir
+from songflow.checkpoint.acestep_v1 import (
+    CHECKPOINT_FILES,
+    OPTIONAL_CHECKPOINT_FILES,
+    validate_checkpoint_dir,
+)
 from songflow.errors import CheckpointError
 from songflow.fileio import atomic_write_bytes
 
 DEFAULT_REPO_ID = "ACE-Step/ACE-Step-v1-3.5B"
 
-# acestep/models/lyrics_utils/vocab.json of github.com/ace-step/ACE-Step at commit d612523 (SPEC §0, §6.1).
+# acestep/models/lyrics_utils/vocab.json of github.com/ace-step/ACE-Step at commit d612523.
 VOCAB_URL = (
     "https://raw.githubusercontent.com/ace-step/ACE-Step/d612523/acestep/models/lyrics_utils/vocab.json"
 )

@@ -1,11 +1,11 @@
 """LoRA adapter files: load, save and unload adapters on the DiT (:class:`ACEStepTransformer`).
 
 The layer maths (:class:`~songflow.nn.lora.LoRALinear`, merge/unmerge) is in :mod:`songflow.nn.lora`; this
-module reads and writes files, like :mod:`songflow.checkpoint.weights` does for base checkpoints.
-Safetensors only.
+module reads and writes files, with the safetensors helpers of :mod:`songflow.checkpoint.strict` (the
+ones base checkpoints use). Safetensors only: pickles are refused with the reason.
 
 File layout (what the official trainer's diffusers ``save_lora_adapter`` writes and what the official
-pipeline's ``load_lora_adapter`` reads, SPEC §7.6/§8.6)::
+pipeline's ``load_lora_adapter`` reads)::
 
     <folder>/pytorch_lora_weights.safetensors  <layer>.lora_A.weight [r, in], <layer>.lora_B.weight [out, r]
     <folder>/adapter_config.json               optional: PEFT LoraConfig fields (r, lora_alpha, use_rslora)
@@ -23,7 +23,7 @@ is searched for ``adapter_config.json``).
 2. per-layer ``<layer>.alpha`` scalar tensors in the file (kohya-style files);
 3. otherwise ``alpha = r`` (scale 1).
 
-Why (SPEC §12 left the official restore open): the official pipeline calls diffusers
+Why (docs/reference_behaviour.md#r21): the official pipeline calls diffusers
 ``load_lora_adapter(<file>, adapter_name=..., with_alpha=True, prefix=None)``. In that call path diffusers
 (checked on 0.39) reads neither ``adapter_config.json`` nor the safetensors header entry
 ``lora_adapter_metadata`` (it reads the header only when ``use_safetensors=True`` or ``weight_name`` is
@@ -48,13 +48,21 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from songflow.checkpoint.strict import (
+    format_problems,
+    is_pickle,
+    open_safetensors,
+    read_header,
+    require_safetensors,
+    write_safetensors,
+)
 from songflow.errors import CheckpointError, ConfigError
-from songflow.fileio import atomic_path, atomic_write_text
+from songflow.fileio import atomic_write_text
 from songflow.nn.lora import (
     LORA_A,
     AdapterSpec,
@@ -97,7 +105,7 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers save_lora_adapter 
 PEFT_WEIGHT_NAME = "adapter_model.safetensors"  # PEFT save_pretrained
 CONFIG_NAME = "adapter_config.json"
 METADATA_KEY = "lora_adapter_metadata"  # safetensors header entry (diffusers)
-#: ``config/zh_rap_lora_config.json`` target_modules (SPEC §8.6): both attentions of every DiT block, the
+#: ``config/zh_rap_lora_config.json`` target_modules: both attentions of every DiT block, the
 #: lyric-encoder self-attention projections and the speaker projection.
 OFFICIAL_TARGET_MODULES: tuple[str, ...] = (
     "speaker_embedder",
@@ -111,8 +119,6 @@ OFFICIAL_TARGET_MODULES: tuple[str, ...] = (
 )
 KEY_PREFIXES: tuple[str, ...] = ("base_model.model.", "transformer.")
 
-_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
-_SHOWN = 10
 _FACTOR_RE = re.compile(r"^(?P<layer>.+)\.(?P<which>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.weight$")
 _ALPHA_RE = re.compile(r"^(?P<layer>.+)\.alpha$")
 
@@ -147,18 +153,6 @@ def _check_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _require_safetensors(path: Path) -> None:
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{path}: safetensors required. Pickle-based LoRA files ({path.suffix}) are never loaded because "
-            "unpickling can run arbitrary code; convert it to .safetensors (or use the .safetensors release)."
-        )
-    if path.suffix.lower() != ".safetensors":
-        raise CheckpointError(
-            f"{path}: not a .safetensors file (LoRA adapters are read from safetensors only)"
-        )
-
-
 def resolve_lora_files(path: str | Path) -> tuple[Path, Path | None]:
     """``(weights file, adapter_config.json or None)`` for a LoRA folder or weights file."""
     path = Path(path).expanduser()
@@ -172,34 +166,21 @@ def resolve_lora_files(path: str | Path) -> tuple[Path, Path | None]:
             if len(found) == 1:
                 weights = found[0]
             else:
-                pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+                pickles = sorted(p.name for p in path.iterdir() if is_pickle(p))
                 if pickles and not found:
-                    _require_safetensors(path / pickles[0])
+                    require_safetensors(path / pickles[0], "LoRA")
                 what = f"several ({', '.join(p.name for p in found)})" if found else "none"
                 raise CheckpointError(
                     f"{path}: no LoRA weights found. Expected {WEIGHT_NAME} (or {PEFT_WEIGHT_NAME}, or "
                     f"exactly one .safetensors file); .safetensors files present: {what}."
                 )
     elif path.is_file():
-        _require_safetensors(path)
+        require_safetensors(path, "LoRA")
         weights = path
     else:
         raise CheckpointError(f"LoRA not found: {path} (give a folder holding {WEIGHT_NAME}, or the file)")
     config = weights.parent / CONFIG_NAME
     return weights, (config if config.is_file() else None)
-
-
-def _read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-            return shapes, dict(f.metadata() or {})
-    except Exception as exc:  # safetensors raises several types for damaged files
-        raise CheckpointError(
-            f"{path} is damaged or not a safetensors file ({exc}); download it again"
-        ) from exc
 
 
 def _read_config(config_path: Path) -> tuple[dict, str]:
@@ -276,12 +257,6 @@ def _layout(keys: Iterable[str]) -> _Layout:
     return out
 
 
-def _fmt(title: str, items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_SHOWN])
-    more = f", ... (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
-    return f"  {title} ({len(items)}): {shown}{more}"
-
-
 def _describe(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     dim, blocks = getattr(config, "inner_dim", None), getattr(config, "num_layers", None)
@@ -327,7 +302,7 @@ def _made_for(
     return f"an ACE-Step v1 transformer of another size ({', '.join(details)})"
 
 
-def _plan(
+def _layer_ranks(
     model: nn.Module, layout: _Layout, shapes: Mapping[str, tuple[int, ...]], path: Path
 ) -> dict[str, int]:
     """Validate the file against the model; ``{layer: r}``. Raises CheckpointError listing every problem."""
@@ -361,21 +336,16 @@ def _plan(
     bad_alphas = [
         layout.alphas[n] for n in ranks if n in layout.alphas and math.prod(shapes[layout.alphas[n]]) != 1
     ]
-    problems = []
-    if missing:
-        problems.append(_fmt("keys whose layer does not exist in the model", missing))
-    if mismatched:
-        problems.append(_fmt("shape mismatches", mismatched))
-    if unsupported:
-        problems.append(_fmt("layers that are not nn.Linear (unsupported)", unsupported))
-    if unpaired:
-        problems.append(_fmt("unpaired LoRA factors", unpaired))
-    if layout.unknown:
-        problems.append(
-            _fmt("keys that are not plain LoRA factors (DoRA, LoRA bias, other formats)", layout.unknown)
+    problems = format_problems(
+        (
+            ("keys whose layer does not exist in the model", missing),
+            ("shape mismatches", mismatched),
+            ("layers that are not nn.Linear (unsupported)", unsupported),
+            ("unpaired LoRA factors", unpaired),
+            ("keys that are not plain LoRA factors (DoRA, LoRA bias, other formats)", layout.unknown),
+            ("alpha tensors without a layer or not scalar", orphan_alphas + bad_alphas),
         )
-    if orphan_alphas or bad_alphas:
-        problems.append(_fmt("alpha tensors without a layer or not scalar", orphan_alphas + bad_alphas))
+    )
     if len(layout.peft_adapters) > 1:
         problems.append(
             f"  the file holds several adapters ({', '.join(sorted(layout.peft_adapters))}); save one"
@@ -391,7 +361,7 @@ def _plan(
     return ranks
 
 
-def _alpha_plan(
+def _adapter_specs(
     ranks: Mapping[str, int],
     layout: _Layout,
     weights: Path,
@@ -400,8 +370,6 @@ def _alpha_plan(
     use_rslora: bool | None,
 ) -> dict[str, AdapterSpec]:
     """Per-layer AdapterSpec following the documented alpha precedence (module docstring)."""
-    from safetensors import safe_open
-
     rslora = False
     alphas: dict[str, float] = {}
     if config is not None:
@@ -422,7 +390,7 @@ def _alpha_plan(
             )
         logger.info("LoRA %s: alpha/use_rslora from %s", weights, source)
     elif layout.alphas:
-        with safe_open(str(weights), framework="pt", device="cpu") as f:
+        with open_safetensors(weights) as f:
             for layer, r in ranks.items():
                 key = layout.alphas.get(layer)
                 alphas[layer] = float(f.get_tensor(key).float().reshape(-1)[0]) if key else float(r)
@@ -494,9 +462,10 @@ def load_lora(
         raise ConfigError(f"a LoRA named {name!r} is already loaded; unload it first or choose another name")
     if not math.isfinite(float(weight)):
         raise ConfigError(f"LoRA weight must be finite, got {weight!r}")
-    shapes, metadata = _read_header(weights)
+    header = read_header(weights)
+    shapes, metadata = header.shapes, header.metadata
     layout = _layout(shapes)
-    ranks = _plan(model, layout, shapes, weights)
+    ranks = _layer_ranks(model, layout, shapes, weights)
     config = _read_config(config_path) if (config_path is not None and use_config) else None
     if config is None and METADATA_KEY in metadata and alpha is None and use_rslora is None:
         logger.warning(
@@ -506,17 +475,15 @@ def load_lora(
             weights,
             metadata[METADATA_KEY].replace("\n", " ")[:300],
         )
-    specs = _alpha_plan(ranks, layout, weights, config, alpha, use_rslora)
-
-    from safetensors import safe_open
-
+    specs = _adapter_specs(ranks, layout, weights, config, alpha, use_rslora)
     modules = add_adapter_at(model, specs, name, weight=weight)
     try:
-        with safe_open(str(weights), framework="pt", device="cpu") as f, torch.no_grad():
+        with open_safetensors(weights) as f, torch.no_grad():
             for layer, module in modules.items():
                 keys = layout.factors[layer]
-                module.lora_A[name].weight.copy_(f.get_tensor(keys["A"]))
-                module.lora_B[name].weight.copy_(f.get_tensor(keys["B"]))
+                factors = cast(dict[str, nn.ModuleDict], {"A": module.lora_A, "B": module.lora_B})
+                for which, factor in factors.items():
+                    cast(nn.Linear, factor[name]).weight.copy_(f.get_tensor(keys[which]))
     except BaseException as exc:
         remove_adapter(model, name, missing_ok=True)
         if isinstance(exc, Exception) and not isinstance(exc, CheckpointError):
@@ -613,13 +580,10 @@ def save_lora(
         k: v.to(device="cpu", dtype=dtype or v.dtype).contiguous()
         for k, v in adapter_state_dict(model, name).items()
     }
-    from safetensors.torch import save_file
-
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     header = {"format": "pt", METADATA_KEY: json.dumps(peft, sort_keys=True)}
-    with atomic_path(folder / WEIGHT_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    write_safetensors(tensors, folder / WEIGHT_NAME, header)
     document = {"peft_type": "LORA", **peft, **extra}
     atomic_write_text(folder / CONFIG_NAME, json.dumps(document, indent=2, sort_keys=True) + "\n")
     return folder

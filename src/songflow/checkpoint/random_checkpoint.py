@@ -15,7 +15,7 @@ import torch
 
 from songflow.fileio import atomic_write_text
 
-# official special tokens of the lyric vocabulary (SPEC §6.1): id -> text
+# official special tokens of the lyric vocabulary: id -> text
 LYRIC_SPECIAL_TOKENS = {
     0: "[STOP]",
     1: "[UNK]",
@@ -101,8 +101,8 @@ def write_text_encoder(
     hf_logging.disable_progress_bar()
 
     folder.mkdir(parents=True, exist_ok=True)
-    words = ["<pad>", "</s>", "<unk>", *dict.fromkeys(w.lower() for w in words if w)]
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    vocab = ["<pad>", "</s>", "<unk>", *dict.fromkeys(w.lower() for w in words if w)]
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
@@ -116,7 +116,7 @@ def write_text_encoder(
         ),
     )
     cfg = UMT5Config(
-        vocab_size=max(128, len(words)),
+        vocab_size=max(128, len(vocab)),
         d_model=d_model,
         d_kv=d_model // 2,
         d_ff=2 * d_model,
@@ -151,7 +151,7 @@ def tiny_configs():
 
 def build_random_checkpoint(root: Path, *, size: str = "tiny", seed: int = 0) -> Path:
     """Write ``root/{ace_step_transformer,music_dcae_f8c8,music_vocoder,umt5-base}`` + ``vocab.json``."""
-    from songflow.checkpoint.weights import save_component
+    from songflow.checkpoint.acestep_v1 import save_component
     from songflow.errors import ConfigError
     from songflow.models.acestep_v1.dcae import DCAE
     from songflow.models.acestep_v1.transformer import ACEStepTransformer

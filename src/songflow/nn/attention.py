@@ -2,9 +2,10 @@
 softmax cross-attention. Both attention modules take a ``query_scale`` (ERG, "energy-based guidance": the
 official code scales the ``to_q`` output of some blocks through forward hooks; here it is an argument).
 
-RoPE quirk (SPEC §2.4, matches the official ``Qwen2RotaryEmbedding`` copy + ``apply_rotary_emb``): the
-cos/sin tables use the *half-split* layout ``[f_0 .. f_{d/2-1}, f_0 .. f_{d/2-1}]`` while the rotation pairs
-*adjacent* features (2k, 2k+1), so the two members of a pair are rotated by different frequencies::
+RoPE quirk (docs/reference_behaviour.md#r1; as the official ``Qwen2RotaryEmbedding`` copy and
+``apply_rotary_emb``): the cos/sin tables use the *half-split* layout ``[f_0 .. f_{d/2-1}, f_0 .. f_{d/2-1}]``
+while the rotation pairs *adjacent* features (2k, 2k+1), so the two members of a pair are rotated by
+different frequencies::
 
     out[2k]   = x[2k]   * cos[2k]   - x[2k+1] * sin[2k]
     out[2k+1] = x[2k+1] * cos[2k+1] + x[2k]   * sin[2k+1]

@@ -1,7 +1,8 @@
 """LoRA adapters on ``nn.Linear`` layers: several named adapters at once, merge/unmerge, PEFT key layout.
 
-This module is the only place that knows how a LoRA changes a layer (DESIGN §3.1). File I/O lives in
-:mod:`songflow.checkpoint.lora`; training code uses :func:`inject` and :func:`trainable_parameters`.
+This module is the only place that knows how a LoRA changes a layer (docs/architecture.md#layers).
+File I/O lives in :mod:`songflow.checkpoint.lora`; training code uses :func:`inject` and
+:func:`trainable_parameters`.
 
 The maths, per adapted ``nn.Linear`` with weight ``W [out, in]`` and bias ``b``::
 

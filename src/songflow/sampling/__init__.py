@@ -1,18 +1,27 @@
 """Sampling: schedules, pure steppers, guidance combinators, the one sampling loop, and noise.
 
-Layer 3 of songflow: imports torch (and ``songflow.errors``) only, never the models. Time convention:
+Layer 2 of songflow: imports torch (and ``songflow.errors``) only, never the models. Time convention:
 flow time ``sigma`` in [0, 1], ``x_sigma = (1 - sigma) * x0 + sigma * noise``, sigma 1 = noise; the model
 sees ``t = 1000 * sigma``.
+
+The sampler and guidance names live here once: the :data:`STEPPERS` and :data:`GUIDANCE` registries (and
+their name tuples :data:`SAMPLERS`, :data:`GUIDANCE_TYPES` and literal types :data:`Sampler`,
+:data:`GuidanceKind`); requests and tasks import them.
 """
 
 from songflow.sampling.guidance import (
+    GUIDANCE,
     GUIDANCE_TYPES,
     ApgState,
+    Combine,
+    GuidanceKind,
+    GuidanceRule,
     apg,
     cfg,
     cfg_zero_star,
     double_condition,
     guidance_interval_bounds,
+    guidance_rule,
     guidance_scale_at,
     validate_guidance_name,
     weighted_terms,
@@ -38,9 +47,12 @@ from songflow.sampling.schedules import (
 )
 from songflow.sampling.steppers import (
     SAMPLERS,
+    STEPPERS,
+    BoundStepper,
     OmegaMeanOver,
     Sampler,
     Stepper,
+    StepperSpec,
     VelocityFn,
     count_evals,
     euler_step,
@@ -50,18 +62,26 @@ from songflow.sampling.steppers import (
     omega_factor,
     omega_rescale,
     pingpong_step,
+    stepper_spec,
     uses_noise,
 )
 
 __all__ = [
+    "GUIDANCE",
     "GUIDANCE_TYPES",
     "N_TRAIN_TIMESTEPS",
     "SAMPLERS",
+    "STEPPERS",
     "ApgState",
+    "BoundStepper",
+    "Combine",
+    "GuidanceKind",
+    "GuidanceRule",
     "GuidedVelocityFn",
     "OmegaMeanOver",
     "Sampler",
     "Stepper",
+    "StepperSpec",
     "VelocityFn",
     "apg",
     "audio2audio_sigmas",
@@ -73,6 +93,7 @@ __all__ = [
     "evals_per_step",
     "flow_sigmas",
     "guidance_interval_bounds",
+    "guidance_rule",
     "guidance_scale_at",
     "heun_step",
     "legacy_train_sigmas",
@@ -89,6 +110,7 @@ __all__ = [
     "shift_sigma",
     "sigmas_to_timesteps",
     "step_noise_fn",
+    "stepper_spec",
     "trig_mix",
     "truncate",
     "uses_noise",

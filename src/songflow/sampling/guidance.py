@@ -1,15 +1,17 @@
-"""Classifier-free guidance rules as pure combinators over velocity predictions (DESIGN §3.4).
+"""Classifier-free guidance rules as pure combinators over velocity predictions (docs/architecture.md#layers).
 
 No ``nn.Module``, no global RNG, no hidden state: the APG momentum is an explicit :class:`ApgState` that
 the caller threads through one sampling run. All tensors are ``[B, ...]`` velocities (latents
-``[B, 8, 16, L]`` in ACE-Step). The formulas and numerics match the official ``acestep.apg_guidance``
-(SPEC §7.5); the guidance interval / decay rule matches ``text2music_diffusion_process``.
+``[B, 8, 16, L]`` in ACE-Step). The formulas and numerics match the official ``acestep.apg_guidance``;
+the guidance interval / decay rule matches ``text2music_diffusion_process``
+(docs/reference_behaviour.md#r13).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -17,26 +19,25 @@ from torch import Tensor
 from songflow.errors import ConfigError
 
 __all__ = [
+    "GUIDANCE",
     "GUIDANCE_TYPES",
     "ApgState",
+    "Combine",
+    "GuidanceKind",
+    "GuidanceRule",
     "apg",
     "cfg",
     "cfg_zero_star",
     "double_condition",
     "guidance_interval_bounds",
+    "guidance_rule",
     "guidance_scale_at",
     "validate_guidance_name",
     "weighted_terms",
 ]
 
-GUIDANCE_TYPES: tuple[str, ...] = ("cfg", "apg", "cfg_star")
-
-
-def validate_guidance_name(name: str) -> str:
-    """Return ``name`` if it is one of :data:`GUIDANCE_TYPES`, else raise :class:`ConfigError`."""
-    if name not in GUIDANCE_TYPES:
-        raise ConfigError(f"unknown guidance type {name!r}; valid: {', '.join(GUIDANCE_TYPES)}")
-    return name
+GuidanceKind = Literal["cfg", "apg", "cfg_star"]
+"""The guidance names, as a type; the same names as :data:`GUIDANCE_TYPES` (the :data:`GUIDANCE` registry)."""
 
 
 def cfg(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
@@ -149,6 +150,75 @@ def cfg_zero_star(
     alpha = (c * u).sum(dim=1, keepdim=True) / ((u**2).sum(dim=1, keepdim=True) + 1e-8)
     alpha = alpha.reshape((bsz,) + (1,) * (cond.ndim - 1))
     return uncond * alpha + scale * (cond - uncond * alpha)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the registry: one combinator signature for every guidance kind
+
+Combine = Callable[[Tensor, Tensor, float, int, ApgState | None], tuple[Tensor, ApgState | None]]
+"""``combine(cond, uncond, scale, eval_index, state) -> (guided, new_state)``; ``state`` is the run's
+:class:`ApgState` (None: no momentum), passed through unchanged by the kinds that keep none."""
+
+
+@dataclass(frozen=True)
+class GuidanceRule:
+    """A guidance kind: its name, its :data:`Combine` combinator and whether it keeps APG momentum."""
+
+    name: str
+    combine: Combine
+    uses_momentum: bool = False
+
+    def initial_state(self) -> ApgState | None:
+        """The state a run starts with: an empty :class:`ApgState` with momentum, else None."""
+        return ApgState() if self.uses_momentum else None
+
+
+def _combine_cfg(
+    cond: Tensor, uncond: Tensor, scale: float, eval_index: int, state: ApgState | None
+) -> tuple[Tensor, ApgState | None]:
+    return cfg(cond, uncond, scale), state
+
+
+def _combine_apg(
+    cond: Tensor, uncond: Tensor, scale: float, eval_index: int, state: ApgState | None
+) -> tuple[Tensor, ApgState | None]:
+    return apg(cond, uncond, scale, state)
+
+
+def _combine_cfg_zero_star(
+    cond: Tensor, uncond: Tensor, scale: float, eval_index: int, state: ApgState | None
+) -> tuple[Tensor, ApgState | None]:
+    return cfg_zero_star(cond, uncond, scale, eval_index), state
+
+
+GUIDANCE: dict[str, GuidanceRule] = {
+    rule.name: rule
+    for rule in (
+        GuidanceRule("cfg", _combine_cfg),
+        GuidanceRule("apg", _combine_apg, uses_momentum=True),
+        GuidanceRule("cfg_star", _combine_cfg_zero_star),
+    )
+}
+"""Every guidance kind by name (``cfg_star`` is CFG-Zero*)."""
+
+GUIDANCE_TYPES: tuple[str, ...] = tuple(GUIDANCE)
+
+
+def guidance_rule(name: str) -> GuidanceRule:
+    """The guidance kind called ``name``; unknown names raise :class:`ConfigError` listing the valid ones."""
+    rule = GUIDANCE.get(name)
+    if rule is None:
+        raise ConfigError(f"unknown guidance type {name!r}; valid: {', '.join(GUIDANCE_TYPES)}")
+    return rule
+
+
+def validate_guidance_name(name: str) -> str:
+    """Return ``name`` if it is one of :data:`GUIDANCE_TYPES`, else raise :class:`ConfigError`."""
+    return guidance_rule(name).name
+
+
+# ----------------------------------------------------------------------------------------------------
+# the guidance interval
 
 
 def guidance_interval_bounds(n_steps: int, interval: float = 0.5) -> tuple[int, int]:

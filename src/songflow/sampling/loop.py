@@ -1,4 +1,4 @@
-"""The sampling loop: the only place in songflow that iterates over a schedule (DESIGN §3.4, §3.5).
+"""The sampling loop: the only place in songflow that iterates over a schedule (docs/architecture.md#layers).
 
 Every task (text2music, retake, repaint, extend, audio2audio, both FlowEdit phases) is a call of
 :func:`sample` with its own initial latents, sigmas, velocity closure and optional projection.
@@ -15,7 +15,9 @@ from songflow.sampling.steppers import Stepper
 __all__ = ["GuidedVelocityFn", "sample"]
 
 GuidedVelocityFn = Callable[[Tensor, Tensor, int], Tensor]
-"""``velocity(x [B, ...], sigma_batch [B] float32, eval_index) -> v [B, ...]``."""
+"""The velocity a task hands to :func:`sample`: ``velocity(x [B, ...], sigma_batch [B] float32, eval_index)
+-> v [B, ...]``. :func:`sample` turns it into the stepper's :data:`~songflow.sampling.steppers.VelocityFn`
+``f(x, sigma_batch)`` by counting the evaluations."""
 
 
 def sample(
@@ -39,7 +41,7 @@ def sample(
         sigmas: float32 ``[n_steps + 1]`` schedule, decreasing (see ``songflow.sampling.schedules``).
         step: a stepper ``(f, x, sigma, sigma_next, noise) -> x_next`` (``make_stepper``).
         noise: ``noise(i)`` -> N(0, 1) tensor shaped like ``x`` for step ``i``; only called when the stepper
-            consumes noise (its ``uses_noise`` attribute, True if absent).
+            consumes noise (``step.uses_noise``).
         project: ``project(x, i)`` applied after step ``i`` to the latents at ``sigmas[i + 1]`` (repaint
             re-imposes the known region here); returns the new latents.
         callback: ``callback(i, sigmas[i], x)`` after step ``i`` (and after ``project``), for progress and
@@ -57,7 +59,7 @@ def sample(
         n_evals += 1
         return v
 
-    wants_noise = bool(getattr(step, "uses_noise", True))
+    wants_noise = noise is not None and step.uses_noise
     for i in range(sigmas.shape[0] - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         eps = noise(i) if (noise is not None and wants_noise) else None

@@ -1,4 +1,4 @@
-"""Seeds, per-sample generators and noise (DESIGN §3.4: randomness enters only through these).
+"""Seeds, per-sample generators and noise (randomness enters only through these).
 
 Every sample of a batch has its own ``torch.Generator``; :func:`randn_per_sample` draws each row from its
 own generator, so a batch equals its single-sample runs. On CPU the draws are bit-identical to the
@@ -123,7 +123,8 @@ def shared_generator_noise(
     """N(0, 1) noise of the full ``shape`` from ONE generator (official ping-pong: batch item 0's).
 
     Reproduces ``torch.empty_like(sample).normal_(generator=generator)`` of the official ping-pong
-    scheduler. Samples of a batch then depend on each other (DESIGN §2 bug 3); use it only for parity.
+    scheduler. Samples of a batch then depend on each other (docs/reference_behaviour.md#r11); use it
+    only for parity.
     """
     return torch.empty(shape, dtype=dtype, device=device).normal_(generator=generator)
 

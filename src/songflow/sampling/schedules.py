@@ -8,7 +8,7 @@ sees ``t = 1000 * sigma`` (see :func:`sigmas_to_timesteps`); nothing else scales
 Two modes:
 
 * ``legacy_double_shift=True`` (default) reproduces the official ACE-Step v1 schedulers bit for bit
-  (SPEC §7.3, DESIGN §2 bug 7). The official constructor builds a training grid that is already shifted,
+  (docs/reference_behaviour.md#r9). The official constructor builds a training grid that is already shifted,
   and ``set_timesteps`` spaces its steps linearly between that grid's (shifted) end points and then
   applies the shift a second time; explicit ``oss_steps`` sigmas are shifted a third time, and audio2audio
   noises the reference at the once-shifted level while its schedule starts at the twice-shifted one.

@@ -1,4 +1,4 @@
-"""Pure single-step ODE/SDE solvers for flow matching (k-diffusion style, DESIGN §3.4).
+"""Pure single-step ODE/SDE solvers for flow matching (k-diffusion style, no hidden state).
 
 A *stepper* is a callable ``(f, x, sigma, sigma_next, noise) -> x_next`` with no hidden state:
 
@@ -13,17 +13,18 @@ Numerics follow the official ACE-Step schedulers: ``x`` is upcast to float32 for
 ``dx = (sigma_next - sigma) * v`` is formed in ``v``'s dtype (bf16 for a bf16 model), and the result is
 cast back to ``v``'s dtype.
 
-The "omega" granularity shift (ACE-Step, SPEC §7.3) rescales a step around its mean,
+The "omega" granularity shift (ACE-Step) rescales a step around its mean,
 ``dx' = (dx - mean(dx)) * w + mean(dx)`` with ``w = 0.9 + 0.2 * sigmoid(0.1 * omega_scale)``.
 The official code takes the mean over the whole batch tensor, which couples the samples of a batch
-(DESIGN §2 bug 3); songflow defaults to a per-sample mean and keeps the batch mean as an option
-(``omega_mean_over="batch"``) for parity with the official batched runs.
+(docs/reference_behaviour.md#r10); songflow defaults to a per-sample mean and keeps the batch mean as an
+option (``omega_mean_over="batch"``) for parity with the official batched runs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
@@ -33,9 +34,12 @@ from songflow.errors import ConfigError
 
 __all__ = [
     "SAMPLERS",
+    "STEPPERS",
+    "BoundStepper",
     "OmegaMeanOver",
     "Sampler",
     "Stepper",
+    "StepperSpec",
     "VelocityFn",
     "count_evals",
     "euler_step",
@@ -45,20 +49,29 @@ __all__ = [
     "omega_factor",
     "omega_rescale",
     "pingpong_step",
+    "stepper_spec",
     "uses_noise",
 ]
 
 Sampler = Literal["euler", "heun", "pingpong"]
+"""The sampler names, as a type; the same names as :data:`SAMPLERS` (the :data:`STEPPERS` registry)."""
 OmegaMeanOver = Literal["sample", "batch"]
-SAMPLERS: tuple[str, ...] = ("euler", "heun", "pingpong")
 _OMEGA_MEAN_OVER = ("sample", "batch")
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
-"""``f(x [B, ...], sigma_batch [B] float32) -> v [B, ...]``."""
+"""The field a stepper integrates: ``f(x [B, ...], sigma_batch [B] float32) -> v [B, ...]``.
+
+Not the task-level velocity, which also takes the evaluation index
+(:data:`songflow.sampling.loop.GuidedVelocityFn`).
+"""
 
 
 class Stepper(Protocol):
-    """``(f, x, sigma, sigma_next, noise) -> x_next``; see the module docstring."""
+    """``(f, x, sigma, sigma_next, noise) -> x_next``, see the module docstring; ``uses_noise`` tells the
+    sampling loop whether to supply ``noise``."""
+
+    @property
+    def uses_noise(self) -> bool: ...
 
     def __call__(
         self,
@@ -213,22 +226,80 @@ def pingpong_step(
     return ((1 - s_next) * x0 + s_next * noise.to(x.device)).to(v.dtype)
 
 
-euler_step.uses_noise = False  # type: ignore[attr-defined]
-heun_step.uses_noise = False  # type: ignore[attr-defined]
-pingpong_step.uses_noise = True  # type: ignore[attr-defined]
+# ----------------------------------------------------------------------------------------------------
+# the registry
 
-_STEPPERS: dict[str, Callable[..., Tensor]] = {
-    "euler": euler_step,
-    "heun": heun_step,
-    "pingpong": pingpong_step,
+
+@dataclass(frozen=True)
+class StepperSpec:
+    """A stepper family: its update function and what the sampling loop and the tasks must know about it.
+
+    ``step(f, x, sigma, sigma_next, noise, **options)`` is the raw update; ``uses_noise``: whether it needs
+    a fresh N(0, 1) tensor every step; ``evals_per_step``: model evaluations of one non-final step;
+    ``takes_omega``: whether it accepts the ``omega_scale`` / ``omega_mean_over`` options.
+    """
+
+    name: str
+    step: Callable[..., Tensor]
+    uses_noise: bool
+    evals_per_step: int
+    takes_omega: bool
+
+
+@dataclass(frozen=True)
+class BoundStepper:
+    """A :class:`StepperSpec` with its omega options bound: a :class:`Stepper` (see :func:`make_stepper`)."""
+
+    spec: StepperSpec
+    omega_scale: float | None = 0.0
+    omega_mean_over: OmegaMeanOver = "sample"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def uses_noise(self) -> bool:
+        return self.spec.uses_noise
+
+    @property
+    def evals_per_step(self) -> int:
+        return self.spec.evals_per_step
+
+    def __call__(
+        self,
+        f: VelocityFn,
+        x: Tensor,
+        sigma: Tensor | float,
+        sigma_next: Tensor | float,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        if not self.spec.takes_omega:
+            return self.spec.step(f, x, sigma, sigma_next, noise)
+        return self.spec.step(
+            f, x, sigma, sigma_next, noise, omega_scale=self.omega_scale, omega_mean_over=self.omega_mean_over
+        )
+
+
+STEPPERS: dict[str, StepperSpec] = {
+    spec.name: spec
+    for spec in (
+        StepperSpec("euler", euler_step, uses_noise=False, evals_per_step=1, takes_omega=True),
+        StepperSpec("heun", heun_step, uses_noise=False, evals_per_step=2, takes_omega=True),
+        StepperSpec("pingpong", pingpong_step, uses_noise=True, evals_per_step=1, takes_omega=False),
+    )
 }
-_EVALS_PER_STEP = {"euler": 1, "heun": 2, "pingpong": 1}
+"""Every sampler by name; :data:`SAMPLERS` and the :data:`Sampler` literal list the same names."""
+
+SAMPLERS: tuple[str, ...] = tuple(STEPPERS)
 
 
-def _check_name(name: str) -> str:
-    if name not in _STEPPERS:
+def stepper_spec(name: str) -> StepperSpec:
+    """The registry entry called ``name``; unknown names raise :class:`ConfigError` listing the valid ones."""
+    spec = STEPPERS.get(name)
+    if spec is None:
         raise ConfigError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
-    return name
+    return spec
 
 
 def make_stepper(
@@ -236,42 +307,25 @@ def make_stepper(
     *,
     omega_scale: float | None = 0.0,
     omega_mean_over: OmegaMeanOver = "sample",
-) -> Stepper:
+) -> BoundStepper:
     """The stepper called ``name`` with its options bound: a callable ``(f, x, sigma, sigma_next, noise)``.
 
     ``omega_scale`` / ``omega_mean_over`` apply to Euler and Heun (ping-pong ignores omega, as the
     official scheduler does); ``omega_scale=None`` disables the rescale. Unknown names raise
-    :class:`ConfigError` listing the valid ones. The returned callable has the attributes ``name`` and
-    ``uses_noise`` (whether :func:`~songflow.sampling.loop.sample` must supply per-step noise).
+    :class:`ConfigError` listing the valid ones. The result carries its registry metadata (``name``,
+    ``uses_noise``, ``evals_per_step``).
     """
-    _check_name(name)
+    spec = stepper_spec(name)
     if omega_mean_over not in _OMEGA_MEAN_OVER:
         raise ConfigError(
             f"unknown omega mean_over {omega_mean_over!r}; valid: {', '.join(_OMEGA_MEAN_OVER)}"
         )
-    base = _STEPPERS[name]
-    if name == "pingpong":
-
-        def step(f, x, sigma, sigma_next, noise=None):
-            return base(f, x, sigma, sigma_next, noise)
-
-    else:
-
-        def step(f, x, sigma, sigma_next, noise=None):
-            return base(
-                f, x, sigma, sigma_next, noise, omega_scale=omega_scale, omega_mean_over=omega_mean_over
-            )
-
-    step.__name__ = f"{name}_stepper"
-    step.__doc__ = base.__doc__
-    step.name = name  # type: ignore[attr-defined]
-    step.uses_noise = base.uses_noise  # type: ignore[attr-defined]
-    return step
+    return BoundStepper(spec, omega_scale=omega_scale, omega_mean_over=omega_mean_over)
 
 
 def evals_per_step(name: Sampler) -> int:
     """Model evaluations of one (non-final) step: 1 for Euler and ping-pong, 2 for Heun."""
-    return _EVALS_PER_STEP[_check_name(name)]
+    return stepper_spec(name).evals_per_step
 
 
 def count_evals(name: Sampler, n_steps: int) -> int:
@@ -279,12 +333,13 @@ def count_evals(name: Sampler, n_steps: int) -> int:
 
     This is also the number of official loop iterations (the official Heun timestep list has
     ``2N - 1`` entries), i.e. the range of the ``eval_index`` that ``sample`` passes to the velocity.
+    The final step (to sigma = 0) is first-order, one evaluation, for every stepper.
     """
     if n_steps <= 0:
         return 0
-    return n_steps if evals_per_step(name) == 1 else 2 * n_steps - 1
+    return evals_per_step(name) * (n_steps - 1) + 1
 
 
 def uses_noise(name: Sampler) -> bool:
     """Whether the sampler consumes per-step noise (only ping-pong)."""
-    return bool(_STEPPERS[_check_name(name)].uses_noise)
+    return stepper_spec(name).uses_noise

@@ -1,6 +1,6 @@
 """audio2audio: re-generate a reference song under new tags/lyrics, keeping ``strength_frac`` of it.
 
-SDEdit over the whole song (SPEC §7.6 audio2audio, golden README quirk 14): noise the reference to
+SDEdit over the whole song (docs/reference_behaviour.md#r18): noise the reference to
 ``noise_level`` and sample the shorter schedule ``audio2audio_sigmas`` builds from there. With
 ``legacy_double_shift`` (official) the reference is noised to s(1 - strength) while the schedule starts at
 s(s(1 - strength)) (strength 0.5: noise level 0.75, first model sigma 0.9); without it both agree.
@@ -11,11 +11,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from songflow.errors import ConfigError
+from songflow.requests import AudioToAudio
 from songflow.sampling.schedules import audio2audio_sigmas
-from songflow.tasks.plan import Plan
+from songflow.tasks.plan import Plan, run_plan
 from songflow.tasks.setup import TaskContext, step_noise_for, stepper_for
+from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, step_progress
 
-__all__ = ["build_audio2audio_plan"]
+__all__ = ["SPEC", "build_audio2audio_plan", "run_audio2audio"]
 
 
 def build_audio2audio_plan(
@@ -58,3 +60,20 @@ def build_audio2audio_plan(
         step=stepper_for(p),
         noise=step_noise_for(p, ctx.generators, tuple(noise.shape[1:])),
     )
+
+
+def run_audio2audio(
+    host: TaskHost, request: AudioToAudio, ctx: TaskContext, progress: ProgressFn | None
+) -> Tensor:
+    """Latents of an audio2audio request: the reference file restyled (as long as the reference)."""
+    ref = host.load_source(request.reference_path, what="reference audio")
+    plan = build_audio2audio_plan(
+        ctx,
+        ref_latents=ref,
+        strength_frac=request.strength_frac,
+        noise=host.noise(ctx.generators, ref.shape[-1]),
+    )
+    return run_plan(plan, callback=step_progress(progress, len(plan.sigmas) - 1))
+
+
+SPEC = TaskSpec("audio2audio", AudioToAudio, run_audio2audio)

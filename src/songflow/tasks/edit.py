@@ -25,12 +25,12 @@ Guidance uses CFG by batch doubling ``[x; x]`` under ``[condition; null]``, wher
 condition has zero text states, zero speaker, zero lyric ids *and a zero lyric mask*, and every row keeps
 its own cross-attention mask (unlike text2music's null, see ``tasks/plan.py``). No ERG.
 
-``reference_behaviour=True`` reproduces the official ``flowedit_diffusion_process`` (SPEC §7.6, golden
-quirk 13): APG always (the guidance kind is not forwarded) with the same scale for source and target, no
+``reference_behaviour=True`` reproduces ``flowedit_diffusion_process`` (docs/reference_behaviour.md#r17):
+APG always (the guidance kind is not forwarded) with the same scale for source and target, no
 guidance interval, Euler without omega for every sampler except ping-pong; the source branch shares one
 APG momentum buffer over the whole edit phase (all steps and draws) while the target branch has none, so
-``target == source`` does *not* give ``dV == 0`` (DESIGN §2); phase 2 has its own buffer; and with the
-ping-pong sampler the edit-phase update is computed but discarded (DESIGN §2 bug 2), so with
+``target == source`` does *not* give ``dV == 0``; phase 2 has its own buffer; and with the
+ping-pong sampler the edit-phase update is computed but discarded, so with
 ``n_max_frac = 1`` the output is the source. The default (corrected) behaviour: guidance as the params
 ask (cfg / apg / cfg_star, interval, decay), symmetric guidance state (each branch its own APG momentum,
 so identical conditions give ``dV == 0`` exactly), the edit applied with every sampler, and phase 2 with
@@ -50,19 +50,13 @@ from torch import Tensor
 
 from songflow.errors import ConfigError
 from songflow.models.acestep_v1.transformer import Conditions
-from songflow.requests import EDIT_PRESETS
-from songflow.sampling.guidance import ApgState, apg, cfg, cfg_zero_star, guidance_scale_at
-from songflow.sampling.steppers import Stepper, euler_step, evals_per_step, make_stepper
-from songflow.tasks.plan import (
-    ConditionSet,
-    DiffusionModel,
-    GuidanceSpec,
-    Plan,
-    TextInputs,
-    VelocityFn,
-    run_plan,
-)
+from songflow.requests import EDIT_PRESETS, Edit, GenerationParams
+from songflow.sampling.guidance import ApgState, GuidanceRule
+from songflow.sampling.loop import GuidedVelocityFn
+from songflow.sampling.steppers import BoundStepper, Stepper, StepperSpec, make_stepper
+from songflow.tasks.plan import ConditionSet, DiffusionModel, GuidanceSpec, Plan, TextInputs, run_plan
 from songflow.tasks.setup import TaskContext, guidance_for, sigmas_for
+from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, full_run_steps
 
 __all__ = ["EDIT_PRESETS", "check_edit_range", "edit_step_range", "encode_edit_conditions", "run_edit"]
 
@@ -113,18 +107,17 @@ def encode_edit_conditions(
 
 @dataclass(frozen=True)
 class _Guidance:
-    """Guidance of one edit run: ``spec`` (kind, scale, interval on ``spec.n_steps``) and the model dtype."""
+    """Guidance of one edit run: ``spec`` (kind, scale, interval on ``spec.n_steps``), its registry
+    ``rule`` (the same combinator ``build_velocity`` uses) and the model dtype."""
 
     spec: GuidanceSpec
+    rule: GuidanceRule
     model_dtype: torch.dtype = torch.float32
 
-    def scale_at(self, step: int) -> float | None:
-        s = self.spec
-        if not s.uses_guidance:
-            return None
-        return guidance_scale_at(
-            step, s.n_steps, s.scale, interval=s.interval, decay=s.decay, min_scale=s.min_scale
-        )
+    @classmethod
+    def of(cls, spec: GuidanceSpec, model_dtype: torch.dtype) -> _Guidance:
+        """Look the kind up once; an unknown kind raises :class:`ConfigError` before anything runs."""
+        return cls(spec, spec.rule, model_dtype)
 
 
 def _guided(
@@ -141,7 +134,7 @@ def _guided(
     Unguided steps run the conditional pass only. Guided steps run ``[cond; null]`` in one batch-doubled
     call, each half with its own cross-attention mask. ``state=None`` means APG without momentum.
     """
-    scale = guidance.scale_at(step)
+    scale = guidance.spec.scale_at(step)
     xm = x.to(guidance.model_dtype)
     if scale is None or conds.uncond is None:
         return model(xm, sigma, conds.cond).float(), state
@@ -150,12 +143,7 @@ def _guided(
         mask=torch.cat([conds.cond.mask, conds.uncond.mask]),
     )
     v_cond, v_uncond = model(xm.repeat(2, 1, 1, 1), sigma.repeat(2), both).float().split(x.shape[0])
-    kind = guidance.spec.kind
-    if kind == "apg":
-        return apg(v_cond, v_uncond, scale, state)
-    if kind == "cfg":
-        return cfg(v_cond, v_uncond, scale), state
-    return cfg_zero_star(v_cond, v_uncond, scale, step), state
+    return guidance.rule.combine(v_cond, v_uncond, scale, step, state)
 
 
 def _mean_state(states: list[ApgState | None], before: ApgState | None) -> ApgState | None:
@@ -190,12 +178,13 @@ class _EditField:
     on_eval: EvalHook | None = None
 
     def __post_init__(self) -> None:
-        momentum = self.guidance.spec.kind == "apg"
-        self.src_state: ApgState | None = ApgState() if momentum else None
+        self.src_state: ApgState | None = self.guidance.rule.initial_state()
         # reference: the target branch gets no momentum buffer in this phase (asymmetric, official)
-        self.tar_state: ApgState | None = ApgState() if momentum and not self.reference else None
+        self.tar_state: ApgState | None = None if self.reference else self.guidance.rule.initial_state()
 
-    def _branch(self, name: str, conds: ConditionSet, x: Tensor, sigma: Tensor, step: int, state):
+    def _branch(
+        self, name: str, conds: ConditionSet, x: Tensor, sigma: Tensor, step: int, state: ApgState | None
+    ) -> tuple[Tensor, ApgState | None]:
         v, state = _guided(self.model, conds, x, sigma, step, self.guidance, state)
         if self.on_eval is not None:
             self.on_eval(name, v)
@@ -206,7 +195,8 @@ class _EditField:
         s = sigma.view(-1, *([1] * (z_edit.ndim - 1)))
         offset = z_edit - self.x_src  # exactly 0 while nothing was edited
         delta = torch.zeros_like(z_edit)
-        src_states, tar_states = [], []
+        src_states: list[ApgState | None] = []
+        tar_states: list[ApgState | None] = []
         for _ in range(self.n_avg):
             eps = self.noise_fn().to(z_edit.device, torch.float32)
             z_src = (1 - s) * self.x_src + s * eps
@@ -226,24 +216,22 @@ class _EditField:
 
 
 def _discarded_pingpong(step_noise: Callable[[int], Tensor]) -> Stepper:
-    """Official ping-pong edit phase (DESIGN §2 bug 2): evaluate the velocity and draw the step noise (so
-    the random streams advance as officially), then return ``x`` unchanged — the update is never assigned."""
+    """Official ping-pong edit phase: evaluate the velocity and draw the step noise (so
+    the random streams advance as officially), then return ``x`` unchanged — the update is never assigned.
+    It draws that noise itself, so it declares ``uses_noise=False`` (the loop supplies none)."""
 
     def step(f, x, sigma, sigma_next, noise=None):
         f(x, torch.as_tensor(sigma, dtype=torch.float32).reshape(()).expand(x.shape[0]))
         step_noise(0)
         return x
 
-    step.uses_noise = False  # type: ignore[attr-defined]
-    return step
+    spec = StepperSpec("discarded_pingpong", step, uses_noise=False, evals_per_step=1, takes_omega=False)
+    return BoundStepper(spec)
 
 
-def _plain_euler(f, x, sigma, sigma_next, noise=None):
+def _plain_euler() -> BoundStepper:
     """Euler without the omega rescale: ``x + (sigma_next - sigma) * v`` (float32 add, cast back)."""
-    return euler_step(f, x, sigma, sigma_next, omega_scale=None)
-
-
-_plain_euler.uses_noise = False  # type: ignore[attr-defined]
+    return make_stepper("euler", omega_scale=None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,9 +293,9 @@ def _target_velocity(
     guidance: _Guidance,
     step_of_eval: Callable[[int], int],
     on_eval: EvalHook | None,
-) -> VelocityFn:
+) -> GuidedVelocityFn:
     """Phase-2 guided velocity under the target condition, with its own APG momentum."""
-    state = ApgState() if guidance.spec.kind == "apg" else None
+    state = guidance.rule.initial_state()
 
     def velocity(x: Tensor, sigma: Tensor, eval_index: int) -> Tensor:
         nonlocal state
@@ -317,6 +305,16 @@ def _target_velocity(
         return v
 
     return velocity
+
+
+def _phase2_stepper(params: GenerationParams, reference: bool) -> BoundStepper:
+    """The stepper of the sampling phase: the chosen sampler with its omega settings; the reference uses
+    plain Euler (no omega) unless ping-pong."""
+    if reference:
+        return make_stepper("pingpong") if params.sampler == "pingpong" else _plain_euler()
+    return make_stepper(
+        params.sampler, omega_scale=params.omega_scale, omega_mean_over=params.omega_mean_over
+    )
 
 
 def run_edit(
@@ -353,15 +351,14 @@ def run_edit(
         on_eval: receives every guided velocity in model-call order (tests, inspection).
     """
     check_edit_range(n_min_frac, n_max_frac, n_avg)
-    params, sampler = ctx_source.params, ctx_source.params.sampler
     sigmas, spec = _schedule_and_guidance(ctx_source, reference_behaviour)
     n = len(sigmas) - 1
     lo, hi = edit_step_range(n, n_min_frac, n_max_frac)
-    guidance = _Guidance(spec, ctx_source.model_dtype)
+    guidance = _Guidance.of(spec, ctx_source.model_dtype)
     step_noise = step_noise or (lambda i: noise_fn())
     x_src = src_latents.float()
 
-    def shifted(offset: int):
+    def shifted(offset: int) -> Callable[[int, Tensor, Tensor], None] | None:
         return None if callback is None else (lambda i, sigma, x: callback(offset + i, sigma, x))
 
     # 1. edit phase: integrate dV over steps [lo, hi) with Euler (reference ping-pong: discarded)
@@ -377,8 +374,8 @@ def run_edit(
         reference_behaviour,
         on_eval,
     )
-    discard = reference_behaviour and sampler == "pingpong"
-    phase1_step = _discarded_pingpong(step_noise) if discard else _plain_euler
+    discard = reference_behaviour and ctx_source.params.sampler == "pingpong"
+    phase1_step = _discarded_pingpong(step_noise) if discard else _plain_euler()
     batch = ctx_source.conds.cond.states.shape[0]
     z_init = x_src.expand(batch, *x_src.shape[1:]).clone()
     z_edit = run_plan(Plan(z_init, sigmas[lo : hi + 1], field, phase1_step), callback=shifted(lo))
@@ -388,16 +385,42 @@ def run_edit(
     # 2. sampling phase from sigma_hi under the target condition
     sigma = sigmas[hi]
     x_tar = (sigma * noise_fn().to(x_src.device, torch.float32) + (1 - sigma) * x_src) + (z_edit - x_src)
-    if reference_behaviour:  # official: plain Euler (no omega) unless ping-pong
-        stepper = make_stepper("pingpong") if sampler == "pingpong" else _plain_euler
-        per_step = 1
-    else:
-        stepper = make_stepper(
-            sampler, omega_scale=params.omega_scale, omega_mean_over=params.omega_mean_over
-        )
-        per_step = evals_per_step(sampler)
+    stepper = _phase2_stepper(ctx_source.params, reference_behaviour)
+    per_step = stepper.evals_per_step
     velocity = _target_velocity(
         ctx_source.model, target_conds, guidance, lambda k: hi + k // per_step, on_eval
     )
-    noise = step_noise if getattr(stepper, "uses_noise", False) else None
+    noise = step_noise if stepper.uses_noise else None
     return run_plan(Plan(x_tar, sigmas[hi:], velocity, stepper, noise=noise), callback=shifted(hi))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the request runner
+
+
+def run_edit_request(host: TaskHost, request: Edit, ctx: TaskContext, progress: ProgressFn | None) -> Tensor:
+    """Latents of an edit request: the source file moved from its tags/lyrics to the target ones."""
+    src = host.load_source(request.source_path, what="source audio")
+    batch = request.params.batch_size
+    tags = request.target_tags if request.target_tags is not None else request.tags
+    lyrics = request.target_lyrics if request.target_lyrics is not None else request.lyrics
+    source_inputs = host.text_inputs(request.tags, request.lyrics, batch, with_erg_text=False)
+    target_inputs = host.text_inputs(tags, lyrics, batch, with_erg_text=False)
+    source_conds, target_conds = encode_edit_conditions(ctx.model, source_inputs, target_inputs)
+    callback = None
+    if progress is not None:
+        n_steps = full_run_steps(ctx)
+        callback = lambda i, sigma, x: progress(i + 1, n_steps)  # noqa: E731
+    return run_edit(
+        replace(ctx, conds=source_conds),
+        target_conds,
+        src_latents=src,
+        n_min_frac=request.n_min_frac,
+        n_max_frac=request.n_max_frac,
+        n_avg=request.n_avg,
+        noise_fn=lambda: host.noise(ctx.generators, src.shape[-1]),
+        callback=callback,
+    )
+
+
+SPEC = TaskSpec("edit", Edit, run_edit_request)

@@ -18,7 +18,7 @@ official geometry), so longer results are built window by window (:func:`plan_ex
 Only the new frames of a window are written into the result, so the source frames are copied, never
 regenerated. Every window is a fresh run (own noise, own APG state, the full step schedule).
 
-Differences from the official ``task="extend"`` (golden README quirk 12, SPEC §7.6), on purpose:
+Differences from the official ``task="extend"`` (docs/reference_behaviour.md#r16), on purpose:
 
 * both sides: the official right padding is measured against the already left-padded latent, so it adds
   ``left`` frames too few (48 instead of 56 frames in ``golden/pipeline/extend_both``); here the result
@@ -39,12 +39,14 @@ import torch
 from torch import Tensor
 
 from songflow.errors import ConfigError
+from songflow.requests import Extend
 from songflow.sampling.noise import randn_per_sample
 from songflow.tasks.plan import run_plan
 from songflow.tasks.repaint import build_masked_plan
 from songflow.tasks.setup import TaskContext
+from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, full_run_steps
 
-__all__ = ["ExtendWindow", "WindowNoiseFn", "plan_extend_windows", "run_extend"]
+__all__ = ["SPEC", "ExtendWindow", "WindowNoiseFn", "plan_extend_windows", "run_extend", "run_extend_request"]
 
 WindowNoiseFn = Callable[[int, int], tuple[Tensor, Tensor]]
 """``noise_fn(window_index, n_frames) -> (noise, retake_noise)``, each N(0, 1) ``[B, 8, 16, n_frames]``."""
@@ -224,3 +226,26 @@ def run_extend(
         out[..., win.start : win.stop] = torch.where(mask.view(1, 1, 1, -1), result.float(), known)
     assert out is not None
     return out
+
+
+def run_extend_request(
+    host: TaskHost, request: Extend, ctx: TaskContext, progress: ProgressFn | None
+) -> Tensor:
+    """Latents of an extend request: ``left_s`` / ``right_s`` seconds (as frames) around the source file,
+    which may be longer than the model's window."""
+    src = host.load_source(request.source_path, what="source audio", allow_long=True)
+    callback: WindowCallback | None = None
+    if progress is not None:
+        n_steps = full_run_steps(ctx)
+        callback = lambda w, i, sigma, x: progress(i + 1, n_steps)  # noqa: E731
+    return run_extend(
+        ctx,
+        src_latents=src,
+        left_frames=host.geometry.frames_from_seconds(request.left_s),
+        right_frames=host.geometry.frames_from_seconds(request.right_s),
+        max_frames=host.geometry.max_frames,
+        callback=callback,
+    )
+
+
+SPEC = TaskSpec("extend", Extend, run_extend_request)

@@ -17,17 +17,14 @@ from torch import Tensor
 
 from songflow.models.acestep_v1.transformer import Conditions
 from songflow.sampling.guidance import (
-    ApgState,
-    apg,
-    cfg,
-    cfg_zero_star,
+    GuidanceKind,
+    GuidanceRule,
     double_condition,
+    guidance_rule,
     guidance_scale_at,
 )
-from songflow.sampling.loop import sample
+from songflow.sampling.loop import GuidedVelocityFn, sample
 from songflow.sampling.steppers import Stepper
-
-VelocityFn = Callable[[Tensor, Tensor, int], Tensor]
 
 
 class DiffusionModel(Protocol):
@@ -51,7 +48,7 @@ class DiffusionModel(Protocol):
 
 @dataclass(frozen=True)
 class ErgLayers:
-    """Where "energy-based" ERG guidance weakens attention for the null condition (SPEC §5, §7.4).
+    """Where "energy-based" ERG weakens attention for the null condition (docs/reference_behaviour.md#r6).
 
     Indices are absolute, as in the reference (UMT5 blocks 8,9; lyric Conformer blocks 4,5; DiT blocks
     15..19); indices a smaller model lacks are skipped. ``tau`` scales the query projections.
@@ -114,11 +111,11 @@ def encode_conditions(
     n_lyric_blocks: int,
     n_dit_blocks: int,
 ) -> ConditionSet:
-    """Encode the conditional, null and text-only conditions the way the reference does (SPEC §7.4).
+    """Encode the conditional, null and text-only conditions as officially (docs/reference_behaviour.md#r6).
 
     Null condition: with ERG-lyric, the real lyrics under the weakened lyric encoder and the ERG-tag text
     states (zeros without ERG-tag); without ERG-lyric, zero text states and all-zero lyric ids with the
-    lyric mask kept at 1 (reference quirk 8).
+    lyric mask kept at 1 (docs/reference_behaviour.md#r7).
     """
     i = inputs
     cond = model.encode(i.text_states, i.text_mask, i.speaker_embeds, i.lyric_ids, i.lyric_mask)
@@ -161,13 +158,13 @@ def encode_conditions(
 
 @dataclass(frozen=True)
 class GuidanceSpec:
-    """Guidance settings of one run (SPEC §7.5).
+    """Guidance settings of one run (docs/reference_behaviour.md#r13).
 
     ``n_steps`` is the N the guidance interval is computed on; ``step_of_eval`` maps a model-evaluation
     index to the index the interval and CFG-Zero* use (identity for the reference behaviour).
     """
 
-    kind: str = "apg"
+    kind: GuidanceKind = "apg"
     scale: float = 15.0
     interval: float = 0.5
     decay: float = 0.0
@@ -184,6 +181,24 @@ class GuidanceSpec:
     @property
     def uses_double_condition(self) -> bool:
         return self.uses_guidance and self.scale_text > 1.0 and self.scale_lyric > 1.0
+
+    @property
+    def rule(self) -> GuidanceRule:
+        """The registry entry of ``kind``; an unknown kind raises :class:`~songflow.errors.ConfigError`."""
+        return guidance_rule(self.kind)
+
+    def scale_at(self, index: int) -> float | None:
+        """Guidance scale at interval index ``index`` (already mapped by ``step_of_eval``), None: unguided."""
+        if not self.uses_guidance:
+            return None
+        return guidance_scale_at(
+            index,
+            self.n_steps,
+            self.scale,
+            interval=self.interval,
+            decay=self.decay,
+            min_scale=self.min_scale,
+        )
 
 
 def stack_conditions(conds: list[Conditions], mask: Tensor) -> Conditions:
@@ -205,6 +220,46 @@ def _query_scale_rows(scales: list[dict[int, float] | None], batch: int, like: T
     return out
 
 
+PassFn = Callable[[Tensor, Tensor, list[str]], dict[str, Tensor]]
+"""``passes(x, sigma, names) -> {name: v float32}`` for names among ``cond``, ``uncond``, ``text_only``."""
+
+
+def _model_passes(
+    model: DiffusionModel, conds: ConditionSet, model_dtype: torch.dtype, batch_passes: bool
+) -> PassFn:
+    """The model passes of one evaluation, batched into one call when ``batch_passes``; every pass uses the
+    conditional mask (reference behaviour)."""
+    table = {
+        "cond": (conds.cond, None),
+        "uncond": (conds.uncond, conds.uncond_query_scale),
+        "text_only": (conds.text_only, None),
+    }
+
+    def condition(name: str) -> Conditions:
+        c = table[name][0]
+        if c is None:
+            raise ValueError(f"the {name!r} condition of this run was not encoded")
+        return c
+
+    def passes(x: Tensor, sigma: Tensor, names: list[str]) -> dict[str, Tensor]:
+        xm = x.to(model_dtype)
+        if batch_passes and len(names) > 1:
+            b = x.shape[0]
+            cond = stack_conditions([condition(n) for n in names], conds.cond.mask)
+            qs = _query_scale_rows([table[n][1] for n in names], b, xm)
+            v = model(xm.repeat(len(names), 1, 1, 1), sigma.repeat(len(names)), cond, query_scale=qs)
+            return {n: part.float() for n, part in zip(names, v.split(b), strict=True)}
+        out = {}
+        for n in names:
+            c = condition(n)
+            if c is not conds.cond:
+                c = Conditions(states=c.states, mask=conds.cond.mask)
+            out[n] = model(xm, sigma, c, query_scale=table[n][1]).float()
+        return out
+
+    return passes
+
+
 def build_velocity(
     model: DiffusionModel,
     conds: ConditionSet,
@@ -213,50 +268,24 @@ def build_velocity(
     model_dtype: torch.dtype = torch.float32,
     batch_passes: bool = True,
     on_eval: Callable[[int, dict[str, Tensor]], None] | None = None,
-) -> VelocityFn:
+) -> GuidedVelocityFn:
     """The guided velocity ``(x [B,8,16,L] float32, sigma [B], eval_index) -> v`` for one sampling run.
 
     Inside the guidance interval it runs the conditional pass plus the null (and text-only) passes —
-    batched into one model call when ``batch_passes`` — and combines them with CFG, APG, CFG-Zero* or
-    double-condition guidance; outside it runs the conditional pass only. The APG momentum state is
+    batched into one model call when ``batch_passes`` — and combines them with the combinator of
+    ``spec.kind`` from the guidance registry (CFG, APG, CFG-Zero*) or with double-condition guidance;
+    outside it runs the conditional pass only. An unknown kind raises
+    :class:`~songflow.errors.ConfigError` here, before sampling. The guidance state (APG momentum) is
     created here, so it lives exactly one run. ``on_eval`` receives the raw passes (for tests/inspection).
     """
-    apg_state = ApgState(None)
-
-    def passes(x: Tensor, sigma: Tensor, names: list[str]) -> dict[str, Tensor]:
-        table = {
-            "cond": (conds.cond, None),
-            "uncond": (conds.uncond, conds.uncond_query_scale),
-            "text_only": (conds.text_only, None),
-        }
-        xm = x.to(model_dtype)
-        if batch_passes and len(names) > 1:
-            b = x.shape[0]
-            cond = stack_conditions([table[n][0] for n in names], conds.cond.mask)
-            qs = _query_scale_rows([table[n][1] for n in names], b, xm)
-            v = model(xm.repeat(len(names), 1, 1, 1), sigma.repeat(len(names)), cond, query_scale=qs)
-            return {n: part.float() for n, part in zip(names, v.split(b), strict=True)}
-        out = {}
-        for n in names:
-            c, qs = table[n]
-            if c is not conds.cond:
-                c = Conditions(states=c.states, mask=conds.cond.mask)
-            out[n] = model(xm, sigma, c, query_scale=qs).float()
-        return out
+    rule = spec.rule
+    state = rule.initial_state()
+    passes = _model_passes(model, conds, model_dtype, batch_passes)
 
     def velocity(x: Tensor, sigma: Tensor, eval_index: int) -> Tensor:
-        nonlocal apg_state
+        nonlocal state
         index = spec.step_of_eval(eval_index)
-        scale = None
-        if spec.uses_guidance and conds.uncond is not None:
-            scale = guidance_scale_at(
-                index,
-                spec.n_steps,
-                spec.scale,
-                interval=spec.interval,
-                decay=spec.decay,
-                min_scale=spec.min_scale,
-            )
+        scale = spec.scale_at(index) if conds.uncond is not None else None
         if scale is None:
             v = passes(x, sigma, ["cond"])
             if on_eval is not None:
@@ -267,12 +296,7 @@ def build_velocity(
             out = double_condition(v["cond"], v["text_only"], v["uncond"], spec.scale_text, spec.scale_lyric)
         else:
             v = passes(x, sigma, ["cond", "uncond"])
-            if spec.kind == "cfg":
-                out = cfg(v["cond"], v["uncond"], scale)
-            elif spec.kind == "apg":
-                out, apg_state = apg(v["cond"], v["uncond"], scale, apg_state)
-            else:
-                out = cfg_zero_star(v["cond"], v["uncond"], scale, index)
+            out, state = rule.combine(v["cond"], v["uncond"], scale, index, state)
         if on_eval is not None:
             on_eval(eval_index, {**v, "guided": out})
         return out
@@ -286,7 +310,7 @@ class Plan:
 
     x_init: Tensor
     sigmas: Tensor
-    velocity: VelocityFn
+    velocity: GuidedVelocityFn
     step: Stepper
     noise: Callable[[int], Tensor] | None = None
     project: Callable[[Tensor, int], Tensor] | None = None

@@ -1,6 +1,6 @@
 """repaint: regenerate a time window of a song; everything outside the window stays latent-exact.
 
-Repaint is SDEdit with a mask (SPEC §7.6, golden README quirk 10). With a mask M over frames and a
+Repaint is SDEdit with a mask (docs/reference_behaviour.md#r15). With a mask M over frames and a
 fixed noise ``z0`` (the retake-mixed noise inside M, the original noise outside):
 
 1. skip the first ``n_min = int(N * (1 - variance))`` of the N steps of the full schedule;
@@ -27,18 +27,23 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from songflow.audio.geometry import LatentGeometry
 from songflow.errors import ConfigError
-from songflow.requests import GenerationParams
+from songflow.requests import GenerationParams, Repaint
 from songflow.sampling.noise import trig_mix
 from songflow.sampling.steppers import make_stepper
-from songflow.tasks.plan import GuidanceSpec, Plan, build_velocity
+from songflow.tasks.plan import GuidanceSpec, Plan, build_velocity, run_plan
 from songflow.tasks.setup import TaskContext, guidance_for, sigmas_for, step_noise_for
+from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, step_progress
 
 __all__ = [
+    "SPEC",
     "build_masked_plan",
     "build_repaint_plan",
     "frame_mask",
     "masked_guidance",
+    "repaint_window",
+    "run_repaint",
     "start_step",
 ]
 
@@ -198,3 +203,37 @@ def build_repaint_plan(
     mask = frame_mask(src_latents.shape[-1], start_frame, end_frame, device=noise.device)
     z0 = torch.where(mask.view(1, 1, 1, -1), trig_mix(noise, retake_noise, variance_frac), noise)
     return build_masked_plan(ctx, src_latents=src_latents, mask=mask, z0=z0, variance_frac=variance_frac)
+
+
+def repaint_window(geometry: LatentGeometry, start_s: float, end_s: float, n_frames: int) -> tuple[int, int]:
+    """The repaint window ``[start_s, end_s)`` in frames of an ``n_frames`` source, its end clipped to the
+    source. Raises :class:`ConfigError` when the window starts at or after the source's end."""
+    start = geometry.frames_from_seconds(start_s)
+    end = geometry.frames_from_seconds(end_s)
+    if start >= n_frames:
+        source_s = geometry.seconds_from_frames(n_frames)
+        raise ConfigError(
+            f"the repaint window starts at {start_s} s, after the source ends ({source_s:.2f} s)"
+        )
+    return start, min(end, n_frames)
+
+
+def run_repaint(host: TaskHost, request: Repaint, ctx: TaskContext, progress: ProgressFn | None) -> Tensor:
+    """Latents of a repaint request: the source file with ``[start_s, end_s)`` regenerated."""
+    assert ctx.retake_generators is not None
+    src = host.load_source(request.source_path, what="source audio")
+    n_frames = src.shape[-1]
+    start, end = repaint_window(host.geometry, request.start_s, request.end_s, n_frames)
+    plan = build_repaint_plan(
+        ctx,
+        src_latents=src,
+        start_frame=start,
+        end_frame=end,
+        variance_frac=request.variance_frac,
+        noise=host.noise(ctx.generators, n_frames),
+        retake_noise=host.noise(ctx.retake_generators, n_frames),
+    )
+    return run_plan(plan, callback=step_progress(progress, len(plan.sigmas) - 1))
+
+
+SPEC = TaskSpec("repaint", Repaint, run_repaint)

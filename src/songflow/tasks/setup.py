@@ -13,7 +13,7 @@ from songflow.requests import GenerationParams
 from songflow.sampling.noise import step_noise_fn
 from songflow.sampling.schedules import flow_sigmas, oss_sigmas
 from songflow.sampling.steppers import Stepper, make_stepper
-from songflow.tasks.plan import ConditionSet, DiffusionModel, GuidanceSpec, VelocityFn, build_velocity
+from songflow.tasks.plan import ConditionSet, DiffusionModel, GuidanceSpec, GuidedVelocityFn, build_velocity
 
 
 @dataclass
@@ -33,7 +33,7 @@ class TaskContext:
     batch_passes: bool = True
     oss_dtype: torch.dtype = torch.float32
 
-    def velocity(self, n_steps: int, conds: ConditionSet | None = None) -> VelocityFn:
+    def velocity(self, n_steps: int, conds: ConditionSet | None = None) -> GuidedVelocityFn:
         """The guided velocity for a run of ``n_steps`` sampler steps (interval computed on that N)."""
         return build_velocity(
             self.model,

@@ -1,4 +1,4 @@
-"""Per-line lyric language detection with the official ACE-Step v1 results (SPEC §6.4).
+"""Per-line lyric language detection with the official ACE-Step v1 results.
 
 The official pipeline asks LangSegment 0.3.5 (a py3langid-based segmenter, configured with the 97 py3langid
 languages as its filter list) how many characters of a lyric line belong to each language, and takes the

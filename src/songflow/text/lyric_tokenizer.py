@@ -1,4 +1,4 @@
-"""Lyrics -> token ids for the lyric encoder (SPEC §6): the official VoiceBPE tokenizer and pipeline rule.
+"""Lyrics -> token ids for the lyric encoder: the official VoiceBPE tokenizer and pipeline rule.
 
 ``LyricTokenizer(vocab_path)`` reads the official ``vocab.json`` (a Hugging Face ``tokenizers`` file that
 ships with the checkpoint; it is not part of this package) and reproduces ``ACEStepPipeline.tokenize_lyrics``:

@@ -1,6 +1,6 @@
 """Lyric text normalisation before VoiceBPE tokenisation (the official ``preprocess_text`` behaviour).
 
-Per language (SPEC §6.2):
+Per language (as the official ``VoiceBpeTokenizer``):
 
 * ``ar cs de en es fr hu it nl pl pt ru tr zh ko``: :func:`clean_multilingual` -- drop ``"``, Turkish
   capital fixes, lowercase, expand numbers (currency, decimals, ordinals, integers), expand abbreviations

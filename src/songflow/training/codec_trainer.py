@@ -1,6 +1,6 @@
 """Training the music codec: the vocoder (log-mel -> waveform) and the DC-AE (mel autoencoder).
 
-The official recipes are not released (SPEC §12); the ACE-Step report says the DC-AE was trained with MSE
+The official recipes are not released; the ACE-Step report says the DC-AE was trained with MSE
 first, then adversarially with the encoder frozen. This module implements that in **plain torch loops**
 (no Lightning: two optimisers with alternating GAN steps are simpler to read as a loop).
 
@@ -19,8 +19,8 @@ paths resolve against the dataset folder). Files are resampled to the model's ra
 per step from a generator seeded by ``(seed, step)`` so a resumed run sees the same crops.
 
 Outputs in ``out_dir``: the model in the official component layout (``music_vocoder/`` or
-``music_dcae_f8c8/``, via :func:`songflow.checkpoint.weights.save_component`;
-:func:`songflow.checkpoint.weights.load_codec` reads
+``music_dcae_f8c8/``, via :func:`songflow.checkpoint.acestep_v1.save_component`;
+:func:`songflow.checkpoint.acestep_v1.load_codec` reads
 them), ``trainer_state.pt`` (models, discriminators, optimisers, step; loaded with ``weights_only=True``),
 ``log.csv`` (one row per logged step, appended on resume) and ``train_config.json``.
 
@@ -29,24 +29,28 @@ them), ``trainer_state.pt`` (models, discriminators, optimisers, step; loaded wi
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import math
 import random
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from songflow.config import JsonConfig
+from songflow.audio.mel import LogMelSpectrogram
 from songflow.errors import ConfigError
 from songflow.models.acestep_v1.codec import CodecConstants, MusicCodec
 from songflow.models.acestep_v1.dcae import DCAE, DCAEConfig
-from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig
+from songflow.models.acestep_v1.vocoder import ISTFTHead, Vocoder, VocoderConfig
+from songflow.training.codec_config import (
+    CodecTrainConfig,
+    DCAETrainConfig,
+    VocoderTrainConfig,
+    is_folder,
+    load_train_config,
+    vocoder_preset,
+)
 from songflow.training.codec_losses import (
     DEFAULT_STFT_RESOLUTIONS,
     MultiResolutionSTFTLoss,
@@ -57,158 +61,22 @@ from songflow.training.codec_losses import (
     phase_advance_loss,
 )
 from songflow.training.data import is_saved_dataset, load_saved_dataset
-from songflow.training.discriminators import (
-    DEFAULT_PERIOD_CHANNELS,
-    DEFAULT_PERIODS,
-    MelPatchDiscriminator,
-    VocoderDiscriminator,
-)
+from songflow.training.discriminators import MelPatchDiscriminator, VocoderDiscriminator
 from songflow.training.griffin_lim import griffin_lim_from_logmel
+from songflow.training.loop import (
+    STATE_NAME,
+    CsvLog,
+    TrainingLoop,
+    clip_and_step,
+    load_state_file,
+    save_state_file,
+    single_process,
+)
 
-STATE_NAME = "trainer_state.pt"
 LOG_NAME = "log.csv"
 VOCODER_FOLDER = "music_vocoder"
 DCAE_FOLDER = "music_dcae_f8c8"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# configs
-
-
-def _vocoder_preset(name: str) -> VocoderConfig:
-    from songflow.checkpoint.random_checkpoint import tiny_configs
-
-    presets = {"official": VocoderConfig, "tiny": lambda: tiny_configs()[3], "test": VocoderConfig.tiny}
-    if name not in presets:
-        raise ConfigError(
-            f"unknown vocoder preset {name!r}; valid: {sorted(presets)} or a music_vocoder folder"
-        )
-    return presets[name]()
-
-
-def _dcae_preset(name: str) -> DCAEConfig:
-    presets = {"official": DCAEConfig, "tiny": DCAEConfig.tiny}
-    if name not in presets:
-        raise ConfigError(
-            f"unknown DC-AE preset {name!r}; valid: {sorted(presets)} or a music_dcae_f8c8 folder"
-        )
-    return presets[name]()
-
-
-def _is_folder(spec: str) -> bool:
-    return "/" in spec or Path(spec).is_dir()
-
-
-@dataclass(frozen=True)
-class _CommonTrainConfig(JsonConfig):
-    out_dir: str = "runs/codec"
-    data: str = "synthetic"
-    dataset_split: str = "train"
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 2e-4
-    lr_disc: float = 2e-4
-    betas: tuple[float, float] = (0.8, 0.99)
-    lr_decay_per_step: float = 1.0
-    grad_clip: float = 100.0
-    adv_loss: str = "lsgan"
-    lambda_adv: float = 1.0
-    lambda_fm: float = 2.0
-    log_every: int = 10
-    ckpt_every: int = 500
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = True
-
-    def _check_common(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.log_every < 1 or self.ckpt_every < 1:
-            raise ConfigError("need steps >= 0, batch_size >= 1, log_every >= 1, ckpt_every >= 1")
-        if self.adv_loss not in ("lsgan", "hinge"):
-            raise ConfigError(f"adv_loss must be 'lsgan' or 'hinge', got {self.adv_loss!r}")
-        if self.lr <= 0 or self.lr_disc <= 0 or not 0 < self.lr_decay_per_step <= 1:
-            raise ConfigError("need lr > 0, lr_disc > 0 and 0 < lr_decay_per_step <= 1")
-
-
-@dataclass(frozen=True)
-class VocoderTrainConfig(_CommonTrainConfig):
-    """Vocoder training settings (JSON/YAML; unknown keys are rejected).
-
-    ``model``: ``"tiny"`` (small widths, official 44.1 kHz/hop 512/128-mel geometry), ``"official"`` (the
-    released architecture), ``"test"`` (``VocoderConfig.tiny()``, 16 kHz) or a ``music_vocoder`` folder to
-    fine-tune; ``model_overrides`` replaces fields of a preset. ``init_gain`` sets every head weight-norm gain
-    ``g`` of a fresh model (the default init decays to silence over the upsampling stages). ``crop_frames``
-    mel frames (``·hop`` samples) per item; stereo files give one item per channel.
-    """
-
-    model: str = "tiny"
-    model_overrides: Mapping[str, Any] = field(default_factory=dict)
-    init_gain: float | None = 1.3
-    crop_frames: int = 32
-    lambda_mel: float = 15.0
-    lambda_stft: float = 1.0
-    stft_resolutions: tuple[tuple[int, int, int], ...] = DEFAULT_STFT_RESOLUTIONS
-    gan_start_step: int = 2000
-    # istft head only: weight of the spectral consistency term ``|STFT(ISTFT(S)) - S| / |S|``; phases that
-    # disagree between overlapping frames cancel into a buzz at the frame rate, this term penalises them
-    lambda_consistency: float = 0.0
-    # istft head only, against the real audio's STFT on the head's framing: weight of the L1 distance of
-    # log-magnitudes (the predicted spectrum itself, not only what its overlap-add sounds like) and of
-    # :func:`phase_advance_loss` (radians)
-    lambda_log_magnitude: float = 0.0
-    lambda_phase_advance: float = 0.0
-    mpd_periods: tuple[int, ...] = DEFAULT_PERIODS
-    mpd_channels: tuple[int, ...] = DEFAULT_PERIOD_CHANNELS
-    mrd_channels: int = 32
-
-    def __post_init__(self) -> None:
-        self._check_common()
-        if self.crop_frames < 1:
-            raise ConfigError("crop_frames must be >= 1")
-
-    def vocoder_config(self) -> VocoderConfig:
-        if _is_folder(self.model):
-            return VocoderConfig.from_json(Path(self.model) / "config.json")
-        base = _vocoder_preset(self.model)
-        return dataclasses.replace(base, **dict(self.model_overrides)) if self.model_overrides else base
-
-
-@dataclass(frozen=True)
-class DCAETrainConfig(_CommonTrainConfig):
-    """DC-AE training settings (JSON/YAML; unknown keys are rejected).
-
-    ``model``: ``"tiny"``/``"official"`` DC-AE preset or a ``music_dcae_f8c8`` folder; ``mel``: the vocoder
-    preset or ``music_vocoder`` folder whose mel front end defines the input (only its ``mel_transform`` is
-    used). ``crop_latent_frames`` latent frames per item (``·8`` mel frames). Phase 2 (encoder frozen,
-    PatchGAN) starts at ``phase2_start_step``.
-    """
-
-    model: str = "tiny"
-    model_overrides: Mapping[str, Any] = field(default_factory=dict)
-    mel: str = "tiny"
-    crop_latent_frames: int = 8
-    lr: float = 1e-4
-    lr_disc: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    lambda_adv: float = 0.1
-    lambda_fm: float = 1.0
-    # phase 1: weight of ``mean(latent)^2 + (std(latent) - 1)^2``, which pulls the DiT latents (after
-    # the official fixed shift/scale of ``CodecConstants``) towards zero mean and unit variance
-    lambda_latent_moments: float = 0.0
-    phase2_start_step: int = 100_000
-    disc_channels: int = 64
-    disc_layers: int = 3
-
-    def __post_init__(self) -> None:
-        self._check_common()
-        if self.crop_latent_frames < 1:
-            raise ConfigError("crop_latent_frames must be >= 1")
-
-    def dcae_config(self) -> DCAEConfig:
-        if _is_folder(self.model):
-            return DCAEConfig.from_json(Path(self.model) / "config.json")
-        base = _dcae_preset(self.model)
-        return dataclasses.replace(base, **dict(self.model_overrides)) if self.model_overrides else base
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,51 +155,25 @@ class AudioCrops:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# shared loop machinery
+# the trainers' shared part, on the training skeleton
 
 
-def _device(name: str) -> torch.device:
-    from songflow.checkpoint.weights import resolve_device
-
-    return resolve_device(name)
-
-
-def _clip(params: list[nn.Parameter], max_norm: float) -> float:
-    if max_norm > 0:
-        return float(nn.utils.clip_grad_norm_(params, max_norm))
-    return float("nan")
-
-
-class _Logger:
-    def __init__(self, path: Path, fields: list[str]):
-        self.path = path
-        self.fields: list[str] | None = ["step", "sec_per_step", *fields]
-
-    def write(self, row: dict[str, float]) -> None:
-        new = not self.path.exists()
-        if not new:  # keep an existing file's columns
-            with self.path.open() as f:
-                self.fields = next(csv.reader(f), None) or self.fields
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: f"{row.get(k, float('nan')):.6g}" for k in self.fields})
-
-
-class _Trainer:
-    """Shared parts: step counter, optimisers, state file, CSV log, main loop."""
+class _Trainer(TrainingLoop):
+    """Shared parts: device, seeding, the state file, the CSV log and :meth:`run` (the skeleton's loop)."""
 
     component_folder: str
     log_fields: tuple[str, ...] = ()
-    cfg: _CommonTrainConfig
+    cfg: CodecTrainConfig
 
-    def __init__(self, cfg: _CommonTrainConfig):
-        self.out_dir = Path(cfg.out_dir)
+    def __init__(self, cfg: CodecTrainConfig):
+        self.out_dir = self.output_dir = Path(cfg.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = _device(cfg.device)
+        self.info = single_process(cfg.device)
+        self.device = self.info.device
         self.step = 0
-        self.logger = _Logger(self.out_dir / LOG_NAME, list(self.log_fields))
+        self.settings = cfg.loop_settings()
+        self.log = CsvLog(self.out_dir / LOG_NAME, ["step", "sec_per_step", *self.log_fields])
+        self._exported: Path | None = None
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
@@ -361,22 +203,18 @@ class _Trainer:
         return self.out_dir / STATE_NAME
 
     def save_state(self) -> Path:
-        from songflow.fileio import atomic_path
-
         state = {
             "step": self.step,
             "modules": {k: m.state_dict() for k, m in self.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
         }
-        with atomic_path(self.state_path) as tmp:
-            torch.save(state, tmp)
-        return self.state_path
+        return save_state_file(self.state_path, state)
 
     def load_state(self) -> bool:
         """Restore from ``trainer_state.pt`` in ``out_dir``; False when there is none."""
         if not self.state_path.is_file():
             return False
-        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        state = load_state_file(self.state_path, self.device)
         for k, m in self.modules().items():
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers().items():
@@ -384,29 +222,25 @@ class _Trainer:
         self.step = int(state["step"])
         return True
 
+    # the skeleton's hooks
+    def run_step(self, step: int) -> dict[str, Any]:
+        losses = self.train_step(self.sample_batch(step))
+        self._schedulers_step()
+        return losses
+
+    def save_checkpoint(self, done: int) -> None:
+        self.save_state()
+        self._exported = self.export()
+
     def run(self) -> Path:
         """Train to ``cfg.steps`` (resuming when allowed); save state and component; return its folder."""
-        cfg = self.cfg
-        cfg.to_json(self.out_dir / "train_config.json")
-        if cfg.resume:
+        self.cfg.to_file(self.out_dir / "train_config.json")
+        if self.cfg.resume:
             self.load_state()
-        t_last, steps_since = time.perf_counter(), 0
-        while self.step < cfg.steps:
-            wav = self.sample_batch(self.step)
-            losses = self.train_step(wav)
-            self._schedulers_step()
-            self.step += 1
-            steps_since += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                now = time.perf_counter()
-                row = {"step": self.step, "sec_per_step": (now - t_last) / steps_since, **losses}
-                self.logger.write(row)
-                t_last, steps_since = now, 0
-            if self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
-                self.save_state()
-                self.export()
-        self.save_state()
-        return self.export()
+        if self.run_steps(self.step) == 0:  # nothing left to train: still save what there is
+            self.save_checkpoint(self.step)
+        assert self._exported is not None
+        return self._exported
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -417,6 +251,7 @@ class VocoderTrainer(_Trainer):
     """Vocoder + :class:`VocoderDiscriminator` with AdamW each; one :meth:`train_step` per batch."""
 
     component_folder = VOCODER_FOLDER
+    cfg: VocoderTrainConfig
     log_fields = (
         "loss",
         "mel_l1",
@@ -434,8 +269,8 @@ class VocoderTrainer(_Trainer):
     def __init__(self, cfg: VocoderTrainConfig):
         super().__init__(cfg)
         self.cfg = cfg
-        if _is_folder(cfg.model):
-            from songflow.checkpoint.weights import load_vocoder
+        if is_folder(cfg.model):
+            from songflow.checkpoint.acestep_v1 import load_vocoder
 
             vocoder = load_vocoder(cfg.model, device=self.device)
         else:
@@ -475,7 +310,7 @@ class VocoderTrainer(_Trainer):
         """One generator (+ discriminator once ``step >= gan_start_step``) update on ``wav`` ``[B, T]``."""
         cfg = self.cfg
         use_gan = self.step >= cfg.gan_start_step
-        mel_fn = self.vocoder.mel_transform
+        mel_fn = cast(LogMelSpectrogram, self.vocoder.mel_transform)
         with torch.no_grad():
             mel = mel_fn(wav)  # (B, M, F)
         spectral: dict[str, Tensor] = {}  # istft head: terms on the spectrum it synthesises
@@ -483,7 +318,7 @@ class VocoderTrainer(_Trainer):
             cfg.lambda_consistency > 0 or cfg.lambda_log_magnitude > 0 or cfg.lambda_phase_advance > 0
         )
         if self.vocoder.config.head_type == "istft" and spectral_terms:
-            head = self.vocoder.head
+            head = cast(ISTFTHead, self.vocoder.head)
             spec = head.spectrum(self.vocoder.backbone(mel), mel)
             raw = head.synthesize(spec)[:, 0]
             if cfg.lambda_log_magnitude > 0 or cfg.lambda_phase_advance > 0:
@@ -508,8 +343,7 @@ class VocoderTrainer(_Trainer):
             loss_d = discriminator_loss(self.disc(wav), self.disc(fake.detach()), cfg.adv_loss)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            _clip(list(self.disc.parameters()), cfg.grad_clip)
-            self.opt_d.step()
+            clip_and_step(self.opt_d, self.disc.parameters(), cfg.grad_clip)
             out["loss_disc"] = float(loss_d.detach())
         # 2. generator
         loss_mel = mel_l1(mel_fn(fake), mel)
@@ -528,8 +362,7 @@ class VocoderTrainer(_Trainer):
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.disc.zero_grad(set_to_none=True)  # generator pass left grads on D; not used
-        out["grad_norm"] = _clip(list(self.vocoder.parameters()), cfg.grad_clip)
-        self.opt_g.step()
+        out["grad_norm"] = clip_and_step(self.opt_g, self.vocoder.parameters(), cfg.grad_clip)
         out.update(
             loss=float(loss.detach()),
             mel_l1=float(loss_mel.detach()),
@@ -539,7 +372,7 @@ class VocoderTrainer(_Trainer):
         return out
 
     def export(self) -> Path:
-        from songflow.checkpoint.weights import save_component
+        from songflow.checkpoint.acestep_v1 import save_component
 
         return save_component(self.vocoder, self.vocoder.config, self.out_dir / VOCODER_FOLDER)
 
@@ -559,6 +392,7 @@ class DCAETrainer(_Trainer):
     """DC-AE with separate encoder/decoder optimisers and a :class:`MelPatchDiscriminator`."""
 
     component_folder = DCAE_FOLDER
+    cfg: DCAETrainConfig
     log_fields = (
         "phase",
         "loss",
@@ -574,16 +408,16 @@ class DCAETrainer(_Trainer):
     def __init__(self, cfg: DCAETrainConfig):
         super().__init__(cfg)
         self.cfg = cfg
-        if _is_folder(cfg.model):
-            from songflow.checkpoint.weights import load_dcae
+        if is_folder(cfg.model):
+            from songflow.checkpoint.acestep_v1 import load_dcae
 
             dcae = load_dcae(cfg.model, device=self.device)
         else:
             dcae = DCAE(cfg.dcae_config())
         self.dcae = dcae.to(self.device).train().requires_grad_(True)
         self.dcae_config: DCAEConfig = dcae.config
-        mel_cfg = VocoderConfig.from_json(Path(cfg.mel) / "config.json") if _is_folder(cfg.mel) else None
-        mel_cfg = mel_cfg or _vocoder_preset(cfg.mel)
+        mel_cfg = VocoderConfig.from_json(Path(cfg.mel) / "config.json") if is_folder(cfg.mel) else None
+        mel_cfg = mel_cfg or vocoder_preset(cfg.mel)
         self.mel_transform = Vocoder(mel_cfg).mel_transform.to(self.device)
         self.hop = mel_cfg.hop_length
         self.constants = CodecConstants()
@@ -634,8 +468,7 @@ class DCAETrainer(_Trainer):
             loss_d = discriminator_loss(self.disc(x), self.disc(recon.detach()), cfg.adv_loss)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            _clip(list(self.disc.parameters()), cfg.grad_clip)
-            self.opt_d.step()
+            clip_and_step(self.opt_d, self.disc.parameters(), cfg.grad_clip)
             out["loss_disc"] = float(loss_d.detach())
         loss_rec = (recon.float() - x.float()).square().mean()
         loss = loss_rec
@@ -654,8 +487,7 @@ class DCAETrainer(_Trainer):
         loss.backward()
         self.disc.zero_grad(set_to_none=True)
         trainable = [p for p in self.dcae.parameters() if p.requires_grad]
-        out["grad_norm"] = _clip(trainable, cfg.grad_clip)
-        self.opt_dec.step()
+        out["grad_norm"] = clip_and_step(self.opt_dec, trainable, cfg.grad_clip)
         if not phase2:
             self.opt_enc.step()
         latents = self.constants.latents_from_code(z.detach().float())
@@ -669,7 +501,7 @@ class DCAETrainer(_Trainer):
         return out
 
     def export(self) -> Path:
-        from songflow.checkpoint.weights import save_component
+        from songflow.checkpoint.acestep_v1 import save_component
 
         return save_component(self.dcae, self.dcae_config, self.out_dir / DCAE_FOLDER)
 
@@ -714,28 +546,9 @@ def compare_to_griffin_lim(
     return {"codec": score(decoded), "griffin_lim": score(gl)}
 
 
-def load_train_config(kind: str, path: str | Path | None, overrides: Mapping[str, Any] | None = None):
-    """``VocoderTrainConfig``/``DCAETrainConfig`` from a JSON or YAML file (read like the DiT trainer's,
-    ``training.config.read_config_file``) plus dotted ``overrides``."""
-    classes = {"vocoder": VocoderTrainConfig, "dcae": DCAETrainConfig}
-    if kind not in classes:
-        raise ConfigError(f"unknown codec component {kind!r}; valid: {sorted(classes)}")
-    from songflow.training.config import read_config_file
-
-    data: dict[str, Any] = read_config_file(path) if path is not None else {}
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {p} is not a mapping")
-        node[last] = value
-    return classes[kind].from_dict(data, source=str(path or "overrides"))
-
-
 __all__ = [
     "AudioCrops",
+    "CodecTrainConfig",
     "DCAETrainConfig",
     "DCAETrainer",
     "VocoderTrainConfig",

@@ -1,8 +1,11 @@
-"""``TrainConfig``: one nested dataclass loaded from YAML/JSON, with ``--set a.b=value`` overrides.
+"""Training configs: nested dataclasses loaded from YAML/JSON, with ``--set a.b=value`` overrides.
 
-No Hydra, no class paths: every section is a plain dataclass, unknown keys are rejected with their dotted
-name (:class:`~songflow.errors.ConfigError`), and override values are parsed as YAML scalars then coerced
-to the field's type. Defaults follow the released trainer (SPEC §8.4).
+One mechanism for every trainer: a config class is a dataclass that inherits :class:`ConfigBase`
+(:class:`TrainConfig` for the DiT, the codec trainers' ``VocoderTrainConfig``/``DCAETrainConfig``). No Hydra,
+no class paths: every section is a plain dataclass, unknown keys are rejected with their dotted name
+(:class:`~songflow.errors.ConfigError`), and override values are parsed as YAML scalars then coerced to the
+field's type; dotted overrides reach into mapping fields too (``model_overrides.dims=[16]``), where new
+keys are allowed. Defaults follow the released trainer.
 """
 
 from __future__ import annotations
@@ -11,12 +14,47 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES
 from songflow.errors import ConfigError
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+class ConfigBase:
+    """Mixin of every training config (a dataclass, frozen or not): dict/file round trip and overrides."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "") -> C:
+        """Build from a mapping; unknown keys and wrong types are :class:`ConfigError` (``source`` names
+        where the mapping came from in the message)."""
+        try:
+            return _build(cls, data, "")
+        except ConfigError as exc:
+            if not source:
+                raise
+            raise ConfigError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_file(
+        cls: type[C], path: str | Path, overrides: Iterable[str] | Mapping[str, Any] | None = None
+    ) -> C:
+        """A YAML/JSON file (:func:`read_config_file`) with ``overrides`` applied
+        (:func:`apply_overrides`)."""
+        cfg = cls.from_dict(read_config_file(path))
+        return apply_overrides(cfg, overrides or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # type: ignore[call-overload]
+
+    def to_file(self, path: str | Path) -> None:
+        from songflow.fileio import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -125,7 +163,7 @@ class SamplesConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     output_dir: str = "exps/run"
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N (DDP: set by torchrun's LOCAL_RANK)
@@ -141,25 +179,6 @@ class TrainConfig:
     repa: RepaConfig = field(default_factory=RepaConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
-
-    # ---------------------------------------------------------------- construction
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _build(cls, data, "")
-
-    @classmethod
-    def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-        cfg = cls.from_dict(read_config_file(path))
-        return apply_overrides(cfg, overrides or [])
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def to_file(self, path: str | Path) -> None:
-        from songflow.fileio import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -189,7 +208,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
@@ -203,6 +222,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
     if origin in (typing.Union, types.UnionType):
         return value
     if hint is bool:
@@ -257,18 +280,42 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """A new config with ``["optim.lr=3e-4", "lora.enabled=true", ...]`` applied (:func:`parse_override`)."""
-    data = cfg.to_dict()
-    for item in overrides:
-        key, value = parse_override(item)
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r} (in override {item!r})")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"unknown config key {key!r} (in override {item!r})")
-        node[parts[-1]] = value
-    return TrainConfig.from_dict(data)
+def _override_items(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    if isinstance(overrides, Mapping):
+        return [(str(k), v, f"{k}={v!r}") for k, v in overrides.items()]
+    return [(*parse_override(item), item) for item in overrides]
+
+
+def _is_mapping_hint(hint: Any) -> bool:
+    return hint is dict or typing.get_origin(hint) in (dict, Mapping)
+
+
+def _set_dotted(data: dict[str, Any], cls: type, key: str, value: Any, item: str) -> None:
+    """``data[a][b][c] = value`` for ``key = "a.b.c"``, checked against the dataclass ``cls``: every part
+    must name a field, except inside a mapping field, where missing keys are created."""
+    node, hint = data, cls
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        mapping = _is_mapping_hint(hint)
+        if not mapping and not (dataclasses.is_dataclass(hint) and part in node):
+            raise ConfigError(f"unknown config key {here!r} (in override {item!r})")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        if mapping:
+            child, hint = node.setdefault(part, {}), dict
+        else:
+            child, hint = node[part], _hints(hint)[part]
+        if not isinstance(child, dict):
+            raise ConfigError(f"unknown config key {here!r} (in override {item!r})")
+        node = child
+
+
+def apply_overrides(cfg: C, overrides: Iterable[str] | Mapping[str, Any]) -> C:
+    """A new config of ``cfg``'s class with ``["optim.lr=3e-4", "lora.enabled=true", ...]`` applied
+    (:func:`parse_override`), or with ``{"optim.lr": 3e-4, ...}`` (values already parsed)."""
+    data = dataclasses.asdict(cfg)  # type: ignore[call-overload]
+    for key, value, item in _override_items(overrides):
+        _set_dotted(data, type(cfg), key, value, item)
+    return type(cfg).from_dict(data)

@@ -1,6 +1,6 @@
 """Training data: official-format dataset -> cached latents/text states/lyric ids -> padded batches.
 
-:func:`preprocess` reads an HF dataset in the official layout (SPEC §8.5: ``keys``, ``filename``, ``tags``,
+:func:`preprocess` reads an HF dataset in the official layout (``keys``, ``filename``, ``tags``,
 ``speaker_emb_path``, ``norm_lyrics``, ``recaption``), runs the frozen codec, text encoder, lyric tokenizer
 and (for REPA) the SSL models once, and writes safetensors shards plus ``index.json``. Rows whose audio is
 missing, unreadable or silent (or whose lyrics do not tokenize) are skipped and counted, never fatal.
@@ -26,7 +26,7 @@ from songflow.errors import AudioError, ConfigError, SongflowError
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
-SOURCE_RATE_HZ = 48000  # the official loader resamples every clip to 48 kHz (SPEC §8.5)
+SOURCE_RATE_HZ = 48000  # the official loader resamples every clip to 48 kHz
 SILENT_FRACTION = 0.95
 CACHE_VERSION = 1
 
@@ -70,7 +70,7 @@ def prepare_audio(path: Path, *, min_seconds: float, max_seconds: float) -> tupl
 
 @torch.no_grad()
 def ssl_features(model: torch.nn.Module, wav: Tensor, rate_hz: int, target_hz: int, chunk_s: float) -> Tensor:
-    """SSL ``last_hidden_state`` ``[T, D]`` of a stereo clip (SPEC §8.2 recipe, any HF audio model).
+    """SSL ``last_hidden_state`` ``[T, D]`` of a stereo clip (the official REPA recipe, any HF audio model).
 
     Mean of the channels, resampled to ``target_hz``, normalised to zero mean / unit variance, split into
     ``chunk_s`` chunks (last one zero-padded); each chunk's features are trimmed to its valid share.
@@ -159,6 +159,70 @@ class _ShardWriter:
         self.tensors, self.count, self.shard = {}, 0, self.shard + 1
 
 
+@dataclass
+class _Encoders:
+    """What :func:`preprocess` runs on each row: codec, tag encoder, lyric tokenizer, REPA SSL models."""
+
+    codec: Any
+    text_encoder: Any
+    tokenizer: Any
+    ssl: list[tuple[torch.nn.Module, Any]]
+    device: str
+
+    def encode_row(
+        self, row: dict[str, Any], dataset_path: Path, min_seconds: float, max_seconds: float
+    ) -> tuple[dict[str, Tensor], str | None]:
+        """The cached tensors of one dataset row, or ``({}, reason)`` when the row is skipped."""
+        wav, reason = prepare_audio(
+            _resolve_audio(str(row.get("filename", "")), dataset_path),
+            min_seconds=min_seconds,
+            max_seconds=max_seconds,
+        )
+        if reason is None:
+            try:
+                lyric_ids = self.tokenizer.tokenize_lyrics(str(row.get("norm_lyrics") or ""))
+            except SongflowError:
+                reason = "bad_lyrics"
+        if reason is not None:
+            return {}, reason
+        tags = row.get("tags") or []
+        prompt = ", ".join(tags) if isinstance(tags, list) else str(tags)
+        states, mask = self.text_encoder.encode([prompt or " "])
+        n_text = max(1, int(mask[0].sum()))
+        with torch.no_grad():
+            latents = self.codec.encode(wav[None].to(self.device), SOURCE_RATE_HZ)[0]
+        tensors = {
+            "latents": latents.float(),
+            "text_states": states[0, :n_text].float(),
+            "lyric_ids": torch.tensor(lyric_ids, dtype=torch.long),
+            "lyric_mask": torch.tensor(self.tokenizer.lyric_mask_for(lyric_ids), dtype=torch.long),
+        }
+        for j, (model, m) in enumerate(self.ssl):
+            tensors[f"ssl.{j}"] = ssl_features(model, wav, SOURCE_RATE_HZ, m.sample_rate_hz, m.chunk_seconds)
+        return tensors, None
+
+
+def _write_index(
+    cache_dir: Path,
+    writer: _ShardWriter,
+    report: PreprocessReport,
+    speaker_dim: int,
+    ssl_paths: list[str],
+    checkpoint_dir: Path,
+) -> None:
+    from songflow.fileio import atomic_write_text
+
+    index = {
+        "version": CACHE_VERSION,
+        "items": writer.items,
+        "skipped": dict(report.skipped),
+        "speaker_dim": speaker_dim,
+        "ssl_models": ssl_paths,
+        "checkpoint_dir": str(checkpoint_dir),
+    }
+    atomic_write_text(cache_dir / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+
+
 def preprocess(
     dataset_path: str | Path,
     checkpoint_dir: str | Path,
@@ -178,7 +242,7 @@ def preprocess(
     """
     import datasets
 
-    from songflow.checkpoint.weights import load_codec
+    from songflow.checkpoint.acestep_v1 import load_codec
     from songflow.models.acestep_v1.text_encoder import UMT5TextEncoder
     from songflow.text.lyric_tokenizer import LyricTokenizer
 
@@ -196,6 +260,7 @@ def preprocess(
     )
     report = PreprocessReport(cache_dir)
     writer = _ShardWriter(cache_dir, shard_size)
+    encoders = _Encoders(codec, text_encoder, tokenizer, ssl, device)
     rows = range(len(ds))
     if progress:
         from tqdm import tqdm
@@ -203,48 +268,15 @@ def preprocess(
         rows = tqdm(rows, desc="preprocess", unit="clip")
     for r in rows:
         row = ds[r]
-        wav, reason = prepare_audio(
-            _resolve_audio(str(row.get("filename", "")), dataset_path),
-            min_seconds=min_seconds,
-            max_seconds=max_seconds,
-        )
-        if reason is None:
-            try:
-                lyric_ids = tokenizer.tokenize_lyrics(str(row.get("norm_lyrics") or ""))
-            except SongflowError:
-                reason = "bad_lyrics"
+        tensors, reason = encoders.encode_row(row, dataset_path, min_seconds, max_seconds)
         if reason is not None:
             report.skipped[reason] += 1
             logger.info("skipping row %d (%s): %s", r, row.get("keys"), reason)
             continue
-        tags = row.get("tags") or []
-        prompt = ", ".join(tags) if isinstance(tags, list) else str(tags)
-        states, mask = text_encoder.encode([prompt or " "])
-        n_text = max(1, int(mask[0].sum()))
-        with torch.no_grad():
-            latents = codec.encode(wav[None].to(device), SOURCE_RATE_HZ)[0]
-        tensors = {
-            "latents": latents.float(),
-            "text_states": states[0, :n_text].float(),
-            "lyric_ids": torch.tensor(lyric_ids, dtype=torch.long),
-            "lyric_mask": torch.tensor(tokenizer.lyric_mask_for(lyric_ids), dtype=torch.long),
-        }
-        for j, (model, m) in enumerate(ssl):
-            tensors[f"ssl.{j}"] = ssl_features(model, wav, SOURCE_RATE_HZ, m.sample_rate_hz, m.chunk_seconds)
         writer.add(str(row.get("keys", r)), tensors)
         report.written += 1
     writer.flush()
-    index = {
-        "version": CACHE_VERSION,
-        "items": writer.items,
-        "skipped": dict(report.skipped),
-        "speaker_dim": int(speaker_dim),
-        "ssl_models": [m.path for _, m in ssl],
-        "checkpoint_dir": str(root),
-    }
-    from songflow.fileio import atomic_write_text
-
-    atomic_write_text(cache_dir / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+    _write_index(cache_dir, writer, report, int(speaker_dim), [m.path for _, m in ssl], root)
     logger.info("preprocess: %d clips cached, skipped %s", report.written, dict(report.skipped))
     return report
 

@@ -83,8 +83,8 @@ def build_initial_checkpoint(
     out: str | Path, *, dataset: str | Path, dcae: str | Path, vocoder: str | Path, seed: int = 0
 ) -> Path:
     """Write the untrained songflow-tiny checkpoint folder ``out`` (official layout + ``vocab.json``)."""
+    from songflow.checkpoint.acestep_v1 import save_component
     from songflow.checkpoint.random_checkpoint import build_lyric_vocab, write_text_encoder
-    from songflow.checkpoint.weights import save_component
     from songflow.models.acestep_v1.transformer import ACEStepTransformer
 
     out = Path(out)
@@ -106,7 +106,7 @@ def package_model(checkpoint: str | Path, dest: str | Path, *, card: str | Path 
     """
     from safetensors.torch import load_file, save_file
 
-    from songflow.checkpoint.weights import CHECKPOINT_FOLDERS, WEIGHTS_NAME, validate_checkpoint_dir
+    from songflow.checkpoint.acestep_v1 import CHECKPOINT_FOLDERS, WEIGHTS_NAME, validate_checkpoint_dir
 
     src = validate_checkpoint_dir(checkpoint)
     dest = Path(dest)

@@ -92,6 +92,8 @@ class ResolutionDiscriminator(nn.Module):
     ``(3, 3)`` conv to one channel.
     """
 
+    window: Tensor
+
     def __init__(self, n_fft: int, hop: int, win_length: int, channels: int = 32, n_layers: int = 3):
         super().__init__()
         self.n_fft, self.hop, self.win_length = n_fft, hop, win_length

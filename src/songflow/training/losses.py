@@ -1,4 +1,4 @@
-"""Pure training losses (SPEC §8.1–8.3): timestep sampling, flow-matching x̂0 loss, condition dropout, REPA.
+"""Pure training losses: timestep sampling, flow-matching x̂0 loss, condition dropout, REPA.
 
 Every random draw takes an explicit ``torch.Generator`` (CPU) so a step is reproducible from its seed alone.
 """
@@ -80,7 +80,7 @@ def apply_condition_dropout(
     p_lyric: float = 0.15,
     p_speaker: float = 0.5,
 ) -> tuple[ConditionInputs, dict[str, Tensor]]:
-    """Zero conditions per sample, independently (SPEC §8.3).
+    """Zero conditions per sample, independently (docs/reference_behaviour.md#r7).
 
     Text states are zeroed with ``p_text`` (the text mask is kept), the speaker embedding with
     ``p_speaker``, lyric ids AND lyric mask with ``p_lyric``. Returns the new inputs and the boolean

@@ -1,4 +1,4 @@
-"""One training step of the DiT: full fine-tune or LoRA, optional REPA (SPEC §8.1–8.3).
+"""One training step of the DiT: full fine-tune or LoRA, optional REPA.
 
 :class:`FlowMatchingModule` owns the transformer (and the LoRA adapter when enabled) and computes the loss of
 a collated batch. All randomness of a step (timesteps, noise, condition dropout) comes from a CPU generator
@@ -44,6 +44,8 @@ class FlowMatchingModule(nn.Module):
         transformer: the DiT (built ``with_projectors=True`` when REPA is on).
         cfg: the training config (``lora``, ``repa``, ``schedule``, ``model`` sections are used).
     """
+
+    grid: Tensor
 
     def __init__(self, transformer: ACEStepTransformer, cfg: TrainConfig):
         super().__init__()

@@ -1487,59 +1487,17 @@ def _labels(
     melody: list[SungNote],
     phrases: list[_Phrase],
 ) -> dict:
+    """The label dict of one song: musical facts, timings, lyrics, then tags and caption."""
     dur = plan.duration_s
     grid, meter = plan.grid, plan.meter
     beats = [_r(i * grid.beat_s) for i in range(int(dur / grid.beat_s - 1e-9) + 1)]
     downbeats = beats[:: meter.beats_per_bar]
-    sections = []
-    for sec in plan.sections:
-        start = sec.start_bar * grid.bar_s
-        if start < dur:
-            sections.append(
-                {
-                    "name": sec.name,
-                    "start": _r(start),
-                    "end": _r(min(dur, (sec.start_bar + sec.num_bars) * grid.bar_s)),
-                }
-            )
-    chords: list[dict] = []
-    for ev in plan.chords:
-        start = grid.time_of(ev.start_step)
-        if start >= dur:
-            break
-        end = min(dur, grid.time_of(ev.end_step))
-        if chords and chords[-1]["chord"] == ev.chord.name and chords[-1]["end"] == _r(start):
-            chords[-1]["end"] = _r(end)
-        else:
-            chords.append(
-                {"start": _r(start), "end": _r(end), "chord": ev.chord.name, "roman": ev.chord.roman}
-            )
-
-    instruments: list[str] = []
-    programs: dict[str, int] = {}
-    for role, program, is_drum, notes in parts:
-        if not notes:
-            continue
-        name = "drums" if is_drum else PROGRAM_NAMES[program]
-        if not is_drum:
-            programs[role] = program
-        if name not in instruments:
-            instruments.append(name)
+    sections = _section_labels(plan)
+    chords = _chord_labels(plan)
     has_vocals = bool(melody)
+    instruments, programs = _instrument_labels(parts, has_vocals)
     voice = plan.voice if has_vocals else None
-    if has_vocals:
-        instruments.append("vocals")
-
-    words: list[dict] = []
-    for note in melody:
-        if words and words[-1]["_index"] == note.word_index:
-            words[-1]["end"] = _r(note.end_s)
-            words[-1]["notes"].append(note.midi_pitch)
-        else:
-            words.append({"word": note.word, "start": _r(note.start_s), "end": _r(note.end_s),
-                          "notes": [note.midi_pitch], "_index": note.word_index})  # fmt: skip
-    for w in words:
-        del w["_index"]
+    words = _word_labels(melody)
 
     lyrics = _lyrics_text(plan, phrases) if has_vocals else "[inst]"
     key = f"{pitch_class_name(plan.tonic_pc)} {MODE_FAMILY[plan.mode]}"
@@ -1574,6 +1532,75 @@ def _labels(
     labels["tags"] = _tags(rng, plan, labels, mood_words)
     labels["caption"] = _caption(rng, plan, labels, mood_words)
     return labels
+
+
+def _section_labels(plan: _Plan) -> list[dict]:
+    """``{name, start, end}`` (seconds) of every section that starts before the end of the song."""
+    dur, grid = plan.duration_s, plan.grid
+    sections = []
+    for sec in plan.sections:
+        start = sec.start_bar * grid.bar_s
+        if start < dur:
+            sections.append(
+                {
+                    "name": sec.name,
+                    "start": _r(start),
+                    "end": _r(min(dur, (sec.start_bar + sec.num_bars) * grid.bar_s)),
+                }
+            )
+    return sections
+
+
+def _chord_labels(plan: _Plan) -> list[dict]:
+    """``{start, end, chord, roman}`` spans (seconds); a chord repeated back to back is one span."""
+    dur, grid = plan.duration_s, plan.grid
+    chords: list[dict] = []
+    for ev in plan.chords:
+        start = grid.time_of(ev.start_step)
+        if start >= dur:
+            break
+        end = min(dur, grid.time_of(ev.end_step))
+        if chords and chords[-1]["chord"] == ev.chord.name and chords[-1]["end"] == _r(start):
+            chords[-1]["end"] = _r(end)
+        else:
+            chords.append(
+                {"start": _r(start), "end": _r(end), "chord": ev.chord.name, "roman": ev.chord.roman}
+            )
+    return chords
+
+
+def _instrument_labels(
+    parts: list[tuple[str, int, bool, list[_Note]]], has_vocals: bool
+) -> tuple[list[str], dict[str, int]]:
+    """(instrument names in part order, "vocals" last when sung; GM program per pitched role)."""
+    instruments: list[str] = []
+    programs: dict[str, int] = {}
+    for role, program, is_drum, notes in parts:
+        if not notes:
+            continue
+        name = "drums" if is_drum else PROGRAM_NAMES[program]
+        if not is_drum:
+            programs[role] = program
+        if name not in instruments:
+            instruments.append(name)
+    if has_vocals:
+        instruments.append("vocals")
+    return instruments, programs
+
+
+def _word_labels(melody: list[SungNote]) -> list[dict]:
+    """``{word, start, end, notes}`` per sung word: its notes merged into one span."""
+    words: list[dict] = []
+    for note in melody:
+        if words and words[-1]["_index"] == note.word_index:
+            words[-1]["end"] = _r(note.end_s)
+            words[-1]["notes"].append(note.midi_pitch)
+        else:
+            words.append({"word": note.word, "start": _r(note.start_s), "end": _r(note.end_s),
+                          "notes": [note.midi_pitch], "_index": note.word_index})  # fmt: skip
+    for w in words:
+        del w["_index"]
+    return words
 
 
 def _lyrics_text(plan: _Plan, phrases: list[_Phrase]) -> str:

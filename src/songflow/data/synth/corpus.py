@@ -231,8 +231,6 @@ class ClipMaker:
 
     def make(self, plan: ClipPlan) -> dict[str, float]:
         """Make one clip's files; returns CPU seconds per stage."""
-        from scipy.signal import oaconvolve
-
         cfg, sr = self.cfg, self.cfg.sample_rate
         cpu: dict[str, float] = {}
         c0 = time.process_time()
@@ -253,21 +251,7 @@ class ClipMaker:
         cpu["sing"] = time.process_time() - c0
 
         c0 = time.process_time()
-        mix = backing[:, :n].astype(np.float32, copy=True)
-        vocal_gain = 0.0
-        if take is not None:
-            dry = take.audio[0, :n]
-            wet = dry + 0.2 * oaconvolve(dry, _reverb_ir(sr, plan.seed))[:n].astype(np.float32)
-            back_lufs = integrated_loudness(mix, sr)
-            voc_lufs = integrated_loudness(np.repeat(wet[None], cfg.channels, axis=0), sr)
-            if math.isfinite(voc_lufs):
-                ref = back_lufs if math.isfinite(back_lufs) else cfg.loudness_lufs
-                vocal_gain = 10.0 ** ((ref + plan.vocal_gain_db - voc_lufs) / 20.0)
-                mix += (vocal_gain * wet)[None, :]
-        gain = _gain_to(mix, sr, cfg.loudness_lufs)
-        mix *= np.float32(gain)
-        fade = min(n, int(0.03 * sr))
-        mix[:, n - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[None, :]
+        mix, vocal_gain, gain = self._mix(plan, backing, take, n)
         ceiling = 10.0 ** (cfg.peak_dbfs / 20.0)
         mix = limit_peaks(mix, sr, ceiling)
         final_lufs = integrated_loudness(mix, sr)
@@ -283,13 +267,45 @@ class ClipMaker:
                 stem *= np.float32(ceiling / stem_peak)
             _write_flac(paths["vocals"], np.repeat(stem[:1], cfg.channels, axis=0), sr)
         _atomic_write(paths["midi"], lambda p: song.midi.write(str(p)))
+        self._update_labels(labels, plan, take, mix, final_lufs)
+        text = json.dumps(_json_safe(labels), sort_keys=True, ensure_ascii=False, indent=1)
+        _atomic_write(paths["labels"], lambda p: p.write_text(text + "\n", encoding="utf-8"))
+        cpu["write"] = time.process_time() - c0
+        return cpu
 
+    def _mix(self, plan: ClipPlan, backing: np.ndarray, take: Any, n: int) -> tuple[np.ndarray, float, float]:
+        """Backing plus the reverberated vocal at its loudness offset, normalised to the target loudness,
+        with a 30 ms fade-out; returns (mix ``[C, n]``, vocal gain, loudness gain), before the limiter."""
+        from scipy.signal import oaconvolve
+
+        cfg, sr = self.cfg, self.cfg.sample_rate
+        mix = backing[:, :n].astype(np.float32, copy=True)
+        vocal_gain = 0.0
+        if take is not None:
+            dry = take.audio[0, :n]
+            wet = dry + 0.2 * oaconvolve(dry, _reverb_ir(sr, plan.seed))[:n].astype(np.float32)
+            back_lufs = integrated_loudness(mix, sr)
+            voc_lufs = integrated_loudness(np.repeat(wet[None], cfg.channels, axis=0), sr)
+            if math.isfinite(voc_lufs):
+                ref = back_lufs if math.isfinite(back_lufs) else cfg.loudness_lufs
+                vocal_gain = 10.0 ** ((ref + plan.vocal_gain_db - voc_lufs) / 20.0)
+                mix += (vocal_gain * wet)[None, :]
+        gain = _gain_to(mix, sr, cfg.loudness_lufs)
+        mix *= np.float32(gain)
+        fade = min(n, int(0.03 * sr))
+        mix[:, n - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[None, :]
+        return mix, vocal_gain, gain
+
+    def _update_labels(
+        self, labels: dict, plan: ClipPlan, take: Any, mix: np.ndarray, final_lufs: float
+    ) -> None:
+        """Add the clip's file, render and mix facts (and the sung take's, if any) to ``labels``."""
         labels.update(
             key=plan.key,
             seed=plan.seed,
             duration=plan.duration_s,
-            sample_rate=sr,
-            channels=cfg.channels,
+            sample_rate=self.cfg.sample_rate,
+            channels=self.cfg.channels,
             render=self.renderer.description,
             mix={
                 "loudness_lufs": round(final_lufs, 2) if math.isfinite(final_lufs) else None,
@@ -312,10 +328,6 @@ class ClipMaker:
             )
         else:
             labels.update(voice=None, lyrics="", syllables=[], sung_words=[])
-        text = json.dumps(_json_safe(labels), sort_keys=True, ensure_ascii=False, indent=1)
-        _atomic_write(paths["labels"], lambda p: p.write_text(text + "\n", encoding="utf-8"))
-        cpu["write"] = time.process_time() - c0
-        return cpu
 
 
 # --------------------------------------------------------------------------------------------- workers

@@ -88,10 +88,10 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     batches = _positive_ints(args.max_batch, "--max-batch")
 
     from songflow.checkpoint.hub import resolve_checkpoint
-    from songflow.pipeline import Pipeline
+    from songflow.families import load_pipeline
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    pipe = Pipeline.from_pretrained(checkpoint, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype)
     print(
         f"bench-serve: checkpoint={checkpoint.name} device={pipe.device} dtype={args.dtype} "
         f"jobs={args.jobs} concurrency={args.concurrency} duration={args.duration}s steps={args.steps}"
@@ -138,7 +138,6 @@ def _request(i: int, args) -> dict[str, Any]:
 def run_server_load(pipe, args, max_batch: int, *, checkpoint_name: str) -> dict[str, Any]:
     """One server run: ``args.jobs`` jobs from ``args.concurrency`` closed-loop clients; the figures."""
     import httpx
-    import numpy as np
 
     from songflow.interfaces.cli.serve import BackgroundServer
     from songflow.interfaces.server.app import create_app
@@ -155,61 +154,85 @@ def run_server_load(pipe, args, max_batch: int, *, checkpoint_name: str) -> dict
             with httpx.Client(base_url=server.url, timeout=120.0) as client:
                 warm = client.post("/v1/jobs", json=_request(10**6, args)).json()["id"]
                 _wait(client, warm)
-
-            lock = threading.Lock()
-            next_index = [0]
-            done_ids: list[str] = []
-            errors: list[str] = []
-            retries = [0]
-
-            def client_loop() -> None:
-                with httpx.Client(base_url=server.url, timeout=120.0) as c:
-                    while True:
-                        with lock:
-                            i = next_index[0]
-                            next_index[0] += 1
-                        if i >= args.jobs:
-                            return
-                        try:
-                            while True:
-                                r = c.post("/v1/jobs", json=_request(i, args))
-                                if r.status_code != 429:
-                                    break
-                                with lock:
-                                    retries[0] += 1
-                                time.sleep(float(r.headers.get("retry-after", "1")))
-                            r.raise_for_status()
-                            job_id = r.json()["id"]
-                            _wait(c, job_id)
-                            with lock:
-                                done_ids.append(job_id)
-                        except Exception as exc:  # a benchmark reports errors rather than stopping
-                            with lock:
-                                errors.append(f"job {i}: {exc}")
-
-            threads = [threading.Thread(target=client_loop) for _ in range(args.concurrency)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            load = _ClosedLoopLoad(server.url, args)
+            load.run()
             with httpx.Client(base_url=server.url, timeout=120.0) as client:
-                jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in done_ids]
-    for message in errors[:5]:
+                jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in load.done_ids]
+    for message in load.errors[:5]:
         print(f"    error: {message}", file=sys.stderr)
+    return _load_figures(jobs, args.jobs, max_batch, load.retries)
+
+
+class _ClosedLoopLoad:
+    """``args.concurrency`` clients sharing ``args.jobs`` job indices; each waits for its job to finish
+    before submitting the next, and sleeps out a 429 answer (counted in ``retries``)."""
+
+    def __init__(self, url: str, args) -> None:
+        self.url = url
+        self.args = args
+        self.lock = threading.Lock()
+        self.next_index = 0
+        self.done_ids: list[str] = []
+        self.errors: list[str] = []
+        self.retries = 0
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._client_loop) for _ in range(self.args.concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _take_index(self) -> int:
+        with self.lock:
+            i = self.next_index
+            self.next_index += 1
+        return i
+
+    def _client_loop(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=120.0) as c:
+            while (i := self._take_index()) < self.args.jobs:
+                try:
+                    job_id = self._submit(c, i)
+                    _wait(c, job_id)
+                    with self.lock:
+                        self.done_ids.append(job_id)
+                except Exception as exc:  # a benchmark reports errors rather than stopping
+                    with self.lock:
+                        self.errors.append(f"job {i}: {exc}")
+
+    def _submit(self, c, i: int) -> str:
+        while True:
+            r = c.post("/v1/jobs", json=_request(i, self.args))
+            if r.status_code != 429:
+                break
+            with self.lock:
+                self.retries += 1
+            time.sleep(float(r.headers.get("retry-after", "1")))
+        r.raise_for_status()
+        return r.json()["id"]
+
+
+def _load_figures(jobs: list[dict], n_jobs: int, max_batch: int, retries: int) -> dict[str, Any]:
+    """Throughput, latency percentiles, batching and per-stage seconds of the finished jobs."""
+    import numpy as np
+
     ok = [j for j in jobs if j["state"] == "done"]
     latencies = np.array([j["finished_at"] - j["created_at"] for j in ok]) if ok else np.array([np.nan])
     span_s = (max(j["finished_at"] for j in ok) - min(j["created_at"] for j in ok)) if ok else float("nan")
     return {
         "max_batch": max_batch,
         "jobs_done": len(ok),
-        "failed": args.jobs - len(ok),
+        "failed": n_jobs - len(ok),
         "wall_s": span_s,
         "jobs_per_min": 60.0 * len(ok) / span_s if ok else 0.0,
         "latency_p50_s": float(np.percentile(latencies, 50)),
         "latency_p95_s": float(np.percentile(latencies, 95)),
         "mean_batch_jobs": float(np.mean([j["batch_jobs"] or 1 for j in ok])) if ok else 0.0,
         "mean_run_s": float(np.mean([j["finished_at"] - j["started_at"] for j in ok])) if ok else 0.0,
-        "retries_429": retries[0],
+        "retries_429": retries,
         # seconds of each stage per job (a batch's stage time shared among its jobs)
         **{
             f"per_job_{stage}_s": float(np.mean([j["timings_s"][stage] / (j["batch_jobs"] or 1) for j in ok]))

@@ -105,32 +105,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _bench_pipeline(args, device: torch.device, dtype: torch.dtype):
+    """(pipeline, DiT) for ``--config``: random weights with stand-in encoders, or a checkpoint's family."""
+    if args.config not in RANDOM_CONFIGS:
+        from songflow.families import load_pipeline
+
+        pipe = load_pipeline(args.config, device=str(device), dtype=args.dtype, offload=args.offload)
+        return pipe, pipe.transformer
+    from songflow.families.acestep_v1 import build_pipeline
+
+    transformer, codec = _build_components(args.config, device, dtype)
+    cfg = transformer.config
+    pipe = build_pipeline(
+        transformer,
+        codec,
+        RandomTextEncoder(cfg.text_embedding_dim),
+        RandomLyricTokenizer(cfg.lyric_encoder_vocab_size),
+        device=device,
+        dtype=dtype,
+        offload=args.offload,
+    )
+    return pipe, transformer
+
+
 def run_bench(args) -> dict[str, float]:
-    from songflow.checkpoint.weights import resolve_device, resolve_dtype
-    from songflow.pipeline import Pipeline
+    from songflow.checkpoint.device import resolve_device, resolve_dtype
     from songflow.requests import GenerationParams, Text2Music
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(0)
-    if args.config in RANDOM_CONFIGS:
-        transformer, codec = _build_components(args.config, device, dtype)
-        cfg = transformer.config
-        pipe = Pipeline(
-            transformer,
-            codec,
-            RandomTextEncoder(cfg.text_embedding_dim),
-            RandomLyricTokenizer(cfg.lyric_encoder_vocab_size),
-            device=device,
-            dtype=dtype,
-            offload=args.offload,
-        )
-    else:
-        from songflow.checkpoint.hub import resolve_checkpoint
-
-        folder = resolve_checkpoint(args.config)
-        pipe = Pipeline.from_pretrained(folder, device=str(device), dtype=args.dtype, offload=args.offload)
-        transformer = pipe.transformer
+    pipe, transformer = _bench_pipeline(args, device, dtype)
     request = Text2Music(
         tags="pop, 120 bpm, piano, drums, C major, energetic",
         lyrics="[verse]\nwe count the beats until the morning light",

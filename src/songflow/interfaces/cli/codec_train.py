@@ -2,9 +2,10 @@
 
 Hook into a CLI with ``add_codec_train_parser(subparsers)``; the parsed namespace carries ``func`` (returns
 the exit code). CONFIG is a JSON or YAML file of
-:class:`~songflow.training.codec_trainer.VocoderTrainConfig` / ``DCAETrainConfig`` fields; ``--set``
-values are parsed as YAML, as for ``songflow train`` (``--set steps=10``, ``--set betas=[0.8,0.99]``,
-``--set data=/music``); dotted keys reach into mappings (``--set model_overrides.dims=[16,32]``).
+:class:`~songflow.training.codec_config.VocoderTrainConfig` / ``DCAETrainConfig`` fields, loaded with
+``--set`` by the same code as ``songflow train`` (values parsed as YAML, then coerced to the field's type:
+``--set steps=10``, ``--set betas=[0.8,0.99]``, ``--set data=/music``); dotted keys reach into mappings
+(``--set model_overrides.dims=[16,32]``).
 Prints the folder of the saved component.
 """
 
@@ -28,7 +29,12 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 
 
 def cmd_train_codec(args: argparse.Namespace) -> int:
-    from songflow.training.codec_trainer import load_train_config, train_dcae, train_vocoder
+    from songflow.training.codec_trainer import (
+        VocoderTrainConfig,
+        load_train_config,
+        train_dcae,
+        train_vocoder,
+    )
 
     try:
         overrides = parse_set(args.overrides)
@@ -36,7 +42,7 @@ def cmd_train_codec(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = load_train_config(args.component, args.config, overrides)
-    folder = train_vocoder(cfg) if args.component == "vocoder" else train_dcae(cfg)
+    folder = train_vocoder(cfg) if isinstance(cfg, VocoderTrainConfig) else train_dcae(cfg)  # type: ignore[arg-type]
     print(str(folder), file=sys.stdout)
     return 0
 

@@ -1,296 +1,21 @@
-"""The ``songflow`` command line: generate, bulk, bench, download, random-checkpoint, corpus, eval, train,
-train-codec, serve, bench-serve.
+"""The ``songflow`` command line: generate, bulk, bench, corpus, eval, train, train-codec, serve,
+bench-serve, ui, download, random-checkpoint, info.
 
-Flags of ``generate`` are derived from the request dataclasses (``songflow.requests``), so the CLI cannot
-drift from the Python API. Every user error prints one ``error:`` line and exits with code 2.
+One module per group of subcommands registers its parsers; this one assembles them and runs ``main``.
+Every user error prints one ``error:`` line and exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
-import typing
-from pathlib import Path
 from typing import Any
 
-from songflow.errors import ConfigError, SongflowError
+from songflow.errors import SongflowError
+from songflow.interfaces.cli.options import add_runtime_flags
 
 EXIT_USER_ERROR = 2
-DEFAULT_CHECKPOINT_DIR = Path("~/.cache/songflow/checkpoints/ACE-Step-v1-3.5B").expanduser()
-
-# CLI spellings that differ from the field names
-_ALIASES = {"duration_s": ["--duration"], "seeds": ["--seed", "--seeds"], "step_indices": ["--oss-steps"]}
-
-
-def _task_fields() -> set[str]:
-    from songflow.requests import TASKS
-
-    return {f.name for cls in TASKS.values() for f in dataclasses.fields(cls)} - {"params", "loras"}
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-
-
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> None:
-    """One flag per dataclass field (default None = "not given"; the dataclass default applies).
-
-    Field names already in ``skip`` are not added again; added names are put into ``skip``.
-    """
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        skip.add(f.name)
-        hint = hints[f.name]
-        names = [f"--{f.name.replace('_', '-')}"] + _ALIASES.get(f.name, [])
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None}
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if type(None) in args and len(args) == 2 and "tuple" not in str(hint):  # X | None -> X
-            hint = next(a for a in args if a is not type(None))
-            origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin is typing.Literal:
-            kwargs["choices"] = list(args)
-        elif hint in (int, float, str):
-            kwargs["type"] = hint
-        elif "tuple" in str(hint):
-            kwargs["type"] = _int_list
-            kwargs["metavar"] = "N,N,..."
-        else:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        kwargs["help"] = f"(default: {default})" if default is not None else None
-        parser.add_argument(*names, **kwargs)
-
-
-def _read_lyrics(value: str | None) -> str | None:
-    """``--lyrics`` text (a typed ``\\n`` becomes a line break) or ``@FILE``."""
-    if value is None:
-        return None
-    if not value.startswith("@"):
-        return value.replace("\\n", "\n")
-    path = Path(value[1:])
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SongflowError(f"cannot read lyrics file {path}: {exc.strerror}") from exc
-
-
-def _parse_lora(text: str) -> dict:
-    """``PATH`` or ``PATH:WEIGHT``."""
-    path, sep, weight = text.rpartition(":")
-    if sep and path:
-        try:
-            return {"path": path, "weight": float(weight)}
-        except ValueError:
-            pass
-    return {"path": text, "weight": 1.0}
-
-
-def _request_from_args(args: argparse.Namespace):
-    """The request the flags describe (on top of ``--from`` when given); flags of other tasks are named."""
-    from songflow.requests import EDIT_PRESETS, TASKS, GenerationParams, request_from_dict
-
-    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationParams)}
-    params = {k: v for k, v in params.items() if v is not None}
-    if args.from_json:
-        sidecar = _load_sidecar(Path(args.from_json))
-        data = dict(sidecar["request"])
-        data["params"] = {**data.get("params", {}), **params}
-        _warn_changed_sources(data, sidecar.get("sources_sha256", {}))
-    else:
-        data = {"task": "text2music", "params": params}
-    if args.task:
-        data["task"] = args.task
-    cls = TASKS.get(data.get("task", "text2music"))
-    if cls is None:
-        raise ConfigError(f"unknown task {data.get('task')!r}; choose one of {sorted(TASKS)}")
-    own = {f.name for f in dataclasses.fields(cls)}
-    for name in sorted(_task_fields()):
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        if name not in own:
-            raise ConfigError(f"--{name.replace('_', '-')} does not apply to task {cls.task!r}")
-        data[name] = _read_lyrics(value) if name in ("lyrics", "target_lyrics") else value
-    if args.preset:
-        if cls.task != "edit":
-            raise ConfigError("--preset applies to the edit task only")
-        n_min, n_max = EDIT_PRESETS[args.preset]
-        data.setdefault("n_min_frac", n_min)
-        data.setdefault("n_max_frac", n_max)
-    if args.lora:
-        data["loras"] = [_parse_lora(text) for text in args.lora]
-    if "tags" not in data:
-        raise ConfigError("--tags is required, e.g. --tags 'funk, pop, 105 BPM, energetic, guitar'")
-    # e.g. a text2music sidecar turned into a retake keeps the fields a retake has
-    data = {k: v for k, v in data.items() if k in own or k in ("task", "params", "loras")}
-    return request_from_dict(data)
-
-
-def _warn_changed_sources(request: dict, fingerprints: dict[str, str]) -> None:
-    from songflow.interfaces.sidecar import file_sha256
-
-    for field_name, digest in fingerprints.items():
-        path = request.get(field_name)
-        if path and Path(path).is_file() and file_sha256(path) != digest:
-            print(
-                f"warning: {path} changed since the parameters were written; the output will differ",
-                file=sys.stderr,
-            )
-
-
-def _load_sidecar(path: Path) -> dict:
-    from songflow.config import read_json_object
-
-    data = read_json_object(path, "parameters file")
-    if "request" not in data:
-        raise ConfigError(f"{path} is not a songflow parameters file (no 'request' key)")
-    return data
-
-
-def _output_paths(out: Path, batch: int) -> list[Path]:
-    if batch == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(batch)]
-
-
-def _check_output(out: Path) -> None:
-    from songflow.audio.io import SUPPORTED_FORMATS
-
-    fmt = out.suffix.lstrip(".").lower()
-    if fmt not in SUPPORTED_FORMATS:
-        raise ConfigError(f"unsupported output format {out.suffix!r}; use one of {sorted(SUPPORTED_FORMATS)}")
-
-
-def _load_pipeline(args: argparse.Namespace):
-    from songflow.checkpoint.hub import resolve_checkpoint
-    from songflow.pipeline import Pipeline
-
-    ckpt = resolve_checkpoint(args.checkpoint)
-    pipe = Pipeline.from_pretrained(
-        ckpt,
-        device=args.device,
-        dtype=args.dtype,
-        vocab_path=args.vocab,
-        offload=args.offload,
-        output_sample_rate_hz=args.sample_rate,
-    )
-    return pipe, ckpt
-
-
-def _save_result(pipe, ckpt: Path, result, out: Path) -> list[Path]:
-    """Write the audio file(s) (``out``, or ``out_0``, ``out_1``... for a batch), then the sidecar."""
-    from songflow.audio.io import save_audio
-    from songflow.interfaces.sidecar import sidecar_path, write_sidecar
-
-    paths = _output_paths(out, len(result.audio))
-    for path, audio in zip(paths, result.audio, strict=True):
-        save_audio(path, audio, result.sample_rate_hz)
-    meta = {
-        "checkpoint": str(ckpt),
-        "device": str(pipe.device),
-        "dtype": str(pipe.dtype).replace("torch.", ""),
-    }
-    write_sidecar(sidecar_path(out), result, [p.name for p in paths], meta)
-    return paths
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from songflow.interfaces.sidecar import sidecar_path
-
-    request = _request_from_args(args)
-    out = Path(args.out)
-    _check_output(out)
-    pipe, ckpt = _load_pipeline(args)
-    result = pipe.generate(request, progress=None if args.quiet else _progress_printer())
-    paths = _save_result(pipe, ckpt, result, out)
-    if not args.quiet:
-        total_s = sum(result.timings_s.values())
-        print(
-            f"wrote {', '.join(map(str, paths))} and {sidecar_path(out)} "
-            f"(seeds {list(result.seeds)}; {total_s:.2f} s)",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _read_jobs(path: Path) -> list[tuple[int, str, object]]:
-    """(line number, output name, request) per non-empty line of a JSONL file; errors name the line."""
-    from songflow.requests import request_from_dict
-
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SongflowError(f"cannot read {path}: {exc.strerror}") from exc
-    jobs = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            if not isinstance(data, dict):
-                raise ConfigError("each line must be a JSON object")
-            name = str(data.pop("name", f"{number:05d}"))
-            if not name or "/" in name or "\\" in name or name.startswith("."):
-                raise ConfigError(f"invalid name {name!r}")
-            jobs.append((number, name, request_from_dict(data)))
-        except (json.JSONDecodeError, ConfigError) as exc:
-            raise ConfigError(f"{path} line {number}: {exc}") from exc
-    return jobs
-
-
-def cmd_bulk(args: argparse.Namespace) -> int:
-    """Generate every request of a JSONL file; a line whose sidecar exists is done and skipped."""
-    from tqdm import tqdm
-
-    from songflow.fileio import atomic_write_text
-    from songflow.interfaces.sidecar import sidecar_path
-
-    out_dir = Path(args.out_dir)
-    _check_output(out_dir / f"x.{args.format}")
-    jobs = _read_jobs(Path(args.requests))
-    todo = [job for job in jobs if not sidecar_path(out_dir / f"{job[1]}.{args.format}").exists()]
-    print(f"{len(jobs)} requests: {len(jobs) - len(todo)} already done, {len(todo)} to go", file=sys.stderr)
-    if not todo:
-        return 0
-    pipe, ckpt = _load_pipeline(args)
-    failures = []
-    for number, name, request in tqdm(todo, unit="song", disable=args.quiet):
-        try:
-            _save_result(pipe, ckpt, pipe.generate(request), out_dir / f"{name}.{args.format}")
-        except SongflowError as exc:
-            failures.append({"line": number, "name": name, "error": str(exc)})
-    if failures:
-        atomic_write_text(out_dir / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
-        print(f"{len(failures)} request(s) failed; see {out_dir / 'failures.jsonl'}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _progress_printer():
-    def show(step: int, total: int) -> None:
-        end = "\n" if step == total else ""
-        print(f"\rsampling step {step}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return show
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    from songflow.checkpoint.hub import download_checkpoint, fetch_lyric_vocab
-
-    root = download_checkpoint(args.repo_id, Path(args.dir).expanduser(), revision=args.revision)
-    fetch_lyric_vocab(root)
-    print(f"checkpoint ready in {root}", file=sys.stderr)
-    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -300,57 +25,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_random_checkpoint(args: argparse.Namespace) -> int:
-    from songflow.checkpoint.random_checkpoint import build_random_checkpoint
-
-    path = build_random_checkpoint(Path(args.dir), size=args.size, seed=args.seed)
-    print(
-        f"random-weight {args.size} checkpoint written to {path} (it makes noise, not music)", file=sys.stderr
-    )
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from songflow import __version__
-    from songflow.requests import EDIT_PRESETS, TASKS, GenerationParams
-
-    parser = argparse.ArgumentParser(prog="songflow", description="ACE-Step music generation")
-    parser.add_argument("--version", action="version", version=f"songflow {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    gen = sub.add_parser("generate", help="generate a song from tags and lyrics")
-    gen.add_argument("--task", choices=sorted(TASKS), help="what to do (default text2music)")
-    gen.add_argument("--tags", help="style tags, e.g. 'funk, pop, 105 BPM, energetic, guitar'")
-    gen.add_argument("--lyrics", help="lyrics text (type \\n for a line break), or @FILE to read a file")
-    seen = {"tags", "lyrics", "params", "loras"}
-    for cls in TASKS.values():
-        _add_dataclass_flags(gen, cls, skip=seen)
-    _add_dataclass_flags(gen, GenerationParams, skip=set())
-    gen.add_argument("--preset", choices=sorted(EDIT_PRESETS), help="edit preset for n_min/n_max")
-    gen.add_argument("--lora", action="append", metavar="PATH[:WEIGHT]", help="apply a LoRA (repeatable)")
-    gen.add_argument(
-        "--from",
-        dest="from_json",
-        metavar="PARAMS.json",
-        help="regenerate from a sidecar JSON written by an earlier run",
-    )
-    gen.add_argument("--out", default="song.wav", help="output file; the suffix picks the format")
-    _add_runtime_flags(gen)
-    gen.add_argument("--sample-rate", type=int, default=48000, choices=[44100, 48000])
-    gen.add_argument("--quiet", action="store_true")
-    gen.set_defaults(func=cmd_generate)
-
-    bulk = sub.add_parser("bulk", help="generate every request of a JSONL file (resumes where it stopped)")
-    bulk.add_argument("requests", help="JSONL: one request per line ({'task', fields, 'params', 'name'})")
-    bulk.add_argument("--out-dir", required=True)
-    bulk.add_argument("--format", default="wav")
-    bulk.add_argument("--sample-rate", type=int, default=48000, choices=[44100, 48000])
-    bulk.add_argument("--quiet", action="store_true")
-    _add_runtime_flags(bulk)
-    bulk.set_defaults(func=cmd_bulk)
-
-    bench = sub.add_parser("bench", help="measure speed and memory of generation")
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    bench = subparsers.add_parser("bench", help="measure speed and memory of generation")
     bench.add_argument(
         "--config",
         default="tiny",
@@ -360,47 +36,42 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=27)
     bench.add_argument("--batch-size", type=int, default=1)
     bench.add_argument("--repeats", type=int, default=3, help="timed DiT forwards")
-    _add_runtime_flags(bench)
+    add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
+    return bench
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from songflow import __version__
     from songflow.interfaces.bench.serve import add_bench_serve_parser
+    from songflow.interfaces.cli.checkpoint import add_checkpoint_parsers
     from songflow.interfaces.cli.codec_train import add_codec_train_parser
     from songflow.interfaces.cli.corpus import add_corpus_parser
     from songflow.interfaces.cli.eval import add_eval_parser
+    from songflow.interfaces.cli.generate import add_bulk_parser, add_generate_parser
     from songflow.interfaces.cli.serve import add_serve_parser
     from songflow.interfaces.cli.train import add_train_parser
     from songflow.interfaces.cli.ui import add_ui_parser
 
-    add_corpus_parser(sub)
-    add_eval_parser(sub)
-    add_train_parser(sub)
-    add_codec_train_parser(sub)
-    add_serve_parser(sub)
-    add_bench_serve_parser(sub)
-    add_ui_parser(sub)
-
-    dl = sub.add_parser("download", help="download the official checkpoint and lyric vocabulary")
-    dl.add_argument("--repo-id", default="ACE-Step/ACE-Step-v1-3.5B")
-    dl.add_argument("--revision", default=None)
-    dl.add_argument("--dir", default=str(DEFAULT_CHECKPOINT_DIR))
-    dl.set_defaults(func=cmd_download)
-
-    rnd = sub.add_parser(
-        "random-checkpoint", help="write a random-weight checkpoint folder (for tests/demos)"
-    )
-    rnd.add_argument("dir")
-    rnd.add_argument("--size", default="tiny", choices=["tiny", "small"])
-    rnd.add_argument("--seed", type=int, default=0)
-    rnd.set_defaults(func=cmd_random_checkpoint)
+    parser = argparse.ArgumentParser(prog="songflow", description="ACE-Step music generation")
+    parser.add_argument("--version", action="version", version=f"songflow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        add_generate_parser,
+        add_bulk_parser,
+        add_bench_parser,
+        add_corpus_parser,
+        add_eval_parser,
+        add_train_parser,
+        add_codec_train_parser,
+        add_serve_parser,
+        add_bench_serve_parser,
+        add_ui_parser,
+        add_checkpoint_parsers,
+    ):
+        add(sub)
     return parser
-
-
-def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped songflow-tiny model)")
-    parser.add_argument("--vocab", help="lyric vocab.json (default: looked up in the checkpoint folder)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,13 +60,12 @@ _NON_REQUEST_KEYS = ("labels", "audio", "name", "key", "vocals_audio")
 def generate_missing(jsonl: Path, out_dir: Path, checkpoint: str | None, device: str, quiet: bool) -> Path:
     """Generate every request of ``jsonl`` into ``out_dir``; returns a JSONL pointing at the audio."""
     from songflow.audio.io import save_audio
-    from songflow.checkpoint.hub import resolve_checkpoint
-    from songflow.pipeline import Pipeline
+    from songflow.families import load_pipeline
     from songflow.requests import request_from_dict
 
     lines = rp.read_jsonl(jsonl)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline.from_pretrained(resolve_checkpoint(checkpoint), device=device)
+    pipe = load_pipeline(checkpoint, device=device)
     written = []
     for i, line in enumerate(lines):
         name = str(line.get("name") or line.get("key") or f"line{i:04d}")

@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "`pip install 'songflow[serve]'`"
         ) from exc
     from songflow.checkpoint.hub import resolve_checkpoint
-    from songflow.pipeline import Pipeline
+    from songflow.families import load_pipeline
 
     if args.max_queue < 1:
         raise SongflowError("--max-queue must be at least 1")
@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise SongflowError("--max-batch must be at least 1")
     checkpoint = resolve_checkpoint(args.checkpoint)
-    pipe = Pipeline.from_pretrained(checkpoint, device=args.device, dtype=args.dtype, offload=args.offload)
+    pipe = load_pipeline(checkpoint, device=args.device, dtype=args.dtype, offload=args.offload)
     app = create_app(
         pipe,
         data_dir=Path(args.data_dir).expanduser(),

@@ -34,7 +34,7 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from songflow.checkpoint.weights import resolve_device
+    from songflow.checkpoint.device import resolve_device
     from songflow.training.config import SSLModelConfig
     from songflow.training.data import preprocess
 
@@ -93,14 +93,14 @@ def sample_renderer(cfg):
 
     def render(folder: Path, step: int) -> None:
         from songflow.audio.io import save_audio
-        from songflow.pipeline import Pipeline
+        from songflow.families import load_pipeline
         from songflow.requests import GenerationParams, LoraRef, Text2Music
 
         s = cfg.samples
         base, loras = (
             (cfg.model.checkpoint_dir, (LoraRef(str(folder)),)) if cfg.lora.enabled else (folder, ())
         )
-        pipe = Pipeline.from_pretrained(base, device=cfg.device)
+        pipe = load_pipeline(base, device=cfg.device)
         out = Path(cfg.output_dir) / "samples" / f"step={step}"
         for i, tags in enumerate(s.tags):
             request = Text2Music(

@@ -15,8 +15,9 @@ def add_ui_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "ui",
         help="run the studio in the browser (needs the 'ui' extra: gradio)",
-        description="The studio: every task in a browser tab, with LoRA selection, presets, the advanced "
-        "settings, a history of outputs (reloadable into the form) and downloads in every format.",
+        description="The studio: every task the model family runs in a browser tab, with LoRA selection, "
+        "presets, the advanced settings, a history of outputs (reloadable into the form) and downloads in "
+        "every format.",
     )
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped songflow-tiny model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -43,14 +44,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "`pip install 'songflow[ui]'`"
         ) from exc
     from songflow.checkpoint.hub import resolve_checkpoint
+    from songflow.families import load_pipeline
     from songflow.interfaces.studio.engine import History, Studio, discover_loras
-    from songflow.pipeline import Pipeline
 
     if not 0 < args.port < 65536:
         raise SongflowError(f"--port must be in 1..65535, got {args.port}")
     loras = discover_loras(args.lora_dir)
     checkpoint = resolve_checkpoint(args.checkpoint)
-    pipe = Pipeline.from_pretrained(checkpoint, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype)
     output_dir = Path(args.output_dir).expanduser()
     studio = Studio(
         pipe,

@@ -1,1 +1,3 @@
-"""The REST server: FastAPI app factory, routers and the persistent job store."""
+"""The REST server: the app factory (``app``), one router per resource (``routes/``), the shared
+dependencies (``deps``), the request body derived from the request dataclasses (``bodies``), uploads,
+response models (``schemas``) and the persistent job store with its worker (``jobs``)."""

@@ -1,10 +1,11 @@
 """The studio (``songflow ui``): a Gradio front end over one loaded pipeline.
 
-``build_ui(studio)`` is a factory (no module globals): one tab per task of ``songflow.requests.TASKS``,
-each built from the task's dataclass fields (:mod:`songflow.interfaces.studio.form`), shared tags/lyrics with
-presets, LoRA selection, the advanced sampler/guidance settings with the official defaults, an output
-panel (player, waveform/spectrogram picture, downloads in every format, progress during generation) and
-the history of outputs (:mod:`songflow.interfaces.studio.engine`), any of which reloads into the form.
+``build_ui(studio)`` is a factory (no module globals): one tab per task the loaded model family runs
+(``pipeline.family.tasks``, in the order of ``songflow.requests.TASKS``), each built from the task's
+dataclass fields (:mod:`songflow.interfaces.studio.form`), shared tags/lyrics with presets, LoRA
+selection, the advanced sampler/guidance settings with the official defaults, an output panel (player,
+waveform/spectrogram picture, downloads in every format, progress during generation) and the history of
+outputs (:mod:`songflow.interfaces.studio.engine`), any of which reloads into the form.
 
 Every user error surfaces as a ``gr.Error`` message in the page, never as a traceback.
 """
@@ -211,94 +212,41 @@ class _Form:
         return fields + [c for comps in self.tasks.values() for c in comps.values()]
 
 
+def studio_tasks(studio: Studio) -> tuple[str, ...]:
+    """The tasks the studio offers: those of ``songflow.requests.TASKS`` the loaded family runs."""
+    family = getattr(studio.pipeline, "family", None)
+    return tuple(task for task in TASKS if family is None or task in family.tasks)
+
+
 def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
     """The studio page over ``studio`` (not launched; see :func:`launch_ui`)."""
     form = _Form()
-    checkpoint = studio.runtime.get("checkpoint", "?")
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        gr.Markdown(
-            f"## songflow studio\nmodel `{Path(checkpoint).name}` on `{studio.runtime.get('device', '?')}` · "
-            f"outputs in `{studio.history.root}`"
-        )
+        gr.Markdown(_heading(studio))
         with gr.Row():
             with gr.Column(scale=3):
-                tabs, buttons = _prompt_and_tasks(form)
+                tabs, buttons = _prompt_and_tasks(form, studio_tasks(studio))
                 _lora_panel(form, studio)
                 reset = _advanced_panel(form)
             with gr.Column(scale=2):
-                out_audio = gr.Audio(
-                    label="Output",
-                    type="filepath",
-                    interactive=False,
-                    buttons=["download"],
-                    elem_id="output-audio",
-                )
-                out_image = gr.Image(
-                    label="Waveform and spectrogram",
-                    type="numpy",
-                    interactive=False,
-                    buttons=["download", "fullscreen"],
-                    elem_id="output-picture",
-                )
-                out_files = gr.File(
-                    label="Download (every format + parameters)",
-                    file_count="multiple",
-                    interactive=False,
-                    elem_id="output-files",
-                )
-                out_info = gr.Markdown(elem_id="output-info")
-                with gr.Accordion("Parameters", open=False):
-                    out_params = gr.JSON(label="The request (seeds included)", elem_id="output-params")
-        with gr.Accordion("History", open=True):
-            table = gr.HTML(history_table(studio), elem_id="history-table")
-            with gr.Row():
-                pick = gr.Dropdown(
-                    choices=history_choices(studio),
-                    value=None,
-                    label="Entry",
-                    scale=3,
-                    elem_id="history-pick",
-                )
-                reload_btn = gr.Button("Reload into form", scale=1, elem_id="history-reload")
-                source_btn = gr.Button("Use as source audio", scale=1, elem_id="history-source")
-                refresh_btn = gr.Button("Refresh", scale=1, elem_id="history-refresh")
-
-        view = [out_audio, out_image, out_files, out_info, out_params]
+                view = _output_panel()
+        history = _HistoryPanel(studio)
+        out_audio = view[0]
 
         def after_generate(entry: HistoryEntry) -> dict:
-            return dict(zip(view, entry_view(entry), strict=True)) | {
-                table: history_table(studio),
-                pick: gr.Dropdown(choices=history_choices(studio), value=entry.id),
-            }
+            return dict(zip(view, entry_view(entry), strict=True)) | history.updates(entry.id)
 
         for task, button in buttons.items():
             button.click(
                 _generate_handler(studio, form, task, after_generate),
                 inputs=form.inputs(task),
-                outputs=[*view, table, pick],
+                outputs=[*view, history.table, history.pick],
                 show_progress_on=out_audio,  # the progress bar (and an error) on the player only
                 concurrency_limit=1,
                 concurrency_id="generate",
                 api_name=f"generate_{task}",
             )
-
-        def reload(entry_id: str | None) -> dict:
-            entry = _user_errors(_entry, studio, entry_id)
-            shown = dict(zip(view, _user_errors(entry_view, entry), strict=True))
-            return _reload_updates(form, tabs, entry) | shown
-
-        reload_btn.click(reload, inputs=pick, outputs=[*form.all_fields(), tabs, *view], api_name=False)
-
-        def use_as_source(entry_id: str | None) -> list:
-            entry = _user_errors(_entry, studio, entry_id)
-            return [str(entry.takes[0])] * len(form.audio_inputs())
-
-        source_btn.click(use_as_source, inputs=pick, outputs=form.audio_inputs(), api_name=False)
-        refresh_btn.click(
-            lambda: (history_table(studio), gr.Dropdown(choices=history_choices(studio))),
-            outputs=[table, pick],
-            api_name=False,
-        )
+        history.wire(form, tabs, view)
         reset.click(
             lambda: [default_values(params_fields())[n] for n in form.params],
             outputs=list(form.params.values()),
@@ -307,7 +255,93 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
     return demo
 
 
-def _prompt_and_tasks(form: _Form) -> tuple[gr.Tabs, dict[str, gr.Button]]:
+def _heading(studio: Studio) -> str:
+    checkpoint = studio.runtime.get("checkpoint", "?")
+    return (
+        f"## songflow studio\nmodel `{Path(checkpoint).name}` on `{studio.runtime.get('device', '?')}` · "
+        f"outputs in `{studio.history.root}`"
+    )
+
+
+def _output_panel() -> list:
+    """Player, picture, downloads, info and parameters of the shown output (in :func:`entry_view` order)."""
+    out_audio = gr.Audio(
+        label="Output",
+        type="filepath",
+        interactive=False,
+        buttons=["download"],
+        elem_id="output-audio",
+    )
+    out_image = gr.Image(
+        label="Waveform and spectrogram",
+        type="numpy",
+        interactive=False,
+        buttons=["download", "fullscreen"],
+        elem_id="output-picture",
+    )
+    out_files = gr.File(
+        label="Download (every format + parameters)",
+        file_count="multiple",
+        interactive=False,
+        elem_id="output-files",
+    )
+    out_info = gr.Markdown(elem_id="output-info")
+    with gr.Accordion("Parameters", open=False):
+        out_params = gr.JSON(label="The request (seeds included)", elem_id="output-params")
+    return [out_audio, out_image, out_files, out_info, out_params]
+
+
+class _HistoryPanel:
+    """The history table and its controls: pick an entry, reload it into the form, use it as source."""
+
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+        with gr.Accordion("History", open=True):
+            self.table = gr.HTML(history_table(studio), elem_id="history-table")
+            with gr.Row():
+                self.pick = gr.Dropdown(
+                    choices=history_choices(studio),
+                    value=None,
+                    label="Entry",
+                    scale=3,
+                    elem_id="history-pick",
+                )
+                self.reload_btn = gr.Button("Reload into form", scale=1, elem_id="history-reload")
+                self.source_btn = gr.Button("Use as source audio", scale=1, elem_id="history-source")
+                self.refresh_btn = gr.Button("Refresh", scale=1, elem_id="history-refresh")
+
+    def updates(self, entry_id: str) -> dict:
+        """The table and the picker after ``entry_id`` was added (and picked)."""
+        return {
+            self.table: history_table(self.studio),
+            self.pick: gr.Dropdown(choices=history_choices(self.studio), value=entry_id),
+        }
+
+    def wire(self, form: _Form, tabs: gr.Tabs, view: list) -> None:
+        studio = self.studio
+
+        def reload(entry_id: str | None) -> dict:
+            entry = _user_errors(_entry, studio, entry_id)
+            shown = dict(zip(view, _user_errors(entry_view, entry), strict=True))
+            return _reload_updates(form, tabs, entry) | shown
+
+        self.reload_btn.click(
+            reload, inputs=self.pick, outputs=[*form.all_fields(), tabs, *view], api_name=False
+        )
+
+        def use_as_source(entry_id: str | None) -> list:
+            entry = _user_errors(_entry, studio, entry_id)
+            return [str(entry.takes[0])] * len(form.audio_inputs())
+
+        self.source_btn.click(use_as_source, inputs=self.pick, outputs=form.audio_inputs(), api_name=False)
+        self.refresh_btn.click(
+            lambda: (history_table(studio), gr.Dropdown(choices=history_choices(studio))),
+            outputs=[self.table, self.pick],
+            api_name=False,
+        )
+
+
+def _prompt_and_tasks(form: _Form, tasks: Sequence[str]) -> tuple[gr.Tabs, dict[str, gr.Button]]:
     """Tags and lyrics (with presets), then one tab per task with its own fields and its button."""
     buttons = {}
     fields = {f.name: f for f in common_fields()}
@@ -328,7 +362,7 @@ def _prompt_and_tasks(form: _Form) -> tuple[gr.Tabs, dict[str, gr.Button]]:
                     api_name=False,
                 )
     with gr.Tabs() as tabs:
-        for task in TASKS:
+        for task in tasks:
             with gr.Tab(TASK_LABELS.get(task, task), id=task, elem_id=f"tab-{task}"):
                 gr.Markdown(task_description(task), elem_classes="sf-help")
                 comps = {}

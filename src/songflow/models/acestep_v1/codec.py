@@ -1,4 +1,6 @@
-"""Music codec: stereo waveform <-> ACE-Step latents ``[B, 8, 16, L]`` (official ``MusicDCAE``, SPEC §3).
+"""Music codec: stereo waveform <-> ACE-Step latents ``[B, 8, 16, L]`` (official ``MusicDCAE``).
+
+Output lengths and re-encoding follow the official arithmetic (docs/reference_behaviour.md#r19).
 
 Encode: resample to 44.1 kHz, right-pad to whole latent frames (4096 samples), log-mel per stereo channel
 (the vocoder's analysis transform), normalise the mel into [-1, 1], DC-AE encoder, latent shift/scale.
@@ -78,7 +80,7 @@ def vocoder_receptive_radius_mel_frames(config: VocoderConfig) -> float:
     """Upper bound on how far (in mel frames, either side) one vocoder output sample looks into its input.
 
     Sum of the half-widths of every convolution on the path, each in mel frames: the ConvNeXt stem (kernel
-    7, SPEC §4) and one depthwise conv per block, ``conv_pre``, each transposed conv (at most
+    7) and one depthwise conv per block, ``conv_pre``, each transposed conv (at most
     ``kernel/stride`` input steps), the widest ResBlock1 of each stage, ``conv_post`` (the ``istft`` head:
     the synthesis window's half-width instead of the upsampling path; its phase integration runs over the
     whole song, so for it this bounds the frame features, which is where windowed vocoding cuts).

@@ -1,7 +1,7 @@
 """Deep-compression autoencoder over stereo log-mel images: ACE-Step's ``music_dcae_f8c8``.
 
 The architecture is DC-AE (Chen et al. 2024, "Deep Compression Autoencoder for Efficient High-Resolution
-Diffusion Models") as diffusers' ``AutoencoderDC`` builds it, written from its description (SPEC §3.3) with
+Diffusion Models") as diffusers' ``AutoencoderDC`` builds it, written from its description with
 the same state-dict keys, so the official ``diffusion_pytorch_model.safetensors`` loads with a strict
 ``load_state_dict``. The released configuration maps a normalised mel image ``[B, 2, 128, F]`` (channel =
 stereo side, height = mel bin, width = mel frame) to a latent ``[B, 8, 16, F/8]`` and back: every stage halves
@@ -65,7 +65,7 @@ def _per_stage(value: str | Sequence[str], n_stages: int, name: str) -> tuple[st
 class DCAEConfig(JsonConfig):
     """Architecture of diffusers' ``AutoencoderDC``: every key of its ``config.json``.
 
-    Defaults are the released ``music_dcae_f8c8`` values (SPEC §1.2). Stage ``i`` of the encoder/decoder has
+    Defaults are the released ``music_dcae_f8c8`` values. Stage ``i`` of the encoder/decoder has
     ``*_block_out_channels[i]`` channels and ``*_layers_per_block[i]`` blocks; stage 0 runs at the input
     resolution and each later stage at half the previous one. ``*_qkv_multiscales[i]`` lists the depthwise
     kernel sizes of the extra q/k/v branches of that stage's EfficientViT blocks (ignored for ResBlocks).

@@ -1,7 +1,7 @@
 """The DiT's lyric encoder (official ``ConformerEncoder``, ``acestep/models/lyrics_utils/lyric_encoder.py``).
 
 With the arguments the official model uses it is a pre-LN Transformer with Transformer-XL relative-position
-attention (no convolution module, no macaron FFN), SPEC §2.5::
+attention (no convolution module, no macaron FFN)::
 
     x = LayerNorm(Linear(x)) * sqrt(D)                  embed.out.0 / embed.out.1, "xscale"
     pos = ESPnet relative table, offsets +(L-1) .. -(L-1)

@@ -1,4 +1,6 @@
-"""Text (tag/caption) encoders: the :class:`TextEncoder` protocol and the lazy UMT5 adapter (SPEC §5).
+"""Text (tag/caption) encoders: the :class:`TextEncoder` protocol and the lazy UMT5 adapter.
+
+ERG-tag query scaling: docs/reference_behaviour.md#r6.
 
 The official pipeline encodes the prompt with ``transformers.UMT5EncoderModel`` (``last_hidden_state``,
 after the final layer norm) and the tokenizer of the ``umt5-base`` folder (``padding=True,

@@ -1,4 +1,4 @@
-"""The ACE-Step v1 DiT (official ``ACEStepTransformer2DModel``), SPEC §2.
+"""The ACE-Step v1 DiT (official ``ACEStepTransformer2DModel``); quirks: docs/reference_behaviour.md#r1-#r4.
 
 Two entry points, as in the official code:
 
@@ -7,7 +7,7 @@ Two entry points, as in the official code:
 * :meth:`ACEStepTransformer.forward` predicts the flow velocity ``[B, 8, 16, L]`` for latents at flow time
   ``sigma`` (``x_sigma = (1-sigma)*x0 + sigma*noise``; the network sees ``t = 1000*sigma``).
 
-Forward pass (SPEC §2.3): sinusoidal timestep features → ``timestep_embedder`` (= e) → ``t_block`` (adaLN
+Forward pass: sinusoidal timestep features → ``timestep_embedder`` (= e) → ``t_block`` (adaLN
 table) ; ``proj_in`` (Conv2d collapsing the 16 frequency rows, GroupNorm over the whole sequence, 1x1 conv)
 → one token per latent frame ; ``num_layers`` adaLN-single blocks (ReLU linear self-attention with RoPE,
 un-gated cross-attention on the un-normalised stream, GLU conv feed-forward) ; ``final_layer`` (RMSNorm
@@ -56,7 +56,7 @@ GROUP_NORM_GROUPS = 32
 
 @dataclass(frozen=True)
 class TransformerConfig(JsonConfig):
-    """``ace_step_transformer/config.json``; defaults are the RELEASED values (SPEC §1.1).
+    """``ace_step_transformer/config.json``; defaults are the RELEASED values.
 
     ``inner_dim`` is accepted from the official file but must equal ``num_attention_heads *
     attention_head_dim`` (the official model silently recomputes it); when omitted it is derived.
@@ -163,7 +163,7 @@ class _Conv(nn.Module):
 
 
 class GLUMBConv(nn.Module):
-    """DiT feed-forward ``ff``: 1x1 conv → SiLU → depthwise conv (k=3) → GLU → 1x1 conv (SPEC §2.3.4).
+    """DiT feed-forward ``ff``: 1x1 conv → SiLU → depthwise conv (k=3) → GLU → 1x1 conv.
 
     Keys ``inverted_conv.conv`` ``[2H, D, 1]``, ``depth_conv.conv`` ``[2H, 1, 3]``, ``point_conv.conv``
     ``[D, H, 1]`` (no bias). Computed channels-last: the 1x1 convs are matmuls on ``[B, S, *]`` and the
@@ -191,10 +191,11 @@ class GLUMBConv(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """``proj_in``: latents ``[B, C, H, W]`` → tokens ``[B, (H/ph)*(W/pw), D]`` (SPEC §2.3 step 2).
+    """``proj_in``: latents ``[B, C, H, W]`` → tokens ``[B, (H/ph)*(W/pw), D]``.
 
     ``early_conv_layers`` = Conv2d(C → C*256, kernel = stride = patch) → GroupNorm(32, eps 1e-6) → 1x1 Conv2d.
-    The GroupNorm statistics span the whole sequence (quirk 5), so a frame's token depends on every frame.
+    The GroupNorm statistics span the whole sequence, so a frame's token depends on every frame
+    (docs/reference_behaviour.md#r3).
     """
 
     def __init__(self, in_channels: int, dim: int, patch_size: tuple[int, int]):
@@ -245,7 +246,7 @@ class FinalLayer(nn.Module):
 
 
 class LinearTransformerBlock(nn.Module):
-    """One DiT block (adaLN-single, Sana style; SPEC §2.3.1)::
+    """One DiT block (adaLN-single, Sana style; docs/reference_behaviour.md#r3)::
 
     shift1, scale1, gate1, shift2, scale2, gate2 = scale_shift_table + temb
     x = x + gate1 * attn(RMSNorm(x) * (1 + scale1) + shift1)
@@ -393,7 +394,7 @@ class ACEStepTransformer(nn.Module):
         *,
         lyric_query_scale: dict[int, float] | None = None,
     ) -> Conditions:
-        """Build the cross-attention condition sequence (SPEC §2.2).
+        """Build the cross-attention condition sequence (docs/reference_behaviour.md#r2, #r5).
 
         Args:
             text_states: ``[B, Lt, text_embedding_dim]`` text-encoder (UMT5) last hidden states.
@@ -442,26 +443,11 @@ class ACEStepTransformer(nn.Module):
         """
         in_dtype = x.dtype
         dtype = self.dtype
-        b, _, height, width = x.shape
-        ph, pw = self.config.patch_size
-        if height % ph or width % pw:
-            raise ValueError(f"latent size {height}x{width} is not divisible by patch_size {(ph, pw)}")
-        grid = (height // ph, width // pw)
-        n_blocks = len(self.transformer_blocks)
-        scales = check_query_scale(query_scale, n_blocks, "DiT block")
-        if return_hidden_at is not None and not 0 <= return_hidden_at < n_blocks:
-            raise ValueError(
-                f"return_hidden_at={return_hidden_at} out of range (the model has {n_blocks} blocks)"
-            )
+        b = x.shape[0]
+        grid, scales = self._check_forward_args(x, query_scale, return_hidden_at)
 
         # 1. timestep: t = 1000 * sigma in float32, as the official schedulers compute it
-        t = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1) * 1000.0
-        if t.numel() == 1:
-            t = t.expand(b)
-        elif t.numel() != b:
-            raise ValueError(
-                f"sigma must be a scalar or [B] = [{b}], got {tuple(torch.as_tensor(sigma).shape)}"
-            )
+        t = self._timesteps(sigma, b, x.device)
         emb = self.timestep_embedder(self.time_proj(t).to(dtype))  # (B, D) "e"
         temb = self.t_block(emb)  # (B, 6D)
 
@@ -469,35 +455,77 @@ class ACEStepTransformer(nn.Module):
         h = self.proj_in(x.to(dtype))  # (B, S, D)
         seq = h.shape[1]
         context = cond.states.to(dtype)
-        context_mask = cond.mask.bool()
-        rope = self.rotary_emb(seq, h.device, dtype)
-        context_rope = self.rotary_emb(context.shape[1], h.device, dtype)
-        mask = None
-        if latent_mask is not None:
-            if latent_mask.shape != (b, seq):
-                raise ValueError(f"latent_mask must be [B, S] = {(b, seq)}, got {tuple(latent_mask.shape)}")
-            mask = latent_mask.to(dtype)
+        block_kwargs = dict(
+            rope=self.rotary_emb(seq, h.device, dtype),
+            context_rope=self.rotary_emb(context.shape[1], h.device, dtype),
+            context_mask=cond.mask.bool(),
+            mask=self._latent_mask(latent_mask, b, seq, dtype),
+        )
 
         # 3. blocks
-        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        hidden = None
-        for i, block in enumerate(self.transformer_blocks):
-            kwargs = dict(
-                rope=rope,
-                context_rope=context_rope,
-                context_mask=context_mask,
-                mask=mask,
-                query_scale=scales.get(i),
-            )
-            if use_ckpt:
-                h = checkpoint(block, h, temb, context, use_reentrant=False, **kwargs)
-            else:
-                h = block(h, temb, context, **kwargs)
-            if i == return_hidden_at:
-                hidden = h
+        h, hidden = self._run_blocks(h, temb, context, block_kwargs, scales, return_hidden_at)
 
         # 4. final layer (modulated by e) and unpatchify
         velocity = self.final_layer(h, emb, grid).to(in_dtype)
         if return_hidden_at is not None:
             return velocity, hidden  # type: ignore[return-value]
         return velocity
+
+    def _check_forward_args(
+        self, x: Tensor, query_scale: dict[int, float] | None, return_hidden_at: int | None
+    ) -> tuple[tuple[int, int], dict[int, float]]:
+        """Validate the latent size and block indices; return the token grid and the per-block scales."""
+        _, _, height, width = x.shape
+        ph, pw = self.config.patch_size
+        if height % ph or width % pw:
+            raise ValueError(f"latent size {height}x{width} is not divisible by patch_size {(ph, pw)}")
+        n_blocks = len(self.transformer_blocks)
+        scales = check_query_scale(query_scale, n_blocks, "DiT block")
+        if return_hidden_at is not None and not 0 <= return_hidden_at < n_blocks:
+            raise ValueError(
+                f"return_hidden_at={return_hidden_at} out of range (the model has {n_blocks} blocks)"
+            )
+        return (height // ph, width // pw), scales
+
+    @staticmethod
+    def _timesteps(sigma: Tensor, batch: int, device: torch.device) -> Tensor:
+        """``[B]`` float32 timesteps ``1000 * sigma`` from a scalar or ``[B]`` flow time."""
+        t = torch.as_tensor(sigma, device=device).to(torch.float32).reshape(-1) * 1000.0
+        if t.numel() == 1:
+            return t.expand(batch)
+        if t.numel() != batch:
+            raise ValueError(
+                f"sigma must be a scalar or [B] = [{batch}], got {tuple(torch.as_tensor(sigma).shape)}"
+            )
+        return t
+
+    @staticmethod
+    def _latent_mask(latent_mask: Tensor | None, batch: int, seq: int, dtype: torch.dtype) -> Tensor | None:
+        """The ``[B, S]`` latent mask in the model dtype (None: every frame is real)."""
+        if latent_mask is None:
+            return None
+        if latent_mask.shape != (batch, seq):
+            raise ValueError(f"latent_mask must be [B, S] = {(batch, seq)}, got {tuple(latent_mask.shape)}")
+        return latent_mask.to(dtype)
+
+    def _run_blocks(
+        self,
+        h: Tensor,
+        temb: Tensor,
+        context: Tensor,
+        block_kwargs: dict,
+        scales: dict[int, float],
+        return_hidden_at: int | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run every DiT block (checkpointed when training); also return block ``return_hidden_at``."""
+        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        hidden = None
+        for i, block in enumerate(self.transformer_blocks):
+            kwargs = dict(block_kwargs, query_scale=scales.get(i))
+            if use_ckpt:
+                h = checkpoint(block, h, temb, context, use_reentrant=False, **kwargs)
+            else:
+                h = block(h, temb, context, **kwargs)
+            if i == return_hidden_at:
+                hidden = h
+        return h, hidden

@@ -4,7 +4,7 @@ A ConvNeXt-1D backbone (no time resampling) maps the 128-band natural-log mel sp
 ``num_mels``-channel feature sequence; a HiFi-GAN generator head (multi-receptive-field ResBlocks,
 Kong et al. 2020) upsamples it ``hop_length`` times to a mono waveform in [-1, 1]. The module tree
 and state-dict keys are the official ones (``backbone.*``, ``head.*``, ``mel_transform.*``), with
-legacy weight norm (``weight_g``/``weight_v``) on every head convolution. See SPEC §4.
+legacy weight norm (``weight_g``/``weight_v``) on every head convolution.
 """
 
 from __future__ import annotations

@@ -1,0 +1,127 @@
+"""``/v1/jobs``: submit, list, look up and cancel jobs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+from songflow.interfaces.server.bodies import BODY_SCHEMA_NAME, check_task, parse_request, reject_paths
+from songflow.interfaces.server.deps import Context, ExistingJob, ServerContext, Store, require_api_key
+from songflow.interfaces.server.jobs import STATES, Job
+from songflow.interfaces.server.schemas import JobList, JobView, error_responses
+from songflow.interfaces.server.uploads import UPLOAD_FIELDS, read_submission, save_uploads
+from songflow.requests import request_to_dict
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+_SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "$ref": f"#/components/schemas/{BODY_SCHEMA_NAME}",
+                    "description": "A request: 'task' (default text2music), its fields and 'params'. Path "
+                    "fields are read-only: upload the audio instead (multipart).",
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "request": {"type": "string", "description": "the request as a JSON string"},
+                        **{
+                            name: {"type": "string", "format": "binary", "description": f"fills {target}"}
+                            for name, target in UPLOAD_FIELDS.items()
+                        },
+                    },
+                    "required": ["request"],
+                }
+            },
+        },
+    }
+}
+_ACCEPTED = {
+    "description": "accepted and queued",
+    "headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}},
+}
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the client sees it: server paths reduced to the upload's file name, download URLs."""
+    data = job.to_json()
+    data["request"] = {
+        key: "upload:" + Path(value).name if key.endswith("_path") and isinstance(value, str) else value
+        for key, value in data["request"].items()
+    }
+    data["audio_urls"] = [f"/v1/jobs/{job.id}/audio?index={i}" for i in range(len(job.outputs))]
+    return data
+
+
+def _queue_full(context: ServerContext) -> HTTPException:
+    """429 with the seconds until a queue slot is likely free: the worker claims the next job(s) when its
+    current run ends, so about the recent mean run time (5 s before any job has run)."""
+    mean = context.store.mean_run_s()
+    wait_s = 5 if mean is None else int(min(300, max(1, math.ceil(mean))))
+    return HTTPException(
+        429,
+        f"the queue is full ({context.max_queue} jobs waiting); retry in about {wait_s} s",
+        headers={"Retry-After": str(wait_s)},
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobView,
+    responses={202: _ACCEPTED, **error_responses(400, 401, 413, 422, 429)},
+    openapi_extra=_SUBMIT_BODY,
+)
+async def submit(request: Request, context: Context) -> JSONResponse:
+    uploads: list[Path] = []
+    try:
+        data, form = await read_submission(request, context)
+        reject_paths(data, UPLOAD_FIELDS)
+        check_task(data, context.tasks, context.family)
+        if form is not None:
+            await save_uploads(form, data, context, uploads)
+        req = parse_request(context.body, context.pipeline, data, UPLOAD_FIELDS)
+        job = context.store.add(request_to_dict(req), [str(p) for p in uploads], context.max_queue)
+        if job is None:
+            raise _queue_full(context)
+    except BaseException:
+        for path in uploads:
+            path.unlink(missing_ok=True)
+        raise
+    context.worker.notify()
+    return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("", response_model=JobList, responses=error_responses(401, 422))
+def list_jobs(
+    store: Store,
+    state: str | None = Query(None, description="only jobs in this state: " + ", ".join(STATES)),
+    limit: int = Query(100, ge=1, le=1000, description="at most this many, newest first"),
+) -> dict[str, Any]:
+    if state is not None and state not in STATES:
+        raise HTTPException(422, f"state must be one of {list(STATES)}, got {state!r}")
+    return {"jobs": [job_view(j) for j in store.list(state, limit)]}
+
+
+@router.get("/{job_id}", response_model=JobView, responses=error_responses(401, 404))
+def job_status(job: ExistingJob) -> dict[str, Any]:
+    return job_view(job)
+
+
+@router.delete("/{job_id}", response_model=JobView, responses=error_responses(401, 404, 409))
+def cancel(job: ExistingJob, context: Context) -> dict[str, Any]:
+    previous = context.store.cancel(job.id)
+    if previous is None:
+        raise HTTPException(409, f"job {job.id} is {job.state} and cannot be cancelled")
+    if previous == "running":
+        context.worker.request_cancel(job.id)
+    return job_view(context.store.get(job.id) or job)

@@ -1,0 +1,39 @@
+"""``/health`` (no key needed) and ``/v1/models``: the server's liveness and the loaded model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from songflow.audio.io import SUPPORTED_FORMATS
+from songflow.interfaces.server.deps import Context, Store, require_api_key
+from songflow.interfaces.server.schemas import Health, ModelList, error_responses
+
+health_router = APIRouter(tags=["system"])
+models_router = APIRouter(prefix="/v1", tags=["system"], dependencies=[Depends(require_api_key)])
+
+
+@health_router.get("/health", response_model=Health)
+def health(store: Store, context: Context) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "worker_alive": context.worker.alive,
+        "queued": store.count("queued"),
+        "running": store.count("running"),
+    }
+
+
+@models_router.get("/models", response_model=ModelList, responses=error_responses(401))
+def models(context: Context) -> dict[str, Any]:
+    runtime = context.runtime
+    model = {
+        "name": runtime["checkpoint"],
+        "family": context.family,
+        "device": runtime["device"],
+        "dtype": runtime["dtype"],
+        "sample_rate_hz": getattr(context.pipeline, "output_sample_rate_hz", None),
+        "tasks": sorted(context.tasks),
+        "audio_formats": list(SUPPORTED_FORMATS),
+    }
+    return {"models": [model]}
