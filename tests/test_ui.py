@@ -421,6 +421,45 @@ def test_tabs_are_the_tasks_the_loaded_family_runs(gr, tmp_path):
     assert len([f for f in demo.fns.values() if f.name == "generate"]) == 2
 
 
+def test_advanced_defaults_come_from_the_loaded_family(gr, tmp_path):
+    import types
+
+    from songflow.interfaces.studio.app import build_ui
+
+    def advanced(studio):
+        demo = build_ui(studio)
+        by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+        button = by_id["params-reset"]._id
+        (reset,) = [f for f in demo.fns.values() if any(target == button for target, _ in f.targets)]
+        shown = {f.name: by_id[f"params-{f.name}"].value for f in params_fields()}
+        names = [c.elem_id.removeprefix("params-") for c in reset.outputs]
+        return by_id, shown, dict(zip(names, reset.fn(), strict=True))
+
+    family_params = GenerationParams(steps=27, guidance_scale=7.0)
+    fake = _FakePipeline(RuntimeError("unused"))
+    fake.family = types.SimpleNamespace(tasks=tuple(TASKS), default_params=family_params)
+    studio = Studio(fake, History(tmp_path / "a"))
+    by_id, shown, restored = advanced(studio)
+    assert shown["steps"] == 27 and shown["guidance_scale"] == 7.0
+    assert "Default: 27." in by_id["params-steps"].info
+    assert restored == shown == default_values(params_fields(family_params))
+    cleared = build_request("text2music", {"tags": "pop"}, {"steps": None}, defaults=family_params)
+    assert cleared.params.steps == 27 and cleared.params.guidance_scale == 7.0
+    seen = []
+    fake.check_request = seen.append  # the studio's own requests fall back to the family's defaults too
+    with pytest.raises(RuntimeError, match="unused"):
+        studio.generate("text2music", {"tags": "pop"}, _widget_params(steps=None, guidance_scale=""))
+    assert seen[0].params.steps == 27 and seen[0].params.guidance_scale == 7.0
+
+    plain = GenerationParams()  # without a family (or one without default_params): the dataclass defaults
+    for family in (None, types.SimpleNamespace(tasks=tuple(TASKS))):
+        fake.family = family
+        _, shown, restored = advanced(Studio(fake, History(tmp_path / "b")))
+        assert shown["steps"] == plain.steps and shown["guidance_scale"] == plain.guidance_scale
+        assert restored == shown == default_values(params_fields())
+    assert build_request("text2music", {"tags": "pop"}, {"steps": None}).params.steps == plain.steps
+
+
 def test_ui_command_line(tmp_path, capsys):
     from songflow.interfaces.cli.commands import build_parser, main
 

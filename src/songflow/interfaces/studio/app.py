@@ -3,7 +3,8 @@
 ``build_ui(studio)`` is a factory (no module globals): one tab per task the loaded model family runs
 (``pipeline.family.tasks``, in the order of ``songflow.requests.TASKS``), each built from the task's
 dataclass fields (:mod:`songflow.interfaces.studio.form`), shared tags/lyrics with presets, LoRA
-selection, the advanced sampler/guidance settings with the official defaults, an output panel (player,
+selection, the advanced sampler/guidance settings with the official defaults of the loaded family
+(``pipeline.family.default_params``; the dataclass defaults without a family), an output panel (player,
 waveform/spectrogram picture, downloads in every format, progress during generation) and the history of
 outputs (:mod:`songflow.interfaces.studio.engine`), any of which reloads into the form.
 
@@ -42,7 +43,7 @@ from songflow.interfaces.studio.form import (
     task_description,
     task_fields,
 )
-from songflow.requests import EDIT_PRESETS, TASKS, request_to_dict
+from songflow.requests import EDIT_PRESETS, TASKS, GenerationParams, request_to_dict
 
 log = logging.getLogger("songflow.ui")
 
@@ -227,7 +228,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
             with gr.Column(scale=3):
                 tabs, buttons = _prompt_and_tasks(form, studio_tasks(studio))
                 _lora_panel(form, studio)
-                reset = _advanced_panel(form)
+                reset = _advanced_panel(form, studio.param_defaults)
             with gr.Column(scale=2):
                 view = _output_panel()
         history = _HistoryPanel(studio)
@@ -248,7 +249,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
             )
         history.wire(form, tabs, view)
         reset.click(
-            lambda: [default_values(params_fields())[n] for n in form.params],
+            lambda: [default_values(params_fields(studio.param_defaults))[n] for n in form.params],
             outputs=list(form.params.values()),
             api_name=False,
         )
@@ -414,9 +415,10 @@ def _lora_panel(form: _Form, studio: Studio) -> None:
         form.lora_weight = _component(lora_weight_field(), "lora-weight")
 
 
-def _advanced_panel(form: _Form) -> gr.Button:
+def _advanced_panel(form: _Form, defaults: GenerationParams | None) -> gr.Button:
+    """The sampler/guidance widgets showing ``defaults`` (the loaded family's), and the reset button."""
     with gr.Accordion("Advanced settings (official defaults)", open=False, elem_id="advanced"):
-        fields = params_fields()
+        fields = params_fields(defaults)
         for start in range(0, len(fields), 3):
             with gr.Row():
                 for f in fields[start : start + 3]:

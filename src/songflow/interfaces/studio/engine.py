@@ -35,7 +35,7 @@ from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import AudioError, ConfigError, SongflowError
 from songflow.interfaces.sidecar import sidecar_path, write_sidecar
 from songflow.interfaces.studio.form import build_request
-from songflow.requests import Request, request_from_dict
+from songflow.requests import GenerationParams, Request, request_from_dict
 
 log = logging.getLogger("songflow.ui")
 
@@ -172,6 +172,12 @@ class Studio:
         self.loras = list(loras)
         self._lock = threading.Lock()  # one generation at a time on the one pipeline
 
+    @property
+    def param_defaults(self) -> GenerationParams | None:
+        """The loaded family's ``default_params`` (None without a family: the dataclass defaults)."""
+        family = getattr(self.pipeline, "family", None)
+        return getattr(family, "default_params", None)
+
     def generate(
         self,
         task: str,
@@ -188,7 +194,7 @@ class Studio:
                 or a generation failure, with a message for the user.
         """
         status = status or (lambda frac, what: None)
-        request = build_request(task, values, params, loras, lora_weight)
+        request = build_request(task, values, params, loras, lora_weight, self.param_defaults)
         self.pipeline.check_request(request)
         uploads = {
             f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name.endswith("_path")

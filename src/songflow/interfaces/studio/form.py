@@ -3,6 +3,8 @@
 Every form field comes from a dataclass field: its widget kind from the type hint, its default from the
 dataclass default, its choices from a ``Literal``, its label from the name (units from the suffix:
 ``_s`` seconds, ``_frac`` a fraction in [0, 1]) and its help from the class docstring's sentence naming it.
+The advanced settings take their defaults from the loaded model family's ``default_params`` where the
+caller passes them (:func:`params_fields`, :func:`build_request`).
 So the studio, the CLI and the REST API cannot drift apart: a new request field appears everywhere.
 
 :func:`build_request` turns widget values into a request (validation stays in the dataclasses) and
@@ -181,9 +183,21 @@ def task_fields(task: str) -> tuple[FormField, ...]:
     return form_fields(_task_class(task), skip=tuple(common))
 
 
-def params_fields() -> tuple[FormField, ...]:
-    """The advanced sampler/guidance settings, with the official defaults."""
-    return form_fields(GenerationParams)
+def params_fields(defaults: GenerationParams | None = None) -> tuple[FormField, ...]:
+    """The advanced sampler/guidance settings, with the official defaults.
+
+    ``defaults`` (the loaded model family's ``default_params``) replaces each field's default and the
+    default its help names; None keeps the :class:`GenerationParams` dataclass defaults.
+    """
+    fields = form_fields(GenerationParams)
+    if defaults is None:
+        return fields
+    out = []
+    for f in fields:
+        spec = dataclasses.replace(f, default=getattr(defaults, f.name))
+        text = field_help(GenerationParams, f.name)
+        out.append(dataclasses.replace(spec, help=f"{text} {_default_text(spec)}".strip()))
+    return tuple(out)
 
 
 def lora_weight_field() -> FormField:
@@ -268,6 +282,7 @@ def build_request(
     params: Mapping[str, Any],
     loras: Sequence[str] = (),
     lora_weight: Any = None,
+    defaults: GenerationParams | None = None,
 ) -> Request:
     """The request a filled-in form describes.
 
@@ -276,6 +291,8 @@ def build_request(
         values: widget values of the common fields and of the task's own fields, by field name.
         params: widget values of the advanced settings, by :class:`GenerationParams` field name.
         loras: paths of the selected LoRA adapters; ``lora_weight`` applies to each.
+        defaults: what cleared advanced settings fall back to (the loaded family's ``default_params``;
+            None: the :class:`GenerationParams` defaults), see :func:`params_fields`.
 
     Raises:
         ConfigError: a missing upload or an invalid value, with a message naming the field.
@@ -283,7 +300,7 @@ def build_request(
     data: dict[str, Any] = {"task": task}
     for f in (*common_fields(), *task_fields(task)):
         data[f.name] = parse_value(f, values.get(f.name))
-    data["params"] = {f.name: parse_value(f, params.get(f.name)) for f in params_fields()}
+    data["params"] = {f.name: parse_value(f, params.get(f.name)) for f in params_fields(defaults)}
     weight = parse_value(lora_weight_field(), lora_weight)
     data["loras"] = [{"path": str(path), "weight": weight} for path in loras or ()]
     return request_from_dict(data)
