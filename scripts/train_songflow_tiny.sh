@@ -37,3 +37,22 @@ songflow eval "$WORK/heldout.jsonl" --generate --checkpoint "$WORK/dit/final" \
   --audio-dir "$WORK/heldout_audio" --checks tempo,key,instruments,vocals,meter --json "$WORK/eval.json"
 songflow train package "$WORK/dit/final" --out src/songflow/assets/songflow-tiny \
   --card src/songflow/assets/songflow-tiny/MODEL_CARD.md
+
+# 6. the demo LoRA shipped beside the model (loras/waltz-demo, `--lora waltz-demo:0.8`): 20 waltzes at 84-96 BPM
+#    from a waltz-only corpus, the LoRA recipe on the packaged model (bf16-mixed falls back to fp32 on CPUs
+#    without AVX512-BF16/AMX), then the adapter's two files (weights + adapter_config.json) copied in
+[ -d "$WORK/waltz/dataset_84_96" ] || python - "$WORK/waltz" <<'PY'
+import functools, sys
+import datasets
+from songflow.data.synth.compose import compose_song
+from songflow.data.synth.corpus import CorpusConfig, make_corpus
+work = sys.argv[1]
+make_corpus(CorpusConfig(out=f"{work}/corpus", hours=0.5, seed=3, progress=False),
+            compose=functools.partial(compose_song, genre="waltz"))
+ds = datasets.load_from_disk(f"{work}/corpus/dataset").filter(lambda r: 84 <= r["bpm"] <= 96)
+ds.select(range(min(20, len(ds)))).save_to_disk(f"{work}/dataset_84_96")
+PY
+songflow train configs/train/songflow_tiny_lora_waltz.yaml --set model.checkpoint_dir=songflow-tiny \
+  --set "data.dataset_path=$WORK/waltz/dataset_84_96" --set "output_dir=$WORK/waltz/lora"
+mkdir -p src/songflow/assets/songflow-tiny/loras/waltz-demo
+cp "$WORK/waltz/lora/final_lora/"* src/songflow/assets/songflow-tiny/loras/waltz-demo/

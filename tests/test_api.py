@@ -249,3 +249,230 @@ def test_create_app_is_a_short_factory():
     import inspect
 
     assert len(inspect.getsource(create_app).splitlines()) < 40
+
+
+# --- issue 12: body limits, malformed bodies, server paths, retention ------------------------------
+
+
+def test_an_oversized_json_body_is_413_before_it_is_parsed(pipe, tmp_path):
+    client = TestClient(create_app(pipe, data_dir=tmp_path, start_worker=False))
+    r = client.post("/v1/jobs", json={**t2m(), "lyrics": "la " * 10_000_000})  # 30 MB
+    assert r.status_code == 413 and "limit" in r.json()["detail"], r.text[:300]
+    # without a Content-Length the body is counted as it streams in
+    huge = (b"x" * (1 << 20) for _ in range(3))
+    r = client.post("/v1/jobs", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    # a multipart 'request' field is capped the same way
+    big = json.dumps({**t2m(), "lyrics": "a" * (2 << 20)})
+    r = client.post("/v1/jobs", data={"request": big}, files={"source": ("a.wav", b"", "audio/wav")})
+    assert r.status_code == 413, r.text
+    assert client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_lyrics_over_the_limit_are_422_at_submission(pipe, tmp_path):
+    from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
+
+    client = TestClient(create_app(pipe, data_dir=tmp_path, start_worker=False))
+    r = client.post("/v1/jobs", json={**t2m(), "lyrics": "a" * (MAX_LYRICS_CHARS + 1)})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "lyrics"], r.text[:300]
+    assert client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_job_listing_returns_summaries(pipe, tmp_path):
+    client = TestClient(create_app(pipe, data_dir=tmp_path, start_worker=False))
+    job = client.post("/v1/jobs", json={**t2m(), "lyrics": "[verse]\n" + "la " * 5000}).json()
+    (listed,) = client.get("/v1/jobs").json()["jobs"]
+    assert "request" not in listed and listed["id"] == job["id"] and listed["task"] == "text2music"
+    assert listed["state"] == "queued" and listed["n_outputs"] == 0 and listed["audio_urls"] == []
+    assert len(json.dumps(listed)) < 1000
+    assert "la la" in client.get(f"/v1/jobs/{job['id']}").json()["request"]["lyrics"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "loc"),
+    [
+        ({"params": 5}, ["params"]),
+        ({"params": {"seeds": 5}}, ["params", "seeds"]),
+        ({"params": {"step_indices": 5}}, ["params", "step_indices"]),
+        ({"task": ["x"]}, ["task"]),
+        ({"task": {}}, ["task"]),
+        ({"task": None}, ["task"]),
+        ({"params": None}, ["params"]),
+        ({"loras": 5}, ["loras"]),
+        ({"lyrics": 5}, ["lyrics"]),
+        ({"params": {"batch_size": 2, "seeds": [1, 2, 3]}}, ["params", "seeds"]),
+    ],
+)
+def test_malformed_bodies_are_422_naming_the_field(pipe, tmp_path, raw, loc):
+    client = TestClient(
+        create_app(pipe, data_dir=tmp_path, start_worker=False), raise_server_exceptions=False
+    )
+    r = client.post("/v1/jobs", json={"tags": "pop", "duration_s": 1.0, **raw})
+    assert r.status_code == 422, r.text
+    assert ["body", *loc] in [e["loc"] for e in r.json()["detail"]], r.text
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_deeply_nested_json_is_422_not_500(pipe, tmp_path, opener):
+    app = create_app(pipe, data_dir=tmp_path, start_worker=False)
+    client = TestClient(app, raise_server_exceptions=False)
+    closer = "]" if opener == "[" else "}"
+    for depth in (50, 20_000):
+        text = '{"tags": "pop", "params": ' + opener * depth + "1" + closer * depth + "}"
+        r = client.post("/v1/jobs", content=text, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (depth, r.text[:300])
+        assert r.json()["detail"][0]["loc"][0] == "body"
+        r = client.post("/v1/jobs", data={"request": text}, files={"source": ("a.wav", b"", "audio/wav")})
+        assert r.status_code == 422, (depth, r.text[:300])
+    assert client.get("/v1/jobs").json()["jobs"] == []
+
+
+def _uploads_and_outputs(data) -> list:
+    return sorted(p.name for sub in ("uploads", "outputs") for p in (data / sub).iterdir())
+
+
+def test_messages_name_uploads_by_their_client_file_name(pipe, tmp_path, monkeypatch):
+    from songflow.errors import AudioError
+
+    app = create_app(pipe, data_dir=tmp_path)
+    req = {"task": "repaint", "tags": "rock", "start_s": 0.2, "end_s": 0.6, "params": FAST}
+
+    def broken(request, progress=None):
+        raise AudioError(f"the source audio {request.source_path} cannot be decoded")
+
+    monkeypatch.setattr(app.state.worker, "pipeline", type("P", (), {"generate": staticmethod(broken)})())
+    with TestClient(app) as client:
+        r = client.post(
+            "/v1/jobs",
+            data={"request": json.dumps(req)},
+            files={"source": ("my take.wav", b"junk", "audio/wav")},
+        )
+        assert r.status_code == 400 and "'my take.wav'" in r.json()["detail"], r.text
+        assert str(tmp_path) not in r.text and "uploads" not in r.text
+        silent = wav_bytes(1.0, 16000)[:44] + b"\0" * 64000
+        r = client.post(
+            "/v1/jobs",
+            data={"request": json.dumps(req)},
+            files={"source": ("quiet.wav", silent, "audio/wav")},
+        )
+        assert r.status_code == 422 and "'quiet.wav' is silent" in r.text and str(tmp_path) not in r.text
+        r = client.post(
+            "/v1/jobs",
+            data={"request": json.dumps(req)},
+            files={"source": ("song.wav", wav_bytes(1.0, 16000), "audio/wav")},
+        )
+        assert r.status_code == 202 and r.json()["request"]["source_path"] == "upload:song.wav", r.text
+        job = wait_done(client, r.json()["id"], states=("failed",))
+        assert job["error"] == "the source audio 'song.wav' cannot be decoded", job
+        assert str(tmp_path) not in json.dumps(job)
+
+
+def test_delete_removes_a_finished_job_with_its_files(pipe, tmp_path):
+    with TestClient(create_app(pipe, data_dir=tmp_path)) as client:
+        req = {"task": "repaint", "tags": "rock", "start_s": 0.2, "end_s": 0.6, "params": FAST}
+        r = client.post(
+            "/v1/jobs", data={"request": json.dumps(req)}, files={"source": ("in.wav", wav_bytes(1.0, 16000))}
+        )
+        job = wait_done(client, r.json()["id"])
+        assert len(_uploads_and_outputs(tmp_path)) == 2
+        r = client.delete(f"/v1/jobs/{job['id']}")
+        assert r.status_code == 200 and r.json()["state"] == "done"
+        assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+        assert _uploads_and_outputs(tmp_path) == []
+
+
+def test_retention_sweeps_old_and_oversized_data(pipe, tmp_path):
+    import os
+
+    from songflow.interfaces.server.retention import ORPHAN_AGE_S, Retention
+
+    app = create_app(pipe, data_dir=tmp_path, retention=Retention(keep_hours=1, max_data_mb=None))
+    with TestClient(app) as client:
+        ids = [client.post("/v1/jobs", json=t2m(seed=s)).json()["id"] for s in (1, 2, 3)]
+        for job_id in ids:
+            wait_done(client, job_id)
+        app.state.worker.pause()
+        queued = client.post("/v1/jobs", json=t2m(seed=4)).json()["id"]
+        orphan = tmp_path / "uploads" / "leftover.wav"
+        orphan.write_bytes(b"x" * 10)
+        sweeper = app.state.context.sweeper
+        assert sweeper() == 0 and orphan.exists()  # nothing is old yet
+        # an hour later: every finished job goes, the queued one stays, so does nothing else
+        now = time.time() + 3600 + ORPHAN_AGE_S
+        os.utime(orphan, (now - ORPHAN_AGE_S - 1, now - ORPHAN_AGE_S - 1))
+        assert sweeper(now=now) == 3
+        assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [queued]
+        assert _uploads_and_outputs(tmp_path) == []
+
+    # a size limit removes the oldest finished jobs first, until the data fits
+    data = tmp_path / "second"
+    app = create_app(pipe, data_dir=data, retention=Retention(keep_hours=None, max_data_mb=1e-9))
+    with TestClient(app) as client:
+        ids = [client.post("/v1/jobs", json=t2m(seed=s)).json()["id"] for s in (1, 2)]
+        for job_id in ids:
+            wait_done(client, job_id)
+        size = sum(p.stat().st_size for p in (data / "outputs" / ids[1]).rglob("*"))
+        app.state.context.sweeper.retention = Retention(keep_hours=None, max_data_mb=1.5 * size / 2**20)
+        assert app.state.context.sweeper() == 1
+        assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [ids[1]]
+
+
+def test_a_job_interrupted_max_attempts_times_fails(pipe, tmp_path):
+    from songflow.interfaces.server.jobs import JobStore
+    from songflow.interfaces.server.retention import Retention
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = store.add(t2m(), [], 10)
+    store.close()
+    for attempt in (1, 2, 3):
+        store = JobStore(tmp_path / "jobs.sqlite3")
+        (claimed,) = store.claim_batch(1)  # the process "crashes" while this job runs
+        assert claimed.attempts == attempt
+        store.close()
+        app = create_app(pipe, data_dir=tmp_path, start_worker=False, retention=Retention(max_attempts=3))
+        with TestClient(app) as client:
+            state = client.get(f"/v1/jobs/{job.id}").json()
+        if attempt < 3:
+            assert state["state"] == "queued", state
+    assert state["state"] == "failed" and "3 time(s)" in state["error"], state
+
+
+def test_serve_flags_make_the_retention():
+    import argparse
+
+    from songflow.interfaces.cli.serve import add_serve_parser, retention_of
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--keep-hours", "2", "--max-data-mb", "0", "--max-attempts", "5"])
+    retention = retention_of(args)
+    assert (retention.keep_hours, retention.max_data_mb, retention.max_attempts) == (2.0, None, 5)
+    defaults = retention_of(parser.parse_args(["serve"]))
+    assert defaults.keep_hours and defaults.max_data_mb and defaults.max_attempts == 3
+
+
+def test_upload_limits_are_checked_at_submission(pipe, tmp_path):
+    def pcm(seconds: float, sr: int) -> bytes:
+        t = np.arange(int(seconds * sr)) / sr
+        buf = io.BytesIO()
+        sf.write(
+            buf, (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr, format="WAV", subtype="PCM_16"
+        )
+        return buf.getvalue()
+
+    client = TestClient(create_app(pipe, data_dir=tmp_path, start_worker=False))
+    repaint = {"task": "repaint", "tags": "rock", "start_s": 0.2, "end_s": 0.6, "params": FAST}
+    extend = {"task": "extend", "tags": "rock", "right_s": 1.0, "params": FAST}
+    long_s = pipe.geometry.max_frames * pipe.geometry.samples_per_frame / pipe.geometry.sample_rate_hz + 2
+    for req, audio, status in (
+        (repaint, pcm(1.0, 4000), 422),  # sample rate below the pipeline's minimum
+        (repaint, pcm(long_s, 8000), 422),  # longer than repaint handles
+        (extend, pcm(long_s, 8000), 202),  # extend reads a long source
+    ):
+        files = {"source": ("take.wav", audio, "audio/wav")}
+        r = client.post("/v1/jobs", data={"request": json.dumps(req)}, files=files)
+        assert r.status_code == status, r.text
+        if status == 422:
+            assert r.json()["detail"][0]["loc"] == ["body", "source"] and "'take.wav'" in r.text, r.text
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 1
+    assert len(list((tmp_path / "uploads").iterdir())) == 1

@@ -258,6 +258,14 @@ def test_auth_validation_and_bad_uploads(pipe, live, tmp_path):
         assert anon.get("/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert anon.get("/v1/jobs", headers={"X-API-Key": "wrong"}).status_code == 401
         assert anon.get("/v1/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        # an empty X-API-Key does not hide a valid bearer token; a wrong one still fails
+        both = {"Authorization": "Bearer s3cret", "X-API-Key": ""}
+        assert anon.get("/v1/jobs", headers=both).status_code == 200
+        assert anon.get("/v1/jobs", headers={**both, "Authorization": "Bearer no"}).status_code == 401
+        assert (
+            anon.get("/v1/jobs", headers={"X-API-Key": "s3cret", "Authorization": "Basic x"}).status_code
+            == 200
+        )
         assert anon.get("/health").status_code == 200  # liveness needs no key
     finally:
         anon.close()
@@ -296,6 +304,54 @@ def test_auth_validation_and_bad_uploads(pipe, live, tmp_path):
     assert client.get("/v1/jobs").json()["jobs"] == []  # and no job was created
 
 
+def test_an_oversized_chunked_upload_is_refused_while_it_streams(pipe, live, tmp_path):
+    """No Content-Length: the server counts the body as it arrives and answers 413 once it passes the
+    limit, long before the client has sent it all (nothing is kept in uploads/)."""
+    server, client = live(pipe, data_dir=tmp_path / "d", max_upload_mb=0.25)
+    boundary = "songflowboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="request"\r\n\r\n'
+        + json.dumps({"task": "repaint", "tags": "x", "start_s": 0.1, "end_s": 0.5})
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="source"; filename="big.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    sent = [0]
+    total = 256 * (1 << 20)
+
+    def body():
+        yield head
+        chunk = b"\0" * (1 << 18)
+        while sent[0] < total:
+            sent[0] += len(chunk)
+            yield chunk
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    try:
+        r = client.post("/v1/jobs", content=body(), headers=headers)
+        assert r.status_code == 413, r.text
+    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # the server closed the connection after answering 413
+    assert sent[0] < total // 4
+    assert not any((tmp_path / "d" / "uploads").iterdir())
+    assert client.get("/health").status_code == 200
+
+
+def test_docs_are_offline_and_openapi_declares_the_key(pipe, live):
+    server, client = live(pipe, api_key="k")
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assert "http://" not in page.text and "https://" not in page.text and "cdn" not in page.text.lower()
+    assert client.get("/redoc").status_code == 404
+    schema = client.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {**schemes["apiKey"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, ops in schema["paths"].items():
+        for op in ops.values():
+            names = {name for entry in op.get("security", []) for name in entry}
+            assert names == (set() if path == "/health" else {"bearer", "apiKey"}), (path, op.get("security"))
+
+
 def test_cancel_queued_and_running_jobs(pipe, live):
     server, client = live(pipe, max_batch=1)
     running = client.post("/v1/jobs", json=t2m(seed=1, steps=400)).json()["id"]
@@ -305,7 +361,6 @@ def test_cancel_queued_and_running_jobs(pipe, live):
 
     r = client.delete(f"/v1/jobs/{queued}")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    assert client.delete(f"/v1/jobs/{queued}").status_code == 409
     r = client.delete(f"/v1/jobs/{running}")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     cancelled = wait_final(client, running)
@@ -316,7 +371,15 @@ def test_cancel_queued_and_running_jobs(pipe, live):
     assert client.get(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
     for job_id in (running, queued):
         assert client.get(f"/v1/jobs/{job_id}/audio").status_code == 409
-    assert client.delete(f"/v1/jobs/{after}").status_code == 409  # done jobs cannot be cancelled
+    # a second DELETE (or the first on a finished job) removes the job with its files
+    output = server.server.config.app.state.data_dir / "outputs" / after
+    assert output.is_dir()
+    for job_id in (queued, after):
+        r = client.delete(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200 and r.json()["id"] == job_id, r.text
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 404
+    assert not output.exists()
 
 
 def test_many_concurrent_clients_with_a_bounded_queue(pipe, live):

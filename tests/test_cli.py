@@ -71,7 +71,7 @@ def test_batch_writes_one_file_per_item(tiny_ckpt, tmp_path):
     [
         (["--duration", "0"], "duration_s must be a positive"),
         (["--duration", "-3"], "duration_s must be a positive"),
-        (["--duration", "100000"], "longer than the model's maximum"),
+        (["--duration", "100000"], "duration_s must be a positive number of seconds up to 240"),
         (["--duration", "nan"], "duration_s must be a positive"),
         (["--steps", "0"], "steps must be an integer"),
         (["--tags", "   "], "tags must be a non-empty"),

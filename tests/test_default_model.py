@@ -103,3 +103,34 @@ def test_songflow_tiny_codec_keeps_the_key(tiny_pipe):
             y = codec.decode(codec.encode(torch.from_numpy(x)[None], rate))[0].numpy()
         results.append(ck.check_key(y, rate, f"{tonic} major"))
     assert sum(r.passed for r in results) >= 5, [r.measured for r in results]
+
+
+def test_the_shipped_demo_lora_loads_changes_the_output_and_weight_zero_restores_it(tiny_pipe):
+    """``--lora waltz-demo:0.8`` works without training: the adapter ships (weights + adapter_config.json)
+    beside the default model, resolves by its short name, loads onto the DiT, and moves a 2-step
+    generation; at weight 0 the output is the base model's again."""
+    from songflow.checkpoint.hub import resolve_lora, shipped_loras
+    from songflow.checkpoint.lora import WEIGHT_NAME, LoraSpec, resolve_lora_files, set_loras
+    from songflow.requests import GenerationParams, Text2Music
+
+    folder = shipped_loras()["waltz-demo"]
+    assert folder == default_model_dir() / "loras" / "waltz-demo" == resolve_lora("waltz-demo")
+    weights, config = resolve_lora_files(folder)
+    assert weights.name == WEIGHT_NAME and config is not None  # as the trainer writes it
+    assert resolve_lora("no-such-adapter") == resolve_lora("no-such-adapter").expanduser()
+    request = Text2Music(
+        tags="piano, strings, gentle, instrumental",
+        lyrics="[inst]",
+        duration_s=4.0,
+        params=GenerationParams(steps=2, seeds=(100,)),
+    )
+    base = tiny_pipe.generate(request).latents
+    try:
+        set_loras(tiny_pipe.transformer, [LoraSpec(resolve_lora("waltz-demo"), 0.8)])
+        adapted = tiny_pipe.generate(request).latents
+        set_loras(tiny_pipe.transformer, [LoraSpec(folder, 0.0)])
+        off = tiny_pipe.generate(request).latents
+    finally:
+        set_loras(tiny_pipe.transformer, [])
+    assert (adapted - base).abs().mean() > 1e-3 * base.abs().mean()
+    torch.testing.assert_close(off, base)

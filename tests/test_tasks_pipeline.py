@@ -221,6 +221,9 @@ def test_cli_rejects_flags_of_other_tasks(tiny_ckpt, capsys):
 
 
 def test_bulk_generates_resumes_and_records_failures(tiny_ckpt, source, tmp_path):
+    # a line that passes every up-front check and fails only when it runs: a silent source file
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros((44100, 2), dtype=np.float32), 44100)
     lines = [
         {
             "name": "a",
@@ -233,7 +236,7 @@ def test_bulk_generates_resumes_and_records_failures(tiny_ckpt, source, tmp_path
             "name": "b",
             "task": "repaint",
             "tags": TAGS,
-            "source_path": str(tmp_path / "missing.wav"),
+            "source_path": str(silent),
             "start_s": 0.0,
             "end_s": 1.0,
             "params": {"steps": 2},
@@ -253,7 +256,7 @@ def test_bulk_generates_resumes_and_records_failures(tiny_ckpt, source, tmp_path
     assert main(argv) == 1
     assert (out_dir / "a.wav").exists() and (out_dir / "00003.wav").exists()
     failures = [json.loads(x) for x in (out_dir / "failures.jsonl").read_text().splitlines()]
-    assert [f["name"] for f in failures] == ["b"] and "missing.wav" in failures[0]["error"]
+    assert [f["name"] for f in failures] == ["b"] and "silent" in failures[0]["error"]
     stamp = (out_dir / "a.json").stat().st_mtime_ns
     assert main(argv) == 1  # resumes: only the failed line runs again
     assert (out_dir / "a.json").stat().st_mtime_ns == stamp

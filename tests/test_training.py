@@ -227,25 +227,50 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(env):
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
 
 
-def test_bf16_mixed_autocasts_on_cpu_and_stays_close_to_fp32(env):
-    """``model.precision=bf16-mixed`` runs the DiT's matmuls in bf16 on CPU too (weights stay fp32)."""
-    batch = _fixed_batch(env)
-    losses = {}
-    for precision in ("32", "bf16-mixed"):
-        cfg = _cfg(env, env["root"] / "unused", f"model.precision={precision}")
-        module = FlowMatchingModule(load_transformer(env["ckpt"] / "ace_step_transformer"), cfg)
-        seen: list[torch.dtype] = []
-        hook = module.transformer.final_layer.linear.register_forward_hook(
-            lambda m, i, o, seen=seen: seen.append(o.dtype)
-        )
-        out = module(batch, step_generator(3, 1))["loss"]
-        out.backward()
-        hook.remove()
-        grad = module.transformer.proj_in.early_conv_layers[0].weight.grad
-        assert torch.isfinite(grad).all() and grad.dtype == torch.float32
-        losses[precision] = (out.item(), seen)
-    assert losses["32"][1][0] == torch.float32 and losses["bf16-mixed"][1][0] == torch.bfloat16
-    assert losses["bf16-mixed"][0] == pytest.approx(losses["32"][0], rel=0.05)
+def _final_layer_dtype(env, precision: str) -> tuple[float, torch.dtype]:
+    """(loss, the dtype the DiT's last linear computed in) of one training step on the fixed batch."""
+    cfg = _cfg(env, env["root"] / "unused", f"model.precision={precision}")
+    module = FlowMatchingModule(load_transformer(env["ckpt"] / "ace_step_transformer"), cfg)
+    seen: list[torch.dtype] = []
+    hook = module.transformer.final_layer.linear.register_forward_hook(
+        lambda m, i, o, seen=seen: seen.append(o.dtype)
+    )
+    out = module(_fixed_batch(env), step_generator(3, 1))["loss"]
+    out.backward()
+    hook.remove()
+    grad = module.transformer.proj_in.early_conv_layers[0].weight.grad
+    assert torch.isfinite(grad).all() and grad.dtype == torch.float32
+    return out.item(), seen[0]
+
+
+def test_bf16_mixed_autocasts_on_cpu_with_native_bf16_and_stays_close_to_fp32(env, monkeypatch, caplog):
+    """``model.precision=bf16-mixed`` runs the DiT's matmuls in bf16 on a CPU with AVX512-BF16/AMX (weights
+    stay fp32), with no fallback warning."""
+    from songflow.checkpoint import device as device_mod
+
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    fp32 = _final_layer_dtype(env, "32")
+    with caplog.at_level("WARNING"):
+        bf16 = _final_layer_dtype(env, "bf16-mixed")
+    assert fp32[1] == torch.float32 and bf16[1] == torch.bfloat16
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.05)
+    assert not [r for r in caplog.records if "bfloat16" in r.getMessage()]
+
+
+def test_bf16_mixed_falls_back_to_fp32_on_a_cpu_without_native_bf16(env, monkeypatch, caplog):
+    """On an AVX2-only CPU bf16 autocast is emulated (a 153 s first step was seen): fp32, one warning line for
+    the whole run, however many steps and micro-batches."""
+    from songflow.checkpoint import device as device_mod
+
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        result = train(_cfg(env, env["root"] / "no_bf16", "model.precision=bf16-mixed", "optim.max_steps=2"))
+        _, dtype = _final_layer_dtype(env, "bf16-mixed")
+    assert dtype == torch.float32
+    assert result is not None
+    warned = [r for r in caplog.records if "no native bfloat16" in r.getMessage()]
+    assert len(warned) == 2  # one per module built: the train() run and the direct step above
+    assert "bf16-mixed falls back to fp32" in warned[0].getMessage()
 
 
 def test_resume_reproduces_the_uninterrupted_run(env, tmp_path):

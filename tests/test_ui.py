@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
-from songflow.errors import ConfigError
+from songflow.errors import AudioError, ConfigError
 from songflow.interfaces.studio import form as ui_form
 from songflow.interfaces.studio.engine import History, Studio, discover_loras, waveform_spectrogram_image
 from songflow.interfaces.studio.form import (
@@ -40,6 +41,7 @@ from songflow.requests import (
     GenerationParams,
     LoraRef,
     Repaint,
+    RequestFieldError,
     Retake,
     Text2Music,
 )
@@ -119,14 +121,57 @@ def test_widgets_carry_the_dataclass_types_defaults_and_choices():
     assert ui_form.lora_weight_field().default == LoraRef("x").weight
 
 
-def test_help_texts_come_from_the_docstrings():
+def test_help_texts_come_from_the_metadata_or_the_docstrings():
     retake = {f.name: f for f in task_fields("retake")}
-    assert "fresh song" in retake["variance_frac"].help and "Default: 0.2." in retake["variance_frac"].help
+    variance = Retake.__dataclass_fields__["variance_frac"].metadata.get("help")
+    expected = variance.rstrip(".")[:20] if variance else "fresh song"
+    assert expected.lower() in retake["variance_frac"].help.lower()
+    assert "Default: 0.2." in retake["variance_frac"].help
     lyrics = {f.name: f for f in common_fields()}["lyrics"]
     assert "[inst]" in lyrics.help and "``" not in lyrics.help
     legacy = {f.name: f for f in params_fields()}["legacy_double_shift"]
-    assert "shifted twice" in legacy.help
+    assert "twice" in legacy.help and "Default: on." in legacy.help
     assert "edit" in TASKS and "FlowEdit" in ui_form.task_description("edit")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Documented:
+    """A made-up request.
+
+    ``speed_frac`` sets how fast; the presets (``SPEED_PRESETS``) include fast_lane. ``loud`` True plays
+    loud (see ``songflow.audio.loudness.normalise``), as the reference (docs/reference_behaviour.md#r9).
+    """
+
+    speed_frac: float = 0.5
+    loud: bool = False
+    take_s: float = dataclasses.field(default=1.0, metadata={"label": "Take length", "unit": "seconds"})
+    source_path: str = dataclasses.field(default="", metadata={"label": "Your recording"})
+    gain: float = dataclasses.field(default=0.0, metadata={"help": "louder than ``SPEED_PRESETS`` say"})
+
+
+def test_labels_come_from_the_metadata_then_the_name():
+    by_name = {f.name: f for f in ui_form.form_fields(_Documented)}
+    assert by_name["take_s"].label == "Take length (s)"
+    assert by_name["source_path"].label == "Your recording"
+    assert by_name["speed_frac"].label == "Speed (0-1)" and by_name["gain"].label == "Gain"
+    assert {f.name: f.label for f in task_fields("repaint")}["source_path"] == "Source audio"
+    assert {f.name: f.label for f in task_fields("text2music")}["duration_s"] == "Duration (s)"
+
+
+def test_help_is_in_plain_words_without_code_names():
+    by_name = {f.name: f.help for f in ui_form.form_fields(_Documented)}
+    assert by_name["speed_frac"].startswith("Speed sets how fast; the presets include fast lane.")
+    assert "fast lane. Loud on plays loud, as the reference. Default: off." in by_name["loud"]
+    assert by_name["gain"] == "Louder than speed presets say. Default: 0.0."
+    edit = ui_form.task_description("edit")
+    assert "EDIT_PRESETS" not in edit and "only_lyrics" not in edit and "**source audio**" in edit
+    assert "Presets" in edit
+    fields = [*common_fields(), *params_fields()] + [f for task in TASKS for f in task_fields(task)]
+    texts = [f.help for f in fields] + [ui_form.task_description(task) for task in TASKS]
+    for text in texts:
+        assert "``" not in text and "songflow." not in text and "docs/" not in text, text
+        assert not re.search(r"\b[A-Z]+_[A-Z_]+\b", text), text  # no constant names
+        assert not re.search(r"\b[a-z]+_[a-z_]+\b", text), text  # no field or code names
 
 
 def _examples(path: str) -> list:
@@ -250,7 +295,7 @@ def test_uploaded_source_is_kept_with_the_entry(studio, source_wav):
     [
         ("repaint", {"tags": "rock"}, "Source audio: no audio uploaded"),
         ("audio2audio", {"tags": "rock", "reference_path": ""}, "Reference audio: no audio uploaded"),
-        ("text2music", {"tags": "rock", "duration_s": 100000}, "longer than the model's maximum"),
+        ("text2music", {"tags": "rock", "duration_s": 100000}, "240"),
         ("text2music", {"tags": "rock", "duration_s": -3}, "positive number of seconds"),
         ("text2music", {"tags": ""}, "tags must be a non-empty text"),
         (
@@ -458,6 +503,124 @@ def test_advanced_defaults_come_from_the_loaded_family(gr, tmp_path):
         assert shown["steps"] == plain.steps and shown["guidance_scale"] == plain.guidance_scale
         assert restored == shown == default_values(params_fields())
     assert build_request("text2music", {"tags": "pop"}, {"steps": None}).params.steps == plain.steps
+
+
+def _ids_under(block) -> set[str]:
+    """The elem_ids of the components inside a layout block (an accordion, a row...)."""
+    ids = set()
+    for child in getattr(block, "children", []):
+        if getattr(child, "elem_id", None):
+            ids.add(child.elem_id)
+        ids |= _ids_under(child)
+    return ids
+
+
+def test_compatibility_switches_are_apart_and_the_seeds_in_the_main_form(gr, tmp_path):
+    from songflow.interfaces.studio.app import build_ui
+
+    demo = build_ui(Studio(_FakePipeline(RuntimeError("unused")), History(tmp_path / "out")))
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    names = [f.name for f in dataclasses.fields(GenerationParams)]
+    switches = {n for n in names if n.startswith("legacy_") or n == "omega_mean_over"}
+    assert switches >= {
+        "legacy_double_shift",
+        "omega_mean_over",
+        "legacy_batch_noise",
+        "legacy_heun_interval",
+    }
+    compat, advanced = by_id["compat"], by_id["advanced"]
+    assert compat.label == "Reference compatibility" and compat.open is False and advanced.open is False
+    assert {i.removeprefix("params-") for i in _ids_under(compat) if i.startswith("params-")} == switches
+    in_advanced = {i.removeprefix("params-") for i in _ids_under(advanced) if i.startswith("params-")}
+    assert in_advanced - {"reset"} == set(names) - switches - {"seeds", "batch_size"}
+    assert {"params-seeds", "params-batch_size"} <= _ids_under(by_id["main-params"])
+    assert by_id["params-seeds"].label == "Seeds"
+    preset = by_id["edit-preset"]
+    assert [label for label, _ in preset.choices] == ["Only lyrics", "Remix"]
+    assert "EDIT_PRESETS" not in str(preset.info) and "_" not in preset.label
+
+
+def _upload(tmp_path, name: str, seconds: float, rate: int = 44100, amplitude: float = 0.3):
+    """An upload as Gradio keeps it: the user's file name inside a temporary folder."""
+    folder = tmp_path / "gradio" / "3f9c0a"
+    folder.mkdir(parents=True, exist_ok=True)
+    t = torch.arange(int(seconds * rate)) / rate
+    save_audio(folder / name, amplitude * torch.sin(2 * torch.pi * 220 * t)[None], rate)
+    return folder / name
+
+
+def test_uploads_are_checked_on_arrival_and_named_by_their_file_name(gr, studio, tmp_path):
+    from songflow.interfaces.studio.app import build_ui, run_task
+
+    demo = build_ui(studio)
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    notes = {}  # note elem_id -> its handler (the change event of the audio input)
+    for fn in demo.fns.values():
+        for out in fn.outputs:
+            if (getattr(out, "elem_id", None) or "").endswith("-note"):
+                notes[out.elem_id] = fn.fn
+    assert set(notes) == {
+        f"{task}-{f.name}-note" for task in TASKS for f in task_fields(task) if f.kind == AUDIO
+    }
+    assert "repaint-source_path-note" in by_id
+    repaint, extend = notes["repaint-source_path-note"], notes["extend-source_path-note"]
+
+    good = _upload(tmp_path, "take one.wav", 2.0)
+    assert repaint(str(good)).startswith("✓ take one.wav: 2.0 s, 44100 Hz, mono")
+    assert repaint(None) == ""
+    bogus = good.with_name("notes.wav")
+    bogus.write_text("these are not samples")
+    long_song = _upload(tmp_path, "long.wav", 241.0, rate=8000)
+    cases = {
+        bogus: "the uploaded source audio cannot be used: cannot read audio file notes.wav",
+        _upload(tmp_path, "quiet.wav", 1.0, amplitude=0.0): "quiet.wav is silent",
+        _upload(tmp_path, "blip.wav", 0.01): "blip.wav is too short",
+        long_song: "long.wav lasts 241.0 s",
+        _upload(tmp_path, "old.wav", 0.5, rate=4000): "old.wav has a sample rate of 4000 Hz",
+    }
+    for path, message in cases.items():
+        note = repaint(str(path))
+        assert message in note and "⚠" in note, note
+        assert str(tmp_path) not in note and "3f9c0a" not in note, note
+    assert extend(str(long_song)).startswith("✓ long.wav: 241.0 s")  # extend keeps long sources whole
+    with pytest.raises(gr.Error) as info:  # generating refuses it with the same message
+        run_task(studio, "repaint", {"tags": "rock", "source_path": str(long_song)}, _widget_params(**FAST))
+    assert "long.wav lasts 241.0 s" in info.value.message and str(tmp_path) not in info.value.message
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+class _SourceComplainer(_FakePipeline):
+    """Refuses every source, naming the file the studio passed (as the pipeline's own checks do)."""
+
+    def generate(self, request, progress=None):
+        raise AudioError(f"the source audio {request.source_path} is odd")
+
+
+def test_errors_name_the_upload_never_a_server_folder(gr, tmp_path):
+    from songflow.interfaces.studio.app import _user_errors, run_task
+
+    studio = Studio(_SourceComplainer(RuntimeError("unused")), History(tmp_path / "out"))
+    upload = _upload(tmp_path, "my take.wav", 1.0)
+    with pytest.raises(gr.Error) as info:
+        run_task(studio, "repaint", {"tags": "rock", "source_path": str(upload), "end_s": 0.5}, {})
+    assert info.value.message == "the source audio my take.wav is odd"
+    assert list((tmp_path / "out").iterdir()) == []
+
+    def bad_value():
+        raise RequestFieldError(("params", "n_min_frac"), "n_min_frac 0.7 must be < n_max_frac 0.5")
+
+    with pytest.raises(gr.Error) as info:  # fields are named by their labels, not their code names
+        _user_errors(bad_value)
+    assert info.value.message == "N min (0-1) 0.7 must be < N max (0-1) 0.5"
+
+    temp = gr.utils.get_upload_folder()
+
+    def broken():
+        raise RuntimeError(f"cannot open {temp}/0a1b2c/song for you.wav now")
+
+    with pytest.raises(gr.Error) as info:
+        _user_errors(broken)
+    assert temp not in info.value.message and "0a1b2c" not in info.value.message
 
 
 def test_ui_command_line(tmp_path, capsys):

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from songflow.checkpoint import device as device_mod
 from songflow.checkpoint.acestep_v1 import (
     CHECKPOINT_FILES,
     CHECKPOINT_FOLDERS,
@@ -291,7 +292,13 @@ def test_save_component_roundtrip(tmp_path):
     assert json.loads((tmp_path / "plain" / "config.json").read_text()) == {"in": 2}
 
 
-def test_resolve_device_and_dtype():
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Pretend the CPU has native bf16, so dtype plumbing is tested the same on every CPU."""
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+
+
+def test_resolve_device_and_dtype(native_bf16):
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     with pytest.raises(ConfigError, match="unknown device"):
@@ -307,6 +314,57 @@ def test_resolve_device_and_dtype():
         resolve_dtype("float8", "cpu")
 
 
+def test_cpu_bf16_kept_only_with_native_bf16(monkeypatch, caplog):
+    """bf16 on a CPU without AVX512-BF16/AMX is emulated and many times slower: float32 and one warning."""
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger=device_mod.__name__):
+        assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert not caplog.records
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger=device_mod.__name__):
+        assert resolve_dtype("bfloat16", "cpu") == torch.float32
+        assert resolve_dtype("float16", "cpu") == torch.float16  # only bf16 is redirected
+        assert resolve_dtype("auto", "cpu") == torch.float32
+    assert len(caplog.records) == 1 and "no native bfloat16" in caplog.records[0].getMessage()
+
+
+def test_pipeline_load_in_bf16_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
+    from songflow.families import load_pipeline
+
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        pipe = load_pipeline(None, device="cpu", dtype="bfloat16")  # the shipped songflow-tiny
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.float32}
+    assert sum("no native bfloat16" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n", False),
+        (None, None),  # no /proc/cpuinfo: torch's capability decides
+    ],
+)
+def test_cpu_has_native_bf16_reads_cpuinfo_flags(tmp_path, monkeypatch, cpuinfo, expected):
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    monkeypatch.setattr(device_mod, "_CPUINFO", path)
+    device_mod.cpu_has_native_bf16.cache_clear()
+    try:
+        if expected is None:
+            monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+            assert device_mod.cpu_has_native_bf16() is False
+            device_mod.cpu_has_native_bf16.cache_clear()
+            monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+            expected = True
+        assert device_mod.cpu_has_native_bf16() is expected
+    finally:
+        device_mod.cpu_has_native_bf16.cache_clear()
+
+
 # ------------------------------------------------------------------------------------------------------
 # the golden tiny checkpoint
 # ------------------------------------------------------------------------------------------------------
@@ -317,7 +375,7 @@ def _file_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_golden_checkpoint_loads(golden_models_dir, dtype):
+def test_golden_checkpoint_loads(golden_models_dir, dtype, native_bf16):
     name = "float32" if dtype == torch.float32 else "bfloat16"
     ckpt = load_checkpoint(golden_models_dir, dtype=name, device="cpu")
     assert ckpt.root == golden_models_dir.resolve()
@@ -379,7 +437,7 @@ def test_vocoder_mel_buffers_are_optional(golden_models_dir, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_vocoder_buffers_computed_at_construction_survive_the_load(tmp_path, dtype):
+def test_vocoder_buffers_computed_at_construction_survive_the_load(tmp_path, dtype, native_bf16):
     import dataclasses
 
     from songflow.models.acestep_v1.vocoder import Vocoder, VocoderConfig

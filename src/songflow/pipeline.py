@@ -129,6 +129,8 @@ class Pipeline:
         self.family: Any = None
         self.checkpoint_root: Path | None = None
         self._loras: tuple[tuple[str, float], ...] = ()
+        # the waveforms load_source read during the current request: path -> (wav [2, N], rate)
+        self._sources: dict[str, tuple[Tensor, int]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -159,7 +161,8 @@ class Pipeline:
         return spec
 
     def load_source(self, path: str, *, what: str, allow_long: bool = False) -> Tensor:
-        """Read an audio file and encode it: latents [1, 8, 16, L] on the pipeline's device."""
+        """Read an audio file and encode it: latents [1, 8, 16, L] on the pipeline's device. The waveform
+        is kept for :meth:`source_audio` until the request is finished."""
         from songflow.audio.io import load_audio, to_stereo
 
         wav, sr = load_audio(path)
@@ -180,8 +183,21 @@ class Pipeline:
                 f"the {what} {path} lasts {wav.shape[-1] / sr:.1f} s; this task handles up to "
                 f"{self.geometry.max_duration_s:.0f} s (cut it, or use extend to grow a song past that)"
             )
+        self._sources[path] = (wav.float().cpu(), sr)
         with self.placement.on_device(self.codec), torch.inference_mode():
             return self.codec.encode(wav[None].to(self.device, self.dtype), sample_rate_hz=sr).float()
+
+    def source_audio(self, path: str) -> Tensor:
+        """The source ``path`` as :meth:`load_source` read it, ``[2, N]`` float32 on the CPU at
+        ``output_sample_rate_hz`` (the file's own samples at that rate; else the codec's resampler)."""
+        from songflow.audio.io import load_audio, to_stereo
+        from songflow.audio.resample import resample
+
+        if path not in self._sources:
+            wav, sr = load_audio(path)
+            self._sources[path] = (to_stereo(wav).float(), sr)
+        wav, sr = self._sources[path]
+        return resample(wav, sr, self.output_sample_rate_hz)
 
     def encode_text(self, tags: str, batch: int, with_erg: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """UMT5 states [B, Lt, Dt], mask [B, Lt] and (if ``with_erg``) the ERG-tag null states."""
@@ -299,12 +315,16 @@ class Pipeline:
 
         # 2. the task's plan(s) over the one sampling loop (the task reads its source audio itself)
         t0 = time.perf_counter()
-        with self.placement.on_device(self.transformer), torch.inference_mode():
-            latents = spec.run(self, request, ctx, progress)
-        timings["diffusion"] = time.perf_counter() - t0
+        self._sources.clear()
+        try:
+            with self.placement.on_device(self.transformer), torch.inference_mode():
+                latents = spec.run(self, request, ctx, progress)
+            timings["diffusion"] = time.perf_counter() - t0
 
-        # 3. back to audio
-        audio = self._to_audio(latents, timings)
+            # 3. back to audio, at the task's exact length
+            audio = self._finish(spec, request, self._to_audio(latents, timings), latents)
+        finally:
+            self._sources.clear()
         return Result(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
 
     def generate_many(
@@ -339,15 +359,23 @@ class Pipeline:
             latents = run_initial_noise(ctx, initial, progress)
         timings["diffusion"] = time.perf_counter() - t0
 
-        # 3. back to audio, split per request
+        # 3. back to audio, split per request, each at its task's exact length
         audio = self._to_audio(latents, timings)
         latents = latents.float().cpu()
         results, start = [], 0
         for r in resolved:
             part = slice(start, start + r.params.batch_size)
-            results.append(Result(audio[part], self.output_sample_rate_hz, latents[part], r, dict(timings)))
+            out = self._finish(spec_for(r.task), r, audio[part], latents[part])
+            results.append(Result(out, self.output_sample_rate_hz, latents[part], r, dict(timings)))
             start += r.params.batch_size
         return results
+
+    def _finish(self, spec: TaskSpec, request: Request, audio: Tensor, latents: Tensor) -> Tensor:
+        """The task's output from its decoded ``audio`` (docs/reference_behaviour.md#r22, #r23); the
+        decoded audio itself with ``legacy_output_length`` or for a task without a finisher."""
+        if spec.finish is None or request.params.legacy_output_length:
+            return audio
+        return spec.finish(self, request, audio, latents).contiguous()
 
     def _check_batch(self, requests: Sequence[Request]) -> list[Request]:
         """The requests with their seeds resolved, if they may share one sampling run."""

@@ -8,20 +8,27 @@ exactly. Defaults follow the official ACE-Step ``__call__``, except where noted.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from songflow.audio.geometry import LatentGeometry
 from songflow.errors import ConfigError
 from songflow.sampling.guidance import GUIDANCE_TYPES as GUIDANCE_NAMES
 from songflow.sampling.guidance import GuidanceKind
 from songflow.sampling.steppers import SAMPLERS as SAMPLER_NAMES
 from songflow.sampling.steppers import Sampler
+from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
 
 MAX_STEPS = 1000
 MAX_BATCH = 64
 MAX_TAGS_CHARS = 4096
 MAX_EXTEND_S = 3600.0
+#: the longest song one run generates (the ACE-Step v1 window); extend grows songs past it in windows
+MAX_DURATION_S = LatentGeometry().max_duration_s
 # metadata keys of a number field's bounds (checked by ``_check_numbers``; the REST schema shows them)
 _BOUND_KEYS = ("ge", "gt", "le", "lt")
 _SEEDS: dict[str, Any] = {"min_length": 1, "items": {"ge": 0, "lt": 2**63}}
@@ -55,32 +62,79 @@ class GenerationParams:
       likewise draws ping-pong noise for the whole batch from the first seed's generator, as the reference.
     - ``legacy_heun_interval`` True reproduces the reference counting the guidance interval over Heun's
       2N-1 evaluations with N; False (default) decides guidance per step, for both Heun evaluations.
+    - ``legacy_output_length`` True returns the decoded audio at the reference's length (whole latent
+      frames); False (default) gives exactly the requested or source length (docs/reference_behaviour.md#r22).
     """
 
-    steps: int = field(default=60, metadata={"ge": 1, "le": MAX_STEPS})
-    sampler: Sampler = "euler"
-    shift: float = field(default=3.0, metadata={"gt": 0})
-    guidance: GuidanceKind = "apg"
-    guidance_scale: float = field(default=15.0, metadata={"ge": 0})
-    guidance_interval: float = field(default=0.5, metadata={"ge": 0.0, "le": 1.0})
-    guidance_interval_decay: float = 0.0
-    min_guidance_scale: float = 3.0
-    guidance_scale_text: float = 0.0
-    guidance_scale_lyric: float = 0.0
-    omega_scale: float = 10.0
-    use_erg_tag: bool = True
-    use_erg_lyric: bool = True
-    use_erg_diffusion: bool = True
-    step_indices: tuple[int, ...] = field(default=(), metadata=_STEP_INDICES)
-    seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
-    batch_size: int = field(default=1, metadata={"ge": 1, "le": MAX_BATCH})
-    legacy_double_shift: bool = True
-    omega_mean_over: Literal["sample", "batch"] = "sample"
-    legacy_batch_noise: bool = False
-    legacy_heun_interval: bool = False
+    steps: int = field(
+        default=60, metadata={"ge": 1, "le": MAX_STEPS, "help": "diffusion steps (more: slower, finer)"}
+    )
+    sampler: Sampler = field(default="euler", metadata={"help": "sampler (scheduler_type)"})
+    shift: float = field(
+        default=3.0,
+        metadata={"gt": 0, "help": "sigma schedule shift (higher spends more steps at high noise)"},
+    )
+    guidance: GuidanceKind = field(default="apg", metadata={"help": "guidance kind (cfg_type)"})
+    guidance_scale: float = field(
+        default=15.0, metadata={"ge": 0, "help": "classifier-free guidance strength (0 = unguided)"}
+    )
+    guidance_interval: float = field(
+        default=0.5,
+        metadata={"ge": 0.0, "le": 1.0, "help": "fraction of the steps, centred, that are guided"},
+    )
+    guidance_interval_decay: float = field(
+        default=0.0, metadata={"help": "decay of the guidance scale over the interval (0 = constant)"}
+    )
+    min_guidance_scale: float = field(
+        default=3.0, metadata={"help": "the guidance scale that the decay ends at"}
+    )
+    guidance_scale_text: float = field(
+        default=0.0, metadata={"help": "extra guidance on the tags alone (0 = off)"}
+    )
+    guidance_scale_lyric: float = field(
+        default=0.0, metadata={"help": "extra guidance on the lyrics alone (0 = off)"}
+    )
+    omega_scale: float = field(default=10.0, metadata={"help": "omega (mean shift) scale of the sampler"})
+    use_erg_tag: bool = field(default=True, metadata={"help": "entropy-rescaled guidance on the tag encoder"})
+    use_erg_lyric: bool = field(
+        default=True, metadata={"help": "entropy-rescaled guidance on the lyric encoder"}
+    )
+    use_erg_diffusion: bool = field(
+        default=True, metadata={"help": "entropy-rescaled guidance in the diffusion model"}
+    )
+    step_indices: tuple[int, ...] = field(
+        default=(),
+        metadata={**_STEP_INDICES, "help": "only these 1-based steps of the schedule (oss_steps; not heun)"},
+    )
+    seeds: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            **_SEEDS,
+            "help": "one seed, or one per batch item (default: random, written to the sidecar)",
+        },
+    )
+    batch_size: int = field(
+        default=1, metadata={"ge": 1, "le": MAX_BATCH, "help": "songs generated together, one file each"}
+    )
+    legacy_double_shift: bool = field(
+        default=True, metadata={"help": "shift the sigma schedule twice, as the reference does"}
+    )
+    omega_mean_over: Literal["sample", "batch"] = field(
+        default="sample", metadata={"help": "omega mean per sample, or over the batch as the reference"}
+    )
+    legacy_batch_noise: bool = field(
+        default=False,
+        metadata={"help": "ping-pong noise from the first seed for the whole batch (reference)"},
+    )
+    legacy_heun_interval: bool = field(
+        default=False, metadata={"help": "count the guidance interval over Heun's evaluations (reference)"}
+    )
+    legacy_output_length: bool = field(  # docs/reference_behaviour.md#r22
+        default=False, metadata={"help": "return the decoded length, not the exact one (reference)"}
+    )
 
     def __post_init__(self) -> None:
-        _check_numbers(self)
+        _check_fields(self)
         if self.sampler not in SAMPLER_NAMES:
             raise RequestFieldError(
                 ("sampler",), f"unknown sampler {self.sampler!r}; choose one of {list(SAMPLER_NAMES)}"
@@ -110,16 +164,87 @@ class GenerationParams:
                     ("step_indices",),
                     "step_indices (oss_steps) work with the euler and pingpong samplers, not heun",
                 )
-        _check_seeds("seeds", self.seeds)
+        _check_seeds("seeds", self.seeds, self.batch_size)
 
 
-def _check_seeds(name: str, seeds: tuple[int, ...] | None) -> None:
+def _check_seeds(name: str, seeds: tuple[int, ...] | None, batch_size: int) -> None:
+    """A seed list is one seed for every item, or one per batch item (never silently padded)."""
     if seeds is None:
         return
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise RequestFieldError((name,), f"{name} must be a non-empty list of integers, got {seeds!r}")
     if any(not _SEEDS["items"]["ge"] <= s < _SEEDS["items"]["lt"] for s in seeds):
         raise RequestFieldError((name,), f"{name} must be in [0, 2**63)")
+    if len(seeds) not in (1, batch_size):
+        raise RequestFieldError(
+            (name,),
+            f"{name} has {len(seeds)} seeds for batch_size {batch_size}; give one seed or {batch_size}",
+        )
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type ``hint`` exactly: no bool for an int, no int or str for a bool."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (types.UnionType, typing.Union):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return isinstance(value, tuple) and all(_type_ok(v, args[0]) for v in value)
+        return isinstance(value, tuple) and len(value) == len(args) and all(map(_type_ok, value, args))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a text"}
+    return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+def _check_fields(obj: Any) -> None:
+    """The one validator of every request dataclass: each field's type (from its type hint, strictly),
+    then the bounds and lengths in its metadata (``ge``/``gt``/``le``/``lt``, ``min_length``/``max_length``,
+    the names the REST schema uses)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        hint = hints[f.name]
+        if not _type_ok(value, hint):
+            if typing.get_origin(hint) is Literal and isinstance(value, str):
+                raise RequestFieldError(
+                    (f.name,), f"unknown {f.name} {value!r}; choose one of {list(typing.get_args(hint))}"
+                )
+            raise RequestFieldError((f.name,), f"{f.name} must be {_describe(hint)}, got {value!r}")
+        if isinstance(value, str) and len(value) > f.metadata.get("max_length", math.inf):
+            raise RequestFieldError(
+                (f.name,),
+                f"{f.name} is {len(value)} characters long; the limit is {f.metadata['max_length']}",
+            )
+    _check_numbers(obj)
 
 
 def _check_numbers(obj: Any) -> None:
@@ -164,10 +289,10 @@ def _check_number(
     if integer:
         what = "an integer" + (f" in {interval}" if low is not None and high is not None else "")
         what += f" >= {ge}" if high is None and ge is not None else ""
+    elif gt == 0:
+        what = "a positive number" + (f" of {unit}" if unit else "") + (f" up to {high}" if high else "")
     elif low is not None and high is not None:
         what = f"in {interval}"
-    elif gt == 0 and high is None:
-        what = "a positive number" + (f" of {unit}" if unit else "")
     elif low is not None:
         what = f"a number {'>=' if ge is not None else '>'} {low}"
     else:
@@ -179,21 +304,35 @@ def _check_number(
 class LoraRef:
     """A LoRA adapter to apply: a folder (or ``.safetensors`` file) and its weight (0 = off)."""
 
-    path: str
-    weight: float = field(default=1.0, metadata={"ge": -10.0, "le": 10.0})
+    path: str = field(metadata={"min_length": 1, "help": "LoRA folder or .safetensors file"})
+    weight: float = field(default=1.0, metadata={"ge": -10.0, "le": 10.0, "help": "LoRA weight (0 = off)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
             raise RequestFieldError(("path",), "a LoRA needs a path")
-        _check_numbers(self)
+        _check_fields(self)
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Request:
     """Fields every task has: the style tags, the lyrics, sampler settings and LoRA adapters."""
 
-    tags: str = field(metadata={"min_length": 1, "max_length": MAX_TAGS_CHARS})
-    lyrics: str = ""
+    tags: str = field(
+        metadata={
+            "min_length": 1,
+            "max_length": MAX_TAGS_CHARS,
+            "label": "Tags",
+            "help": "style tags, e.g. 'funk, pop, 105 BPM, energetic, guitar'",
+        }
+    )
+    lyrics: str = field(
+        default="",
+        metadata={
+            "max_length": MAX_LYRICS_CHARS,
+            "label": "Lyrics",
+            "help": "lyrics with [verse]/[chorus] tags; empty or [inst] for an instrumental",
+        },
+    )
     params: GenerationParams = field(default_factory=GenerationParams)
     loras: tuple[LoraRef, ...] = ()
 
@@ -202,20 +341,18 @@ class _Request:
             raise RequestFieldError(
                 ("tags",), "tags must be a non-empty text, e.g. 'funk, pop, 105 BPM, energetic, guitar'"
             )
-        if len(self.tags) > MAX_TAGS_CHARS:
-            raise RequestFieldError(
-                ("tags",), f"tags are {len(self.tags)} characters long; the limit is {MAX_TAGS_CHARS}"
-            )
-        if not isinstance(self.lyrics, str):
-            raise RequestFieldError(("lyrics",), "lyrics must be text")
         if not isinstance(self.params, GenerationParams):
             raise RequestFieldError(("params",), "params must be a GenerationParams")
-        _check_numbers(self)
+        _check_fields(self)
 
 
 def _check_source(name: str, path: Any) -> None:
     if not isinstance(path, str) or not path.strip():
         raise RequestFieldError((name,), f"{name} must name an audio file")
+
+
+_RETAKE_SEEDS_HELP = "seeds of the new noise, one or one per batch item (default: random)"
+_SOURCE_HELP = "the audio file to work on"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,7 +364,16 @@ class Text2Music(_Request):
     """
 
     task: ClassVar[str] = "text2music"
-    duration_s: float = field(default=60.0, metadata={"gt": 0, "unit": "seconds"})
+    duration_s: float = field(
+        default=60.0,
+        metadata={
+            "gt": 0,
+            "le": MAX_DURATION_S,
+            "unit": "seconds",
+            "label": "Duration (s)",
+            "help": f"length of the song in seconds (at most {MAX_DURATION_S:g})",
+        },
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,12 +385,16 @@ class Retake(Text2Music):
     """
 
     task: ClassVar[str] = "retake"
-    variance_frac: float = field(default=0.2, metadata=_FRACTION)
-    retake_seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
+    variance_frac: float = field(
+        default=0.2, metadata={**_FRACTION, "help": "how far from the original: 0 same song, 1 a new one"}
+    )
+    retake_seeds: tuple[int, ...] | None = field(
+        default=None, metadata={**_SEEDS, "help": _RETAKE_SEEDS_HELP}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_seeds("retake_seeds", self.retake_seeds)
+        _check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,11 +402,22 @@ class Repaint(_Request):
     """Regenerate the window [start_s, end_s) of ``source_path``; everything outside is kept."""
 
     task: ClassVar[str] = "repaint"
-    source_path: str
-    start_s: float = field(default=0.0, metadata={"ge": 0.0})
-    end_s: float = field(default=30.0, metadata={"ge": 0.0})
-    variance_frac: float = field(default=0.2, metadata=_FRACTION)
-    retake_seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    start_s: float = field(
+        default=0.0, metadata={"ge": 0.0, "unit": "seconds", "help": "start of the window to regenerate (s)"}
+    )
+    end_s: float = field(
+        default=30.0, metadata={"ge": 0.0, "unit": "seconds", "help": "end of the window to regenerate (s)"}
+    )
+    variance_frac: float = field(
+        default=0.2, metadata={**_FRACTION, "help": "how far the window moves from the source: 0 to 1"}
+    )
+    keep_source_samples: bool = field(  # docs/reference_behaviour.md#r23
+        default=True, metadata={"help": "original samples outside the window (False: decoded only)"}
+    )
+    retake_seeds: tuple[int, ...] | None = field(
+        default=None, metadata={**_SEEDS, "help": _RETAKE_SEEDS_HELP}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -265,7 +426,7 @@ class Repaint(_Request):
             raise RequestFieldError(
                 ("end_s",), f"the repaint window is empty: end_s {self.end_s} <= start_s {self.start_s}"
             )
-        _check_seeds("retake_seeds", self.retake_seeds)
+        _check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,17 +437,38 @@ class Extend(_Request):
     """
 
     task: ClassVar[str] = "extend"
-    source_path: str
-    left_s: float = field(default=0.0, metadata={"ge": 0.0, "le": MAX_EXTEND_S})
-    right_s: float = field(default=30.0, metadata={"ge": 0.0, "le": MAX_EXTEND_S})
-    retake_seeds: tuple[int, ...] | None = field(default=None, metadata=_SEEDS)
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    left_s: float = field(
+        default=0.0,
+        metadata={
+            "ge": 0.0,
+            "le": MAX_EXTEND_S,
+            "unit": "seconds",
+            "help": "seconds to add before the source",
+        },
+    )
+    right_s: float = field(
+        default=30.0,
+        metadata={
+            "ge": 0.0,
+            "le": MAX_EXTEND_S,
+            "unit": "seconds",
+            "help": "seconds to add after the source",
+        },
+    )
+    keep_source_samples: bool = field(  # docs/reference_behaviour.md#r23
+        default=True, metadata={"help": "original samples outside the window (False: decoded only)"}
+    )
+    retake_seeds: tuple[int, ...] | None = field(
+        default=None, metadata={**_SEEDS, "help": _RETAKE_SEEDS_HELP}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_source("source_path", self.source_path)
         if self.left_s == 0 and self.right_s == 0:
             raise RequestFieldError(("right_s",), "extend needs left_s > 0 or right_s > 0")
-        _check_seeds("retake_seeds", self.retake_seeds)
+        _check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,8 +476,10 @@ class AudioToAudio(_Request):
     """Restyle ``reference_path`` with the tags/lyrics; ``strength_frac`` 1 returns the reference."""
 
     task: ClassVar[str] = "audio2audio"
-    reference_path: str
-    strength_frac: float = field(default=0.5, metadata=_FRACTION)
+    reference_path: str = field(metadata={"min_length": 1, "help": "the audio file to restyle"})
+    strength_frac: float = field(
+        default=0.5, metadata={**_FRACTION, "help": "how much of the reference is kept: 0 to 1 (all)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -312,12 +496,21 @@ class Edit(_Request):
     only_lyrics (n_min 0.6, n_max 1.0) and remix (0.2, 0.4)."""
 
     task: ClassVar[str] = "edit"
-    source_path: str
-    target_tags: str | None = None
-    target_lyrics: str | None = None
-    n_min_frac: float = field(default=0.6, metadata=_FRACTION)
-    n_max_frac: float = field(default=1.0, metadata=_FRACTION)
-    n_avg: int = field(default=1, metadata={"ge": 1, "le": 64})
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    target_tags: str | None = field(
+        default=None, metadata={"max_length": MAX_TAGS_CHARS, "help": "the tags the edited song has"}
+    )
+    target_lyrics: str | None = field(
+        default=None,
+        metadata={"max_length": MAX_LYRICS_CHARS, "help": "the lyrics the edited song has (text or @FILE)"},
+    )
+    n_min_frac: float = field(
+        default=0.6, metadata={**_FRACTION, "help": "start of the edited part of the schedule, 0 to 1"}
+    )
+    n_max_frac: float = field(
+        default=1.0, metadata={**_FRACTION, "help": "end of the edited part of the schedule, 0 to 1"}
+    )
+    n_avg: int = field(default=1, metadata={"ge": 1, "le": 64, "help": "noise draws averaged per edit step"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -336,14 +529,28 @@ Request = Text2Music | Retake | Repaint | Extend | AudioToAudio | Edit
 TASKS: dict[str, type] = {c.task: c for c in (Text2Music, Retake, Repaint, Extend, AudioToAudio, Edit)}
 
 
-def _params_from_dict(data: dict[str, Any]) -> GenerationParams:
-    names = {f.name for f in dataclasses.fields(GenerationParams)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RequestFieldError(
-            ("params", unknown[0]),
-            f"unknown generation parameter(s) {unknown}; valid ones are {sorted(names)}",
-        )
+def unknown_key_message(key: str, valid: Any, what: str = "field", where: str = "") -> str:
+    """``unknown field 'duraton_s' (did you mean 'duration_s'?)``; without a close match, the valid names."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid ones are {valid}"
+    return f"unknown {what} {key!r}{where} ({hint})"
+
+
+def _check_keys(
+    data: dict[str, Any], valid: Any, what: str, prefix: tuple[str | int, ...] = (), where: str = ""
+) -> None:
+    for key in data:
+        if key not in valid:
+            raise RequestFieldError((*prefix, key), unknown_key_message(str(key), valid, what, where))
+
+
+def _params_from_dict(data: Any) -> GenerationParams:
+    if not isinstance(data, dict):
+        raise RequestFieldError(("params",), f"params must be a JSON object, got {data!r}")
+    _check_keys(
+        data, {f.name for f in dataclasses.fields(GenerationParams)}, "generation parameter", ("params",)
+    )
     try:
         return GenerationParams(**{k: _tuple(v) for k, v in data.items()})
     except RequestFieldError as exc:
@@ -351,16 +558,20 @@ def _params_from_dict(data: dict[str, Any]) -> GenerationParams:
 
 
 def _loras_from_list(loras: Any) -> tuple[LoraRef, ...]:
+    shape = "loras must be a list of {'path': ..., 'weight': ...}"
     if not isinstance(loras, list | tuple):
-        raise RequestFieldError(("loras",), "loras must be a list of {'path': ..., 'weight': ...}")
+        raise RequestFieldError(("loras",), shape)
     out = []
+    names = {f.name for f in dataclasses.fields(LoraRef)}
     for i, ref in enumerate(loras):
         try:
-            out.append(LoraRef(**ref) if isinstance(ref, dict) else LoraRef(*ref))
-        except TypeError as exc:
-            raise RequestFieldError(
-                ("loras", i), f"loras must be a list of {{'path': ..., 'weight': ...}}: {exc}"
-            ) from exc
+            if isinstance(ref, dict):
+                _check_keys(ref, names, "LoRA field")
+                out.append(LoraRef(**ref))
+            elif isinstance(ref, list | tuple) and 1 <= len(ref) <= 2:
+                out.append(LoraRef(*ref))
+            else:
+                raise RequestFieldError((), f"{shape}, got {ref!r}")
         except RequestFieldError as exc:
             raise exc.under("loras", i) from None
     return tuple(out)
@@ -382,14 +593,10 @@ def request_from_dict(data: dict[str, Any]) -> Request:
     cls = TASKS.get(task)
     if cls is None:
         raise RequestFieldError(("task",), f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-    params = _params_from_dict(data.pop("params", {}) or {})
-    loras = _loras_from_list(data.pop("loras", []) or [])
+    params = _params_from_dict(data.pop("params", None) or {})
+    loras = _loras_from_list(data.pop("loras", None) or [])
     names = {f.name for f in dataclasses.fields(cls)} - {"params", "loras"}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RequestFieldError(
-            (unknown[0],), f"unknown field(s) {unknown} for task {task!r}; valid ones are {sorted(names)}"
-        )
+    _check_keys(data, names, "field", where=f" for task {task!r}")
     missing = sorted(
         f.name
         for f in dataclasses.fields(cls)
@@ -454,7 +661,11 @@ def request_from_official(data: dict[str, Any], *, reference_behaviour: bool = F
     params: dict[str, Any] = {ours: data[off] for off, ours in _OFFICIAL_PARAM_NAMES.items() if off in data}
     seeds = data.get("manual_seeds", data.get("actual_seeds"))
     if seeds not in (None, "", []):
-        params["seeds"] = _official_int_list(seeds)
+        listed = _official_int_list(seeds)
+        batch = params.get("batch_size", 1)
+        if isinstance(batch, int) and 1 < len(listed) < batch:  # the official rule: the last seed repeats
+            listed += (listed[-1],) * (batch - len(listed))
+        params["seeds"] = listed
     if data.get("oss_steps") not in (None, "", []):
         params["step_indices"] = _official_int_list(data["oss_steps"])
     if reference_behaviour:
@@ -463,6 +674,7 @@ def request_from_official(data: dict[str, Any], *, reference_behaviour: bool = F
             omega_mean_over="batch",
             legacy_batch_noise=True,
             legacy_heun_interval=True,
+            legacy_output_length=True,
         )
     return Text2Music(
         tags=data.get("prompt", ""),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from pathlib import Path
 
 import torch
 
@@ -18,6 +20,57 @@ DTYPES: dict[str, torch.dtype] = {
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 DeviceLike = str | torch.device
+
+
+# /proc/cpuinfo flags of the x86 instructions that run bfloat16 matmuls natively (AVX512-BF16, AMX-BF16).
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    """The CPU feature flags listed in ``/proc/cpuinfo`` (Linux), None when it is missing or unreadable."""
+    try:
+        text = _CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags or None
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so CPU bf16 is faster, not many
+    times slower (emulated).
+
+    Reads the ``flags`` of ``/proc/cpuinfo`` on Linux; elsewhere falls back to
+    ``torch.backends.cpu.get_cpu_capability()`` (names with ``BF16`` or ``AMX`` count; ``"AVX2"``,
+    ``"AVX512"``, ``"DEFAULT"`` do not). Cached; tests monkeypatch this function (looked up at call time).
+    """
+    flags = _cpuinfo_flags()
+    if flags is not None:
+        return bool(flags & _BF16_CPU_FLAGS)
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except (AttributeError, RuntimeError):
+        return False
+    return "BF16" in capability or "AMX" in capability
+
+
+def cpu_bf16_fallback_message(what: str) -> str:
+    """The one warning line for bf16 asked for on a CPU without native bf16; ``what`` says what falls back."""
+    return (
+        f"this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag), where bf16 runs many times slower "
+        f"than float32; {what}"
+    )
+
+
+def cpu_bf16_usable(device: DeviceLike) -> bool:
+    """False only for a CPU device without native bf16 (CUDA/MPS decisions are made elsewhere)."""
+    return resolve_device(device).type != "cpu" or cpu_has_native_bf16()
 
 
 def _mps_available() -> bool:
@@ -73,8 +126,9 @@ def resolve_dtype(name: str | torch.dtype, device: DeviceLike) -> torch.dtype:
     """The dtype to run in on ``device``.
 
     ``"auto"``: bfloat16 on CUDA (float16 if the GPU has no bf16), float32 on CPU and MPS (the official
-    pipeline forces float32 on MPS). An explicit bfloat16 becomes float16 on a CUDA GPU without bf16 support
-    and float32 on MPS (bf16 kernels are missing there on many macOS/torch versions); a warning says so.
+    pipeline forces float32 on MPS). An explicit bfloat16 becomes float16 on a CUDA GPU without bf16 support,
+    float32 on MPS (bf16 kernels are missing there on many macOS/torch versions) and float32 on a CPU without
+    native bf16 (:func:`cpu_has_native_bf16`; emulated bf16 is many times slower); one warning says so.
     """
     device = resolve_device(device)
     dtype = parse_dtype(name)
@@ -89,4 +143,7 @@ def resolve_dtype(name: str | torch.dtype, device: DeviceLike) -> torch.dtype:
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             logger.warning("this GPU has no bfloat16 support; using float16")
             return torch.float16
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            logger.warning(cpu_bf16_fallback_message("using float32 instead of bfloat16"))
+            return torch.float32
     return dtype

@@ -168,3 +168,25 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
             "source tree, or pass --checkpoint DIR (e.g. one made by `songflow download`)"
         )
     return root
+
+
+# Demo adapters shipped beside the default model (``assets/songflow-tiny/loras/<name>/``, PEFT layout).
+LORAS_DIR_NAME = "loras"
+
+
+def shipped_loras() -> dict[str, Path]:
+    """The LoRA adapters shipped with the default model, by short name (e.g. ``"waltz-demo"``)."""
+    root = default_model_dir() / LORAS_DIR_NAME
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir()}
+
+
+def resolve_lora(name_or_path: str | Path) -> Path:
+    """The LoRA folder or file a user means: an existing path as given, else a shipped adapter's short name
+    (``--lora waltz-demo:0.8``); anything else is returned as given, for the loader to report."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    shipped = shipped_loras().get(str(name_or_path))
+    return shipped if shipped is not None else path

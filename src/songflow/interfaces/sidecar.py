@@ -17,10 +17,24 @@ from typing import Any
 import torch
 
 from songflow import __version__
+from songflow.config import read_json_object
+from songflow.errors import ConfigError
 from songflow.fileio import atomic_write_text
-from songflow.requests import request_to_dict
+from songflow.requests import request_to_dict, unknown_key_message
 
 SIDECAR_FORMAT_VERSION = 1
+#: every top-level key a sidecar has (``write_sidecar``); reading one refuses any other key by name
+SIDECAR_KEYS = (
+    "songflow_version",
+    "sidecar_format_version",
+    "created",
+    "request",
+    "sources_sha256",
+    "outputs",
+    "sample_rate_hz",
+    "timings_s",
+    "runtime",
+)
 
 
 def sidecar_path(audio_path: Path) -> Path:
@@ -58,3 +72,27 @@ def write_sidecar(path: Path, result, outputs: list[str], runtime: dict[str, Any
         "runtime": {**runtime, "torch": torch.__version__, "python": platform.python_version()},
     }
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """A sidecar written by :func:`write_sidecar`, its keys checked (a typo is named, not dropped).
+
+    The ``request`` inside is checked when it is built (``request_from_dict``), key by key as well.
+    """
+    data = read_json_object(path, "parameters file")
+    if "request" not in data:
+        raise ConfigError(f"{path} is not a songflow parameters file (no 'request' key)")
+    for key in data:
+        if key not in SIDECAR_KEYS:
+            raise ConfigError(f"{path}: {unknown_key_message(key, SIDECAR_KEYS, 'sidecar key')}")
+    version = data.get("sidecar_format_version", SIDECAR_FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version > SIDECAR_FORMAT_VERSION:
+        raise ConfigError(
+            f"{path}: sidecar_format_version {version!r} is not one this songflow reads "
+            f"(up to {SIDECAR_FORMAT_VERSION}); update songflow"
+        )
+    if not isinstance(data["request"], dict):
+        raise ConfigError(f"{path}: 'request' must be a JSON object")
+    if not isinstance(data.get("sources_sha256", {}), dict):
+        raise ConfigError(f"{path}: 'sources_sha256' must be a JSON object")
+    return data

@@ -13,6 +13,7 @@ from torch import Tensor
 from songflow.errors import ConfigError
 from songflow.requests import AudioToAudio
 from songflow.sampling.schedules import audio2audio_sigmas
+from songflow.tasks.output import finish_source_length
 from songflow.tasks.plan import Plan, run_plan
 from songflow.tasks.setup import TaskContext, step_noise_for, stepper_for
 from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, step_progress
@@ -76,4 +77,4 @@ def run_audio2audio(
     return run_plan(plan, callback=step_progress(progress, len(plan.sigmas) - 1))
 
 
-SPEC = TaskSpec("audio2audio", AudioToAudio, run_audio2audio)
+SPEC = TaskSpec("audio2audio", AudioToAudio, run_audio2audio, finish=finish_source_length("reference_path"))

@@ -54,6 +54,7 @@ from songflow.requests import EDIT_PRESETS, Edit, GenerationParams
 from songflow.sampling.guidance import ApgState, GuidanceRule
 from songflow.sampling.loop import GuidedVelocityFn
 from songflow.sampling.steppers import BoundStepper, Stepper, StepperSpec, make_stepper
+from songflow.tasks.output import finish_source_length
 from songflow.tasks.plan import ConditionSet, DiffusionModel, GuidanceSpec, Plan, TextInputs, run_plan
 from songflow.tasks.setup import TaskContext, guidance_for, sigmas_for
 from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, full_run_steps
@@ -423,4 +424,4 @@ def run_edit_request(host: TaskHost, request: Edit, ctx: TaskContext, progress: 
     )
 
 
-SPEC = TaskSpec("edit", Edit, run_edit_request)
+SPEC = TaskSpec("edit", Edit, run_edit_request, finish=finish_source_length("source_path"))

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from songflow.audio.splice import DEFAULT_CROSSFADE_S, keep_span, seconds_to_samples, window
 from songflow.errors import ConfigError
 from songflow.requests import Extend
 from songflow.sampling.noise import randn_per_sample
@@ -46,7 +47,15 @@ from songflow.tasks.repaint import build_masked_plan
 from songflow.tasks.setup import TaskContext
 from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, full_run_steps
 
-__all__ = ["SPEC", "ExtendWindow", "WindowNoiseFn", "plan_extend_windows", "run_extend", "run_extend_request"]
+__all__ = [
+    "SPEC",
+    "ExtendWindow",
+    "WindowNoiseFn",
+    "finish_extend",
+    "plan_extend_windows",
+    "run_extend",
+    "run_extend_request",
+]
 
 WindowNoiseFn = Callable[[int, int], tuple[Tensor, Tensor]]
 """``noise_fn(window_index, n_frames) -> (noise, retake_noise)``, each N(0, 1) ``[B, 8, 16, n_frames]``."""
@@ -248,4 +257,23 @@ def run_extend_request(
     )
 
 
-SPEC = TaskSpec("extend", Extend, run_extend_request)
+def finish_extend(host: TaskHost, request: Extend, audio: Tensor, latents: Tensor) -> Tensor:
+    """The extend's output: exactly ``round(left_s · rate) + source + round(right_s · rate)`` samples.
+
+    The decoded audio is aligned on the source's first sample (at frame ``left_frames``) and cut to that
+    length (silence where the new frames fall short of the requested seconds). With
+    ``keep_source_samples`` the source span is the source's own samples; the joins fade into the new parts
+    (docs/reference_behaviour.md#r22, #r23).
+    """
+    source = host.source_audio(request.source_path)
+    rate, g = host.output_sample_rate_hz, host.geometry
+    n_left = seconds_to_samples(request.left_s, rate)
+    n_right = seconds_to_samples(request.right_s, rate)
+    offset = seconds_to_samples(g.seconds_from_frames(g.frames_from_seconds(request.left_s)), rate)
+    out = window(audio, offset - n_left, n_left + source.shape[-1] + n_right)
+    if not request.keep_source_samples:
+        return out
+    return keep_span(out, source.to(out), n_left, seconds_to_samples(DEFAULT_CROSSFADE_S, rate))
+
+
+SPEC = TaskSpec("extend", Extend, run_extend_request, finish=finish_extend)

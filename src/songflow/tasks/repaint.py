@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from songflow.audio.geometry import LatentGeometry
+from songflow.audio.splice import DEFAULT_CROSSFADE_S, fit_length, seconds_to_samples, splice
 from songflow.errors import ConfigError
 from songflow.requests import GenerationParams, Repaint
 from songflow.sampling.noise import trig_mix
@@ -40,6 +41,7 @@ __all__ = [
     "SPEC",
     "build_masked_plan",
     "build_repaint_plan",
+    "finish_repaint",
     "frame_mask",
     "masked_guidance",
     "repaint_window",
@@ -236,4 +238,33 @@ def run_repaint(host: TaskHost, request: Repaint, ctx: TaskContext, progress: Pr
     return run_plan(plan, callback=step_progress(progress, len(plan.sigmas) - 1))
 
 
-SPEC = TaskSpec("repaint", Repaint, run_repaint)
+def repaint_samples(
+    geometry: LatentGeometry, request: Repaint, n_frames: int, sample_rate_hz: int
+) -> tuple[int, int]:
+    """The samples ``[start, stop)`` at ``sample_rate_hz`` that a repaint takes from the decoded audio: the
+    requested window where the model regenerated it (the frames ``[start_f, end_f)`` begin at or before
+    ``start_s`` and end at or before ``end_s``; after ``end_f`` the decoded audio is the source's)."""
+    _, end_f = repaint_window(geometry, request.start_s, request.end_s, n_frames)
+    start = seconds_to_samples(request.start_s, sample_rate_hz)
+    stop = min(
+        seconds_to_samples(request.end_s, sample_rate_hz),
+        seconds_to_samples(geometry.seconds_from_frames(end_f), sample_rate_hz),
+    )
+    return start, stop
+
+
+def finish_repaint(host: TaskHost, request: Repaint, audio: Tensor, latents: Tensor) -> Tensor:
+    """The repaint's output: the source's length; with ``keep_source_samples`` the source's own samples
+    outside the window, joined to the regenerated audio by equal-power crossfades inside the window
+    (docs/reference_behaviour.md#r22, #r23)."""
+    source = host.source_audio(request.source_path)
+    rate = host.output_sample_rate_hz
+    decoded = fit_length(audio, source.shape[-1])
+    if not request.keep_source_samples:
+        return decoded
+    start, stop = repaint_samples(host.geometry, request, latents.shape[-1], rate)
+    fade = seconds_to_samples(DEFAULT_CROSSFADE_S, rate)
+    return splice(source.to(decoded), decoded, start, stop, fade)
+
+
+SPEC = TaskSpec("repaint", Repaint, run_repaint, finish=finish_repaint)

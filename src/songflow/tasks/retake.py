@@ -8,6 +8,7 @@ from torch import Tensor
 from songflow.errors import ConfigError
 from songflow.requests import Retake
 from songflow.sampling.noise import make_generators, trig_mix
+from songflow.tasks.output import finish_duration
 from songflow.tasks.plan import Plan
 from songflow.tasks.setup import TaskContext
 from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec
@@ -56,4 +57,4 @@ def run_retake(host: TaskHost, request: Retake, ctx: TaskContext, progress: Prog
     return run_initial_noise(ctx, mixed, progress)
 
 
-SPEC = TaskSpec("retake", Retake, run_retake, initial_noise=retake_noise)
+SPEC = TaskSpec("retake", Retake, run_retake, initial_noise=retake_noise, finish=finish_duration)

@@ -43,9 +43,24 @@ class TaskHost(Protocol):
         """Encoder inputs of one prompt, repeated to ``batch``."""
         ...
 
+    @property
+    def output_sample_rate_hz(self) -> int:
+        """The rate of the decoded audio that :data:`FinishFn` receives."""
+        ...
+
+    def source_audio(self, path: str) -> Tensor:
+        """The waveform ``[2, N]`` (float32, CPU) of a source read by :meth:`load_source`, at
+        ``output_sample_rate_hz``: the exact samples when the file has that rate."""
+        ...
+
 
 TaskRunner = Callable[[TaskHost, Any, TaskContext, ProgressFn | None], Tensor]
 """``run(host, request, ctx, progress) -> latents [B, 8, 16, L]``, called under ``torch.inference_mode``."""
+
+FinishFn = Callable[[TaskHost, Any, Tensor, Tensor], Tensor]
+"""``finish(host, request, audio, latents) -> audio``: the decoded ``audio [B, 2, N]`` (at
+``host.output_sample_rate_hz``) of ``latents`` made the task's output: its exact length and, for the
+windowed tasks, the source's own samples outside the window (docs/reference_behaviour.md#r22, #r23)."""
 
 InitialNoiseFn = Callable[[TaskHost, Any, list[torch.Generator], int], Tensor]
 """``initial_noise(host, request, generators, n_frames)``: a batchable task's starting noise."""
@@ -57,12 +72,14 @@ class TaskSpec:
 
     ``initial_noise`` is set for the tasks that ``Pipeline.generate_many`` can run as one text2music batch:
     it gives the request's starting noise from its seed generators (``None``: the task runs alone).
+    ``finish`` turns the decoded audio into the output (``None``: the decoded audio as it is).
     """
 
     name: str
     request_cls: type
     run: TaskRunner
     initial_noise: InitialNoiseFn | None = None
+    finish: FinishFn | None = None
 
     @property
     def batchable(self) -> bool:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from songflow.requests import Text2Music
+from songflow.tasks.output import finish_duration
 from songflow.tasks.plan import Plan, run_plan
 from songflow.tasks.setup import TaskContext, sigmas_for, step_noise_for, stepper_for
 from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, step_progress
@@ -47,4 +48,6 @@ def run_initial_noise(ctx: TaskContext, noise: Tensor, progress: ProgressFn | No
     return run_plan(plan, callback=step_progress(progress, len(plan.sigmas) - 1))
 
 
-SPEC = TaskSpec("text2music", Text2Music, run_text2music, initial_noise=text2music_noise)
+SPEC = TaskSpec(
+    "text2music", Text2Music, run_text2music, initial_noise=text2music_noise, finish=finish_duration
+)

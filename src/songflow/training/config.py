@@ -82,7 +82,7 @@ class DataConfig:
 class ModelConfig:
     checkpoint_dir: str = ""  # official four-folder checkpoint (the base model)
     gradient_checkpointing: bool = False
-    precision: str = "32"  # "32" or "bf16-mixed" (autocast; on CPU it pays off with AVX512-BF16/AMX)
+    precision: str = "32"  # "32" or "bf16-mixed" (autocast on CUDA; on CPU only with AVX512-BF16/AMX)
 
     def __post_init__(self) -> None:
         if self.precision not in ("32", "bf16-mixed"):

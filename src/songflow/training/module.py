@@ -8,11 +8,13 @@ seeded by ``(seed, step, micro-batch, rank)``, so a resumed run repeats the unin
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from songflow.checkpoint import device as device_caps
 from songflow.errors import ConfigError
 from songflow.models.acestep_v1.transformer import ACEStepTransformer
 from songflow.nn import lora as nn_lora
@@ -35,6 +37,20 @@ def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + step * 10_007 + micro * 101) % (2**63 - 1))
     return g
+
+
+logger = logging.getLogger(__name__)
+
+
+def bf16_autocast_enabled(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` autocasts to bf16 on ``device``: on CUDA, and on a CPU only where it computes
+    bf16 natively (AVX512-BF16/AMX); elsewhere bf16 is emulated, many times slower: fp32 and a warning."""
+    if precision != "bf16-mixed" or device.type not in ("cuda", "cpu"):
+        return False
+    if device.type == "cpu" and not device_caps.cpu_has_native_bf16():
+        logger.warning(device_caps.cpu_bf16_fallback_message("model.precision bf16-mixed falls back to fp32"))
+        return False
+    return True
 
 
 class FlowMatchingModule(nn.Module):
@@ -80,12 +96,15 @@ class FlowMatchingModule(nn.Module):
             if transformer.projectors is not None and not cfg.repa.enabled:
                 transformer.projectors.requires_grad_(False)
         transformer.train()
+        self._bf16: dict[torch.device, bool] = {}  # bf16_autocast_enabled per device, decided and logged once
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.transformer.named_parameters() if p.requires_grad]
 
     def _autocast(self, device: torch.device):
-        if self.cfg.model.precision == "bf16-mixed" and device.type in ("cuda", "cpu"):
+        if device not in self._bf16:
+            self._bf16[device] = bf16_autocast_enabled(self.cfg.model.precision, device)
+        if self._bf16[device]:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -8,6 +8,7 @@ Every user error prints one ``error:`` line and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Any
@@ -32,9 +33,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="tiny",
         help="'tiny' or 'full' (3.5B) with random weights; 'songflow-tiny' or a checkpoint folder",
     )
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds of audio")
-    bench.add_argument("--steps", type=int, default=27)
-    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default: 10)")
+    bench.add_argument("--steps", type=int, default=27, help="diffusion steps (default: 27)")
+    bench.add_argument("--batch-size", type=int, default=1, help="songs per run (default: 1)")
     bench.add_argument("--repeats", type=int, default=3, help="timed DiT forwards")
     add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
@@ -84,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or args.verbose:
+            raise
+        print(f"error: no space left on device writing {exc.filename or 'the output'}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

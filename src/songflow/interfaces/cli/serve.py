@@ -37,9 +37,45 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         default=4,
         help="run up to this many compatible queued jobs as one batch; 1 disables batching (default 4)",
     )
+    p.add_argument(
+        "--keep-hours",
+        type=float,
+        default=24.0 * 7,
+        help="delete finished jobs (their audio and uploads too) this many hours after they finished; "
+        "0 keeps them (default 168)",
+    )
+    p.add_argument(
+        "--max-data-mb",
+        type=float,
+        default=10240.0,
+        help="while uploads and outputs exceed this, delete the oldest finished jobs; 0: no limit "
+        "(default 10240)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="a job that was running when the server stopped this many times fails instead of being "
+        "re-queued (default 3)",
+    )
     p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
     p.set_defaults(func=cmd_serve)
     return p
+
+
+def retention_of(args: argparse.Namespace):
+    """The retention settings of the ``--keep-hours``, ``--max-data-mb`` and ``--max-attempts`` flags."""
+    from songflow.interfaces.server.retention import Retention
+
+    if args.keep_hours < 0 or args.max_data_mb < 0:
+        raise SongflowError("--keep-hours and --max-data-mb must not be negative (0: no limit)")
+    if args.max_attempts < 1:
+        raise SongflowError("--max-attempts must be at least 1")
+    return Retention(
+        keep_hours=args.keep_hours or None,
+        max_data_mb=args.max_data_mb or None,
+        max_attempts=args.max_attempts,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -61,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SongflowError("--max-upload-mb must be positive")
     if args.max_batch < 1:
         raise SongflowError("--max-batch must be at least 1")
+    retention = retention_of(args)
     checkpoint = resolve_checkpoint(args.checkpoint)
     pipe = load_pipeline(checkpoint, device=args.device, dtype=args.dtype, offload=args.offload)
     app = create_app(
@@ -71,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         checkpoint_name=checkpoint.resolve().name,
         max_batch=args.max_batch,
+        retention=retention,
     )
     uvicorn.run(app, host=args.host, port=args.port, workers=1)
     return 0

@@ -7,7 +7,9 @@ paths: audio inputs are uploaded (multipart) and the server fills in ``source_pa
 The tasks offered are those of the pipeline's model family (``pipeline.family``) when it carries one.
 
 Endpoints: ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/audio``,
-``DELETE /v1/jobs/{id}``, ``GET /v1/models``, ``GET /health``.
+``DELETE /v1/jobs/{id}`` (cancels an active job, deletes a finished one with its files), ``GET /v1/models``,
+``GET /health``; ``/docs`` is a self-contained page over ``/openapi.json`` (no CDN). Bodies are capped
+before they are parsed (413); the data folder is kept bounded by ``retention``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from fastapi import FastAPI
 
 from songflow.interfaces.server.bodies import install_body_schema
 from songflow.interfaces.server.deps import ServerContext, open_context
+from songflow.interfaces.server.docs import install_docs
+from songflow.interfaces.server.retention import Retention
 from songflow.interfaces.server.routes import ROUTERS
 
 log = logging.getLogger("songflow.server")
@@ -29,9 +33,10 @@ log = logging.getLogger("songflow.server")
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: ServerContext = app.state.context
-    n = context.store.requeue_interrupted()
+    n = context.store.requeue_interrupted(context.retention.max_attempts)
     if n:
         log.info("re-queued %d job(s) interrupted by the last shutdown", n)
+    context.sweeper()
     if context.start_worker:
         context.worker.start()
     try:
@@ -50,6 +55,7 @@ def create_app(
     checkpoint_name: str | None = None,
     max_batch: int = 4,
     start_worker: bool = True,
+    retention: Retention | None = None,
 ) -> FastAPI:
     """The REST app over ``pipeline`` (loaded once; one worker thread runs every job).
 
@@ -57,8 +63,8 @@ def create_app(
     With ``api_key`` every ``/v1`` call needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Queued
     jobs beyond ``max_queue`` get 429, uploads above ``max_upload_mb`` 413. Up to ``max_batch`` compatible
     queued jobs run as one batch, each with the audio it would get alone (1: no batching).
-    ``checkpoint_name`` is shown by ``GET /v1/models``; ``start_worker=False`` only stores jobs (tests).
-    """
+    ``checkpoint_name`` is shown by ``GET /v1/models``; ``start_worker=False`` only stores jobs (tests);
+    ``retention`` bounds the data folder and the restarts of an interrupted job (``retention.py``)."""
     context = open_context(
         pipeline,
         Path(data_dir),
@@ -68,11 +74,13 @@ def create_app(
         max_queue=max_queue,
         max_upload_mb=max_upload_mb,
         start_worker=start_worker,
+        retention=retention,
     )
-    app = FastAPI(title="songflow", version="1", lifespan=_lifespan)
+    app = FastAPI(title="songflow", version="1", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.context = context
     app.state.store, app.state.worker, app.state.data_dir = context.store, context.worker, context.data_dir
     for router in ROUTERS:
         app.include_router(router)
     install_body_schema(app, context.body)
+    install_docs(app)
     return app

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import types
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from fastapi import FastAPI
@@ -146,11 +147,17 @@ def _field_of(exc: SongflowError, data: dict[str, Any]) -> tuple[str | int, ...]
 
 
 def parse_request(
-    adapter: TypeAdapter, pipeline: Any, data: dict[str, Any], upload_fields: dict[str, str]
+    adapter: TypeAdapter,
+    pipeline: Any,
+    data: dict[str, Any],
+    upload_fields: dict[str, str],
+    upload_names: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> Request:
     """Validate ``data`` (schema first, then the request's own checks and the pipeline's); 422 on error.
 
-    A schema error's ``loc`` is the field's path in the body (the union's task tag left out).
+    A schema error's ``loc`` is the field's path in the body (the union's task tag left out); messages
+    name uploads by their client file names (``upload_names``: server path -> name), never a server path.
     """
     _check_uploaded(data, upload_fields)
     try:
@@ -165,7 +172,12 @@ def parse_request(
         request = request_from_dict(data)
         pipeline.check_request(request)
     except SongflowError as exc:
-        raise invalid(_field_of(exc, data), str(exc)) from exc
+        message = str(exc)
+        for path, name in (upload_names or {}).items():
+            message = message.replace(path, repr(name))
+        if data_dir is not None:
+            message = message.replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
+        raise invalid(_field_of(exc, data), message) from exc
     if request.loras:
         raise invalid(("loras",), "loras: LoRA adapters cannot be chosen over the API")
     return request

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter
 
 from songflow.interfaces.server.bodies import body_adapter
 from songflow.interfaces.server.jobs import Job, JobStore, Worker
+from songflow.interfaces.server.retention import Retention, Sweeper
 from songflow.requests import TASKS
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -35,6 +37,8 @@ class ServerContext:
     max_queue: int
     max_upload_mb: float
     start_worker: bool
+    retention: Retention
+    sweeper: Sweeper
 
     @property
     def uploads_dir(self) -> Path:
@@ -50,7 +54,13 @@ class ServerContext:
 
 
 def open_context(
-    pipeline: Any, data_dir: Path, *, checkpoint_name: str | None, max_batch: int, **limits: Any
+    pipeline: Any,
+    data_dir: Path,
+    *,
+    checkpoint_name: str | None,
+    max_batch: int,
+    retention: Retention | None,
+    **limits: Any,
 ) -> ServerContext:
     """Create the data folders, open the job store and make the (not yet started) worker."""
     for sub in ("uploads", "outputs"):
@@ -64,10 +74,23 @@ def open_context(
     supported = set(getattr(family, "tasks", None) or TASKS)
     tasks = tuple(t for t in TASKS if t in supported)
     store = JobStore(data_dir / "jobs.sqlite3")
-    worker = Worker(pipeline, store, data_dir / "outputs", runtime, max_batch=max_batch)
+    retention = retention or Retention()
+    sweeper = Sweeper(store, data_dir, retention)
+    worker = Worker(pipeline, store, data_dir / "outputs", runtime, max_batch=max_batch, sweep=sweeper)
     name = getattr(family, "name", None)
+    adapter = body_adapter(tasks)
     return ServerContext(
-        pipeline, store, worker, data_dir, runtime, name, tasks, body_adapter(tasks), **limits
+        pipeline,
+        store,
+        worker,
+        data_dir,
+        runtime,
+        name,
+        tasks,
+        adapter,
+        **limits,
+        retention=retention,
+        sweeper=sweeper,
     )
 
 
@@ -85,15 +108,24 @@ def get_store(context: Context) -> JobStore:
 Store = Annotated[JobStore, Depends(get_store)]
 
 
-def require_api_key(request: Request, context: Context) -> None:
-    """With an API key set, every ``/v1`` call needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+_WHEN = " (when the server has a key)"
+_BEARER = HTTPBearer(scheme_name="bearer", auto_error=False, description="Authorization: Bearer KEY" + _WHEN)
+_HEADER_KEY = APIKeyHeader(
+    name="X-API-Key", scheme_name="apiKey", auto_error=False, description="X-API-Key: KEY" + _WHEN
+)
+
+
+def require_api_key(
+    context: Context,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    header: Annotated[str | None, Depends(_HEADER_KEY)],
+) -> None:
+    """With an API key set, every ``/v1`` call needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``
+    (an empty ``X-API-Key`` counts as absent, so it does not hide the bearer token)."""
     if context.api_key is None:
         return
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if given is None or not hmac.compare_digest(given.encode(), context.api_key.encode()):
+    given = (header or "").strip() or (bearer.credentials.strip() if bearer is not None else None)
+    if not given or not hmac.compare_digest(given.encode(), context.api_key.encode()):
         raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
 
 

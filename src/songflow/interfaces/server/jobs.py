@@ -2,7 +2,9 @@
 
 Jobs live in ``<data_dir>/jobs.sqlite3`` (WAL). One worker thread per process owns the one pipeline and
 runs queued jobs oldest first; finished audio is written atomically under ``<data_dir>/outputs/<id>/``
-with the reproducibility sidecar. On startup, jobs left ``running`` by a previous process are re-queued.
+with the reproducibility sidecar. On startup, jobs left ``running`` by a previous process are re-queued,
+unless they were already started ``max_attempts`` times (then they fail with the reason). Error messages
+name uploads by their client file names (``scrub``), never by a server path.
 
 Batching: when the oldest queued job can share a sampling run (``songflow.pipeline.batch_key``), the
 worker claims up to ``max_batch`` queued jobs with the same key (oldest first, jobs with other keys keep
@@ -17,14 +19,16 @@ sampling step. A failed job records its error and never stops the worker.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +62,21 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
 # columns added after the first release: (name, SQL type); added to older databases on open
-_LATER_COLUMNS = (("batch_jobs", "INTEGER"),)
+_LATER_COLUMNS = (("batch_jobs", "INTEGER"), ("attempts", "INTEGER"), ("upload_names", "TEXT"))
+# the columns of a job listing (summaries: no request)
+_SUMMARY_COLUMNS = (
+    "id, state, progress, error, outputs, batch_jobs, created_at, started_at, finished_at, "
+    "json_extract(request, '$.task') AS task"
+)
 # how many queued jobs behind the oldest one are looked at for batch-mates
 _BATCH_SCAN = 256
+
+
+def interrupted_error(max_attempts: int) -> str:
+    return (
+        f"the server stopped while this job ran, {max_attempts} time(s); it is not retried again "
+        "(it may be what stops the server)"
+    )
 
 
 class Cancelled(Exception):
@@ -86,6 +102,8 @@ class Job:
     started_at: float | None
     finished_at: float | None
     batch_jobs: int | None = None
+    attempts: int = 0
+    upload_names: dict[str, str] = field(default_factory=dict)  # server path -> client file name
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,7 +136,18 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         batch_jobs=row["batch_jobs"],
+        attempts=row["attempts"] or 0,
+        upload_names=json.loads(row["upload_names"]) if row["upload_names"] else {},
     )
+
+
+def scrub(text: str, names: dict[str, str], data_dir: Path) -> str:
+    """``text`` with every server path replaced: an upload's by its client file name, others by a tag."""
+    for path, name in names.items():
+        text = text.replace(path, repr(name))
+    for prefix in sorted({str(data_dir.resolve()), str(data_dir)}, key=len, reverse=True):
+        text = re.sub(re.escape(prefix) + r"[^\s'\"]*", "<server file>", text)
+    return text
 
 
 def _rows_of(request: dict[str, Any]) -> int:
@@ -152,16 +181,30 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args)
 
-    def requeue_interrupted(self) -> int:
+    def requeue_interrupted(self, max_attempts: int | None = None) -> int:
+        """Re-queue the jobs a stopped process left running; one that has already been started
+        ``max_attempts`` times fails instead (it may be what crashed the process). The count re-queued."""
+        if max_attempts is not None:
+            self._exec(
+                "UPDATE jobs SET state='failed', finished_at=?, error=? "
+                "WHERE state='running' AND COALESCE(attempts, 0) >= ?",
+                (time.time(), interrupted_error(max_attempts), max_attempts),
+            )
         cur = self._exec(
             "UPDATE jobs SET state='queued', progress=0, started_at=NULL, batch_jobs=NULL "
             "WHERE state='running'"
         )
         return cur.rowcount
 
-    def add(self, request: dict[str, Any], uploads: list[str], max_queued: int) -> Job | None:
+    def add(
+        self,
+        request: dict[str, Any],
+        uploads: list[str],
+        max_queued: int,
+        upload_names: dict[str, str] | None = None,
+    ) -> Job | None:
         """Insert a queued job, or return None when ``max_queued`` jobs are already queued."""
-        job_id = uuid.uuid4().hex
+        job_id, now = uuid.uuid4().hex, time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -170,9 +213,9 @@ class JobStore:
                     self._db.execute("ROLLBACK")
                     return None
                 self._db.execute(
-                    "INSERT INTO jobs (id, state, request, uploads, created_at) "
-                    "VALUES (?, 'queued', ?, ?, ?)",
-                    (job_id, json.dumps(request), json.dumps(uploads), time.time()),
+                    "INSERT INTO jobs (id, state, request, uploads, upload_names, created_at, attempts) "
+                    "VALUES (?, 'queued', ?, ?, ?, ?, 0)",
+                    (job_id, json.dumps(request), json.dumps(uploads), json.dumps(upload_names or {}), now),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -194,6 +237,46 @@ class JobStore:
                 "SELECT * FROM jobs WHERE state=? ORDER BY seq DESC LIMIT ?", (state, limit)
             ).fetchall()
         return [_row_to_job(r) for r in rows]
+
+    def summaries(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """Newest-first job summaries (no request): what ``GET /v1/jobs`` lists."""
+        where, args = ("", (limit,)) if state is None else ("WHERE state=? ", (state, limit))
+        rows = self._exec(
+            f"SELECT {_SUMMARY_COLUMNS} FROM jobs {where}ORDER BY seq DESC LIMIT ?", args
+        ).fetchall()
+        out = []
+        for row in rows:
+            item = {k: row[k] for k in row.keys() if k != "outputs"}
+            item["progress"] = round(item["progress"], 4)
+            item["n_outputs"] = len(json.loads(row["outputs"])) if row["outputs"] else 0
+            out.append(item)
+        return out
+
+    def delete(self, job_id: str) -> Job | None:
+        """Remove a finished job's row; returns it (None if there is none or it is not finished)."""
+        with self._lock:
+            row = self._db.execute(
+                "DELETE FROM jobs WHERE id=? AND state IN ('done', 'failed', 'cancelled') RETURNING *",
+                (job_id,),
+            ).fetchone()
+        return _row_to_job(row) if row else None
+
+    def finished_before(self, when: float) -> builtins.list[str]:
+        """Ids of the finished jobs that reached their final state before ``when``, oldest first."""
+        rows = self._exec(
+            "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished_at < ? "
+            "ORDER BY finished_at",
+            (when,),
+        ).fetchall()
+        return [row["id"] for row in rows]
+
+    def referenced_uploads(self) -> set[str]:
+        """The upload paths some stored job still refers to."""
+        rows = self._exec("SELECT uploads FROM jobs WHERE uploads IS NOT NULL").fetchall()
+        return {path for row in rows for path in json.loads(row["uploads"])}
+
+    def ids(self) -> set[str]:
+        return {row["id"] for row in self._exec("SELECT id FROM jobs").fetchall()}
 
     def mean_run_s(self, last: int = 20) -> float | None:
         """Mean wall time (start to finish) of the last ``last`` finished jobs, or None if none ran."""
@@ -217,7 +300,7 @@ class JobStore:
         max_jobs: int,
         max_rows: int = MAX_BATCH,
         key_of: Callable[[dict[str, Any]], Hashable | None] | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Mark the oldest queued job running, with up to ``max_jobs - 1`` later queued jobs whose
         ``key_of(request)`` equals its key (None: never batched), keeping the total of their
         ``batch_size`` within ``max_rows``; return them oldest first ([] when the queue is empty)."""
@@ -232,7 +315,7 @@ class JobStore:
                     return []
                 chosen = [head]
                 key = key_of(json.loads(head["request"])) if key_of is not None and max_jobs > 1 else None
-                if key is not None:
+                if key is not None and key_of is not None:
                     rows = _rows_of(json.loads(head["request"]))
                     later = self._db.execute(
                         "SELECT * FROM jobs WHERE state='queued' AND seq > ? ORDER BY seq LIMIT ?",
@@ -251,8 +334,8 @@ class JobStore:
                 for row in chosen:
                     claimed.append(
                         self._db.execute(
-                            "UPDATE jobs SET state='running', progress=0, started_at=?, batch_jobs=? "
-                            "WHERE id=? RETURNING *",
+                            "UPDATE jobs SET state='running', progress=0, started_at=?, batch_jobs=?, "
+                            "attempts=COALESCE(attempts, 0) + 1 WHERE id=? RETURNING *",
                             (now, len(chosen), row["id"]),
                         ).fetchone()
                     )
@@ -268,7 +351,7 @@ class JobStore:
     def finish(self, job_id: str, state: str, **fields: Any) -> bool:
         """Move a running job to a final state (or back to queued); False if it is no longer running."""
         sets = ["state=?"]
-        args: list[Any] = [state]
+        args: builtins.list[Any] = [state]
         if state in FINISHED_STATES:
             sets.append("finished_at=?")
             args.append(time.time())
@@ -304,6 +387,8 @@ class Worker:
         runtime: dict[str, Any],
         *,
         max_batch: int = 1,
+        sweep: Callable[[], Any] | None = None,
+        sweep_every_s: float = 60.0,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -312,6 +397,9 @@ class Worker:
         self.outputs_dir = outputs_dir
         self.runtime = runtime
         self.max_batch = max_batch
+        self.sweep = sweep  # retention: called from this thread between jobs, every sweep_every_s
+        self.sweep_every_s = sweep_every_s
+        self._last_sweep = time.monotonic()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._resumed = threading.Event()
@@ -370,6 +458,7 @@ class Worker:
                 log.exception("cannot claim the next job")
                 jobs = []
                 self._stop.wait(1.0)
+            self._maybe_sweep()
             if not jobs:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
@@ -386,6 +475,15 @@ class Worker:
                 self.current = ()
                 with self._cancel_lock:
                     self._cancelled.difference_update(job.id for job in jobs)
+
+    def _maybe_sweep(self) -> None:
+        if self.sweep is None or time.monotonic() - self._last_sweep < self.sweep_every_s:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            self.sweep()
+        except Exception:  # retention must never stop the worker
+            log.exception("the retention sweep failed")
 
     def _progress_fn(self, job_ids: list[str]):
         """Progress callback of a run over ``job_ids``: records each live job's progress; raises
@@ -416,15 +514,15 @@ class Worker:
             log.info("jobs %s cancelled", ids)
             return
         except _Shutdown:
-            for job_id in ids:
-                self.store.finish(job_id, "queued", progress=0.0, started_at=None, batch_jobs=None)
+            for job in jobs:
+                self._requeue(job)
             log.info("jobs %s interrupted by shutdown; re-queued", ids)
             return
         except Exception as exc:
             log.warning("a batch of %d jobs failed (%s); running them one at a time", len(jobs), exc)
             for job in jobs:
                 if self._stop.is_set():
-                    self.store.finish(job.id, "queued", progress=0.0, started_at=None, batch_jobs=None)
+                    self._requeue(job)
                 elif not self._is_cancelled(job.id):
                     self.store.finish(job.id, "running", batch_jobs=1)  # it now runs alone
                     self._run(job)
@@ -436,17 +534,23 @@ class Worker:
             try:
                 outputs = self._write_outputs(job.id, result)
             except Exception as exc:
-                self._record_failure(job.id, exc)
+                self._record_failure(job, exc)
                 continue
             self._record_done(job.id, result, outputs)
 
-    def _record_failure(self, job_id: str, exc: BaseException) -> None:
+    def _requeue(self, job: Job) -> None:
+        """Back to the queue after a graceful stop; that run does not count as an attempt."""
+        attempts = max(0, job.attempts - 1)
+        self.store.finish(job.id, "queued", progress=0.0, started_at=None, batch_jobs=None, attempts=attempts)
+
+    def _record_failure(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, SongflowError):
-            self.store.finish(job_id, "failed", error=str(exc))
-            log.info("job %s failed: %s", job_id, exc)
+            message = scrub(str(exc), job.upload_names, self.outputs_dir.parent)
+            self.store.finish(job.id, "failed", error=message)
+            log.info("job %s failed: %s", job.id, exc)
         else:
-            log.error("job %s failed with an internal error", job_id, exc_info=exc)
-            self.store.finish(job_id, "failed", error="internal error")
+            log.error("job %s failed with an internal error", job.id, exc_info=exc)
+            self.store.finish(job.id, "failed", error="internal error")
 
     def _record_done(self, job_id: str, result, outputs: list[str]) -> None:
         timings = {k: round(v, 4) for k, v in result.timings_s.items()}
@@ -470,11 +574,11 @@ class Worker:
             log.info("job %s cancelled", job.id)
             return  # the store already holds state 'cancelled'
         except _Shutdown:
-            self.store.finish(job.id, "queued", progress=0.0, started_at=None)
+            self._requeue(job)
             log.info("job %s interrupted by shutdown; re-queued", job.id)
             return
         except Exception as exc:
-            self._record_failure(job.id, exc)
+            self._record_failure(job, exc)
             return
         self._record_done(job.id, result, outputs)
 

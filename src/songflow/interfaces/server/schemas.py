@@ -31,8 +31,24 @@ class JobView(BaseModel):
     audio_urls: list[str] = Field(description="one download URL per output (add &format=flac etc.)")
 
 
+class JobSummary(BaseModel):
+    """A job in a listing: its state and outputs, not its request (``GET /v1/jobs/{id}`` has that)."""
+
+    id: str
+    task: str | None = Field(description="the request's task")
+    state: JobState
+    progress: float
+    error: str | None
+    n_outputs: int
+    batch_jobs: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    audio_urls: list[str]
+
+
 class JobList(BaseModel):
-    jobs: list[JobView] = Field(description="newest first")
+    jobs: list[JobSummary] = Field(description="newest first")
 
 
 class ModelInfo(BaseModel):
@@ -64,11 +80,11 @@ class ErrorBody(BaseModel):
 
 
 _ERROR_TEXT = {
-    400: "an uploaded file is not readable audio",
+    400: "an uploaded file is not readable audio (named by its client file name)",
     401: "missing or wrong API key",
     404: "no such job (or output index)",
     409: "the job is not in a state that allows this",
-    413: "the upload is larger than the server's limit",
+    413: "the request body or an upload is larger than the server's limit",
     422: "the request breaks the schema; each error's 'loc' names the field",
     429: "the queue is full; retry after Retry-After seconds",
 }

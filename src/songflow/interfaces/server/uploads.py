@@ -4,69 +4,195 @@ that are saved under ``uploads/`` and fill the request's ``source_path``/``refer
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
 
 from songflow.audio.io import load_audio
 from songflow.errors import SongflowError
 from songflow.interfaces.server.bodies import invalid
 from songflow.interfaces.server.deps import ServerContext
+from songflow.interfaces.server.jobs import scrub
 
 # multipart file field -> the request field it fills
 UPLOAD_FIELDS: dict[str, str] = {"source": "source_path", "reference": "reference_path"}
 _SAFE_EXT = re.compile(r"^[a-z0-9]{1,8}$")
+# a JSON request (body or multipart 'request' field) is at most this long: the longest valid request
+# (lyrics and tags at their limits, every character escaped) is well below it
+MAX_JSON_BYTES = 1 << 20
+# JSON nested deeper than this is refused (a valid request nests 3 levels: body, params, a list)
+MAX_JSON_DEPTH = 16
+_FORM_SLACK = 64 * 1024
+_TOO_DEEP = object()  # multipart boundaries and part headers
 
 
 def _too_large(context: ServerContext) -> HTTPException:
-    return HTTPException(413, f"the upload is larger than {context.max_upload_mb:g} MB")
+    return HTTPException(
+        413, f"the upload is larger than {context.max_upload_mb:g} MB", headers={"Connection": "close"}
+    )
+
+
+def _body_too_large(limit: int, what: str = "the request body") -> HTTPException:
+    # Connection: close makes the server drop the rest of the body instead of reading it to the end
+    return HTTPException(
+        413,
+        f"{what} is larger than the server's limit of {limit} bytes",
+        headers={"Connection": "close"},
+    )
+
+
+def _depth(value: Any, limit: int) -> int:
+    """The nesting depth of a parsed JSON value, counting no further than ``limit + 1``."""
+    if isinstance(value, dict | list) and limit >= 0:
+        items = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(v, limit - 1) for v in items), default=0)
+    return 0
+
+
+def _not_finite(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where a parsed JSON value holds NaN or an infinity (Python's json accepts them), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _not_finite(item, (*loc, key))
+        if found is not None:
+            return found
+    return None
 
 
 def parse_json(text: str) -> dict[str, Any]:
+    """The submitted JSON object; 422 for invalid JSON, deep nesting, or a NaN or infinite number."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise invalid((), f"the request is not valid JSON: {exc}", "json_invalid") from exc
+    except RecursionError:
+        data = _TOO_DEEP
+    if data is _TOO_DEEP or _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise invalid((), f"the request nests deeper than {MAX_JSON_DEPTH} levels", "json_invalid")
     if not isinstance(data, dict):
         raise invalid((), "the request must be a JSON object", "dict_type")
+    loc = _not_finite(data)
+    if loc is not None:
+        raise invalid(loc, "numbers must be finite (JSON has no NaN or Infinity)", "finite_number")
     return data
 
 
+def _limited(receive: Callable[[], Awaitable[Message]], limit: int) -> Callable[[], Awaitable[Message]]:
+    """``receive`` that raises 413 as soon as more than ``limit`` body bytes arrived (chunked or not)."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _body_too_large(limit)
+        return message
+
+    return limited
+
+
+def body_limit(request: Request, context: ServerContext) -> int:
+    """The largest body a submission may have: a JSON request, or that plus every upload (multipart)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return MAX_JSON_BYTES + len(UPLOAD_FIELDS) * context.max_upload_bytes + _FORM_SLACK
+    return MAX_JSON_BYTES
+
+
 async def read_submission(request: Request, context: ServerContext) -> tuple[dict[str, Any], FormData | None]:
-    """The request dict and, for a multipart submission, its form (whose files are not saved yet)."""
+    """The request dict and, for a multipart submission, its form (whose files are not saved yet).
+
+    The body is capped before it is parsed (413): by its Content-Length when given, else while it streams
+    in, so an oversized chunked upload is refused once the limit is passed, not after it was spooled.
+    """
+    limit = body_limit(request, context)
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _body_too_large(limit)
+    request = Request(request.scope, receive=_limited(request.receive, limit))
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return parse_json((await request.body()).decode("utf-8", errors="replace")), None
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > context.max_upload_bytes + (1 << 20):
-        raise _too_large(context)
-    form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=8)
+    try:
+        form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=8, max_part_size=MAX_JSON_BYTES)
+    except StarletteHTTPException as exc:  # starlette's 400 for a malformed form
+        if exc.status_code != 400:
+            raise
+        if "maximum size" in str(exc.detail):
+            raise _body_too_large(MAX_JSON_BYTES, "a form field") from None
+        raise invalid((), f"the multipart form is malformed: {exc.detail}", "multipart_invalid") from None
     raw = form.get("request")
     if not isinstance(raw, str):
         raise invalid(("request",), "multipart submissions need a 'request' field (a JSON string)", "missing")
     return parse_json(raw), form
 
 
+def client_name(upload: Any) -> str:
+    """The file name the client gave an upload (no folders, at most 120 characters)."""
+    name = Path(str(upload.filename or "").replace("\\", "/")).name
+    return (name or "upload")[:120]
+
+
 async def save_uploads(
-    form: FormData, data: dict[str, Any], context: ServerContext, saved: list[Path]
+    form: FormData, data: dict[str, Any], context: ServerContext, saved: dict[str, str]
 ) -> None:
-    """Save the form's audio files (appending each to ``saved``) and fill their request fields."""
+    """Save the form's audio files (``saved``: server path -> client file name) and fill their fields."""
     for field_name, target in UPLOAD_FIELDS.items():
         upload = form.get(field_name)
         if upload is None or isinstance(upload, str):
             continue
-        path = await _save_upload(upload, context)
-        saved.append(path)
+        # extend loads its source whole (allow_long); every other task caps it at the model's length
+        path = await _save_upload(upload, field_name, context, saved, data.get("task") == "extend")
         data[target] = str(path)
 
 
-async def _save_upload(upload: Any, context: ServerContext) -> Path:
-    suffix = Path(upload.filename or "").suffix.lower().lstrip(".")
+def check_upload_audio(
+    path: Path, name: str, field_name: str, context: ServerContext, allow_long: bool = False
+) -> None:
+    """Refuse an upload no job could use: unreadable (400), or a sample rate, silence or length that
+    the pipeline would reject when the job runs (422 naming the multipart field); named by ``name``."""
+    from songflow.pipeline import MAX_SOURCE_RATE_HZ, MIN_SOURCE_RATE_HZ
+
+    try:
+        wav, rate = load_audio(path)
+    except SongflowError as exc:
+        message = scrub(str(exc), {str(path): name}, context.data_dir)
+        raise HTTPException(400, f"the uploaded {name!r} is not readable audio: {message}") from exc
+    what = f"the uploaded {name!r}"
+    if not MIN_SOURCE_RATE_HZ <= rate <= MAX_SOURCE_RATE_HZ:
+        message = f"{what} has a sample rate of {rate} Hz; upload audio between {MIN_SOURCE_RATE_HZ} and "
+        raise invalid((field_name,), message + f"{MAX_SOURCE_RATE_HZ} Hz")
+    if wav.numel() == 0 or float(wav.abs().max()) < 1e-4:
+        raise invalid((field_name,), f"{what} is silent; upload a recording with audible sound")
+    codec = getattr(context.pipeline, "codec", None)
+    frames_for = getattr(codec, "latent_frames_for", None)
+    frames = frames_for(wav.shape[-1], rate) if frames_for is not None else None
+    if frames is not None and frames < 1:
+        raise invalid((field_name,), f"{what} is too short ({wav.shape[-1] / rate:.3f} s)")
+    max_frames = getattr(getattr(context.pipeline, "geometry", None), "max_frames", None)
+    if frames is not None and max_frames is not None and not allow_long and frames > max_frames:
+        message = f"{what} lasts {wav.shape[-1] / rate:.1f} s, longer than this task handles"
+        raise invalid((field_name,), message)
+
+
+async def _save_upload(
+    upload: Any, field_name: str, context: ServerContext, saved: dict[str, str], allow_long: bool
+) -> Path:
+    name = client_name(upload)
+    suffix = Path(name).suffix.lower().lstrip(".")
     ext = suffix if _SAFE_EXT.match(suffix) else "bin"
     path = context.uploads_dir / f"{uuid.uuid4().hex}.{ext}"
+    saved[str(path)] = name
     size = 0
     try:
         with open(path, "wb") as f:
@@ -75,12 +201,7 @@ async def _save_upload(upload: Any, context: ServerContext) -> Path:
                 if size > context.max_upload_bytes:
                     raise _too_large(context)
                 f.write(chunk)
-        try:
-            load_audio(path)
-        except SongflowError as exc:
-            raise HTTPException(
-                400, f"the uploaded {upload.filename!r} is not readable audio: {exc}"
-            ) from exc
+        check_upload_audio(path, name, field_name, context, allow_long)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -3,18 +3,23 @@
 ``build_ui(studio)`` is a factory (no module globals): one tab per task the loaded model family runs
 (``pipeline.family.tasks``, in the order of ``songflow.requests.TASKS``), each built from the task's
 dataclass fields (:mod:`songflow.interfaces.studio.form`), shared tags/lyrics with presets, LoRA
-selection, the advanced sampler/guidance settings with the official defaults of the loaded family
-(``pipeline.family.default_params``; the dataclass defaults without a family), an output panel (player,
+selection, the seeds in the main form, the advanced sampler/guidance settings with the official defaults
+of the loaded family (``pipeline.family.default_params``; the dataclass defaults without a family), the
+reference-compatibility switches in their own collapsed section, an output panel (player,
 waveform/spectrogram picture, downloads in every format, progress during generation) and the history of
 outputs (:mod:`songflow.interfaces.studio.engine`), any of which reloads into the form.
 
-Every user error surfaces as a ``gr.Error`` message in the page, never as a traceback.
+Every user error surfaces as a ``gr.Error`` message in the page, never as a traceback, naming fields by
+their labels and uploads by their file names (never a server or temporary folder); an upload is checked as
+soon as it arrives, with a note under its input.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,13 @@ import gradio as gr
 
 from songflow.audio.io import load_audio
 from songflow.errors import SongflowError
-from songflow.interfaces.studio.engine import HistoryEntry, StatusFn, Studio, waveform_spectrogram_image
+from songflow.interfaces.studio.engine import (
+    HistoryEntry,
+    StatusFn,
+    Studio,
+    check_upload,
+    waveform_spectrogram_image,
+)
 from songflow.interfaces.studio.form import (
     AUDIO,
     BOOL,
@@ -33,11 +44,14 @@ from songflow.interfaces.studio.form import (
     INTS,
     LONG_TEXT,
     LYRIC_PRESETS,
+    MAIN_PARAMS,
     TAG_PRESETS,
     FormField,
     common_fields,
     default_values,
+    field_words,
     form_values,
+    is_compat_switch,
     lora_weight_field,
     params_fields,
     task_description,
@@ -58,6 +72,8 @@ TASK_LABELS = {
 HISTORY_HEADERS = ["created", "task", "tags", "seeds", "entry"]
 _CSS = """
 .sf-help {opacity: 0.8}
+.sf-upload-note {font-size: 0.9em; min-height: 0}
+.sf-upload-note .sf-bad {color: #d33}
 .sf-history {max-height: 24em; overflow-y: auto}
 .sf-history table {width: 100%; border-collapse: collapse; font-size: 0.9em}
 .sf-history th, .sf-history td {text-align: left; padding: 0.3em 0.6em; border-bottom: 1px solid #8884}
@@ -116,13 +132,44 @@ def _user_errors(fn: Callable, *args, **kwargs):
     except gr.Error:
         raise
     except SongflowError as exc:
-        raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+        message = client_text(field_words(str(exc)))
+        raise gr.Error(message, title="Cannot do that", print_exception=False) from None
     except Exception as exc:  # a bug: keep the traceback in the server log, not in the page
         log.exception("studio: unexpected failure")
         raise gr.Error(
-            f"generation failed ({type(exc).__name__}: {exc}); the server log has the details",
+            client_text(f"generation failed ({type(exc).__name__}: {exc}); the server log has the details"),
             print_exception=False,
         ) from None
+
+
+def _upload_folders() -> list[str]:
+    """Where Gradio keeps uploads on the server (``GRADIO_TEMP_DIR``, else ``<tmp>/gradio``)."""
+    get = getattr(gr.utils, "get_upload_folder", None)
+    folders = {str(Path(tempfile.gettempdir()) / "gradio"), *([get()] if get else [])}
+    return sorted(folders, key=len, reverse=True)
+
+
+def client_text(text: str) -> str:
+    """``text`` with every path inside Gradio's upload folder cut to the file's own name (the name the
+    user uploaded it under): a message in the page never shows a server or temporary folder."""
+    for folder in _upload_folders():
+        text = re.sub(re.escape(folder.rstrip("/\\")) + r"[/\\][^\s'\"]*", lambda m: Path(m[0]).name, text)
+    return text
+
+
+def upload_note(studio: Studio, task: str, field_name: str, path: str | None) -> str:
+    """The note under an audio input, as soon as a file arrives: what it holds, or why it cannot be used
+    (the checks :meth:`Studio.generate` runs; the upload is named by its file name only). HTML."""
+    if not path:
+        return ""
+    try:
+        text = check_upload(studio.pipeline, task, field_name, str(path))
+    except SongflowError as exc:
+        return f"<span class='sf-bad'>⚠ {html.escape(client_text(str(exc)))}</span>"
+    except Exception:  # a bug: the server log has it; generating will report it again
+        log.exception("studio: checking an upload failed")
+        return "<span class='sf-bad'>⚠ this file could not be checked; the server log has the details</span>"
+    return f"✓ {html.escape(text)}"
 
 
 def history_rows(studio: Studio) -> list[list[str]]:
@@ -226,7 +273,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
         gr.Markdown(_heading(studio))
         with gr.Row():
             with gr.Column(scale=3):
-                tabs, buttons = _prompt_and_tasks(form, studio_tasks(studio))
+                tabs, buttons = _prompt_and_tasks(form, studio)
                 _lora_panel(form, studio)
                 reset = _advanced_panel(form, studio.param_defaults)
             with gr.Column(scale=2):
@@ -342,8 +389,8 @@ class _HistoryPanel:
         )
 
 
-def _prompt_and_tasks(form: _Form, tasks: Sequence[str]) -> tuple[gr.Tabs, dict[str, gr.Button]]:
-    """Tags and lyrics (with presets), then one tab per task with its own fields and its button."""
+def _prompt_and_tasks(form: _Form, studio: Studio) -> tuple[gr.Tabs, dict[str, gr.Button]]:
+    """Tags and lyrics (with presets), the seeds, then one tab per task with its own fields and its button."""
     buttons = {}
     fields = {f.name: f for f in common_fields()}
     presets = {"tags": TAG_PRESETS, "lyrics": LYRIC_PRESETS}
@@ -362,36 +409,62 @@ def _prompt_and_tasks(form: _Form, tasks: Sequence[str]) -> tuple[gr.Tabs, dict[
                     outputs=form.common[name],
                     api_name=False,
                 )
+    _main_params(form, studio.param_defaults)
     with gr.Tabs() as tabs:
-        for task in tasks:
+        for task in studio_tasks(studio):
             with gr.Tab(TASK_LABELS.get(task, task), id=task, elem_id=f"tab-{task}"):
-                gr.Markdown(task_description(task), elem_classes="sf-help")
-                comps = {}
-                for f in task_fields(task):
-                    comps[f.name] = _component(f, f"{task}-{f.name}")
-                if task == "edit":
-                    _edit_presets(comps)
-                form.tasks[task] = comps
-                with gr.Row(elem_id="generate-row"):
-                    buttons[task] = gr.Button(
-                        f"Generate ({TASK_LABELS.get(task, task).lower()})",
-                        variant="primary",
-                        elem_id=f"generate-{task}",
-                    )
+                buttons[task] = _task_tab(form, studio, task)
     return tabs, buttons
 
 
+def _main_params(form: _Form, defaults: GenerationParams | None) -> None:
+    """The sampler settings a musician picks per song (the seeds, how many takes), in the main form."""
+    by_name = {f.name: f for f in params_fields(defaults)}
+    with gr.Row(elem_id="main-params"):
+        for name in MAIN_PARAMS:
+            form.params[name] = _component(by_name[name], f"params-{name}")
+
+
+def _task_tab(form: _Form, studio: Studio, task: str) -> gr.Button:
+    """A task's tab: its description, its fields (each audio input with a note checking the upload as
+    soon as it arrives) and its Generate button."""
+    gr.Markdown(task_description(task), elem_classes="sf-help")
+    comps = {}
+    for f in task_fields(task):
+        comps[f.name] = _component(f, f"{task}-{f.name}")
+        if f.kind == AUDIO:
+            note = gr.HTML("", elem_id=f"{task}-{f.name}-note", elem_classes="sf-upload-note")
+            comps[f.name].change(
+                lambda path, name=f.name: upload_note(studio, task, name, path),
+                inputs=comps[f.name],
+                outputs=note,
+                api_name=False,
+                show_progress="hidden",
+            )
+    if task == "edit":
+        _edit_presets(comps)
+    form.tasks[task] = comps
+    with gr.Row(elem_id="generate-row"):
+        return gr.Button(
+            f"Generate ({TASK_LABELS.get(task, task).lower()})",
+            variant="primary",
+            elem_id=f"generate-{task}",
+        )
+
+
 def _edit_presets(comps: dict) -> None:
+    targets = [comps["n_min_frac"], comps["n_max_frac"]]
     preset = gr.Dropdown(
-        choices=sorted(EDIT_PRESETS),
+        choices=[(key.replace("_", " ").capitalize(), key) for key in sorted(EDIT_PRESETS)],
         value=None,
-        label="Edit preset (sets n min / n max)",
+        label="Edit preset",
+        info=f"Fills in {targets[0].label} and {targets[1].label}.",
         elem_id="edit-preset",
     )
     preset.change(
         lambda name: list(EDIT_PRESETS[name]) if name in EDIT_PRESETS else [gr.skip(), gr.skip()],
         inputs=preset,
-        outputs=[comps["n_min_frac"], comps["n_max_frac"]],
+        outputs=targets,
         api_name=False,
     )
 
@@ -416,14 +489,27 @@ def _lora_panel(form: _Form, studio: Studio) -> None:
 
 
 def _advanced_panel(form: _Form, defaults: GenerationParams | None) -> gr.Button:
-    """The sampler/guidance widgets showing ``defaults`` (the loaded family's), and the reset button."""
+    """The sampler/guidance widgets showing ``defaults`` (the loaded family's), the reference-compatibility
+    switches in their own collapsed section, and the reset button (it resets the seeds too)."""
+    fields = [f for f in params_fields(defaults) if f.name not in MAIN_PARAMS]
     with gr.Accordion("Advanced settings (official defaults)", open=False, elem_id="advanced"):
-        fields = params_fields(defaults)
-        for start in range(0, len(fields), 3):
-            with gr.Row():
-                for f in fields[start : start + 3]:
-                    form.params[f.name] = _component(f, f"params-{f.name}")
-        return gr.Button("Reset to defaults", size="sm", elem_id="params-reset")
+        _param_rows(form, [f for f in fields if not is_compat_switch(f.name)])
+        button = gr.Button("Reset settings and seeds to defaults", size="sm", elem_id="params-reset")
+    with gr.Accordion("Reference compatibility", open=False, elem_id="compat"):
+        gr.Markdown(
+            "Switches that reproduce quirks of the original ACE-Step code (to match its songs exactly) or "
+            "use the corrected behaviour. They do not change the musical settings.",
+            elem_classes="sf-help",
+        )
+        _param_rows(form, [f for f in fields if is_compat_switch(f.name)])
+    return button
+
+
+def _param_rows(form: _Form, fields: Sequence[FormField]) -> None:
+    for start in range(0, len(fields), 3):
+        with gr.Row():
+            for f in fields[start : start + 3]:
+                form.params[f.name] = _component(f, f"params-{f.name}")
 
 
 def _generate_handler(studio: Studio, form: _Form, task: str, after: Callable[[HistoryEntry], dict]):

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
+from songflow.audio.geometry import LatentGeometry
+from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio, to_stereo
 from songflow.errors import AudioError, ConfigError, SongflowError
 from songflow.interfaces.sidecar import sidecar_path, write_sidecar
 from songflow.interfaces.studio.form import build_request
@@ -200,11 +201,16 @@ class Studio:
             f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name.endswith("_path")
         }
         for name, path in uploads.items():
-            _check_upload(name, path)
+            check_upload(self.pipeline, task, name, path)
         with self._lock:
             folder = self.history.new_folder(task)
+            copies = {name: str(folder / _copy_name(path, name)) for name, path in uploads.items()}
+            # messages name an upload by its file name on the user's machine, never a server path
+            client_names = {p: client_name(uploads[n]) for n, p in copies.items()}
+            client_names |= {p: client_name(p) for p in uploads.values()}
             try:
-                copies = {name: _copy_upload(path, folder, name) for name, path in uploads.items()}
+                for name, path in uploads.items():
+                    shutil.copyfile(path, copies[name])
                 request = dataclasses.replace(request, **copies)
                 status(0.0, "encoding the prompt")
 
@@ -214,6 +220,9 @@ class Studio:
                 result = self.pipeline.generate(request, progress=on_step)
                 status(1.0, "writing audio")
                 return self._save(folder, result)
+            except SongflowError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise _renamed(exc, client_names) from exc
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
@@ -229,22 +238,82 @@ class Studio:
         return self.history.get(folder.name)
 
 
-def _check_upload(field_name: str, path: str) -> None:
-    what = field_name.removesuffix("_path").replace("_", " ")
+def client_name(path: str | Path) -> str:
+    """The name a user knows an upload by: its file name (Gradio keeps the uploaded file's own name inside
+    its temporary folder), never the server folder it lies in."""
+    return Path(path).name
+
+
+def _renamed(exc: SongflowError, names: Mapping[str, str]) -> SongflowError:
+    """``exc`` with every path of ``names`` in its message replaced by the name the user knows it by."""
+    text = str(exc)
+    for path in sorted(names, key=len, reverse=True):  # the longest first: a folder is a prefix of its files
+        text = text.replace(path, names[path])
+    if text == str(exc):
+        return exc
     try:
-        load_audio(path)
+        return type(exc)(text)
+    except TypeError:  # an error type with other constructor arguments
+        return SongflowError(text)
+
+
+# task -> its audio inputs that may be longer than one generation window (extend keeps its source whole)
+_LONG_INPUTS = {"extend": frozenset({"source_path"})}
+
+
+def check_upload(pipeline, task: str, field_name: str, path: str) -> str:
+    """Check an uploaded input of ``task`` as the pipeline will when it encodes it (readable, a usable
+    sample rate, not silent, at least one latent frame, at most one generation window unless the task
+    takes long inputs); see :meth:`songflow.pipeline.Pipeline.load_source`.
+
+    Returns:
+        a one-line description of the upload for the page ("take.wav: 12.3 s, 44100 Hz, stereo").
+
+    Raises:
+        AudioError: the upload cannot be used; the message names it by its file name only.
+    """
+    from songflow.pipeline import MAX_SOURCE_RATE_HZ, MIN_SOURCE_RATE_HZ
+
+    name = client_name(path)
+    kind = f"the uploaded {field_name.removesuffix('_path').replace('_', ' ')} audio"
+    what = f"{kind} {name}"
+    try:
+        wav, rate = load_audio(path)
     except AudioError as exc:
-        raise AudioError(f"the uploaded {what} audio cannot be used: {exc}") from exc
+        raise AudioError(f"{kind} cannot be used: {_renamed(exc, {str(path): name})}") from None
+    seconds = wav.shape[-1] / rate
+    if not MIN_SOURCE_RATE_HZ <= rate <= MAX_SOURCE_RATE_HZ:
+        raise AudioError(
+            f"{what} has a sample rate of {rate} Hz; upload audio between {MIN_SOURCE_RATE_HZ} and "
+            f"{MAX_SOURCE_RATE_HZ} Hz (other rates are resampled automatically)"
+        )
+    if to_stereo(wav).abs().max() < 1e-4:
+        raise AudioError(f"{what} is silent; upload a recording with audible sound")
+    geometry = getattr(pipeline, "geometry", None) or LatentGeometry()
+    codec = getattr(pipeline, "codec", None)
+    if hasattr(codec, "latent_frames_for"):
+        frames = codec.latent_frames_for(wav.shape[-1], rate)
+    else:
+        frames = int(seconds * geometry.sample_rate_hz / geometry.samples_per_frame)
+    if frames < 1:
+        shortest = geometry.samples_per_frame / geometry.sample_rate_hz
+        raise AudioError(f"{what} is too short ({seconds:.3f} s); upload at least {shortest:.2f} s")
+    if frames > geometry.max_frames and field_name not in _LONG_INPUTS.get(task, ()):
+        raise AudioError(
+            f"{what} lasts {seconds:.1f} s; this task handles up to {geometry.max_duration_s:.0f} s "
+            "(cut it, or use extend to grow a song past that)"
+        )
+    channels = {1: "mono", 2: "stereo"}.get(wav.shape[0], f"{wav.shape[0]} channels")
+    return f"{name}: {seconds:.1f} s, {rate} Hz, {channels}"
 
 
-def _copy_upload(path: str, folder: Path, field_name: str) -> str:
-    """Copy an uploaded input into the entry (uploads are temporary; the entry must regenerate)."""
+def _copy_name(path: str, field_name: str) -> str:
+    """The file name an uploaded input is kept under in its entry (uploads are temporary; the entry must
+    regenerate): ``source.wav``, ``reference.flac``."""
     suffix = Path(path).suffix.lower()
     if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
         suffix = ".audio"
-    target = folder / f"{field_name.removesuffix('_path')}{suffix}"
-    shutil.copyfile(path, target)
-    return str(target)
+    return f"{field_name.removesuffix('_path')}{suffix}"
 
 
 # -- the waveform + spectrogram picture ----------------------------------------------------------------

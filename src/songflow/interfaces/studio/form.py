@@ -17,7 +17,7 @@ import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO = (
 )
 # fields that are not plain widgets: the sampler settings and the adapters have their own panels
 _NESTED = frozenset({"params", "loras"})
+# GenerationParams fields shown in the main form next to the prompt, not among the advanced settings
+MAIN_PARAMS = ("seeds", "batch_size")
 _ACRONYMS = {"erg": "ERG", "lora": "LoRA", "oss": "OSS", "apg": "APG", "cfg": "CFG"}
 
 
@@ -61,18 +63,77 @@ class FormField:
     high: float | None = None
 
 
-def _label(name: str) -> str:
-    """``duration_s`` -> "Duration (s)", ``n_min_frac`` -> "N min (0-1)", ``use_erg_tag`` -> "Use ERG tag"."""
+# a field's ``unit`` metadata -> the short unit its label shows
+_UNIT_SHORT = {"seconds": "s", "fraction": "0-1", "hertz": "Hz"}
+
+
+def is_compat_switch(name: str) -> bool:
+    """Whether :class:`GenerationParams` field ``name`` is a reference-compatibility switch (``legacy_*``
+    and ``omega_mean_over``): it reproduces or fixes a quirk of the reference code, not a musical choice."""
+    return name.startswith("legacy_") or name == "omega_mean_over"
+
+
+def _words(name: str) -> tuple[str, str]:
+    """``(words, unit)`` of a field name: ``duration_s`` -> ("Duration", "s"), ``source_path`` ->
+    ("Source audio", ""), ``n_min_frac`` -> ("N min", "0-1"), ``use_erg_tag`` -> ("Use ERG tag", "")."""
     unit = ""
     if name.endswith("_path"):
         name = name.removesuffix("_path") + "_audio"
     elif name.endswith("_frac"):
-        name, unit = name.removesuffix("_frac"), " (0-1)"
+        name, unit = name.removesuffix("_frac"), "0-1"
     elif name.endswith("_s"):
-        name, unit = name.removesuffix("_s"), " (s)"
-    words = [_ACRONYMS.get(w, w) for w in name.split("_")]
-    text = " ".join(words)
-    return text[:1].upper() + text[1:] + unit
+        name, unit = name.removesuffix("_s"), "s"
+    text = " ".join(_ACRONYMS.get(w, w) for w in name.split("_") if w)
+    return text[:1].upper() + text[1:], unit
+
+
+def _label(name: str, metadata: Mapping[str, Any] | None = None) -> str:
+    """The widget label: the field's ``label`` metadata, else its humanised name, with its unit (the
+    ``unit`` metadata, else the name's suffix): "Duration (s)", "Variance (0-1)", "Source audio"."""
+    metadata = metadata or {}
+    words, unit = _words(name)
+    unit = _UNIT_SHORT.get(metadata.get("unit", ""), metadata.get("unit")) or unit
+    words = metadata.get("label") or words
+    return f"{words} ({unit})" if unit and f"({unit})" not in words else words
+
+
+def _mention(cls: type, name: str) -> str | None:
+    """How running text names field ``name`` of ``cls`` (its label without the unit, lower case), or None
+    when ``cls`` has no such field."""
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if name not in fields:
+        return None
+    words = re.sub(r"\s*\([^()]*\)$", "", fields[name].metadata.get("label") or _words(name)[0])
+    return words if words[:2].isupper() else words[:1].lower() + words[1:]
+
+
+# parentheticals pointing at code or docs: "(see ``songflow.sampling.schedules.flow_sigmas``)", "(docs/…)"
+_CODE_ASIDE = re.compile(r"\s*\((?:see\s+)?[^()]*(?:``songflow\.|songflow\.[a-z_]+\.|docs/|\.md\b)[^()]*\)")
+_CONSTANT_ASIDE = re.compile(r"\s*\(``[A-Z][A-Z0-9_]*``\)")
+_QUOTED = re.compile(r"``([^`]+)``")
+_SNAKE = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9*]+)+\b")
+_CONSTANT = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+
+
+def plain_text(text: str, cls: type, mention: Callable[[str], str] = str) -> str:
+    """Docstring text in a musician's words: no markup, no module paths or constant names, fields named
+    by their labels (each passed through ``mention``, e.g. to make it bold), other code names as words."""
+
+    def name_of(token: str) -> str:
+        said = _mention(cls, token)
+        if said is not None:
+            return mention(said)
+        if _CONSTANT.fullmatch(token):
+            return token.replace("_", " ").lower()
+        return token.replace("_", " ") if _SNAKE.fullmatch(token) else token
+
+    text = _CONSTANT_ASIDE.sub("", _CODE_ASIDE.sub("", text))
+    text = re.sub(r"``songflow\.[\w.]+``|\bsongflow\.[\w.]+", "", text)
+    text = _QUOTED.sub(lambda m: name_of(m.group(1)), text)
+    text = _SNAKE.sub(lambda m: name_of(m.group(0)), text)
+    text = _CONSTANT.sub(lambda m: name_of(m.group(0)), text)
+    text = re.sub(r"\s+([,.;:)])", r"\1", " ".join(text.split()))
+    return re.sub(r"(?<!e\.g)(?<!i\.e)([.!?] )([a-z])", lambda m: m[1] + m[2].upper(), text)
 
 
 def _doc_chunks(cls: type) -> list[str]:
@@ -90,13 +151,19 @@ def _doc_chunks(cls: type) -> list[str]:
 
 
 def field_help(cls: type, name: str) -> str:
-    """The docstring passage that names ````name```` (the one naming it earliest), without markup."""
-    tag = f"``{name}``"
-    found = [(chunk.index(tag), i, chunk) for i, chunk in enumerate(_doc_chunks(cls)) if tag in chunk]
-    if not found:
-        return ""
-    chunk = min(found)[2]
-    return chunk.replace("``", "")
+    """The help of field ``name`` of ``cls``: its ``help`` metadata, else the docstring passage that names
+    ````name```` (the one naming it earliest), in plain words (:func:`plain_text`); on/off for switches."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    text = fields[name].metadata.get("help", "") if name in fields else ""
+    if not text:
+        tag = f"``{name}``"
+        found = [(chunk.index(tag), i, chunk) for i, chunk in enumerate(_doc_chunks(cls)) if tag in chunk]
+        text = min(found)[2] if found else ""
+    text = plain_text(text, cls)
+    text = re.sub(r"\bTrue\b", "on", re.sub(r"\bFalse\b", "off", text))
+    if text and text[-1] not in ".!?":
+        text += "."
+    return text[:1].upper() + text[1:]
 
 
 def _default_text(f: FormField) -> str:
@@ -106,6 +173,8 @@ def _default_text(f: FormField) -> str:
         return "Empty: random." if f.name.endswith("seeds") else "Empty: not set."
     if f.default == "":
         return "Default: empty."
+    if f.kind == BOOL:
+        return f"Default: {'on' if f.default else 'off'}."
     return f"Default: {f.default}."
 
 
@@ -144,7 +213,7 @@ def _field(cls: type, f: dataclasses.Field, hint: Any) -> FormField | None:
     spec = FormField(
         name=f.name,
         kind=kind,
-        label=_label(f.name),
+        label=_label(f.name, f.metadata),
         help="",
         default=default,
         required=not has_default,
@@ -208,8 +277,9 @@ def lora_weight_field() -> FormField:
 
 def task_description(task: str) -> str:
     """The first paragraph of the task's docstring (shown at the top of its tab)."""
-    doc = inspect.getdoc(_task_class(task)) or ""
-    return " ".join(re.split(r"\n\s*\n", doc)[0].split()).replace("``", "`")
+    cls = _task_class(task)
+    doc = inspect.getdoc(cls) or ""
+    return plain_text(re.split(r"\n\s*\n", doc)[0], cls, mention=lambda words: f"**{words}**")
 
 
 def _task_class(task: str) -> type:
@@ -217,6 +287,20 @@ def _task_class(task: str) -> type:
     if cls is None:
         raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     return cls
+
+
+def field_words(text: str) -> str:
+    """A message with each request field's code name (``duration_s``, ``params.n_min_frac``...) replaced
+    by the label its widget shows ("Duration (s)"); plain words such as "tags" are left alone."""
+    labels = {}
+    for cls in (*TASKS.values(), GenerationParams, LoraRef):
+        for f in form_fields(cls):
+            if "_" in f.name:
+                labels.setdefault(f.name, f.label)
+    if not labels:
+        return text
+    pattern = r"\b(?:params\.)?(" + "|".join(sorted(map(re.escape, labels), key=len, reverse=True)) + r")\b"
+    return re.sub(pattern, lambda m: labels[m[1]], text)
 
 
 # -- widget values <-> field values ------------------------------------------------------------------

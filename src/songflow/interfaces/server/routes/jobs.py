@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from songflow.interfaces.server.bodies import BODY_SCHEMA_NAME, check_task, parse_request, reject_paths
 from songflow.interfaces.server.deps import Context, ExistingJob, ServerContext, Store, require_api_key
 from songflow.interfaces.server.jobs import STATES, Job
+from songflow.interfaces.server.retention import delete_job
 from songflow.interfaces.server.schemas import JobList, JobView, error_responses
 from songflow.interfaces.server.uploads import UPLOAD_FIELDS, read_submission, save_uploads
 from songflow.requests import request_to_dict
@@ -55,11 +56,17 @@ def job_view(job: Job) -> dict[str, Any]:
     """A job as the client sees it: server paths reduced to the upload's file name, download URLs."""
     data = job.to_json()
     data["request"] = {
-        key: "upload:" + Path(value).name if key.endswith("_path") and isinstance(value, str) else value
+        key: "upload:" + job.upload_names.get(value, Path(value).name)
+        if key.endswith("_path") and isinstance(value, str)
+        else value
         for key, value in data["request"].items()
     }
-    data["audio_urls"] = [f"/v1/jobs/{job.id}/audio?index={i}" for i in range(len(job.outputs))]
+    data["audio_urls"] = _audio_urls(job.id, data["n_outputs"])
     return data
+
+
+def _audio_urls(job_id: str, n: int) -> list[str]:
+    return [f"/v1/jobs/{job_id}/audio?index={i}" for i in range(n)]
 
 
 def _queue_full(context: ServerContext) -> HTTPException:
@@ -82,20 +89,20 @@ def _queue_full(context: ServerContext) -> HTTPException:
     openapi_extra=_SUBMIT_BODY,
 )
 async def submit(request: Request, context: Context) -> JSONResponse:
-    uploads: list[Path] = []
+    uploads: dict[str, str] = {}  # server path -> client file name
     try:
         data, form = await read_submission(request, context)
         reject_paths(data, UPLOAD_FIELDS)
         check_task(data, context.tasks, context.family)
         if form is not None:
             await save_uploads(form, data, context, uploads)
-        req = parse_request(context.body, context.pipeline, data, UPLOAD_FIELDS)
-        job = context.store.add(request_to_dict(req), [str(p) for p in uploads], context.max_queue)
+        req = parse_request(context.body, context.pipeline, data, UPLOAD_FIELDS, uploads, context.data_dir)
+        job = context.store.add(request_to_dict(req), list(uploads), context.max_queue, uploads)
         if job is None:
             raise _queue_full(context)
     except BaseException:
         for path in uploads:
-            path.unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)
         raise
     context.worker.notify()
     return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
@@ -109,7 +116,8 @@ def list_jobs(
 ) -> dict[str, Any]:
     if state is not None and state not in STATES:
         raise HTTPException(422, f"state must be one of {list(STATES)}, got {state!r}")
-    return {"jobs": [job_view(j) for j in store.list(state, limit)]}
+    jobs = store.summaries(state, limit)
+    return {"jobs": [{**j, "audio_urls": _audio_urls(j["id"], j["n_outputs"])} for j in jobs]}
 
 
 @router.get("/{job_id}", response_model=JobView, responses=error_responses(401, 404))
@@ -119,9 +127,13 @@ def job_status(job: ExistingJob) -> dict[str, Any]:
 
 @router.delete("/{job_id}", response_model=JobView, responses=error_responses(401, 404, 409))
 def cancel(job: ExistingJob, context: Context) -> dict[str, Any]:
+    """Cancel a queued or running job; delete a finished one with its audio and uploads (then 404)."""
     previous = context.store.cancel(job.id)
-    if previous is None:
-        raise HTTPException(409, f"job {job.id} is {job.state} and cannot be cancelled")
     if previous == "running":
         context.worker.request_cancel(job.id)
-    return job_view(context.store.get(job.id) or job)
+    if previous is not None:
+        return job_view(context.store.get(job.id) or job)
+    deleted = delete_job(context.store, job.id, context.outputs_dir)
+    if deleted is None:  # it started or finished meanwhile
+        raise HTTPException(409, f"job {job.id} changed state; try again")
+    return job_view(deleted)
