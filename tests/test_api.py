@@ -476,3 +476,13 @@ def test_upload_limits_are_checked_at_submission(pipe, tmp_path):
             assert r.json()["detail"][0]["loc"] == ["body", "source"] and "'take.wav'" in r.text, r.text
     assert len(client.get("/v1/jobs").json()["jobs"]) == 1
     assert len(list((tmp_path / "uploads").iterdir())) == 1
+    # a repaint window that starts after the uploaded source ends is refused at submission, not at run time
+    late = {**repaint, "start_s": 5.0, "end_s": 6.0}
+    r = client.post(
+        "/v1/jobs",
+        data={"request": json.dumps(late)},
+        files={"source": ("take.wav", pcm(1.0, 8000), "audio/wav")},
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "start_s"], r.text
+    assert "after the source ends" in r.text
+    assert len(list((tmp_path / "uploads").iterdir())) == 1  # the refused upload is not kept

@@ -145,20 +145,41 @@ def client_name(upload: Any) -> str:
 
 async def save_uploads(
     form: FormData, data: dict[str, Any], context: ServerContext, saved: dict[str, str]
-) -> None:
-    """Save the form's audio files (``saved``: server path -> client file name) and fill their fields."""
+) -> dict[str, int | None]:
+    """Save the form's audio files (``saved``: server path -> client file name) and fill their fields;
+    returns each filled field's length in latent frames (None when the pipeline cannot tell)."""
+    frames: dict[str, int | None] = {}
     for field_name, target in UPLOAD_FIELDS.items():
         upload = form.get(field_name)
         if upload is None or isinstance(upload, str):
             continue
         # extend loads its source whole (allow_long); every other task caps it at the model's length
-        path = await _save_upload(upload, field_name, context, saved, data.get("task") == "extend")
+        path, frames[target] = await _save_upload(
+            upload, field_name, context, saved, data.get("task") == "extend"
+        )
         data[target] = str(path)
+    return frames
+
+
+def check_window(request: Any, frames: dict[str, int | None], context: ServerContext) -> None:
+    """Refuse at submission a repaint window that starts after the uploaded source ends (422 on
+    ``start_s``), the check the job would otherwise fail at run time."""
+    from songflow.errors import ConfigError
+    from songflow.tasks.repaint import repaint_window
+
+    n_frames = frames.get("source_path")
+    geometry = getattr(context.pipeline, "geometry", None)
+    if request.task != "repaint" or n_frames is None or geometry is None:
+        return
+    try:
+        repaint_window(geometry, request.start_s, request.end_s, n_frames)
+    except ConfigError as exc:
+        raise invalid(("start_s",), str(exc)) from exc
 
 
 def check_upload_audio(
     path: Path, name: str, field_name: str, context: ServerContext, allow_long: bool = False
-) -> None:
+) -> int | None:
     """Refuse an upload no job could use: unreadable (400), or a sample rate, silence or length that
     the pipeline would reject when the job runs (422 naming the multipart field); named by ``name``."""
     from songflow.pipeline import MAX_SOURCE_RATE_HZ, MIN_SOURCE_RATE_HZ
@@ -183,11 +204,12 @@ def check_upload_audio(
     if frames is not None and max_frames is not None and not allow_long and frames > max_frames:
         message = f"{what} lasts {wav.shape[-1] / rate:.1f} s, longer than this task handles"
         raise invalid((field_name,), message)
+    return frames
 
 
 async def _save_upload(
     upload: Any, field_name: str, context: ServerContext, saved: dict[str, str], allow_long: bool
-) -> Path:
+) -> tuple[Path, int | None]:
     name = client_name(upload)
     suffix = Path(name).suffix.lower().lstrip(".")
     ext = suffix if _SAFE_EXT.match(suffix) else "bin"
@@ -201,8 +223,8 @@ async def _save_upload(
                 if size > context.max_upload_bytes:
                     raise _too_large(context)
                 f.write(chunk)
-        check_upload_audio(path, name, field_name, context, allow_long)
+        frames = check_upload_audio(path, name, field_name, context, allow_long)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return path
+    return path, frames
