@@ -29,6 +29,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
+from songflow.errors import SongflowError  # noqa: E402
 from songflow.interfaces.cli.serve import BackgroundServer  # noqa: E402
 from songflow.interfaces.server.app import create_app  # noqa: E402
 from songflow.interfaces.server.jobs import STATES, JobStore  # noqa: E402
@@ -106,7 +107,16 @@ def live(tmp_path):
         server.stop()
 
 
-def test_every_task_and_endpoint(pipe, live):
+def test_every_task_and_endpoint(pipe, live, monkeypatch):
+    # every input a job could fail on is refused at submission now, so a run-time failure is injected
+    real_generate = pipe.generate
+
+    def generate(request, **kwargs):
+        if request.tags == "fail at run time":
+            raise SongflowError("the model produced non-finite audio (NaN/inf); try other settings")
+        return real_generate(request, **kwargs)
+
+    monkeypatch.setattr(pipe, "generate", generate)
     server, client = live(pipe, checkpoint_name="tiny")
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["worker_alive"] is True
@@ -130,9 +140,10 @@ def test_every_task_and_endpoint(pipe, live):
             client, {**base, "task": "audio2audio", "strength_frac": 0.5}, reference=source
         ),
         "edit": submit_multipart(client, {**base, "task": "edit", "target_tags": "jazz, sax"}, source=source),
-        # accepted (the window is valid on its own) but fails when the source turns out to be shorter
         "failing": submit_multipart(
-            client, {**base, "task": "repaint", "start_s": 5.0, "end_s": 6.0}, source=source
+            client,
+            {**base, "tags": "fail at run time", "task": "repaint", "start_s": 0.2, "end_s": 0.7},
+            source=source,
         ),
     }
     for task, r in submitted.items():
@@ -143,7 +154,7 @@ def test_every_task_and_endpoint(pipe, live):
     jobs = {task: wait_final(client, job_id) for task, job_id in ids.items()}
 
     failed = jobs.pop("failing")
-    assert failed["state"] == "failed" and "starts at 5.0 s" in failed["error"]
+    assert failed["state"] == "failed" and "non-finite audio" in failed["error"]
     assert client.get(f"/v1/jobs/{failed['id']}/audio").status_code == 409
     lengths = {}
     for task, job in jobs.items():
