@@ -36,6 +36,49 @@ MIN_SOURCE_RATE_HZ = 8000
 MAX_SOURCE_RATE_HZ = 384000
 
 
+def check_source_audio(
+    wav: Tensor,
+    rate_hz: int,
+    subject: str,
+    geometry: LatentGeometry,
+    codec: Any = None,
+    *,
+    allow_long: bool = False,
+) -> int:
+    """The latent frames of a source waveform ``[C, N]`` at ``rate_hz``, or :class:`AudioError` saying
+    why a pipeline could not use it: a sample rate outside [MIN_SOURCE_RATE_HZ, MAX_SOURCE_RATE_HZ],
+    silence, less than one latent frame, or (unless ``allow_long``) more than one generation window.
+
+    ``subject`` names the source in the messages (e.g. "the source audio take.wav"); ``codec`` counts
+    the frames (``latent_frames_for``), else they are estimated from ``geometry``. The pipeline, the
+    server and the studio all check uploads with this one function.
+    """
+    from songflow.audio.io import to_stereo
+
+    if not MIN_SOURCE_RATE_HZ <= rate_hz <= MAX_SOURCE_RATE_HZ:
+        raise AudioError(
+            f"{subject} has a sample rate of {rate_hz} Hz; give audio between {MIN_SOURCE_RATE_HZ} and "
+            f"{MAX_SOURCE_RATE_HZ} Hz (other rates are resampled to the model's "
+            f"{geometry.sample_rate_hz} Hz automatically)"
+        )
+    if wav.numel() == 0 or to_stereo(wav).abs().max() < 1e-4:
+        raise AudioError(f"{subject} is silent; give a recording with audible sound")
+    seconds = wav.shape[-1] / rate_hz
+    frames_for = getattr(codec, "latent_frames_for", None)
+    if frames_for is not None:
+        n_frames = int(frames_for(wav.shape[-1], rate_hz))
+    else:
+        n_frames = int(seconds * geometry.sample_rate_hz / geometry.samples_per_frame)
+    if n_frames < 1:
+        raise AudioError(f"{subject} is too short ({seconds:.3f} s)")
+    if not allow_long and n_frames > geometry.max_frames:
+        raise AudioError(
+            f"{subject} lasts {seconds:.1f} s; this task handles up to {geometry.max_duration_s:.0f} s "
+            "(cut it, or use extend to grow a song past that)"
+        )
+    return n_frames
+
+
 @dataclass
 class Result:
     """Output of one request.
@@ -166,23 +209,8 @@ class Pipeline:
         from songflow.audio.io import load_audio, to_stereo
 
         wav, sr = load_audio(path)
-        if not MIN_SOURCE_RATE_HZ <= sr <= MAX_SOURCE_RATE_HZ:
-            raise AudioError(
-                f"the {what} {path} has a sample rate of {sr} Hz; give audio between "
-                f"{MIN_SOURCE_RATE_HZ} and {MAX_SOURCE_RATE_HZ} Hz (other rates are resampled to the model's "
-                f"{self.geometry.sample_rate_hz} Hz automatically)"
-            )
+        check_source_audio(wav, sr, f"the {what} {path}", self.geometry, self.codec, allow_long=allow_long)
         wav = to_stereo(wav)
-        if wav.abs().max() < 1e-4:
-            raise AudioError(f"the {what} {path} is silent; give a recording with audible sound")
-        n_frames = self.codec.latent_frames_for(wav.shape[-1], sr)
-        if n_frames < 1:
-            raise AudioError(f"the {what} {path} is too short ({wav.shape[-1] / sr:.3f} s)")
-        if not allow_long and n_frames > self.geometry.max_frames:
-            raise AudioError(
-                f"the {what} {path} lasts {wav.shape[-1] / sr:.1f} s; this task handles up to "
-                f"{self.geometry.max_duration_s:.0f} s (cut it, or use extend to grow a song past that)"
-            )
         self._sources[path] = (wav.float().cpu(), sr)
         with self.placement.on_device(self.codec), torch.inference_mode():
             return self.codec.encode(wav[None].to(self.device, self.dtype), sample_rate_hz=sr).float()

@@ -145,10 +145,10 @@ def client_name(upload: Any) -> str:
 
 async def save_uploads(
     form: FormData, data: dict[str, Any], context: ServerContext, saved: dict[str, str]
-) -> dict[str, int | None]:
+) -> dict[str, int]:
     """Save the form's audio files (``saved``: server path -> client file name) and fill their fields;
-    returns each filled field's length in latent frames (None when the pipeline cannot tell)."""
-    frames: dict[str, int | None] = {}
+    returns each filled field's length in latent frames."""
+    frames: dict[str, int] = {}
     for field_name, target in UPLOAD_FIELDS.items():
         upload = form.get(field_name)
         if upload is None or isinstance(upload, str):
@@ -161,7 +161,7 @@ async def save_uploads(
     return frames
 
 
-def check_window(request: Any, frames: dict[str, int | None], context: ServerContext) -> None:
+def check_window(request: Any, frames: dict[str, int], context: ServerContext) -> None:
     """Refuse at submission a repaint window that starts after the uploaded source ends (422 on
     ``start_s``), the check the job would otherwise fail at run time."""
     from songflow.errors import ConfigError
@@ -179,37 +179,36 @@ def check_window(request: Any, frames: dict[str, int | None], context: ServerCon
 
 def check_upload_audio(
     path: Path, name: str, field_name: str, context: ServerContext, allow_long: bool = False
-) -> int | None:
+) -> int:
     """Refuse an upload no job could use: unreadable (400), or a sample rate, silence or length that
     the pipeline would reject when the job runs (422 naming the multipart field); named by ``name``."""
-    from songflow.pipeline import MAX_SOURCE_RATE_HZ, MIN_SOURCE_RATE_HZ
+    from songflow.audio.geometry import LatentGeometry
+    from songflow.errors import AudioError
+    from songflow.pipeline import check_source_audio
 
     try:
         wav, rate = load_audio(path)
     except SongflowError as exc:
         message = scrub(str(exc), {str(path): name}, context.data_dir)
         raise HTTPException(400, f"the uploaded {name!r} is not readable audio: {message}") from exc
-    what = f"the uploaded {name!r}"
-    if not MIN_SOURCE_RATE_HZ <= rate <= MAX_SOURCE_RATE_HZ:
-        message = f"{what} has a sample rate of {rate} Hz; upload audio between {MIN_SOURCE_RATE_HZ} and "
-        raise invalid((field_name,), message + f"{MAX_SOURCE_RATE_HZ} Hz")
-    if wav.numel() == 0 or float(wav.abs().max()) < 1e-4:
-        raise invalid((field_name,), f"{what} is silent; upload a recording with audible sound")
-    codec = getattr(context.pipeline, "codec", None)
-    frames_for = getattr(codec, "latent_frames_for", None)
-    frames = frames_for(wav.shape[-1], rate) if frames_for is not None else None
-    if frames is not None and frames < 1:
-        raise invalid((field_name,), f"{what} is too short ({wav.shape[-1] / rate:.3f} s)")
-    max_frames = getattr(getattr(context.pipeline, "geometry", None), "max_frames", None)
-    if frames is not None and max_frames is not None and not allow_long and frames > max_frames:
-        message = f"{what} lasts {wav.shape[-1] / rate:.1f} s, longer than this task handles"
-        raise invalid((field_name,), message)
-    return frames
+    pipeline = context.pipeline
+    geometry = getattr(pipeline, "geometry", None) or LatentGeometry()
+    try:
+        return check_source_audio(
+            wav,
+            rate,
+            f"the uploaded {name!r}",
+            geometry,
+            getattr(pipeline, "codec", None),
+            allow_long=allow_long,
+        )
+    except AudioError as exc:
+        raise invalid((field_name,), str(exc)) from exc
 
 
 async def _save_upload(
     upload: Any, field_name: str, context: ServerContext, saved: dict[str, str], allow_long: bool
-) -> tuple[Path, int | None]:
+) -> tuple[Path, int]:
     name = client_name(upload)
     suffix = Path(name).suffix.lower().lstrip(".")
     ext = suffix if _SAFE_EXT.match(suffix) else "bin"

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from songflow.audio.geometry import LatentGeometry
-from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio, to_stereo
+from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import AudioError, ConfigError, SongflowError
 from songflow.interfaces.sidecar import sidecar_path, write_sidecar
 from songflow.interfaces.studio.form import build_request
@@ -272,37 +272,20 @@ def check_upload(pipeline, task: str, field_name: str, path: str) -> str:
     Raises:
         AudioError: the upload cannot be used; the message names it by its file name only.
     """
-    from songflow.pipeline import MAX_SOURCE_RATE_HZ, MIN_SOURCE_RATE_HZ
+    from songflow.pipeline import check_source_audio
 
     name = client_name(path)
     kind = f"the uploaded {field_name.removesuffix('_path').replace('_', ' ')} audio"
-    what = f"{kind} {name}"
     try:
         wav, rate = load_audio(path)
     except AudioError as exc:
         raise AudioError(f"{kind} cannot be used: {_renamed(exc, {str(path): name})}") from None
-    seconds = wav.shape[-1] / rate
-    if not MIN_SOURCE_RATE_HZ <= rate <= MAX_SOURCE_RATE_HZ:
-        raise AudioError(
-            f"{what} has a sample rate of {rate} Hz; upload audio between {MIN_SOURCE_RATE_HZ} and "
-            f"{MAX_SOURCE_RATE_HZ} Hz (other rates are resampled automatically)"
-        )
-    if to_stereo(wav).abs().max() < 1e-4:
-        raise AudioError(f"{what} is silent; upload a recording with audible sound")
     geometry = getattr(pipeline, "geometry", None) or LatentGeometry()
-    codec = getattr(pipeline, "codec", None)
-    if hasattr(codec, "latent_frames_for"):
-        frames = codec.latent_frames_for(wav.shape[-1], rate)
-    else:
-        frames = int(seconds * geometry.sample_rate_hz / geometry.samples_per_frame)
-    if frames < 1:
-        shortest = geometry.samples_per_frame / geometry.sample_rate_hz
-        raise AudioError(f"{what} is too short ({seconds:.3f} s); upload at least {shortest:.2f} s")
-    if frames > geometry.max_frames and field_name not in _LONG_INPUTS.get(task, ()):
-        raise AudioError(
-            f"{what} lasts {seconds:.1f} s; this task handles up to {geometry.max_duration_s:.0f} s "
-            "(cut it, or use extend to grow a song past that)"
-        )
+    long_ok = field_name in _LONG_INPUTS.get(task, ())
+    check_source_audio(
+        wav, rate, f"{kind} {name}", geometry, getattr(pipeline, "codec", None), allow_long=long_ok
+    )
+    seconds = wav.shape[-1] / rate
     channels = {1: "mono", 2: "stereo"}.get(wav.shape[0], f"{wav.shape[0]} channels")
     return f"{name}: {seconds:.1f} s, {rate} Hz, {channels}"
 
