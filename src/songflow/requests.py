@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Literal
 
 from songflow.audio.geometry import LatentGeometry
 from songflow.errors import ConfigError
-from songflow.sampling.guidance import GUIDANCE_TYPES as GUIDANCE_NAMES
+from songflow.sampling.guidance import GUIDANCE_TYPES as GUIDANCE_NAMES  # noqa: F401 (re-exported)
 from songflow.sampling.guidance import GuidanceKind
-from songflow.sampling.steppers import SAMPLERS as SAMPLER_NAMES
+from songflow.sampling.steppers import SAMPLERS as SAMPLER_NAMES  # noqa: F401 (re-exported)
 from songflow.sampling.steppers import Sampler
 from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
 
@@ -134,20 +134,7 @@ class GenerationParams:
     )
 
     def __post_init__(self) -> None:
-        _check_fields(self)
-        if self.sampler not in SAMPLER_NAMES:
-            raise RequestFieldError(
-                ("sampler",), f"unknown sampler {self.sampler!r}; choose one of {list(SAMPLER_NAMES)}"
-            )
-        if self.guidance not in GUIDANCE_NAMES:
-            raise RequestFieldError(
-                ("guidance",), f"unknown guidance {self.guidance!r}; choose one of {list(GUIDANCE_NAMES)}"
-            )
-        if self.omega_mean_over not in ("sample", "batch"):
-            raise RequestFieldError(
-                ("omega_mean_over",),
-                f"omega_mean_over must be 'sample' or 'batch', got {self.omega_mean_over!r}",
-            )
+        _check_fields(self)  # types, Literal choices (sampler, guidance, omega_mean_over) and bounds
         if self.step_indices:
             items = _STEP_INDICES["items"]
             if any(
