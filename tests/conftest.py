@@ -19,6 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("SONGFLOW_SHARED_DIR", REPO_ROOT.parent / "shared"))
 GOLDEN_DIR = Path(os.environ.get("SONGFLOW_GOLDEN_DIR", SHARED_DIR / "golden" / "acestep_v1"))
 VOCAB_PATH = SHARED_DIR / "acestep_v1" / "vocab.json"
+# ACE-Step 1.5 fixtures: SONGFLOW_GOLDEN_V15_DIR, or ../shared/golden/acestep_v15
+GOLDEN_V15_ENV = os.environ.get("SONGFLOW_GOLDEN_V15_DIR")
+GOLDEN_V15_DIR = Path(GOLDEN_V15_ENV or SHARED_DIR / "golden" / "acestep_v15")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -30,6 +33,25 @@ def golden_dir() -> Path:
             f"golden fixtures not found at {GOLDEN_DIR} (set SONGFLOW_GOLDEN_DIR or provide ../shared)"
         )
     return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def golden_v15_dir() -> Path:
+    """The ACE-Step 1.5 fixture root; skips when ../shared is absent, fails when the variable names a
+    folder that is not there."""
+    if not (GOLDEN_V15_DIR / "manifest.json").exists():
+        if GOLDEN_V15_ENV:
+            pytest.fail(f"SONGFLOW_GOLDEN_V15_DIR={GOLDEN_V15_ENV} holds no fixture set (no manifest.json)")
+        pytest.skip(
+            f"ACE-Step 1.5 fixtures not found at {GOLDEN_V15_DIR} (set SONGFLOW_GOLDEN_V15_DIR or provide ../shared)"
+        )
+    return GOLDEN_V15_DIR
+
+
+@pytest.fixture(scope="session")
+def golden_v15_checkpoints(golden_v15_dir: Path) -> Path:
+    """The official ``checkpoints/`` root of the 1.5 fixtures (turbo, base, vae, text encoder, LM)."""
+    return golden_v15_dir / "models" / "checkpoints"
 
 
 @pytest.fixture(scope="session")
