@@ -134,7 +134,7 @@ class GenerationParams:
     )
 
     def __post_init__(self) -> None:
-        _check_fields(self)  # types, Literal choices (sampler, guidance, omega_mean_over) and bounds
+        check_fields(self)  # types, Literal choices (sampler, guidance, omega_mean_over) and bounds
         if self.step_indices:
             items = _STEP_INDICES["items"]
             if any(
@@ -151,10 +151,10 @@ class GenerationParams:
                     ("step_indices",),
                     "step_indices (oss_steps) work with the euler and pingpong samplers, not heun",
                 )
-        _check_seeds("seeds", self.seeds, self.batch_size)
+        check_seeds("seeds", self.seeds, self.batch_size)
 
 
-def _check_seeds(name: str, seeds: tuple[int, ...] | None, batch_size: int) -> None:
+def check_seeds(name: str, seeds: tuple[int, ...] | None, batch_size: int) -> None:
     """A seed list is one seed for every item, or one per batch item (never silently padded)."""
     if seeds is None:
         return
@@ -212,7 +212,7 @@ def _describe(hint: Any) -> str:
     return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
-def _check_fields(obj: Any) -> None:
+def check_fields(obj: Any) -> None:
     """The one validator of every request dataclass: each field's type (from its type hint, strictly),
     then the bounds and lengths in its metadata (``ge``/``gt``/``le``/``lt``, ``min_length``/``max_length``,
     the names the REST schema uses)."""
@@ -238,15 +238,13 @@ def _check_numbers(obj: Any) -> None:
     """Check every ``int``/``float`` field of a request dataclass against its type and the bounds in its
     field metadata (``ge``/``gt``/``le``/``lt``, the names the REST schema uses)."""
     for f in dataclasses.fields(obj):
-        if f.type in ("int", "float", int, float):
+        kind = str(f.type).removesuffix(" | None")  # an optional number: None passes, a number is checked
+        if kind in ("int", "float", "<class 'int'>", "<class 'float'>"):
+            value = getattr(obj, f.name)
+            if value is None and kind != str(f.type):
+                continue
             bounds = {k: f.metadata[k] for k in _BOUND_KEYS if k in f.metadata}
-            _check_number(
-                f.name,
-                getattr(obj, f.name),
-                integer=f.type in ("int", int),
-                unit=f.metadata.get("unit"),
-                **bounds,
-            )
+            _check_number(f.name, value, integer="int" in kind, unit=f.metadata.get("unit"), **bounds)
 
 
 def _check_number(
@@ -297,7 +295,7 @@ class LoraRef:
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
             raise RequestFieldError(("path",), "a LoRA needs a path")
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -330,7 +328,7 @@ class _Request:
             )
         if not isinstance(self.params, GenerationParams):
             raise RequestFieldError(("params",), "params must be a GenerationParams")
-        _check_fields(self)
+        check_fields(self)
 
 
 def _check_source(name: str, path: Any) -> None:
@@ -381,7 +379,7 @@ class Retake(Text2Music):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
+        check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -413,7 +411,7 @@ class Repaint(_Request):
             raise RequestFieldError(
                 ("end_s",), f"the repaint window is empty: end_s {self.end_s} <= start_s {self.start_s}"
             )
-        _check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
+        check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -455,7 +453,7 @@ class Extend(_Request):
         _check_source("source_path", self.source_path)
         if self.left_s == 0 and self.right_s == 0:
             raise RequestFieldError(("right_s",), "extend needs left_s > 0 or right_s > 0")
-        _check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
+        check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -524,7 +522,7 @@ def unknown_key_message(key: str, valid: Any, what: str = "field", where: str = 
     return f"unknown {what} {key!r}{where} ({hint})"
 
 
-def _check_keys(
+def check_keys(
     data: dict[str, Any], valid: Any, what: str, prefix: tuple[str | int, ...] = (), where: str = ""
 ) -> None:
     for key in data:
@@ -535,7 +533,7 @@ def _check_keys(
 def _params_from_dict(data: Any) -> GenerationParams:
     if not isinstance(data, dict):
         raise RequestFieldError(("params",), f"params must be a JSON object, got {data!r}")
-    _check_keys(
+    check_keys(
         data, {f.name for f in dataclasses.fields(GenerationParams)}, "generation parameter", ("params",)
     )
     try:
@@ -553,7 +551,7 @@ def _loras_from_list(loras: Any) -> tuple[LoraRef, ...]:
     for i, ref in enumerate(loras):
         try:
             if isinstance(ref, dict):
-                _check_keys(ref, names, "LoRA field")
+                check_keys(ref, names, "LoRA field")
                 out.append(LoraRef(**ref))
             elif isinstance(ref, list | tuple) and 1 <= len(ref) <= 2:
                 out.append(LoraRef(*ref))
@@ -583,7 +581,7 @@ def request_from_dict(data: dict[str, Any]) -> Request:
     params = _params_from_dict(data.pop("params", None) or {})
     loras = _loras_from_list(data.pop("loras", None) or [])
     names = {f.name for f in dataclasses.fields(cls)} - {"params", "loras"}
-    _check_keys(data, names, "field", where=f" for task {task!r}")
+    check_keys(data, names, "field", where=f" for task {task!r}")
     missing = sorted(
         f.name
         for f in dataclasses.fields(cls)

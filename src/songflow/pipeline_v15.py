@@ -1,0 +1,277 @@
+"""The ACE-Step 1.5 inference pipeline: ``Pipeline15.generate(request) -> Result``.
+
+Stages (each timed): 1. text, lyrics and reference timbre -> the condition encoder's states, 2. the task's
+plan (``songflow.tasks.acestep_v15``) over the one sampling loop, 3. tiled VAE decode, cut to the requested
+length. Random draws come from per-item generators seeded by the request's seeds (:class:`Draws15`), so a
+batch equals its singles and a sidecar replays exactly; tests swap in the reference's recorded draws.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from songflow.errors import AudioError
+from songflow.pipeline import Placement, Result
+from songflow.requests_v15 import Request15
+from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
+from songflow.tasks.acestep_v15 import inputs
+from songflow.tasks.acestep_v15.plan import build_context, run_plan15
+from songflow.tasks.acestep_v15.presets import resolve_settings
+from songflow.tasks.acestep_v15.tasks import build_plan
+from songflow.tasks.spec import ProgressFn
+from songflow.text import acestep_v15_prompts as prompts
+
+__all__ = ["Components15", "Draws15", "Pipeline15", "load_v15_pipeline"]
+
+_VAE_SEED_OFFSET = 0x5EED_0F_AE  # VAE-sample and SDE generators are seeded apart from the initial noise
+_SDE_SEED_OFFSET = 0x5DE_5DE
+REFERENCE_SEGMENT_S = 10.0
+
+
+@dataclass
+class Components15:
+    """The loaded parts: the DiT (``AceStep15DiT``), the VAE (``OobleckVAE``), the text encoder
+    (``Qwen3TextEncoder``) and the silence latent ``[1, Ts, C]``."""
+
+    dit: Any
+    vae: Any
+    text_encoder: Any
+    silence_latent: Tensor
+
+
+class Draws15:
+    """Every random draw of a 1.5 run, from per-item generators seeded by the request's seeds."""
+
+    def initial(self, seeds: tuple[int, ...], shape: tuple[int, int]) -> Tensor:
+        """The starting noise ``[B, T, C]``: one generator per seed (as the reference's seed lists)."""
+        return randn_per_sample(shape, make_generators(seeds))
+
+    def vae_sample(self, index: int, seeds: tuple[int, ...], shape: tuple[int, int]) -> Tensor:
+        """The noise of VAE encode number ``index`` of this run, ``[B, C, T]`` (diffusers' layout)."""
+        return randn_per_sample(shape, make_generators([(s + _VAE_SEED_OFFSET + index) % 2**63 for s in seeds]))
+
+    def renoise(self, seeds: tuple[int, ...], shape: tuple[int, int]) -> Callable[[int], Tensor]:
+        gens = make_generators([(s + _SDE_SEED_OFFSET) % 2**63 for s in seeds])
+        return lambda step: randn_per_sample(shape, gens)
+
+    def segment_offset(self, index: int, high: int, seed: int) -> int:
+        """The offset of reference segment ``index`` inside its third, in ``[0, high]`` samples."""
+        return random.Random(seed * 3 + index).randint(0, high)
+
+
+class Pipeline15:
+    """Inference over loaded 1.5 components; ``variant`` is "turbo", "base" or "sft"."""
+
+    def __init__(self, components: Components15, placement: Placement | None = None, *, variant: str):
+        self.dit = components.dit.eval()
+        self.vae = components.vae
+        self.text_encoder = components.text_encoder
+        self.placement = placement or Placement("cpu")
+        self.silence_latent = components.silence_latent.to(self.device, self.dtype)
+        self.variant = variant
+        self.family: Any = None
+        self.checkpoint_root: Path | None = None
+        self.output_sample_rate_hz = inputs.SAMPLE_RATE_HZ
+        self.draws = Draws15()
+        self._request: Any = None
+        self._vae_calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.placement.dtype
+
+    # -- stages the tasks call (songflow.tasks.acestep_v15.tasks.Host15) -------------------------------
+
+    def text_inputs(self, request: Any, instruction: str, duration_s: float, batch: int) -> dict[str, Tensor]:
+        """Caption states ``[B, Lt, D]`` + mask and lyric embeddings ``[B, Ll, D]`` + mask."""
+        metas = prompts.metas_block(request.bpm, request.time_signature, request.key_scale, duration_s)
+        caption = prompts.caption_prompt(instruction, request.caption, metas)
+        lyric = prompts.lyrics_prompt(request.vocal_language, request.lyrics)
+        enc = self.text_encoder
+        with self.placement.on_device(getattr(enc, "model", None)), torch.inference_mode():
+            ids, mask = enc.tokenize_captions([caption])
+            lids, lmask = enc.tokenize_lyrics([lyric])
+            states = enc.encode_text(ids.to(self.device))
+            lyrics = enc.embed_lyrics(lids.to(self.device))
+
+        def rep(t: Tensor) -> Tensor:
+            return t.to(self.device).repeat(batch, *([1] * (t.dim() - 1)))
+
+        return {
+            "text_states": rep(states).to(self.dtype),
+            "text_mask": rep(mask).long(),
+            "lyric_embeds": rep(lyrics).to(self.dtype),
+            "lyric_mask": rep(lmask).long(),
+        }
+
+    def reference_latents(self, path: str | None, batch: int) -> tuple[Tensor, Tensor]:
+        """Packed timbre references ``[N, 750, C]`` and their batch index ``[N]``: the silence latent
+        without reference audio; else three 10 s segments of the (tiled) clip, VAE-encoded."""
+        n_ref = inputs.REFERENCE_FRAMES
+        if path is None:
+            refs = inputs.silence_frames(self.silence_latent, n_ref).expand(batch, -1, -1)
+        else:
+            refs = self._encode_reference(path).expand(batch, -1, -1)
+        return refs.to(self.dtype), torch.arange(batch, device=self.device)
+
+    def _encode_reference(self, path: str) -> Tensor:
+        wav = self.read_audio(path, what="reference audio")
+        seg = int(REFERENCE_SEGMENT_S * inputs.SAMPLE_RATE_HZ)
+        need = 3 * seg
+        if wav.shape[-1] < need:
+            wav = wav.repeat(1, -(-need // wav.shape[-1]))
+        total = wav.shape[-1]
+        third = total // 3
+        seed = self._request.params.seeds[0]
+        parts = []
+        for k in range(3):  # a random 10 s segment from the front, middle and back third
+            room = (third if k < 2 else total - 2 * third) - seg
+            start = k * third + self.draws.segment_offset(k, max(0, room), seed)
+            parts.append(wav[:, start : start + seg])
+        clip = torch.cat(parts, dim=-1)[None]
+        return self._vae_encode_sampled(clip, (self._request.params.seeds[0],))[:, : inputs.REFERENCE_FRAMES]
+
+    def encode_conditions(self, request: Any, instruction: str, duration_s: float, batch: int) -> tuple[Tensor, Tensor]:
+        t = self.text_inputs(request, instruction, duration_s, batch)
+        refs, order = self.reference_latents(request.reference_path, batch)
+        with self.placement.on_device(self.dit), torch.inference_mode():
+            return self.dit.encode_conditions(
+                t["text_states"], t["text_mask"], t["lyric_embeds"], t["lyric_mask"], refs, order
+            )
+
+    def context(self, src: Tensor, chunk: Tensor, is_cover: Tensor, hints: Tensor | None = None) -> Tensor:
+        with self.placement.on_device(self.dit), torch.inference_mode():
+            return build_context(
+                self.dit, src.to(self.device, self.dtype), chunk.to(self.device), is_cover.to(self.device),
+                self.silence_latent, None if hints is None else hints.to(self.device, self.dtype),
+            )
+
+    def null_enc(self, enc: Tensor) -> Tensor:
+        return self.dit.null_condition_emb.to(enc).expand_as(enc)
+
+    def noise(self, seeds: tuple[int, ...], n_frames: int) -> Tensor:
+        shape = (n_frames, self.dit.config.audio_acoustic_hidden_dim)
+        return self.draws.initial(seeds, shape).to(self.device, self.dtype)
+
+    def renoise_fn(self, seeds: tuple[int, ...], n_frames: int) -> Callable[[int], Tensor]:
+        draw = self.draws.renoise(seeds, (n_frames, self.dit.config.audio_acoustic_hidden_dim))
+        return lambda step: draw(step).to(self.device, self.dtype)
+
+    def read_audio(self, path: str, *, what: str) -> Tensor:
+        """A file as 48 kHz stereo float32 ``[2, N]`` (any rate is resampled); clear errors for an
+        unreadable, silent, too short or too long file."""
+        from songflow.audio.io import load_audio, to_stereo
+        from songflow.audio.resample import resample
+
+        wav, sr = load_audio(path)
+        if not 8000 <= sr <= 384000:
+            raise AudioError(f"the {what} {path} has a sample rate of {sr} Hz; give audio between 8 and 384 kHz")
+        wav = resample(to_stereo(wav).float(), sr, inputs.SAMPLE_RATE_HZ)
+        if not torch.isfinite(wav).all():
+            raise AudioError(f"the {what} {path} holds NaN or infinite samples; export it again")
+        if wav.abs().max() < 1e-4:
+            raise AudioError(f"the {what} {path} is silent; give a recording with audible sound")
+        seconds = wav.shape[-1] / inputs.SAMPLE_RATE_HZ
+        if seconds < 1 / inputs.FRAMES_PER_S:
+            raise AudioError(f"the {what} {path} is too short ({seconds:.3f} s)")
+        if seconds > 600.0:
+            raise AudioError(f"the {what} {path} lasts {seconds:.0f} s; ACE-Step 1.5 handles up to 600 s (cut it)")
+        return wav
+
+    def _vae_encode_sampled(self, wav: Tensor, seeds: tuple[int, ...]) -> Tensor:
+        """VAE latents ``[B, T, C]`` of ``wav [1, 2, N]``, sampled once per seed (``mean + std * noise``)."""
+        with self.placement.on_device(getattr(self.vae, "module", None)), torch.inference_mode():
+            mean, std = self.vae.encode(wav.to(self.device, self.dtype))
+        noise = self.draws.vae_sample(self._vae_calls, seeds, (mean.shape[2], mean.shape[1]))
+        self._vae_calls += 1
+        noise = noise.transpose(1, 2).to(mean)
+        return (mean + std * noise).float()
+
+    def encode_source(self, path: str, seeds: tuple[int, ...]) -> Tensor:
+        wav = self.read_audio(path, what="source audio")
+        return self._vae_encode_sampled(wav[None], seeds).to(self.device, self.dtype)
+
+    def codes_to_hints(self, codes: tuple[int, ...], batch: int) -> Tensor:
+        """25 Hz hints ``[B, 5 * len(codes), C]`` decoded from 5 Hz audio codes (FSQ lookup, detokenizer)."""
+        ids = torch.tensor([list(codes)], dtype=torch.long, device=self.device)
+        with self.placement.on_device(self.dit), torch.inference_mode():
+            hints = self.dit.detokenize(self.dit.codes_to_quantized(ids).to(self.dtype))
+        return hints.expand(batch, -1, -1)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents ``[B, T, C]`` -> audio ``[B, 2, T * 1920]`` float32 on the CPU (tiled VAE decode)."""
+        with self.placement.on_device(getattr(self.vae, "module", None)), torch.inference_mode():
+            return self.vae.decode(latents.to(self.device, self.dtype)).float().cpu()
+
+    # -- entry point ------------------------------------------------------------------------------
+
+    def resolve_seeds(self, request: Request15) -> Request15:
+        """Fill in random seeds (and retake seeds) so the returned request regenerates the output."""
+        p = request.params
+        seeds = tuple(parse_seeds(list(p.seeds) if p.seeds else None, p.batch_size))
+        request = replace(request, params=replace(p, seeds=seeds))
+        if hasattr(request, "retake_seeds"):
+            retake = request.retake_seeds
+            request = replace(request, retake_seeds=tuple(parse_seeds(list(retake) if retake else None, p.batch_size)))
+        return request
+
+    def generate(self, request: Request15, *, progress: ProgressFn | None = None) -> Result:
+        """Run one request of any 1.5 task; see :class:`songflow.pipeline.Result` (latents ``[B, T, C]``)."""
+        settings = resolve_settings(self.variant, request.params, request.task)
+        request = self.resolve_seeds(request)
+        self._request, self._vae_calls = request, 0
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            job = build_plan(self, request, settings)
+            timings["conditions"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            n = job.plan.n_steps
+            callback = None if progress is None else (lambda i, t, x: progress(i + 1, n))
+            with self.placement.on_device(self.dit):
+                latents = run_plan15(self.dit, job.plan, callback)
+            timings["diffusion"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            keep = latents if request.params.legacy_output_length else latents[:, : max(job.n_frames, 1)]
+            audio = self.decode(keep)
+            if not request.params.legacy_output_length:
+                audio = audio[..., : int(round(job.duration_s * inputs.SAMPLE_RATE_HZ))]
+            timings["decode"] = time.perf_counter() - t2
+        finally:
+            self._request = None
+        timings["total"] = time.perf_counter() - t0
+        return Result(audio, inputs.SAMPLE_RATE_HZ, latents.float().cpu(), request, timings)  # type: ignore[arg-type]
+
+
+def load_v15_pipeline(layout: Any, *, device: str = "auto", dtype: str = "float32", offload: bool = False,
+                      **options: Any) -> Pipeline15:
+    """Load a validated 1.5 layout (``songflow.checkpoint.acestep_v15.V15Layout``) into a pipeline."""
+    from songflow.checkpoint import acestep_v15 as ck
+    from songflow.checkpoint import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    where = torch.device("cpu") if offload else dev
+    dit = ck.load_v15_dit(layout.dit_dir, dtype=dt, device=where)
+    components = Components15(
+        dit=dit,
+        vae=ck.load_v15_vae(layout.vae_dir, dtype=dt, device=where),
+        text_encoder=ck.load_v15_text_encoder(layout.text_encoder_dir, dtype=dt, device=where),
+        silence_latent=ck.load_silence_latent(layout.dit_dir),
+    )
+    pipe = Pipeline15(components, Placement(dev, dt, offload), variant=dit.config.variant)
+    pipe.checkpoint_root = Path(layout.root)
+    return pipe
+

@@ -1,0 +1,339 @@
+"""The ACE-Step 1.5 request schema: one frozen dataclass per task, behind the Python API, CLI, server and UI.
+
+Same conventions as :mod:`songflow.requests` (v1): a request is tagged by ``task``, every field is checked by
+the one validator (:func:`songflow.requests.check_fields`: types, choices, bounds in the field metadata), and
+``request_to_dict`` / ``request_from_dict`` give the JSON round trip of the sidecar. Fields left ``None`` in
+:class:`Params15` take the checkpoint's preset (``songflow.families.acestep_v15``): turbo runs 8 steps at
+shift 3 without guidance, base/sft run 50 steps at shift 1 with APG scale 7.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from songflow.errors import ConfigError
+from songflow.requests import (
+    RequestFieldError,
+    _tuple,
+    check_fields,
+    check_keys,
+    check_seeds,
+)
+from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
+
+__all__ = [
+    "BPM_RANGE",
+    "DURATION_RANGE_S",
+    "MAX_BATCH_V15",
+    "MAX_CUSTOM_TIMESTEPS",
+    "TASKS_V15",
+    "VALID_KEYSCALES",
+    "VALID_LANGUAGES",
+    "Cover15",
+    "Params15",
+    "Repaint15",
+    "Request15",
+    "Retake15",
+    "Text2Music15",
+    "request15_from_dict",
+    "request15_to_dict",
+]
+
+#: the vocal languages the 1.5 prompts know ("unknown": let the model decide)
+VALID_LANGUAGES = (
+    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi", "hr",
+    "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl", "pt", "ro",
+    "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh",
+    "unknown",
+)  # fmt: skip
+#: 7 notes x 5 accidentals (none, ASCII and Unicode sharp/flat) x major/minor = 70 key names
+VALID_KEYSCALES = frozenset(
+    f"{note}{acc} {mode}"
+    for note in "ABCDEFG"
+    for acc in ("", "#", "b", "♯", "♭")
+    for mode in ("major", "minor")
+)
+BPM_RANGE = (30, 300)
+DURATION_RANGE_S = (10.0, 600.0)
+MAX_BATCH_V15 = 16
+MAX_CUSTOM_TIMESTEPS = 20
+MAX_CAPTION_CHARS = 4096
+_SEEDS: dict[str, Any] = {"min_length": 1, "items": {"ge": 0, "lt": 2**63}}
+_FRACTION: dict[str, Any] = {"ge": 0.0, "le": 1.0}
+_SOURCE_HELP = "the audio file to work on (any rate; read as 48 kHz stereo)"
+
+
+@dataclass(frozen=True)
+class Params15:
+    """Sampling settings of one 1.5 run; ``None`` = the checkpoint's preset (see the module docstring).
+
+    - ``timesteps``: a custom schedule (turbo: at most 20 values, each snapped to the nearest of the 20
+      timesteps the turbo model was distilled on; base/sft: used as given), overriding steps and shift.
+    - ``chunk_mask_mode`` "explicit" (default) tells the DiT which frames a repaint regenerates; "auto"
+      reproduces the official default, whose mask is all ones (docs/reference_behaviour.md#r24).
+    - ``legacy_output_length`` True returns the official length (at least 128 latent frames, 5.12 s, whole
+      frames); False (default) returns exactly the requested or source length.
+    """
+
+    steps: int | None = field(
+        default=None, metadata={"ge": 1, "le": 200, "help": "diffusion steps (base/sft)"}
+    )
+    shift: float | None = field(
+        default=None, metadata={"gt": 0, "le": 10, "help": "timestep shift (turbo: 1, 2 or 3)"}
+    )
+    timesteps: tuple[float, ...] = field(
+        default=(),
+        metadata={"items": {"ge": 0.0, "le": 1.0}, "help": "custom timesteps from 1 down (optional)"},
+    )
+    infer_method: Literal["ode", "sde"] = field(
+        default="ode", metadata={"help": "ode: deterministic; sde: re-noise between steps"}
+    )
+    guidance_scale: float | None = field(
+        default=None, metadata={"ge": 0.0, "le": 30.0, "help": "CFG scale (base/sft; turbo has none)"}
+    )
+    guidance: Literal["apg", "adg"] = field(default="apg", metadata={"help": "guidance kind (base/sft)"})
+    cfg_interval_start: float = field(
+        default=0.0, metadata={**_FRACTION, "help": "guidance applies for t in [start, end]"}
+    )
+    cfg_interval_end: float = field(default=1.0, metadata={**_FRACTION, "help": "end of the guided t range"})
+    seeds: tuple[int, ...] | None = field(
+        default=None, metadata={**_SEEDS, "help": "one seed, or one per batch item (default: random)"}
+    )
+    batch_size: int = field(
+        default=1, metadata={"ge": 1, "le": MAX_BATCH_V15, "help": "songs generated together, one file each"}
+    )
+    chunk_mask_mode: Literal["explicit", "auto"] = field(
+        default="explicit", metadata={"help": "repaint mask the DiT sees (auto: all ones, as the reference)"}
+    )
+    legacy_output_length: bool = field(
+        default=False, metadata={"help": "return the reference's length (>= 5.12 s, whole frames)"}
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(self.timesteps) > MAX_CUSTOM_TIMESTEPS:
+            raise RequestFieldError(
+                ("timesteps",),
+                f"timesteps has {len(self.timesteps)} values; give at most {MAX_CUSTOM_TIMESTEPS}",
+            )
+        if any(not 0.0 <= t <= 1.0 for t in self.timesteps):
+            raise RequestFieldError(("timesteps",), "timesteps must lie in [0, 1], from 1 (noise) down")
+        if self.cfg_interval_end < self.cfg_interval_start:
+            raise RequestFieldError(
+                ("cfg_interval_end",),
+                f"cfg_interval_end {self.cfg_interval_end} is below cfg_interval_start {self.cfg_interval_start}",
+            )
+        check_seeds("seeds", self.seeds, self.batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Request15:
+    """Fields of every 1.5 task: caption, lyrics, the song's metadata, the instruction and settings."""
+
+    caption: str = field(
+        default="",
+        metadata={
+            "max_length": MAX_CAPTION_CHARS,
+            "label": "Caption",
+            "help": "what the music sounds like, e.g. 'upbeat synth pop with bright piano'",
+        },
+    )
+    lyrics: str = field(
+        default="",
+        metadata={
+            "max_length": MAX_LYRICS_CHARS,
+            "label": "Lyrics",
+            "help": "lyrics with [verse]/[chorus] tags; empty or [Instrumental] for none",
+        },
+    )
+    bpm: int | None = field(
+        default=None, metadata={"ge": BPM_RANGE[0], "le": BPM_RANGE[1], "help": "tempo in beats per minute"}
+    )
+    key_scale: str | None = field(default=None, metadata={"help": "key, e.g. 'C major', 'F# minor'"})
+    time_signature: Literal["2", "3", "4", "6"] | None = field(
+        default=None, metadata={"help": "beats per bar"}
+    )
+    vocal_language: str = field(default="en", metadata={"help": "language of the lyrics (or 'unknown')"})
+    instruction: str | None = field(
+        default=None, metadata={"max_length": 512, "help": "the DiT instruction (default: the task's)"}
+    )
+    reference_path: str | None = field(
+        default=None, metadata={"help": "an audio file whose timbre the song takes (optional)"}
+    )
+    params: Params15 = field(default_factory=Params15)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, Params15):
+            raise RequestFieldError(("params",), "params must be a Params15")
+        check_fields(self)
+        if self.key_scale is not None and self.key_scale not in VALID_KEYSCALES:
+            raise RequestFieldError(
+                ("key_scale",),
+                f"unknown key_scale {self.key_scale!r}; give a note A-G, an optional # or b, then "
+                "'major' or 'minor', e.g. 'F# minor'",
+            )
+        if self.vocal_language not in VALID_LANGUAGES:
+            raise RequestFieldError(
+                ("vocal_language",),
+                f"unknown vocal_language {self.vocal_language!r}; choose one of {list(VALID_LANGUAGES)}",
+            )
+        for name in ("reference_path",):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise RequestFieldError((name,), f"{name} must name an audio file (or be left out)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Text2Music15(_Request15):
+    """A song of ``duration_s`` seconds from a caption, lyrics and metadata; ``audio_codes`` (5 Hz semantic
+    codes, e.g. written by the planner LM) make it follow their structure (the official code turns such a
+    request into a cover of the codes)."""
+
+    task: ClassVar[str] = "text2music"
+    duration_s: float = field(
+        default=30.0,
+        metadata={
+            "ge": DURATION_RANGE_S[0],
+            "le": DURATION_RANGE_S[1],
+            "unit": "seconds",
+            "label": "Duration (s)",
+            "help": "length of the song in seconds (10 to 600)",
+        },
+    )
+    audio_codes: tuple[int, ...] | None = field(
+        default=None,
+        metadata={"items": {"ge": 0, "lt": 64000}, "help": "5 Hz audio codes 0..63999 (optional)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.audio_codes is not None:
+            if not self.audio_codes:
+                raise RequestFieldError(("audio_codes",), "audio_codes is empty; leave it out or give codes")
+            if any(not 0 <= c < 64000 for c in self.audio_codes):
+                raise RequestFieldError(("audio_codes",), "audio codes must be integers in [0, 64000)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retake15(Text2Music15):
+    """A variation of a text2music song: its request (same seeds) plus ``retake_seeds``; ``variance_frac``
+    mixes the original noise with the retake noise (cos/sin of variance*pi/2): 0 is the same song."""
+
+    task: ClassVar[str] = "retake"
+    variance_frac: float = field(
+        default=0.2, metadata={**_FRACTION, "help": "how far from the original: 0 same song, 1 a new one"}
+    )
+    retake_seeds: tuple[int, ...] | None = field(
+        default=None, metadata={**_SEEDS, "help": "seeds of the new noise (default: random)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Repaint15(_Request15):
+    """Regenerate [start_s, end_s) of ``source_path`` (end_s None: to the end); the rest is re-injected from
+    the source during the first ``injection_frac`` of the steps and crossfaded at the span edges."""
+
+    task: ClassVar[str] = "repaint"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    start_s: float = field(
+        default=0.0, metadata={"ge": 0.0, "unit": "seconds", "help": "start of the span (s)"}
+    )
+    end_s: float | None = field(
+        default=None, metadata={"help": "end of the span in seconds (default: the end)"}
+    )
+    injection_frac: float = field(
+        default=0.5, metadata={**_FRACTION, "help": "fraction of the steps that re-inject the source"}
+    )
+    crossfade_frames: int = field(
+        default=10,
+        metadata={"ge": 0, "le": 250, "help": "latent frames (40 ms each) crossfaded at the edges"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path("source_path", self.source_path)
+        if self.end_s is not None and not self.end_s > self.start_s:
+            raise RequestFieldError(
+                ("end_s",), f"the repaint span is empty: end_s {self.end_s} <= start_s {self.start_s}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cover15(_Request15):
+    """A new rendition of ``source_path`` following its 5 Hz semantic codes, in the caption's style.
+
+    ``cover_strength_frac``: the fraction of the steps conditioned on the source's codes (then the plain
+    text condition takes over; lower = freer); ``cover_noise_frac`` > 0 starts from the noised source.
+    """
+
+    task: ClassVar[str] = "cover"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    cover_strength_frac: float = field(
+        default=1.0, metadata={**_FRACTION, "help": "how closely the cover follows the source (0 to 1)"}
+    )
+    cover_noise_frac: float = field(
+        default=0.0,
+        metadata={**_FRACTION, "help": "start from the source noised to this level (0 = pure noise)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path("source_path", self.source_path)
+
+
+def _check_path(name: str, path: Any) -> None:
+    if not isinstance(path, str) or not path.strip():
+        raise RequestFieldError((name,), f"{name} must name an audio file")
+
+
+Request15 = Text2Music15 | Retake15 | Repaint15 | Cover15
+TASKS_V15: dict[str, type] = {c.task: c for c in (Text2Music15, Retake15, Repaint15, Cover15)}
+
+
+def _params_from_dict(data: Any) -> Params15:
+    if not isinstance(data, dict):
+        raise RequestFieldError(("params",), f"params must be a JSON object, got {data!r}")
+    check_keys(data, {f.name for f in dataclasses.fields(Params15)}, "generation parameter", ("params",))
+    try:
+        return Params15(**{k: _tuple(v) for k, v in data.items()})
+    except RequestFieldError as exc:
+        raise exc.under("params") from None
+
+
+def request15_from_dict(data: dict[str, Any]) -> Request15:
+    """A 1.5 request from its JSON form ``{"task": ..., <fields>, "params": {...}}``; unknown keys and bad
+    values raise :class:`RequestFieldError` naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError("a request must be a JSON object")
+    data = dict(data)
+    task = data.pop("task", "text2music")
+    cls = TASKS_V15.get(task)
+    if cls is None:
+        raise RequestFieldError(("task",), f"unknown task {task!r}; choose one of {sorted(TASKS_V15)}")
+    params = _params_from_dict(data.pop("params", None) or {})
+    names = {f.name for f in dataclasses.fields(cls)} - {"params"}
+    check_keys(data, names, "field", where=f" for task {task!r}")
+    missing = sorted(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name in names
+        and f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise RequestFieldError((missing[0],), f"task {task!r} needs field(s) {missing}")
+    return cls(params=params, **{k: _tuple(v) for k, v in data.items()})
+
+
+def request15_to_dict(request: Request15) -> dict[str, Any]:
+    """JSON-ready dict of a 1.5 request (inverse of :func:`request15_from_dict`)."""
+    from songflow.requests import request_to_dict
+
+    return request_to_dict(request)  # type: ignore[arg-type]

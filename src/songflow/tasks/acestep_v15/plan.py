@@ -1,0 +1,152 @@
+"""A 1.5 run as data (:class:`Plan15`) and the one function that executes it over the sampling loop.
+
+Every 1.5 task (text2music, retake, repaint, cover, with or without reference timbre or audio codes) builds
+a :class:`Plan15`: the starting latents, the timestep schedule, the DiT conditions (and the ones the cover
+strength switches to), the guidance and the repaint re-injection. :func:`run_plan15` turns it into one call
+of :func:`songflow.sampling.loop.sample` — the same loop the v1 tasks use.
+
+Shapes: latents ``[B, T, C]``, encoder states ``[B, L, H]``, context latents ``[B, T, 2C]`` (source latents or
+5 Hz hints, then the chunk mask), timesteps float32 ``[n + 1]`` from 1 down to 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from songflow.sampling import turbo as v15
+from songflow.sampling.loop import sample
+
+__all__ = ["Conditioning15", "Guidance15", "Plan15", "Repaint15Spec", "build_context", "run_plan15"]
+
+
+@dataclass
+class Conditioning15:
+    """What the DiT is conditioned on: encoder states ``enc [B, L, H]`` (+ mask) and ``context [B, T, 2C]``."""
+
+    enc: Tensor
+    enc_mask: Tensor
+    context: Tensor
+
+
+@dataclass
+class Guidance15:
+    """Classifier-free guidance of base/sft: the scale, APG or ADG, the guided ``t`` interval, and the
+    unconditional encoder states (``null_condition_emb`` broadcast to ``enc``'s shape)."""
+
+    scale: float
+    kind: str  # "apg" | "adg"
+    interval: tuple[float, float]
+    null_enc: Tensor
+
+
+@dataclass
+class Repaint15Spec:
+    """Repaint: frames where ``mask [B, T]`` is True are generated; the others are re-injected from
+    ``clean_src [B, T, C]`` (noised with the run's initial ``noise``) after each of the first
+    ``inject_steps`` steps, then crossfaded over ``crossfade_frames`` at the span edges."""
+
+    mask: Tensor
+    clean_src: Tensor
+    noise: Tensor
+    inject_steps: int
+    crossfade_frames: int
+
+
+@dataclass
+class Plan15:
+    """One 1.5 sampling run. ``after`` (cover strength < 1) replaces ``cond`` from step ``switch_step`` on;
+    ``renoise(i)`` gives the SDE noise of step ``i`` (turbo/base SDE only)."""
+
+    x_init: Tensor
+    timesteps: Tensor
+    cond: Conditioning15
+    variant: str  # "turbo" | "base" | "sft"
+    infer_method: str = "ode"
+    after: Conditioning15 | None = None
+    switch_step: int = 0
+    guidance: Guidance15 | None = None
+    repaint: Repaint15Spec | None = None
+    renoise: Callable[[int], Tensor] | None = None
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.timesteps.shape[0]) - 1
+
+
+def build_context(
+    model: torch.nn.Module,
+    src_latents: Tensor,
+    chunk_mask: Tensor,
+    is_cover: Tensor,
+    silence_latent: Tensor,
+    hints: Tensor | None = None,
+) -> Tensor:
+    """The DiT's context latents ``[B, T, 2C]``: ``where(is_cover, hints, src)`` then the chunk mask.
+
+    ``hints [B, T, C]`` are the 25 Hz hints of cover rows (e.g. decoded from audio codes); when None and a
+    row is a cover, they come from the 5 Hz FSQ round trip of ``src_latents`` (tokenize, detokenize, crop
+    to T), as the reference's ``prepare_condition``. ``chunk_mask [B, T, C]`` is 1 where the DiT generates.
+    """
+    n_frames = src_latents.shape[1]
+    if hints is None and bool(is_cover.any()):
+        mask = torch.ones(src_latents.shape[:2], dtype=src_latents.dtype, device=src_latents.device)
+        quantized, _codes, _mask5 = model.tokenize(src_latents, silence_latent, mask)
+        hints = model.detokenize(quantized)[:, :n_frames]
+    src = src_latents
+    if hints is not None:
+        src = torch.where(is_cover.view(-1, 1, 1).bool(), hints[:, :n_frames].to(src.dtype), src_latents)
+    return torch.cat([src, chunk_mask.to(src.dtype)], dim=-1)
+
+
+def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
+    guidance = plan.guidance
+    state = v15.guidance_state(guidance.kind) if guidance is not None else None
+
+    def velocity(x: Tensor, t_batch: Tensor, i: int) -> Tensor:
+        nonlocal state
+        cond = plan.after if (plan.after is not None and i >= plan.switch_step) else plan.cond
+        t_batch = t_batch.to(x.dtype)
+        if guidance is None:
+            return model.velocity(x, t_batch, cond.context, cond.enc)
+        enc2 = torch.cat([cond.enc, guidance.null_enc.to(cond.enc.dtype)], dim=0)
+        v2 = model.velocity(
+            torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([cond.context, cond.context]), enc2
+        )
+        v_cond, v_uncond = v2.chunk(2)
+        t_now = float(plan.timesteps[i])
+        if not guidance.interval[0] <= t_now <= guidance.interval[1]:
+            return v_cond
+        v, state = v15.guide(guidance.kind, v_cond, v_uncond, guidance.scale, state, latents=x, t=t_now)
+        return v
+
+    return velocity
+
+
+def run_plan15(
+    model: torch.nn.Module, plan: Plan15, callback: Callable[[int, Tensor, Tensor], None] | None = None
+) -> Tensor:
+    """Execute ``plan`` and return the final latents ``[B, T, C]`` (float32)."""
+    step = v15.stepper(plan.variant, plan.infer_method, plan.timesteps)
+    project = None
+    if plan.repaint is not None:
+        r = plan.repaint
+        project = v15.repaint_projection(r.mask, r.clean_src, r.noise, plan.timesteps, r.inject_steps)
+    with torch.inference_mode():
+        x = sample(
+            _velocity_fn(model, plan),
+            plan.x_init,
+            plan.timesteps,
+            step=step,
+            noise=plan.renoise,
+            project=project,
+            callback=callback,
+        )
+        if plan.repaint is not None and plan.repaint.crossfade_frames > 0:
+            x = v15.repaint_crossfade(
+                x, plan.repaint.clean_src, plan.repaint.mask, plan.repaint.crossfade_frames
+            )
+    return x

@@ -1,0 +1,215 @@
+"""The 1.5 tasks as plan builders: request + host -> :class:`~songflow.tasks.acestep_v15.plan.Plan15`.
+
+Each builder decides the task's source latents, chunk mask, cover flag, instruction and noise, and leaves
+the shared work (text and lyric encoding, reference timbre, VAE encoding, the DiT context) to the host,
+the 1.5 pipeline (:class:`Host15`). Official behaviours kept or fixed are in docs/reference_behaviour.md
+(R24-R29).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from songflow.requests_v15 import Cover15, Repaint15, Request15, Retake15, Text2Music15
+from songflow.sampling.noise import trig_mix
+from songflow.tasks.acestep_v15 import inputs
+from songflow.tasks.acestep_v15.plan import Conditioning15, Guidance15, Plan15, Repaint15Spec
+from songflow.tasks.acestep_v15.presets import Settings15
+from songflow.text.acestep_v15_prompts import instruction_for
+
+__all__ = ["Host15", "Job15", "build_plan"]
+
+
+class Host15(Protocol):
+    """What a 1.5 task may ask of the pipeline."""
+
+    variant: str
+    silence_latent: Tensor  # [1, Ts, C]
+
+    def encode_conditions(
+        self, request: Any, instruction: str, duration_s: float, batch: int
+    ) -> tuple[Tensor, Tensor]:
+        """Encoder states and mask ``[B, L, H]``, ``[B, L]`` (text, lyrics and reference timbre)."""
+        ...
+
+    def context(
+        self, src: Tensor, chunk: Tensor, is_cover: Tensor, hints: Tensor | None = None
+    ) -> Tensor: ...
+
+    def null_enc(self, enc: Tensor) -> Tensor: ...
+
+    def noise(self, seeds: tuple[int, ...], n_frames: int) -> Tensor: ...
+
+    def renoise_fn(self, seeds: tuple[int, ...], n_frames: int) -> Callable[[int], Tensor]: ...
+
+    def encode_source(self, path: str, seeds: tuple[int, ...]) -> Tensor:
+        """The source's VAE latents ``[B, T_src, C]`` (sampled, one row per seed)."""
+        ...
+
+    def codes_to_hints(self, codes: tuple[int, ...], batch: int) -> Tensor: ...
+
+
+@dataclass
+class Job15:
+    """A built plan plus what the pipeline needs after sampling: the frames to keep (``n_frames``, the
+    requested or source length) and, for repaint, the span in frames."""
+
+    plan: Plan15
+    n_frames: int
+    duration_s: float
+
+
+def _conditioning(
+    host: Host15,
+    request: Any,
+    instruction: str,
+    duration_s: float,
+    src: Tensor,
+    chunk: Tensor,
+    is_cover: Tensor,
+    hints: Tensor | None = None,
+) -> Conditioning15:
+    enc, enc_mask = host.encode_conditions(request, instruction, duration_s, src.shape[0])
+    return Conditioning15(enc, enc_mask, host.context(src, chunk, is_cover, hints))
+
+
+def _plan(
+    host: Host15, settings: Settings15, request: Any, x_init: Tensor, cond: Conditioning15, **kw: Any
+) -> Plan15:
+    p = request.params
+    guidance = None
+    if settings.guided:
+        guidance = Guidance15(
+            settings.guidance_scale,
+            p.guidance,
+            (p.cfg_interval_start, p.cfg_interval_end),
+            host.null_enc(cond.enc),
+        )
+    renoise = host.renoise_fn(p.seeds, x_init.shape[1]) if p.infer_method == "sde" else None
+    return Plan15(
+        x_init,
+        settings.timesteps,
+        cond,
+        host.variant,
+        p.infer_method,
+        guidance=guidance,
+        renoise=renoise,
+        **kw,
+    )
+
+
+def _silence(host: Host15, batch: int, n_frames: int) -> Tensor:
+    return inputs.silence_frames(host.silence_latent, n_frames).expand(batch, -1, -1).clone()
+
+
+def _text2music(host: Host15, request: Text2Music15, settings: Settings15) -> Job15:
+    p = request.params
+    n_frames = inputs.frames_for_seconds(request.duration_s)
+    total = inputs.generated_frames(n_frames)
+    batch = p.batch_size
+    src = _silence(host, batch, total)
+    chunk = torch.ones_like(src)
+    is_cover = torch.zeros(batch)
+    hints = None
+    task = "text2music"
+    if request.audio_codes is not None:  # codes make the request a cover of them (as the reference)
+        task = "cover"
+        hints = inputs.pad_with_silence(
+            host.codes_to_hints(request.audio_codes, batch), host.silence_latent, total
+        )
+        is_cover = torch.ones(batch)
+    instruction = request.instruction or instruction_for(task)
+    cond = _conditioning(host, request, instruction, request.duration_s, src, chunk, is_cover, hints)
+    x_init = host.noise(p.seeds, total)
+    if isinstance(request, Retake15):
+        x_init = trig_mix(x_init, host.noise(request.retake_seeds, total), request.variance_frac)
+    return Job15(_plan(host, settings, request, x_init, cond), n_frames, request.duration_s)
+
+
+def _source(host: Host15, request: Repaint15 | Cover15) -> tuple[Tensor, int, int]:
+    """The source latents padded to the generated length, the source's frames and the generated frames."""
+    latents = host.encode_source(request.source_path, request.params.seeds)
+    n_frames = latents.shape[1]
+    total = inputs.generated_frames(n_frames)
+    return inputs.pad_with_silence(latents, host.silence_latent, total), n_frames, total
+
+
+def _repaint(host: Host15, request: Repaint15, settings: Settings15) -> Job15:
+    p = request.params
+    clean, n_frames, total = _source(host, request)
+    duration_s = n_frames / inputs.FRAMES_PER_S
+    end_s = duration_s if request.end_s is None else request.end_s
+    a, b = inputs.span_frames(request.start_s, end_s, n_frames)
+    batch = clean.shape[0]
+    mask = inputs.span_mask(a, b, total, batch, clean.device)
+    src = clean.clone()
+    src[:, a:b] = inputs.silence_frames(host.silence_latent, b)[:, a:b].to(
+        src
+    )  # the span is silence in the DiT's context
+    if p.chunk_mask_mode == "explicit":
+        chunk = mask[..., None].expand_as(src).to(src.dtype)
+    else:  # the reference's "auto" mode: all ones (docs/reference_behaviour.md#r24)
+        chunk = torch.ones_like(src)
+    instruction = request.instruction or instruction_for("repaint")
+    cond = _conditioning(host, request, instruction, duration_s, src, chunk, torch.zeros(batch))
+    x_init = host.noise(p.seeds, total)
+    inject_steps = int(round(request.injection_frac * settings.steps))
+    repaint = Repaint15Spec(mask, clean, x_init, inject_steps, request.crossfade_frames)
+    return Job15(_plan(host, settings, request, x_init, cond, repaint=repaint), n_frames, duration_s)
+
+
+def is_cover_instruction(instruction: str) -> bool:
+    """The reference's cover test on the instruction text (SPEC §5: both phrases, any case)."""
+    text = instruction.lower()
+    return "generate audio semantic tokens" in text and "based on the given conditions" in text
+
+
+def _cover(host: Host15, request: Cover15, settings: Settings15) -> Job15:
+    p = request.params
+    src, n_frames, total = _source(host, request)
+    duration_s = n_frames / inputs.FRAMES_PER_S
+    batch = src.shape[0]
+    chunk = torch.ones_like(src)
+    instruction = request.instruction or instruction_for("cover")
+    is_cover = torch.ones(batch)
+    if request.legacy_cover_detection and not is_cover_instruction(instruction):
+        is_cover = torch.zeros(batch)  # the reference's rule: only a cover instruction makes a cover
+    cond = _conditioning(host, request, instruction, duration_s, src, chunk, is_cover)
+    after, switch = None, settings.steps
+    if request.cover_strength_frac < 1.0:  # then the plain text2music condition over silence
+        switch = int(settings.steps * request.cover_strength_frac)
+        silence = _silence(host, batch, total)
+        after = _conditioning(
+            host, request, instruction_for("text2music"), duration_s, silence, chunk, torch.zeros(batch)
+        )
+    x_init = host.noise(p.seeds, total)
+    timesteps = settings.timesteps
+    if request.cover_noise_frac > 0:
+        from songflow.sampling import turbo as v15
+
+        start = v15.cover_noise_start(timesteps, request.cover_noise_frac)
+        timesteps = timesteps[start:]
+        t0 = float(timesteps[0])
+        x_init = t0 * x_init + (1.0 - t0) * src
+        switch = max(0, switch - start)
+    plan = _plan(host, settings, request, x_init, cond, after=after, switch_step=switch)
+    plan.timesteps = timesteps
+    return Job15(plan, n_frames, duration_s)
+
+
+_BUILDERS: dict[str, Callable[[Host15, Any, Settings15], Job15]] = {
+    "text2music": _text2music,
+    "retake": _text2music,
+    "repaint": _repaint,
+    "cover": _cover,
+}
+
+
+def build_plan(host: Host15, request: Request15, settings: Settings15) -> Job15:
+    """The plan of one request (seeds already resolved)."""
+    return _BUILDERS[request.task](host, request, settings)
