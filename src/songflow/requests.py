@@ -667,3 +667,29 @@ def request_from_official(data: dict[str, Any], *, reference_behaviour: bool = F
         duration_s=float(data.get("audio_duration", 60.0)),
         params=GenerationParams(**params),
     )
+
+
+@dataclass(frozen=True)
+class RequestSchema:
+    """A model family's request schema, as the front ends use it: the request class per task, the settings
+    class under ``params``, the JSON round trip, and the fields every task has (the CLI gives them their
+    own flags). One per family: :data:`V1_SCHEMA` here, ``songflow.requests_v15.V15_SCHEMA``."""
+
+    name: str
+    tasks: dict[str, type]
+    params_cls: type
+    from_dict: Any  # Callable[[dict], request]
+    to_dict: Any  # Callable[[request], dict]
+    common: frozenset[str]
+    text_field: str  # the required prompt field: "tags" (v1) or "caption" (1.5)
+
+
+V1_SCHEMA = RequestSchema(
+    name="acestep-v1",
+    tasks=TASKS,
+    params_cls=GenerationParams,
+    from_dict=request_from_dict,
+    to_dict=request_to_dict,
+    common=frozenset({"tags", "lyrics", "params", "loras"}),
+    text_field="tags",
+)

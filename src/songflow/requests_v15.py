@@ -16,10 +16,12 @@ from typing import Any, ClassVar, Literal
 from songflow.errors import ConfigError
 from songflow.requests import (
     RequestFieldError,
+    RequestSchema,
     _tuple,
     check_fields,
     check_keys,
     check_seeds,
+    request_to_dict,
 )
 from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
 
@@ -29,6 +31,7 @@ __all__ = [
     "MAX_BATCH_V15",
     "MAX_CUSTOM_TIMESTEPS",
     "TASKS_V15",
+    "V15_SCHEMA",
     "VALID_KEYSCALES",
     "VALID_LANGUAGES",
     "Cover15",
@@ -334,6 +337,15 @@ def request15_from_dict(data: dict[str, Any]) -> Request15:
 
 def request15_to_dict(request: Request15) -> dict[str, Any]:
     """JSON-ready dict of a 1.5 request (inverse of :func:`request15_from_dict`)."""
-    from songflow.requests import request_to_dict
-
     return request_to_dict(request)  # type: ignore[arg-type]
+
+
+V15_SCHEMA = RequestSchema(
+    name="acestep-v15",
+    tasks=TASKS_V15,
+    params_cls=Params15,
+    from_dict=request15_from_dict,
+    to_dict=request15_to_dict,
+    common=frozenset(f.name for f in dataclasses.fields(_Request15)),
+    text_field="caption",
+)
