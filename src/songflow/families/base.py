@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from songflow.requests import GenerationParams
+from songflow.requests import V1_SCHEMA, GenerationParams, RequestSchema
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class ModelFamily:
     - ``load(root, *, device, dtype, offload, vocab_path, **options)``: the family's pipeline.
     - ``tasks``: the task names of ``songflow.requests.TASKS`` the family runs.
     - ``default_params``: the generation settings of the official defaults for this family.
+    - ``schema``: the family's request schema (request class per task, settings class, JSON round trip).
     """
 
     name: str
@@ -59,5 +60,6 @@ class ModelFamily:
     describe: Callable[[Path], FolderReport]
     load: Callable[..., Any]
     tasks: tuple[str, ...]
-    default_params: GenerationParams = field(default_factory=GenerationParams)
+    default_params: Any = field(default_factory=GenerationParams)  # an instance of schema.params_cls
     sample_rate_hz: int = 44100
+    schema: RequestSchema = V1_SCHEMA
