@@ -25,8 +25,10 @@ RANK = {
     "eval": 1,
     "sampling": 2,
     "requests": 2,
+    "requests_v15": 2,
     "tasks": 3,
     "pipeline": 4,
+    "pipeline_v15": 4,
     "training": 4,
     "families": 5,
     "interfaces": 6,
@@ -38,6 +40,8 @@ FORBIDDEN = {
     ("pipeline", "training"),  # inference never imports training code
     ("tasks", "training"),
     ("training", "pipeline"),
+    ("training", "pipeline_v15"),
+    ("pipeline_v15", "training"),
 }
 
 

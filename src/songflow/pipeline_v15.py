@@ -23,6 +23,7 @@ from songflow.pipeline import Placement, Result
 from songflow.requests_v15 import Request15
 from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
 from songflow.tasks.acestep_v15 import inputs
+from songflow.tasks.acestep_v15.output import finish_audio
 from songflow.tasks.acestep_v15.plan import build_context, run_plan15
 from songflow.tasks.acestep_v15.presets import resolve_settings
 from songflow.tasks.acestep_v15.tasks import build_plan
@@ -55,8 +56,10 @@ class Draws15:
         return randn_per_sample(shape, make_generators(seeds))
 
     def vae_sample(self, index: int, seeds: tuple[int, ...], shape: tuple[int, int]) -> Tensor:
-        """The noise of VAE encode number ``index`` of this run, ``[B, C, T]`` (diffusers' layout)."""
-        return randn_per_sample(shape, make_generators([(s + _VAE_SEED_OFFSET + index) % 2**63 for s in seeds]))
+        """The noise of VAE-encoded window number ``index`` of this run, ``[B, T, C]``."""
+        return randn_per_sample(
+            shape, make_generators([(s + _VAE_SEED_OFFSET + index) % 2**63 for s in seeds])
+        )
 
     def renoise(self, seeds: tuple[int, ...], shape: tuple[int, int]) -> Callable[[int], Tensor]:
         gens = make_generators([(s + _SDE_SEED_OFFSET) % 2**63 for s in seeds])
@@ -83,6 +86,7 @@ class Pipeline15:
         self.draws = Draws15()
         self._request: Any = None
         self._vae_calls = 0
+        self._sources: dict[str, Tensor] = {}  # the source waveforms [2, N] read during this request
 
     @property
     def device(self) -> torch.device:
@@ -140,10 +144,12 @@ class Pipeline15:
             room = (third if k < 2 else total - 2 * third) - seg
             start = k * third + self.draws.segment_offset(k, max(0, room), seed)
             parts.append(wav[:, start : start + seg])
-        clip = torch.cat(parts, dim=-1)[None]
+        clip = torch.cat(parts, dim=-1).clamp(-1.0, 1.0)[None]
         return self._vae_encode_sampled(clip, (self._request.params.seeds[0],))[:, : inputs.REFERENCE_FRAMES]
 
-    def encode_conditions(self, request: Any, instruction: str, duration_s: float, batch: int) -> tuple[Tensor, Tensor]:
+    def encode_conditions(
+        self, request: Any, instruction: str, duration_s: float, batch: int
+    ) -> tuple[Tensor, Tensor]:
         t = self.text_inputs(request, instruction, duration_s, batch)
         refs, order = self.reference_latents(request.reference_path, batch)
         with self.placement.on_device(self.dit), torch.inference_mode():
@@ -154,8 +160,12 @@ class Pipeline15:
     def context(self, src: Tensor, chunk: Tensor, is_cover: Tensor, hints: Tensor | None = None) -> Tensor:
         with self.placement.on_device(self.dit), torch.inference_mode():
             return build_context(
-                self.dit, src.to(self.device, self.dtype), chunk.to(self.device), is_cover.to(self.device),
-                self.silence_latent, None if hints is None else hints.to(self.device, self.dtype),
+                self.dit,
+                src.to(self.device, self.dtype),
+                chunk.to(self.device),
+                is_cover.to(self.device),
+                self.silence_latent,
+                None if hints is None else hints.to(self.device, self.dtype),
             )
 
     def null_enc(self, enc: Tensor) -> Tensor:
@@ -177,7 +187,9 @@ class Pipeline15:
 
         wav, sr = load_audio(path)
         if not 8000 <= sr <= 384000:
-            raise AudioError(f"the {what} {path} has a sample rate of {sr} Hz; give audio between 8 and 384 kHz")
+            raise AudioError(
+                f"the {what} {path} has a sample rate of {sr} Hz; give audio between 8 and 384 kHz"
+            )
         wav = resample(to_stereo(wav).float(), sr, inputs.SAMPLE_RATE_HZ)
         if not torch.isfinite(wav).all():
             raise AudioError(f"the {what} {path} holds NaN or infinite samples; export it again")
@@ -187,20 +199,27 @@ class Pipeline15:
         if seconds < 1 / inputs.FRAMES_PER_S:
             raise AudioError(f"the {what} {path} is too short ({seconds:.3f} s)")
         if seconds > 600.0:
-            raise AudioError(f"the {what} {path} lasts {seconds:.0f} s; ACE-Step 1.5 handles up to 600 s (cut it)")
+            raise AudioError(
+                f"the {what} {path} lasts {seconds:.0f} s; ACE-Step 1.5 handles up to 600 s (cut it)"
+            )
         return wav
 
     def _vae_encode_sampled(self, wav: Tensor, seeds: tuple[int, ...]) -> Tensor:
-        """VAE latents ``[B, T, C]`` of ``wav [1, 2, N]``, sampled once per seed (``mean + std * noise``)."""
-        with self.placement.on_device(getattr(self.vae, "module", None)), torch.inference_mode():
-            mean, std = self.vae.encode(wav.to(self.device, self.dtype))
-        noise = self.draws.vae_sample(self._vae_calls, seeds, (mean.shape[2], mean.shape[1]))
-        self._vae_calls += 1
-        noise = noise.transpose(1, 2).to(mean)
-        return (mean + std * noise).float()
+        """VAE latents ``[B, T, C]`` of ``wav [1, 2, N]``, tiled as the reference encodes and sampled once
+        per seed (one noise draw per window and seed)."""
+        vae, n_channels = self.vae, self.vae.latent_channels
+        noises = []
+        for w in vae.encode_windows(wav.shape[-1]):
+            n_frames = vae.frames_for_samples(w.win_end - w.win_start)
+            noises.append(self.draws.vae_sample(self._vae_calls, seeds, (n_frames, n_channels)))
+            self._vae_calls += 1
+        batch = wav.to(self.device, self.dtype).expand(len(seeds), -1, -1)
+        with self.placement.on_device(vae), torch.inference_mode():
+            return vae.encode_tiled(batch, noise=[n.to(self.device, self.dtype) for n in noises]).float()
 
     def encode_source(self, path: str, seeds: tuple[int, ...]) -> Tensor:
         wav = self.read_audio(path, what="source audio")
+        self._sources[path] = wav
         return self._vae_encode_sampled(wav[None], seeds).to(self.device, self.dtype)
 
     def codes_to_hints(self, codes: tuple[int, ...], batch: int) -> Tensor:
@@ -212,8 +231,28 @@ class Pipeline15:
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[B, T, C]`` -> audio ``[B, 2, T * 1920]`` float32 on the CPU (tiled VAE decode)."""
-        with self.placement.on_device(getattr(self.vae, "module", None)), torch.inference_mode():
-            return self.vae.decode(latents.to(self.device, self.dtype)).float().cpu()
+        out = torch.empty(latents.shape[0], 2, latents.shape[1] * inputs.HOP_SAMPLES)
+        with self.placement.on_device(self.vae), torch.inference_mode():
+            return self.vae.decode_streaming(latents.to(self.device, self.dtype), out=out)
+
+    def _finish(self, job: Any, request: Any, latents: Tensor) -> Tensor:
+        """Decode (the frames kept, unless ``legacy_output_length``) and finish the audio."""
+        legacy = request.params.legacy_output_length
+        if legacy or job.splice_span is not None:
+            audio = self.decode(latents)  # the reference normalises the whole generated length
+        else:
+            audio = self.decode(latents[:, : max(job.n_frames, 1)])
+        source = None
+        if job.splice_span is not None:
+            source = self._sources[request.source_path]
+        return finish_audio(
+            audio,
+            duration_s=job.duration_s,
+            legacy_length=legacy,
+            source=source,
+            span_frames=job.splice_span,
+            fade_s=getattr(request, "wav_crossfade_s", 0.0),
+        )
 
     # -- entry point ------------------------------------------------------------------------------
 
@@ -224,7 +263,9 @@ class Pipeline15:
         request = replace(request, params=replace(p, seeds=seeds))
         if hasattr(request, "retake_seeds"):
             retake = request.retake_seeds
-            request = replace(request, retake_seeds=tuple(parse_seeds(list(retake) if retake else None, p.batch_size)))
+            request = replace(
+                request, retake_seeds=tuple(parse_seeds(list(retake) if retake else None, p.batch_size))
+            )
         return request
 
     def generate(self, request: Request15, *, progress: ProgressFn | None = None) -> Result:
@@ -244,19 +285,18 @@ class Pipeline15:
                 latents = run_plan15(self.dit, job.plan, callback)
             timings["diffusion"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            keep = latents if request.params.legacy_output_length else latents[:, : max(job.n_frames, 1)]
-            audio = self.decode(keep)
-            if not request.params.legacy_output_length:
-                audio = audio[..., : int(round(job.duration_s * inputs.SAMPLE_RATE_HZ))]
+            audio = self._finish(job, request, latents)
             timings["decode"] = time.perf_counter() - t2
         finally:
             self._request = None
+            self._sources.clear()
         timings["total"] = time.perf_counter() - t0
         return Result(audio, inputs.SAMPLE_RATE_HZ, latents.float().cpu(), request, timings)  # type: ignore[arg-type]
 
 
-def load_v15_pipeline(layout: Any, *, device: str = "auto", dtype: str = "float32", offload: bool = False,
-                      **options: Any) -> Pipeline15:
+def load_v15_pipeline(
+    layout: Any, *, device: str = "auto", dtype: str = "float32", offload: bool = False, **options: Any
+) -> Pipeline15:
     """Load a validated 1.5 layout (``songflow.checkpoint.acestep_v15.V15Layout``) into a pipeline."""
     from songflow.checkpoint import acestep_v15 as ck
     from songflow.checkpoint import resolve_device, resolve_dtype
@@ -274,4 +314,3 @@ def load_v15_pipeline(layout: Any, *, device: str = "auto", dtype: str = "float3
     pipe = Pipeline15(components, Placement(dev, dt, offload), variant=dit.config.variant)
     pipe.checkpoint_root = Path(layout.root)
     return pipe
-

@@ -59,7 +59,8 @@ VALID_KEYSCALES = frozenset(
     for mode in ("major", "minor")
 )
 BPM_RANGE = (30, 300)
-DURATION_RANGE_S = (10.0, 600.0)
+#: the official handler takes any duration (it generates at least 5.12 s); its REST API clamps to 10-600 s
+DURATION_RANGE_S = (1.0, 600.0)
 MAX_BATCH_V15 = 16
 MAX_CUSTOM_TIMESTEPS = 20
 MAX_CAPTION_CHARS = 4096
@@ -202,7 +203,7 @@ class Text2Music15(_Request15):
             "le": DURATION_RANGE_S[1],
             "unit": "seconds",
             "label": "Duration (s)",
-            "help": "length of the song in seconds (10 to 600)",
+            "help": "length of the song in seconds (1 to 600; 10 or more recommended)",
         },
     )
     audio_codes: tuple[int, ...] | None = field(
@@ -254,8 +255,15 @@ class Repaint15(_Request15):
         default=0.5, metadata={**_FRACTION, "help": "fraction of the steps that re-inject the source"}
     )
     crossfade_frames: int = field(
-        default=10,
+        default=12,
         metadata={"ge": 0, "le": 250, "help": "latent frames (40 ms each) crossfaded at the edges"},
+    )
+    keep_source_samples: bool = field(  # docs/reference_behaviour.md#r27
+        default=True, metadata={"help": "the source's own samples outside the span (as the reference)"}
+    )
+    wav_crossfade_s: float = field(
+        default=0.025,
+        metadata={"ge": 0.0, "le": 5.0, "unit": "seconds", "help": "waveform crossfade at the span edges"},
     )
 
     def __post_init__(self) -> None:
@@ -283,6 +291,10 @@ class Cover15(_Request15):
     cover_noise_frac: float = field(
         default=0.0,
         metadata={**_FRACTION, "help": "start from the source noised to this level (0 = pure noise)"},
+    )
+    legacy_cover_detection: bool = field(  # docs/reference_behaviour.md#r26
+        default=False,
+        metadata={"help": "cover only when the instruction asks for semantic tokens (reference behaviour)"},
     )
 
     def __post_init__(self) -> None:

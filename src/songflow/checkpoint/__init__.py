@@ -5,9 +5,11 @@ checkpoints.
 * :mod:`~songflow.checkpoint.strict`: safetensors-only reading and writing, the strict key/shape check with
   one error report, meta-device construction (any model family);
 * :mod:`~songflow.checkpoint.acestep_v1`: the ACE-Step v1 folder layout and its component loaders;
+* :mod:`~songflow.checkpoint.acestep_v15`: the ACE-Step 1.5 ``checkpoints/`` layout, its loaders, the
+  silence latent and the official folder names / repo ids;
 * :mod:`~songflow.checkpoint.lora`: LoRA adapter files;
 * :mod:`~songflow.checkpoint.hub`: downloads and the shipped default model;
-* :mod:`~songflow.checkpoint.random_checkpoint`: random-weight v1 checkpoints for tests and demos.
+* :mod:`~songflow.checkpoint.random_checkpoint`: random-weight v1 and 1.5 checkpoints for tests and demos.
 """
 
 from songflow.checkpoint.acestep_v1 import (
@@ -24,12 +26,24 @@ from songflow.checkpoint.acestep_v1 import (
     save_component,
     validate_checkpoint_dir,
 )
+from songflow.checkpoint.acestep_v15 import (
+    V15Checkpoint,
+    V15Layout,
+    load_silence_latent,
+    load_v15_checkpoint,
+    load_v15_dit,
+    load_v15_text_encoder,
+    load_v15_vae,
+    resolve_v15_layout,
+    validate_v15,
+)
 from songflow.checkpoint.device import DTYPES, DeviceLike, parse_dtype, resolve_device, resolve_dtype
 from songflow.checkpoint.hub import (
     DEFAULT_MODEL_NAME,
     DEFAULT_REPO_ID,
     default_model_dir,
     download_checkpoint,
+    download_v15,
     fetch_lyric_vocab,
     find_lyric_vocab,
     resolve_checkpoint,
@@ -44,7 +58,11 @@ from songflow.checkpoint.lora import (
     set_loras,
     unload_lora,
 )
-from songflow.checkpoint.random_checkpoint import build_random_checkpoint, tiny_configs
+from songflow.checkpoint.random_checkpoint import (
+    build_random_checkpoint,
+    build_random_v15_checkpoint,
+    tiny_configs,
+)
 from songflow.checkpoint.strict import (
     PICKLE_SUFFIXES,
     SafetensorsHeader,
@@ -73,10 +91,14 @@ __all__ = [
     "DeviceLike",
     "LoraSpec",
     "SafetensorsHeader",
+    "V15Checkpoint",
+    "V15Layout",
     "build_on_meta",
     "build_random_checkpoint",
+    "build_random_v15_checkpoint",
     "default_model_dir",
     "download_checkpoint",
+    "download_v15",
     "fetch_lyric_vocab",
     "find_lyric_vocab",
     "init_empty_weights",
@@ -84,8 +106,13 @@ __all__ = [
     "load_codec",
     "load_dcae",
     "load_lora",
+    "load_silence_latent",
     "load_state_dict_strict",
     "load_transformer",
+    "load_v15_checkpoint",
+    "load_v15_dit",
+    "load_v15_text_encoder",
+    "load_v15_vae",
     "load_vocoder",
     "lora_config",
     "parse_dtype",
@@ -95,6 +122,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_lora_files",
+    "resolve_v15_layout",
     "safetensors_summary",
     "save_component",
     "save_lora",
@@ -104,5 +132,6 @@ __all__ = [
     "tiny_configs",
     "unload_lora",
     "validate_checkpoint_dir",
+    "validate_v15",
     "write_safetensors",
 ]

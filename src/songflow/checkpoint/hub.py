@@ -2,6 +2,8 @@
 
 * :func:`download_checkpoint` fetches exactly the files of the four checkpoint folders from the
   Hugging Face Hub into a plain folder (``--local-dir`` layout, no symlinked cache), then validates it.
+* :func:`download_v15` fetches an ACE-Step 1.5 model into the official ``checkpoints/`` layout (the main
+  repo's shared components, then the DiT's own repo when it has one).
 * :func:`fetch_lyric_vocab` fetches the official lyric BPE ``vocab.json`` (not part of the HF repo; it lives
   in the GitHub sources) from a pinned commit and checks its sha256 before writing it.
 
@@ -55,6 +57,26 @@ def download_checkpoint(
     or huggingface.co). Raises CheckpointError with the reason when the Hub cannot be reached or the result
     is incomplete.
     """
+    local_dir = Path(local_dir).expanduser()
+    where = _snapshot(repo_id, local_dir, checkpoint_allow_patterns(), revision=revision, endpoint=endpoint)
+    try:
+        return validate_checkpoint_dir(local_dir)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"the download of {repo_id} into {local_dir} is incomplete (is {where} reachable?).\n{exc}"
+        ) from exc
+
+
+def _snapshot(
+    repo_id: str,
+    local_dir: Path,
+    allow_patterns: list[str],
+    *,
+    revision: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """``snapshot_download`` of the ``allow_patterns`` files of ``repo_id`` into the plain folder
+    ``local_dir``; every failure is a CheckpointError saying what to do. Returns the Hub URL used."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -64,7 +86,6 @@ def download_checkpoint(
         RevisionNotFoundError,
     )
 
-    local_dir = Path(local_dir).expanduser()
     where = endpoint or constants.ENDPOINT
     manual = f"huggingface-cli download {repo_id} --local-dir {local_dir}"
     try:
@@ -73,7 +94,7 @@ def download_checkpoint(
             local_dir=str(local_dir),
             revision=revision,
             endpoint=endpoint,
-            allow_patterns=checkpoint_allow_patterns(),
+            allow_patterns=allow_patterns,
         )
     except RevisionNotFoundError as exc:
         raise CheckpointError(f"revision {revision!r} of {repo_id} not found on {where}") from exc
@@ -92,11 +113,65 @@ def download_checkpoint(
         raise CheckpointError(
             f"downloading {repo_id} from {where} failed: {exc}. Try again or `{manual}`."
         ) from exc
+    return where
+
+
+# ACE-Step 1.5: the files fetched from each folder (no modeling *.py, never pickled weights)
+V15_FILE_PATTERNS = ("*.json", "*.safetensors", "silence_latent.pt", "*.txt", "*.jinja")
+
+
+def v15_allow_patterns(folders: list[str] | tuple[str, ...]) -> list[str]:
+    """The paths fetched from the sub-folders ``folders`` of the 1.5 main repo."""
+    return [f"{folder}/{pattern}" for folder in folders for pattern in V15_FILE_PATTERNS]
+
+
+def download_v15(
+    model: str = "acestep-v15-turbo",
+    local_dir: str | Path = "checkpoints",
+    *,
+    lm: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Download the ACE-Step 1.5 DiT ``model`` (and the LM ``lm`` if given) into the official
+    ``checkpoints/`` layout at ``local_dir``; return the validated root.
+
+    The VAE and the text encoder (and the turbo DiT and the 1.7B LM when asked for) come from the main repo
+    ``ACE-Step/Ace-Step1.5`` (sub-folders of the same names); every other model from its own repo
+    ``ACE-Step/<model>``, into ``local_dir/<model>``. ``revision`` applies to the repo ``model`` comes from.
+    Only configs, safetensors, tokenizer files and ``silence_latent.pt`` are fetched (no ``.py``, no
+    ``.bin``). Raises CheckpointError for an unknown name, an unreachable Hub or an incomplete result.
+    """
+    from songflow.checkpoint import acestep_v15 as v15
+
+    known = (*v15.DIT_FOLDERS, *v15.LM_FOLDERS)
+    for name, what in ((model, "DiT"), (lm, "LM")):
+        if name is not None and name not in known:
+            raise CheckpointError(f"unknown ACE-Step 1.5 {what} {name!r}; choose one of {', '.join(known)}")
+    local_dir = Path(local_dir).expanduser()
+    main = [v15.VAE_FOLDER, v15.TEXT_ENCODER_FOLDER] + [n for n in (model, lm) if n in v15.MAIN_REPO_FOLDERS]
+    in_main = model in v15.MAIN_REPO_FOLDERS
+    where = _snapshot(
+        v15.MAIN_REPO_ID,
+        local_dir,
+        v15_allow_patterns(main),
+        revision=revision if in_main else None,
+        endpoint=endpoint,
+    )
+    for name in (model, lm):
+        if name is not None and name not in v15.MAIN_REPO_FOLDERS:
+            _snapshot(
+                v15.SUBMODEL_REPO_IDS[name],
+                local_dir / name,
+                list(V15_FILE_PATTERNS),
+                revision=revision if name == model else None,
+                endpoint=endpoint,
+            )
     try:
-        return validate_checkpoint_dir(local_dir)
+        return v15.validate_v15(local_dir, dit=model, lm=lm).root
     except CheckpointError as exc:
         raise CheckpointError(
-            f"the download of {repo_id} into {local_dir} is incomplete (is {where} reachable?).\n{exc}"
+            f"the download of {model} into {local_dir} is incomplete (is {where} reachable?).\n{exc}"
         ) from exc
 
 

@@ -1,4 +1,5 @@
-"""Write a random-weight checkpoint folder in the official four-folder layout.
+"""Write random-weight checkpoint folders: ACE-Step v1 (the official four-folder layout) and ACE-Step 1.5
+(the official ``checkpoints/`` layout, :func:`build_random_v15_checkpoint`).
 
 Used by tests, benchmarks and the README demo until a trained default model ships. The lyric vocabulary
 it writes is our own character-level stand-in that keeps the official special-token ids (language tags,
@@ -8,12 +9,13 @@ structure tags), so lyrics tokenize through the same code path; it is not the of
 from __future__ import annotations
 
 import json
+import math
 import string
 from pathlib import Path
 
 import torch
 
-from songflow.fileio import atomic_write_text
+from songflow.fileio import atomic_path, atomic_write_text
 
 # official special tokens of the lyric vocabulary: id -> text
 LYRIC_SPECIAL_TOKENS = {
@@ -173,4 +175,205 @@ def build_random_checkpoint(root: Path, *, size: str = "tiny", seed: int = 0) ->
     save_component(vocoder, vcfg, root / "music_vocoder")
     write_text_encoder(root / "umt5-base", d_model=tcfg.text_embedding_dim, n_layers=2, seed=seed)
     build_lyric_vocab(root / "vocab.json")
+    return root
+
+
+# --------------------------------------------------------------------------------------------------------
+# ACE-Step 1.5
+# --------------------------------------------------------------------------------------------------------
+
+# the tiny text encoder of the 1.5 parity fixtures (../shared/golden/acestep_v15/README.md); its width
+# follows the DiT config's text_hidden_dim
+TINY_V15_TEXT_ENCODER = dict(
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64
+)
+# Qwen3-Embedding-0.6B
+FULL_V15_TEXT_ENCODER = dict(
+    num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+    vocab_size=151669,
+)  # fmt: skip
+# the stand-in tokenizer: ids 0..255 the byte-level alphabet (sorted), then these specials
+V15_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # pad, chat start, eos
+V15_SILENCE_FRAMES = 1500  # T_s of the stored silence latent (60 s at 25 Hz, as in the fixtures)
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
+
+
+def _random_init(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """One float32 tensor by the fixtures' rule: norm weights 1 + N(0, .1), biases N(0, .05), embeddings
+    and special tokens N(0, .2), others N(0, clip(1/sqrt(fan_in), .02, .2))."""
+    leaf = key.rsplit(".", 1)[-1]
+    owner = key.rsplit(".", 2)[-2] if key.count(".") else ""
+    values = torch.randn(shape, generator=generator)
+    if leaf == "weight" and len(shape) == 1 and "norm" in owner:
+        return 1.0 + 0.1 * values
+    if leaf == "bias":
+        return 0.05 * values
+    if "embed" in key or "special_token" in key or "emb" in leaf:
+        return 0.2 * values
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else max(1, shape[0] if shape else 1)
+    return min(0.2, max(0.02, fan_in**-0.5)) * values
+
+
+def write_random_safetensors(module: torch.nn.Module, path: Path, *, dtype: torch.dtype, seed: int) -> Path:
+    """Write ``module``'s state dict to ``path`` tensor by tensor (peak memory: one tensor).
+
+    ``module`` may have its parameters on the meta device (``init_empty_weights``): those are drawn at
+    random (:func:`_random_init`, one generator seeded with ``seed``, in key order) and stored in ``dtype``;
+    real tensors (computed buffers) are written as they are (floating ones cast to ``dtype``). The file is
+    the plain safetensors format (8-byte header length, JSON header, data), written atomically.
+    """
+    state = dict(module.state_dict())
+    order = sorted(state, key=lambda k: -_dtype_of(state[k], dtype).itemsize)  # widest dtype first
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key in order:
+        t, dt = state[key], _dtype_of(state[key], dtype)
+        size = math.prod(t.shape) * dt.itemsize
+        header[key] = {
+            "dtype": _SAFETENSORS_DTYPES[dt],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    generator = torch.Generator().manual_seed(seed)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for key in order:
+            t = state[key]
+            value = _random_init(key, tuple(t.shape), generator) if t.is_meta else t.detach().cpu()
+            value = value.to(_dtype_of(t, dtype)).contiguous()
+            f.write(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return path
+
+
+def _dtype_of(t: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    return dtype if t.is_floating_point() else t.dtype
+
+
+def write_v15_tokenizer(folder: Path) -> Path:
+    """The offline stand-in tokenizer of the fixtures (``tokenizers`` byte-level BPE, no merges): ids
+    0..255 the byte alphabet in sorted order, then ``<|endoftext|>`` (pad), ``<|im_start|>``, ``<|im_end|>``
+    (eos); ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``, readable by
+    ``transformers.AutoTokenizer.from_pretrained``."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in V15_SPECIAL_TOKENS])
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "tokenizer.json", tok.to_str())
+    special = {"pad_token": V15_SPECIAL_TOKENS[0], "eos_token": V15_SPECIAL_TOKENS[2]}
+    atomic_write_text(folder / "special_tokens_map.json", json.dumps(special, indent=2))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 131072, **special}
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2))
+    return folder
+
+
+def _write_v15_vae(folder: Path, latent_channels: int, full: bool, seed: int) -> None:
+    """``vae/``: the released (``full``) or the fixtures' tiny Oobleck sizes, ``latent_channels`` wide."""
+    import dataclasses
+
+    from songflow.checkpoint.acestep_v15 import CONFIG_NAME, VAE_WEIGHTS_NAME
+    from songflow.checkpoint.strict import init_empty_weights
+    from songflow.models.acestep_v15.vae import OobleckConfig, build_autoencoder
+
+    config = dataclasses.replace(
+        OobleckConfig() if full else OobleckConfig.tiny(), decoder_input_channels=latent_channels
+    )
+    with init_empty_weights():
+        autoencoder = build_autoencoder(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+    write_random_safetensors(autoencoder, folder / VAE_WEIGHTS_NAME, dtype=torch.float32, seed=seed)
+
+
+def _write_v15_text_encoder(folder: Path, width: int, full: bool, seed: int) -> None:
+    from transformers import Qwen3Config, Qwen3Model
+
+    from songflow.checkpoint.acestep_v15 import WEIGHTS_NAME
+    from songflow.checkpoint.strict import init_empty_weights
+
+    n_tokens = 256 + len(V15_SPECIAL_TOKENS)
+    sizes = dict(FULL_V15_TEXT_ENCODER if full else dict(TINY_V15_TEXT_ENCODER, vocab_size=n_tokens))
+    cfg = Qwen3Config(
+        hidden_size=width, tie_word_embeddings=True, rope_theta=1_000_000, rms_norm_eps=1e-6,
+        max_position_embeddings=32768, pad_token_id=256, bos_token_id=256, eos_token_id=258, **sizes,
+    )  # fmt: skip
+    cfg.architectures = ["Qwen3Model"]
+    with init_empty_weights():
+        model = Qwen3Model(cfg)
+    write_v15_tokenizer(folder)
+    cfg.save_pretrained(folder)
+    write_random_safetensors(model, folder / WEIGHTS_NAME, dtype=torch.float32, seed=seed)
+
+
+def v15_dit_folder_name(config) -> str:
+    """The official folder name of a DiT config: ``acestep-v15-{turbo,base,sft}``, ``-xl-`` when XL."""
+    from songflow.checkpoint.acestep_v15 import DIT_PREFIX, is_xl
+
+    return DIT_PREFIX + ("xl-" if is_xl(config) else "") + config.variant
+
+
+def build_random_v15_checkpoint(
+    root: Path,
+    *,
+    config=None,
+    variant: str = "turbo",
+    seed: int = 0,
+    dit_dtype: torch.dtype = torch.bfloat16,
+    full_components: bool | None = None,
+) -> Path:
+    """Write a random-weight ACE-Step 1.5 ``checkpoints/`` folder at ``root`` and return ``root``.
+
+    ``root/<dit folder>/`` (``acestep-v15-<variant>``, ``-xl-`` for an XL-shaped config: ``config.json``,
+    ``model.safetensors`` in ``dit_dtype``, ``silence_latent.pt`` ``[1, C, 1500]``), ``root/vae/`` (diffusers
+    ``AutoencoderOobleck``, C latent channels) and ``root/Qwen3-Embedding-0.6B/`` (``Qwen3Model`` of the
+    config's text width + the stand-in tokenizer). ``config`` defaults to ``AceStep15Config.tiny()``;
+    ``variant`` (turbo/base/sft) overrides its ``model_version``/``is_turbo``. ``full_components`` (None:
+    when the DiT is at least the released width) writes the released VAE and Qwen3-Embedding-0.6B sizes
+    instead of the tiny ones. Every file is written tensor by tensor, so a full 2.4 B DiT needs about one
+    tensor of memory (and 4.8 GB of disk in bf16).
+    """
+    import dataclasses
+
+    from songflow.checkpoint.acestep_v15 import (
+        SILENCE_LATENT_NAME,
+        TEXT_ENCODER_FOLDER,
+        VAE_FOLDER,
+        WEIGHTS_NAME,
+    )
+    from songflow.checkpoint.strict import init_empty_weights
+    from songflow.errors import ConfigError
+    from songflow.models.acestep_v15.config import AceStep15Config
+    from songflow.models.acestep_v15.model import AceStep15DiT
+
+    if variant not in ("turbo", "base", "sft"):
+        raise ConfigError(f"unknown ACE-Step 1.5 variant {variant!r}; use 'turbo', 'base' or 'sft'")
+    config = dataclasses.replace(
+        config or AceStep15Config.tiny(), model_version=variant, is_turbo=variant == "turbo"
+    )
+    full = (
+        config.hidden_size >= AceStep15Config.full().hidden_size
+        if full_components is None
+        else full_components
+    )
+    root = Path(root)
+    dit_dir = root / v15_dit_folder_name(config)
+    dit_dir.mkdir(parents=True, exist_ok=True)
+    config.to_json(dit_dir / "config.json")
+    with init_empty_weights():
+        dit = AceStep15DiT(config)
+    write_random_safetensors(dit, dit_dir / WEIGHTS_NAME, dtype=dit_dtype, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    channels = config.audio_acoustic_hidden_dim
+    silence = 0.5 * torch.randn(1, channels, V15_SILENCE_FRAMES, generator=generator)
+    with atomic_path(dit_dir / SILENCE_LATENT_NAME) as tmp:
+        torch.save(silence, tmp)
+    _write_v15_vae(root / VAE_FOLDER, channels, full, seed + 2)
+    _write_v15_text_encoder(root / TEXT_ENCODER_FOLDER, config.text_hidden_dim, full, seed + 3)
     return root

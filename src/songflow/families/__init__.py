@@ -11,9 +11,10 @@ from typing import Any
 
 from songflow.errors import CheckpointError
 from songflow.families.acestep_v1 import ACESTEP_V1
+from songflow.families.acestep_v15 import ACESTEP_V15
 from songflow.families.base import ComponentInfo, FolderReport, ModelFamily
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (ACESTEP_V1,)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (ACESTEP_V1, ACESTEP_V15)}
 
 
 def family_for(path: str | Path) -> ModelFamily:

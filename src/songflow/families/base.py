@@ -33,6 +33,7 @@ class FolderReport:
     family: str
     root: Path
     components: tuple[ComponentInfo, ...]
+    variant: str | None = None  # e.g. "turbo", "base", "xl-sft" (families with variants)
 
     @property
     def n_params(self) -> int:

@@ -5,6 +5,10 @@ the caller threads through one sampling run. All tensors are ``[B, ...]`` veloci
 ``[B, 8, 16, L]`` in ACE-Step). The formulas and numerics match the official ``acestep.apg_guidance``;
 the guidance interval / decay rule matches ``text2music_diffusion_process``
 (docs/reference_behaviour.md#r13).
+
+ACE-Step 1.5 (base/sft) reuses :func:`apg` over the time axis of its ``[B, T, C]`` velocities
+(:data:`APG_V15_DIMS`) and adds :func:`adg`; :func:`guide_v15` is its per-step rule (CFG interval in
+timestep units, APG or ADG).
 """
 
 from __future__ import annotations
@@ -21,17 +25,22 @@ from songflow.errors import ConfigError
 __all__ = [
     "GUIDANCE",
     "GUIDANCE_TYPES",
+    "APG_V15_DIMS",
     "ApgState",
     "Combine",
+    "Guidance15Kind",
     "GuidanceKind",
     "GuidanceRule",
+    "adg",
     "apg",
     "cfg",
+    "cfg_interval_active",
     "cfg_zero_star",
     "double_condition",
     "guidance_interval_bounds",
     "guidance_rule",
     "guidance_scale_at",
+    "guide_v15",
     "validate_guidance_name",
     "weighted_terms",
 ]
@@ -268,3 +277,124 @@ def guidance_scale_at(
         progress = (eval_index - start) / (end - start - 1)
         return scale - (scale - min_scale) * progress * decay
     return float(scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ACE-Step 1.5 (base / sft): APG over time, ADG, the timestep interval
+
+APG_V15_DIMS: tuple[int, ...] = (1,)
+"""ACE-Step 1.5 applies :func:`apg` per (sample, channel) over the time axis of ``[B, T, C]``."""
+
+Guidance15Kind = Literal["apg", "adg"]
+GUIDANCE_15_TYPES: tuple[str, ...] = ("apg", "adg")
+
+
+def adg(
+    x: Tensor,
+    cond: Tensor,
+    uncond: Tensor,
+    sigma: Tensor | float,
+    scale: float,
+    *,
+    angle_clip: float = 3.14 / 6,
+    apply_norm: bool = False,
+    apply_clip: bool = True,
+) -> Tensor:
+    """Angle-based dynamic guidance (ACE-Step 1.5 ``use_adg``) on ``[B, T, C]`` velocities.
+
+    With ``w = max(scale - 1, 0) + 1e-3`` and the predicted clean latents ``h_c = x - sigma * cond``,
+    ``h_u = x - sigma * uncond`` (float32): per frame, the angle ``theta`` between ``h_c`` and ``h_u``
+    over the channels (float64, cosine clamped to ``±(1 - 1e-6)``) becomes ``theta' = w * theta``,
+    clipped to ``angle_clip`` (radians; default ``3.14 / 6`` as officially) when ``apply_clip``;
+    ``h = cos(theta') * h_c + sin(theta') / sin(theta) * perp`` where ``perp`` is the part of
+    ``h_c - h_u`` orthogonal to ``h_u`` per frame (float32, ``+1e-8`` in the denominator; frames with
+    ``sin(theta) <= 1e-3`` use ``w * perp``); ``apply_norm`` rescales ``h`` to the L2 norm of ``h_c``
+    over dim 1 (time, as officially). Returns ``(x - h) / sigma`` in ``x``'s dtype.
+
+    ``sigma``: the current timestep ``t`` (a number, a 0-dim tensor, or one value per sample); it must
+    be > 0. ``x`` is the current latents (not the CFG-doubled batch).
+    """
+    if not (x.shape == cond.shape == uncond.shape) or x.ndim != 3:
+        raise ValueError(
+            f"adg needs [B, T, C] x, cond, uncond of one shape, got {tuple(x.shape)}, "
+            f"{tuple(cond.shape)}, {tuple(uncond.shape)}"
+        )
+    n, t, c = cond.shape
+    if isinstance(sigma, Tensor):
+        sig = sigma.reshape(-1, 1, 1) if sigma.numel() == n else sigma.reshape(1, 1, 1)
+        sig = sig.expand(n, 1, 1)
+    else:
+        sig = torch.tensor(sigma, device=x.device, dtype=x.dtype).view(1, 1, 1).expand(n, 1, 1)
+    w = scale - 1
+    w = w * (w > 0) + 1e-3
+    hat_c = x - sig * cond
+    hat_u = x - sig * uncond
+    diff = hat_c - hat_u
+    a, b = hat_c.reshape(-1, c).double(), hat_u.reshape(-1, c).double()
+    a = a / torch.linalg.norm(a, dim=1, keepdim=True)
+    b = b / torch.linalg.norm(b, dim=1, keepdim=True)
+    cos = (a * b).sum(dim=1, keepdim=True).clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+    theta = torch.acos(cos).view(n, t, 1)
+    theta_new = torch.clip(w * theta, -angle_clip, angle_clip) if apply_clip else w * theta
+    d32, u32 = diff.reshape(n * t, c).float(), hat_u.reshape(n * t, c).float()
+    dot = (d32 * u32).sum(dim=1, keepdim=True)
+    perp = (d32 - (dot / ((u32 * u32).sum(dim=1, keepdim=True) + 1e-8)) * u32).reshape(n, t, c)
+    sin = torch.sin(theta)
+    rotated = perp * torch.sin(theta_new) / sin * (sin > 1e-3) + perp * w * (sin <= 1e-3)
+    new = torch.cos(theta_new) * hat_c + rotated
+    if apply_norm:
+        new = (
+            new * torch.linalg.norm(hat_c, dim=1, keepdim=True) / torch.linalg.norm(new, dim=1, keepdim=True)
+        )
+    return ((x - new) / sig).reshape(n, t, c).to(x.dtype)
+
+
+def cfg_interval_active(t: Tensor | float, start: float = 0.0, end: float = 1.0) -> bool:
+    """Whether ACE-Step 1.5 guides at timestep ``t``: ``start <= t <= end``.
+
+    A tensor ``t`` (the schedule's value) is compared in its own dtype, as the official comparison of
+    a float32 tensor with Python floats is (so ``t = float32(0.2)`` lies inside ``[0.2, ...]``).
+    """
+    if isinstance(t, Tensor):
+        return bool((t >= start) & (t <= end))
+    return start <= t <= end
+
+
+def guide_v15(
+    cond: Tensor,
+    uncond: Tensor,
+    x: Tensor,
+    t: Tensor | float,
+    scale: float,
+    state: ApgState | None,
+    *,
+    kind: Guidance15Kind = "apg",
+    interval: tuple[float, float] = (0.0, 1.0),
+) -> tuple[Tensor, ApgState | None]:
+    """One ACE-Step 1.5 base/sft guidance step. Returns ``(v, new_state)``.
+
+    Outside the timestep ``interval`` (:func:`cfg_interval_active`) ``v = cond`` and the APG momentum
+    is left untouched; inside, ``kind="apg"``: :func:`apg` over :data:`APG_V15_DIMS` (momentum -0.75,
+    norm threshold 2.5, eta 0, ``state`` threaded through the run, start with ``ApgState()``; computed
+    on time-contiguous memory like the official, see :func:`_time_inner`);
+    ``kind="adg"``: :func:`adg` at ``sigma = t`` on the current latents ``x``. The official sampler only
+    runs the unconditional pass when ``scale > 1``; without it, use ``cond`` directly.
+    ``cond``, ``uncond``, ``x``: ``[B, T, C]``.
+    """
+    if kind not in GUIDANCE_15_TYPES:
+        raise ConfigError(f"unknown ACE-Step 1.5 guidance {kind!r}; valid: {', '.join(GUIDANCE_15_TYPES)}")
+    if not cfg_interval_active(t, *interval):
+        return cond, state
+    if kind == "adg":
+        return adg(x, cond, uncond, t, scale), state
+    return apg(_time_inner(cond), _time_inner(uncond), scale, state, dims=APG_V15_DIMS)
+
+
+def _time_inner(v: Tensor) -> Tensor:
+    """``v [B, T, C]`` with time as the innermost memory axis (strides ``(T*C, 1, T)``), values unchanged.
+
+    The official DiT's velocity has this layout (its output projection works on ``[B, C, T]``), and
+    torch's reductions over dim 1 round differently for other layouts; APG on this layout reproduces
+    the official guided velocity bit for bit, whatever layout the caller's model returns.
+    """
+    return v.transpose(1, 2).contiguous().transpose(1, 2)

@@ -8,12 +8,20 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CHECKPOINT_DIR = Path("~/.cache/songflow/checkpoints/ACE-Step-v1-3.5B").expanduser()
+DEFAULT_V15_CHECKPOINT_DIR = Path("~/.cache/songflow/checkpoints/ACE-Step-1.5").expanduser()
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from songflow.checkpoint.hub import download_checkpoint, fetch_lyric_vocab
+    from songflow.checkpoint.hub import download_checkpoint, download_v15, fetch_lyric_vocab
 
-    root = download_checkpoint(args.repo_id, Path(args.dir).expanduser(), revision=args.revision)
+    if args.model is not None or args.lm is not None:  # ACE-Step 1.5, official checkpoints/ layout
+        where = Path(args.dir or DEFAULT_V15_CHECKPOINT_DIR).expanduser()
+        root = download_v15(args.model or "acestep-v15-turbo", where, lm=args.lm, revision=args.revision)
+        print(f"ACE-Step 1.5 checkpoint ready in {root}", file=sys.stderr)
+        return 0
+    root = download_checkpoint(
+        args.repo_id, Path(args.dir or DEFAULT_CHECKPOINT_DIR).expanduser(), revision=args.revision
+    )
     fetch_lyric_vocab(root)
     print(f"checkpoint ready in {root}", file=sys.stderr)
     return 0
@@ -37,7 +45,10 @@ def format_report(report) -> str:
     title = f" ({family.title})" if family is not None else ""
     rows = [(c.name, c.folder, c.kind, _count(c.n_params), c.dtype or "?") for c in report.components]
     widths = [max([len(r[i]) for r in rows] + [0]) for i in range(5)]
-    lines = [f"family: {report.family}{title}", f"root:   {report.root}", "components:"]
+    lines = [f"family: {report.family}{title}", f"root:   {report.root}"]
+    if report.variant is not None:
+        lines.append(f"variant: {report.variant}")
+    lines.append("components:")
     for name, folder, kind, count, dtype in rows:
         lines.append(
             f"  {name:<{widths[0]}}  {folder:<{widths[1]}}  {kind:<{widths[2]}}  "
@@ -63,8 +74,21 @@ def add_checkpoint_parsers(subparsers: Any) -> None:
     """``download``, ``random-checkpoint`` and ``info``."""
     dl = subparsers.add_parser("download", help="download the official checkpoint and lyric vocabulary")
     dl.add_argument("--repo-id", default="ACE-Step/ACE-Step-v1-3.5B")
+    dl.add_argument(
+        "--model",
+        default=None,
+        help="an ACE-Step 1.5 DiT (e.g. acestep-v15-turbo, acestep-v15-base, acestep-v15-xl-turbo): download "
+        "it with the VAE and text encoder into the official checkpoints/ layout instead of v1",
+    )
+    dl.add_argument(
+        "--lm", default=None, help="ACE-Step 1.5: also download this 5 Hz LM (acestep-5Hz-lm-1.7B)"
+    )
     dl.add_argument("--revision", default=None)
-    dl.add_argument("--dir", default=str(DEFAULT_CHECKPOINT_DIR))
+    dl.add_argument(
+        "--dir",
+        default=None,
+        help=f"target folder (default {DEFAULT_CHECKPOINT_DIR}, 1.5: {DEFAULT_V15_CHECKPOINT_DIR})",
+    )
     dl.set_defaults(func=cmd_download)
 
     rnd = subparsers.add_parser(

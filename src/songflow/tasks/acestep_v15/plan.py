@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from songflow.sampling import turbo as v15
+from songflow.sampling.guidance import ApgState, guide_v15
 from songflow.sampling.loop import sample
 
 __all__ = ["Conditioning15", "Guidance15", "Plan15", "Repaint15Spec", "build_context", "run_plan15"]
@@ -46,13 +47,13 @@ class Guidance15:
 @dataclass
 class Repaint15Spec:
     """Repaint: frames where ``mask [B, T]`` is True are generated; the others are re-injected from
-    ``clean_src [B, T, C]`` (noised with the run's initial ``noise``) after each of the first
-    ``inject_steps`` steps, then crossfaded over ``crossfade_frames`` at the span edges."""
+    ``clean_src [B, T, C]`` (noised with the run's initial ``noise``) after each step of the first
+    ``injection_frac`` of the run, then crossfaded over ``crossfade_frames`` at the span edges."""
 
     mask: Tensor
     clean_src: Tensor
     noise: Tensor
-    inject_steps: int
+    injection_frac: float
     crossfade_frames: int
 
 
@@ -62,10 +63,8 @@ class Plan15:
     ``renoise(i)`` gives the SDE noise of step ``i`` (turbo/base SDE only)."""
 
     x_init: Tensor
-    timesteps: Tensor
+    schedule: v15.Schedule15
     cond: Conditioning15
-    variant: str  # "turbo" | "base" | "sft"
-    infer_method: str = "ode"
     after: Conditioning15 | None = None
     switch_step: int = 0
     guidance: Guidance15 | None = None
@@ -74,7 +73,7 @@ class Plan15:
 
     @property
     def n_steps(self) -> int:
-        return int(self.timesteps.shape[0]) - 1
+        return self.schedule.n_steps
 
 
 def build_context(
@@ -104,7 +103,7 @@ def build_context(
 
 def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
     guidance = plan.guidance
-    state = v15.guidance_state(guidance.kind) if guidance is not None else None
+    state = ApgState() if guidance is not None else None
 
     def velocity(x: Tensor, t_batch: Tensor, i: int) -> Tensor:
         nonlocal state
@@ -117,10 +116,16 @@ def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tens
             torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([cond.context, cond.context]), enc2
         )
         v_cond, v_uncond = v2.chunk(2)
-        t_now = float(plan.timesteps[i])
-        if not guidance.interval[0] <= t_now <= guidance.interval[1]:
-            return v_cond
-        v, state = v15.guide(guidance.kind, v_cond, v_uncond, guidance.scale, state, latents=x, t=t_now)
+        v, state = guide_v15(
+            v_cond,
+            v_uncond,
+            x,
+            plan.schedule.sigmas[i],
+            guidance.scale,
+            state,
+            kind=guidance.kind,
+            interval=guidance.interval,  # type: ignore[arg-type]
+        )
         return v
 
     return velocity
@@ -129,24 +134,23 @@ def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tens
 def run_plan15(
     model: torch.nn.Module, plan: Plan15, callback: Callable[[int, Tensor, Tensor], None] | None = None
 ) -> Tensor:
-    """Execute ``plan`` and return the final latents ``[B, T, C]`` (float32)."""
-    step = v15.stepper(plan.variant, plan.infer_method, plan.timesteps)
+    """Execute ``plan`` and return the final latents ``[B, T, C]``."""
+    schedule, repaint = plan.schedule, plan.repaint
     project = None
-    if plan.repaint is not None:
-        r = plan.repaint
-        project = v15.repaint_projection(r.mask, r.clean_src, r.noise, plan.timesteps, r.inject_steps)
+    if repaint is not None:
+        project = v15.repaint_injection(
+            schedule, repaint.mask, repaint.clean_src, repaint.noise, injection_ratio=repaint.injection_frac
+        )
     with torch.inference_mode():
         x = sample(
             _velocity_fn(model, plan),
             plan.x_init,
-            plan.timesteps,
-            step=step,
+            schedule.sigmas,
+            step=schedule.stepper(),
             noise=plan.renoise,
             project=project,
             callback=callback,
         )
-        if plan.repaint is not None and plan.repaint.crossfade_frames > 0:
-            x = v15.repaint_crossfade(
-                x, plan.repaint.clean_src, plan.repaint.mask, plan.repaint.crossfade_frames
-            )
+        if repaint is not None and repaint.crossfade_frames > 0:
+            x = v15.repaint_crossfade(x, repaint.clean_src, repaint.mask, repaint.crossfade_frames)
     return x

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
 from songflow.errors import ConfigError
 from songflow.requests_v15 import Params15
 from songflow.sampling import turbo as v15
@@ -40,10 +37,10 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class Settings15:
-    """Resolved settings of one run: the schedule ``timesteps`` float32 ``[n + 1]`` (ends at 0), the
-    guidance scale (1.0 = none) and the values the sidecar records."""
+    """Resolved settings of one run: the schedule (``Schedule15``: sigmas ending at 0, its stepper and
+    noise levels), the guidance scale (1.0 = none) and the values the sidecar records."""
 
-    timesteps: Tensor
+    schedule: v15.Schedule15
     guidance_scale: float
     steps: int
     shift: float
@@ -65,33 +62,26 @@ def _turbo(params: Params15, preset: Preset15) -> Settings15:
             "params.timesteps (up to 20 values) for another schedule, or use a base/sft checkpoint"
         )
     shift = preset.shift if params.shift is None else params.shift
-    if params.timesteps:
-        schedule = v15.snap_turbo_timesteps(params.timesteps)
-    else:
-        if shift not in (1.0, 2.0, 3.0):
-            raise ConfigError(
-                f"a turbo checkpoint runs at shift 1, 2 or 3 (got {shift:g}); choose one of them"
-            )
-        schedule = v15.turbo_timesteps(shift)
-    timesteps = torch.tensor([*schedule, 0.0], dtype=torch.float32)
-    return Settings15(timesteps, 1.0, len(schedule), shift)
+    if not params.timesteps and shift not in v15.TURBO_SHIFTS:
+        raise ConfigError(f"a turbo checkpoint runs at shift 1, 2 or 3 (got {shift:g}); choose one of them")
+    schedule = v15.schedule_15(
+        "turbo", method=params.infer_method, shift=shift, timesteps=params.timesteps or None
+    )
+    return Settings15(schedule, 1.0, schedule.n_steps, shift)
 
 
 def _base(params: Params15, preset: Preset15, variant: str) -> Settings15:
     steps = preset.steps if params.steps is None else params.steps
     shift = preset.shift if params.shift is None else params.shift
     scale = preset.guidance_scale if params.guidance_scale is None else params.guidance_scale
-    if params.timesteps:
-        if variant != "sft":
-            raise ConfigError(
-                "custom timesteps work with turbo and sft checkpoints; for base give steps and shift"
-            )
-        values = [float(t) for t in params.timesteps]
-        if values[-1] != 0.0:
-            values.append(0.0)
-        timesteps = torch.tensor(values, dtype=torch.float32)
-        return Settings15(timesteps, scale, len(values) - 1, shift)
-    return Settings15(v15.base_timesteps(steps, shift), scale, steps, shift)
+    schedule = v15.schedule_15(
+        variant,  # type: ignore[arg-type]
+        method=params.infer_method,
+        shift=shift,
+        steps=steps,
+        timesteps=params.timesteps or None,
+    )
+    return Settings15(schedule, scale, schedule.n_steps, shift)
 
 
 def resolve_settings(variant: str, params: Params15, task: str) -> Settings15:

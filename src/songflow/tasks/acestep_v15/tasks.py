@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from songflow.requests_v15 import Cover15, Repaint15, Request15, Retake15, Text2Music15
+from songflow.sampling import turbo as v15
 from songflow.sampling.noise import trig_mix
 from songflow.tasks.acestep_v15 import inputs
 from songflow.tasks.acestep_v15.plan import Conditioning15, Guidance15, Plan15, Repaint15Spec
@@ -62,6 +63,7 @@ class Job15:
     plan: Plan15
     n_frames: int
     duration_s: float
+    splice_span: tuple[int, int] | None = None  # repaint: keep the source outside these frames
 
 
 def _conditioning(
@@ -91,16 +93,8 @@ def _plan(
             host.null_enc(cond.enc),
         )
     renoise = host.renoise_fn(p.seeds, x_init.shape[1]) if p.infer_method == "sde" else None
-    return Plan15(
-        x_init,
-        settings.timesteps,
-        cond,
-        host.variant,
-        p.infer_method,
-        guidance=guidance,
-        renoise=renoise,
-        **kw,
-    )
+    schedule = kw.pop("schedule", settings.schedule)
+    return Plan15(x_init, schedule, cond, guidance=guidance, renoise=renoise, **kw)
 
 
 def _silence(host: Host15, batch: int, n_frames: int) -> Tensor:
@@ -158,9 +152,9 @@ def _repaint(host: Host15, request: Repaint15, settings: Settings15) -> Job15:
     instruction = request.instruction or instruction_for("repaint")
     cond = _conditioning(host, request, instruction, duration_s, src, chunk, torch.zeros(batch))
     x_init = host.noise(p.seeds, total)
-    inject_steps = int(round(request.injection_frac * settings.steps))
-    repaint = Repaint15Spec(mask, clean, x_init, inject_steps, request.crossfade_frames)
-    return Job15(_plan(host, settings, request, x_init, cond, repaint=repaint), n_frames, duration_s)
+    repaint = Repaint15Spec(mask, clean, x_init, request.injection_frac, request.crossfade_frames)
+    plan = _plan(host, settings, request, x_init, cond, repaint=repaint)
+    return Job15(plan, n_frames, duration_s, (a, b) if request.keep_source_samples else None)
 
 
 def is_cover_instruction(instruction: str) -> bool:
@@ -180,25 +174,16 @@ def _cover(host: Host15, request: Cover15, settings: Settings15) -> Job15:
     if request.legacy_cover_detection and not is_cover_instruction(instruction):
         is_cover = torch.zeros(batch)  # the reference's rule: only a cover instruction makes a cover
     cond = _conditioning(host, request, instruction, duration_s, src, chunk, is_cover)
-    after, switch = None, settings.steps
+    noise = host.noise(p.seeds, total)
+    x_init, schedule = v15.cover_noise(settings.schedule, noise, src, request.cover_noise_frac)
+    after, switch = None, schedule.n_steps
     if request.cover_strength_frac < 1.0:  # then the plain text2music condition over silence
-        switch = int(settings.steps * request.cover_strength_frac)
+        switch = v15.cover_switch_step(schedule.n_steps, request.cover_strength_frac)
         silence = _silence(host, batch, total)
         after = _conditioning(
             host, request, instruction_for("text2music"), duration_s, silence, chunk, torch.zeros(batch)
         )
-    x_init = host.noise(p.seeds, total)
-    timesteps = settings.timesteps
-    if request.cover_noise_frac > 0:
-        from songflow.sampling import turbo as v15
-
-        start = v15.cover_noise_start(timesteps, request.cover_noise_frac)
-        timesteps = timesteps[start:]
-        t0 = float(timesteps[0])
-        x_init = t0 * x_init + (1.0 - t0) * src
-        switch = max(0, switch - start)
-    plan = _plan(host, settings, request, x_init, cond, after=after, switch_step=switch)
-    plan.timesteps = timesteps
+    plan = _plan(host, settings, request, x_init, cond, after=after, switch_step=switch, schedule=schedule)
     return Job15(plan, n_frames, duration_s)
 
 

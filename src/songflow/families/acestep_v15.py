@@ -1,0 +1,80 @@
+"""ACE-Step 1.5 (2 B DiT over the Oobleck VAE at 48 kHz, Qwen3-Embedding text states, optional 5 Hz LM
+planner) as a model family.
+
+A 1.5 folder is the official ``checkpoints/`` root or one DiT folder beside ``vae/`` and
+``Qwen3-Embedding-0.6B/`` (layout and loading: :mod:`songflow.checkpoint.acestep_v15`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from songflow.checkpoint import acestep_v15 as ckpt
+from songflow.families.base import ComponentInfo, FolderReport, ModelFamily
+
+TASKS = ("text2music", "retake", "repaint", "cover")
+
+
+def recognises(root: Path) -> bool:
+    """A root holding a DiT folder (``acestep-v15-*`` or a ``config.json`` with ``model_type "acestep"``)
+    beside ``vae/`` and ``Qwen3-Embedding-0.6B/``, or such a DiT folder itself. Incomplete folders are left
+    to the registry's full check, which names what is missing. No v1 folder has this layout."""
+    root = Path(root)
+    shared = (ckpt.VAE_FOLDER, ckpt.TEXT_ENCODER_FOLDER)
+    if all((root / name).is_dir() for name in shared):
+        return bool(ckpt.dit_folders(root))
+    return ckpt.is_dit_folder(root) and all((root.parent / name).is_dir() for name in shared)
+
+
+def validate(root: Path) -> Path:
+    """The full check (:func:`~songflow.checkpoint.acestep_v15.validate_v15`); returns the given folder made
+    absolute (a DiT folder stays the DiT folder, so loading it picks that DiT)."""
+    ckpt.validate_v15(root)
+    return ckpt.absolute(root)
+
+
+def _component(name: str, folder: Path, root: Path, kind: str, weights: str) -> ComponentInfo:
+    n_params, dtypes = ckpt.weights_summary(ckpt.weight_files(folder, weights))
+    return ComponentInfo(name, ckpt.relative_path(folder, root), kind, n_params, ", ".join(dtypes))
+
+
+def describe(root: Path) -> FolderReport:
+    """Variant and components (DiT, VAE, text encoder, LM when present) with parameter counts read from
+    the safetensors headers."""
+    layout = ckpt.validate_v15(root)
+    variant = ckpt.dit_variant(ckpt.read_v15_config(layout.dit_dir))
+    parts = [
+        _component("dit", layout.dit_dir, layout.root, f"DiT ({variant})", ckpt.WEIGHTS_NAME),
+        _component("vae", layout.vae_dir, layout.root, "Oobleck VAE (48 kHz)", ckpt.VAE_WEIGHTS_NAME),
+        _component(
+            "text_encoder", layout.text_encoder_dir, layout.root, "Qwen3 text encoder", ckpt.WEIGHTS_NAME
+        ),
+    ]
+    if layout.lm_dir is not None:
+        parts.append(
+            _component("lm", layout.lm_dir, layout.root, "5 Hz LM planner (Qwen3)", ckpt.WEIGHTS_NAME)
+        )
+    return FolderReport(family=ACESTEP_V15.name, root=layout.root, components=tuple(parts), variant=variant)
+
+
+def _load(root: Path, *, dit: str | None = None, **options: Any):
+    """The 1.5 pipeline of a validated folder: ``songflow.pipeline_v15.load_v15_pipeline(layout, **options)``;
+    ``dit`` names the DiT folder of a root holding several (default: turbo)."""
+    from songflow.pipeline_v15 import load_v15_pipeline
+
+    return load_v15_pipeline(ckpt.validate_v15(root, dit), **options)
+
+
+ACESTEP_V15 = ModelFamily(
+    name="acestep-v15",
+    title="ACE-Step 1.5",
+    recognises=recognises,
+    validate=validate,
+    describe=describe,
+    load=_load,
+    tasks=TASKS,
+    # TODO(lead): default_params per variant (turbo: 8 steps, shift 3, no CFG; base/sft: 30 steps, APG 7)
+    # are wired with pipeline_v15; until then the v1 defaults (GenerationParams()) stand here.
+    sample_rate_hz=48000,
+)
