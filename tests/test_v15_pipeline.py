@@ -147,6 +147,11 @@ def v15_pipes(golden_v15_checkpoints: Path):
 
 def run_case(pipe, case: dict, t: dict, tmp_path: Path) -> dict:
     """Run the case with recorded draws; returns what was traced (enc, context, per-step x and v)."""
+    return run_case_request(pipe, case, t, _request(case, t, tmp_path))
+
+
+def run_case_request(pipe, case: dict, t: dict, request) -> dict:
+    """Run ``request`` with the case's recorded draws, tracing enc, context and each step's x, t and v."""
     trace: dict[str, list] = {"x": [], "v": [], "t": [], "enc": [], "ctx": []}
     pipe.draws = RecordedDraws(case, t)
     velocity = pipe.dit.velocity
@@ -171,7 +176,7 @@ def run_case(pipe, case: dict, t: dict, tmp_path: Path) -> dict:
 
     pipe.dit.velocity, pipe.encode_conditions, pipe.context = traced_velocity, traced_encode, traced_context
     try:
-        result = pipe.generate(_request(case, t, tmp_path))
+        result = pipe.generate(request)
     finally:
         del pipe.dit.velocity, pipe.encode_conditions, pipe.context
         from songflow.pipeline_v15 import Draws15
@@ -203,3 +208,52 @@ def test_v15_golden_pipeline_run(v15_pipes, golden_v15_dir, tmp_path, name):
         # the random-weight VAE decodes to peaks of ~150-3000 before the anti-clip scaling; diffusers' own
         # decode on this machine differs from the fixture's by ~5e-4 of the peak (a float32 conv chain)
         assert_close(result.audio[0], t["output/audio_0"], rtol=5e-3, name="audio")
+
+
+def _audio_code_ids(checkpoints: Path) -> dict[int, int]:
+    """token id -> audio code of the fixture LM's tokenizer (``<|audio_code_k|>``)."""
+    import re
+
+    vocab = json.loads((checkpoints / "acestep-5Hz-lm-1.7B" / "tokenizer.json").read_text())
+    added = {t["content"]: t["id"] for t in vocab.get("added_tokens", [])}
+    codes = {}
+    for text, token_id in {**vocab["model"]["vocab"], **added}.items():
+        m = re.fullmatch(r"<\|audio_code_(\d+)\|>", text)
+        if m:
+            codes[token_id] = int(m.group(1))
+    return codes
+
+
+def test_v15_golden_user_audio_codes(v15_pipes, golden_v15_dir, golden_v15_checkpoints, tmp_path):
+    """The DiT half of the LM-thinking run: the LM's 5 Hz codes given as ``audio_codes`` make the same
+    cover-conditioned run (hints from the FSQ lookup + detokenizer, the cover instruction, the LM's metas)."""
+    from songflow.requests_v15 import Params15, Text2Music15
+
+    case, t = _case(golden_v15_dir, "turbo_text2music_lm_thinking")
+    code_of = _audio_code_ids(golden_v15_checkpoints)
+    tokens = [int(x) for x in t["lm/call1/steps/token"].flatten()]
+    codes = tuple(code_of[x] for x in tokens if x in code_of)
+    prompt = case["recorded_json"]["text_inputs"][0]
+    metas = dict(
+        line[2:].split(": ", 1) for line in prompt.split("# Metas\n")[1].split("\n") if line.startswith("- ")
+    )
+    request = Text2Music15(
+        caption=prompt.split("# Caption\n")[1].split("\n\n")[0],
+        lyrics=prompt.split("# Lyric\n")[1].removesuffix("<|endoftext|>"),
+        bpm=int(metas["bpm"]),
+        key_scale=metas["keyscale"],
+        time_signature=metas["timesignature"],
+        vocal_language=prompt.split("# Languages\n")[1].split("\n")[0],
+        duration_s=float(metas["duration"].split()[0]),
+        audio_codes=codes,
+        params=Params15(seeds=tuple(case["recorded_json"]["noise/seed_arg"]), legacy_output_length=True),
+    )
+    pipe = v15_pipes(case["dit_folder"])
+    trace = run_case_request(pipe, case, t, request)
+    hints = t["generate_audio/in/precomputed_lm_hints_25Hz"]
+    ctx = trace["ctx"][0]
+    assert_close(ctx[:, : hints.shape[1], : hints.shape[2]], hints, rtol=1e-5, name="hints")
+    assert_close(ctx, _alias(case, t, "decoder_call0/context_latents"), rtol=1e-5, name="context")
+    for i in range(case["num_decoder_calls"]):
+        assert_close(trace["v"][i], _alias(case, t, f"steps/{i:02d}/v_out"), rtol=1e-4, name=f"v{i}")
+    assert_close(trace["result"].latents, t["generate_audio/out/target_latents"], rtol=1e-4, name="final")

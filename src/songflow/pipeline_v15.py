@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from songflow.errors import AudioError
+from songflow.errors import AudioError, ConfigError
 from songflow.pipeline import Placement, Result
 from songflow.requests_v15 import Request15
 from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
@@ -224,7 +224,7 @@ class Pipeline15:
 
     def codes_to_hints(self, codes: tuple[int, ...], batch: int) -> Tensor:
         """25 Hz hints ``[B, 5 * len(codes), C]`` decoded from 5 Hz audio codes (FSQ lookup, detokenizer)."""
-        ids = torch.tensor([list(codes)], dtype=torch.long, device=self.device)
+        ids = torch.tensor([list(codes)], dtype=torch.long, device=self.device)[..., None]  # [1, T5, 1]
         with self.placement.on_device(self.dit), torch.inference_mode():
             hints = self.dit.detokenize(self.dit.codes_to_quantized(ids).to(self.dtype))
         return hints.expand(batch, -1, -1)
@@ -272,6 +272,7 @@ class Pipeline15:
         """Run one request of any 1.5 task; see :class:`songflow.pipeline.Result` (latents ``[B, T, C]``)."""
         settings = resolve_settings(self.variant, request.params, request.task)
         request = self.resolve_seeds(request)
+        request = replace(request, params=settings.applied_to(request.params))  # the sidecar shows them
         self._request, self._vae_calls = request, 0
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -290,14 +291,29 @@ class Pipeline15:
         finally:
             self._request = None
             self._sources.clear()
+        if self.output_sample_rate_hz != inputs.SAMPLE_RATE_HZ:
+            from songflow.audio.resample import resample
+
+            audio = resample(audio, inputs.SAMPLE_RATE_HZ, self.output_sample_rate_hz)
         timings["total"] = time.perf_counter() - t0
-        return Result(audio, inputs.SAMPLE_RATE_HZ, latents.float().cpu(), request, timings)  # type: ignore[arg-type]
+        return Result(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)  # type: ignore[arg-type]
 
 
 def load_v15_pipeline(
-    layout: Any, *, device: str = "auto", dtype: str = "float32", offload: bool = False, **options: Any
+    layout: Any,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    offload: bool = False,
+    vocab_path: str | Path | None = None,
+    output_sample_rate_hz: int = inputs.SAMPLE_RATE_HZ,
 ) -> Pipeline15:
-    """Load a validated 1.5 layout (``songflow.checkpoint.acestep_v15.V15Layout``) into a pipeline."""
+    """Load a validated 1.5 layout (``songflow.checkpoint.acestep_v15.V15Layout``) into a pipeline;
+    ``output_sample_rate_hz`` 44100 resamples the returned audio (48000: the model's own rate)."""
+    if vocab_path is not None:
+        raise ConfigError("ACE-Step 1.5 checkpoints carry their own tokenizer; leave out --vocab")
+    if output_sample_rate_hz not in (44100, 48000):
+        raise ConfigError(f"output sample rate {output_sample_rate_hz} Hz: choose 44100 or 48000")
     from songflow.checkpoint import acestep_v15 as ck
     from songflow.checkpoint import resolve_device, resolve_dtype
 
@@ -312,5 +328,6 @@ def load_v15_pipeline(
         silence_latent=ck.load_silence_latent(layout.dit_dir),
     )
     pipe = Pipeline15(components, Placement(dev, dt, offload), variant=dit.config.variant)
+    pipe.output_sample_rate_hz = output_sample_rate_hz
     pipe.checkpoint_root = Path(layout.root)
     return pipe

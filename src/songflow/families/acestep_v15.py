@@ -12,6 +12,7 @@ from typing import Any
 
 from songflow.checkpoint import acestep_v15 as ckpt
 from songflow.families.base import ComponentInfo, FolderReport, ModelFamily
+from songflow.requests_v15 import V15_SCHEMA, Params15
 
 TASKS = ("text2music", "retake", "repaint", "cover")
 
@@ -74,7 +75,7 @@ ACESTEP_V15 = ModelFamily(
     describe=describe,
     load=_load,
     tasks=TASKS,
-    # TODO(lead): default_params per variant (turbo: 8 steps, shift 3, no CFG; base/sft: 30 steps, APG 7)
-    # are wired with pipeline_v15; until then the v1 defaults (GenerationParams()) stand here.
+    default_params=Params15(),  # None fields: the checkpoint's preset (songflow.tasks.acestep_v15.presets)
     sample_rate_hz=48000,
+    schema=V15_SCHEMA,
 )

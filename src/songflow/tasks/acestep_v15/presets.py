@@ -8,7 +8,7 @@ refuses, with what to use instead, a setting the checkpoint would silently ignor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from songflow.errors import ConfigError
 from songflow.requests_v15 import Params15
@@ -48,6 +48,12 @@ class Settings15:
     @property
     def guided(self) -> bool:
         return self.guidance_scale > 1.0
+
+    def applied_to(self, params: Params15) -> Params15:
+        """``params`` with the preset's values written in (steps unless custom timesteps, shift, guidance
+        scale): the same run, spelled out for the sidecar."""
+        steps = params.steps if params.timesteps else self.steps
+        return replace(params, steps=steps, shift=self.shift, guidance_scale=self.guidance_scale)
 
 
 def _turbo(params: Params15, preset: Preset15) -> Settings15:
