@@ -8,6 +8,7 @@ batch equals its singles and a sidecar replays exactly; tests swap in the refere
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -241,7 +242,8 @@ class Pipeline15:
         if legacy or job.splice_span is not None:
             audio = self.decode(latents)  # the reference normalises the whole generated length
         else:
-            audio = self.decode(latents[:, : max(job.n_frames, 1)])
+            keep = math.ceil(job.duration_s * inputs.FRAMES_PER_S)  # whole frames covering the length
+            audio = self.decode(latents[:, : max(1, min(keep, latents.shape[1]))])
         source = None
         if job.splice_span is not None:
             source = self._sources[request.source_path]

@@ -64,7 +64,9 @@ def _load(root: Path, *, dit: str | None = None, **options: Any):
     ``dit`` names the DiT folder of a root holding several (default: turbo)."""
     from songflow.pipeline_v15 import load_v15_pipeline
 
-    return load_v15_pipeline(ckpt.validate_v15(root, dit), **options)
+    pipe = load_v15_pipeline(ckpt.validate_v15(root, dit), **options)
+    pipe.family = ACESTEP_V15
+    return pipe
 
 
 ACESTEP_V15 = ModelFamily(
