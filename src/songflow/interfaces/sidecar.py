@@ -1,7 +1,10 @@
 """The reproducibility sidecar: a versioned JSON written next to every output.
 
-It holds the resolved request (seeds included), the runtime (checkpoint, device, dtype), the output
-files and per-stage timings; ``songflow generate --from FILE`` regenerates the same audio from it.
+It holds the model family and the name of its request schema, the resolved request (seeds included),
+the runtime (checkpoint, device, dtype), the output files and per-stage timings; ``songflow generate
+--from FILE`` regenerates the same audio from it, reading the request with the recorded family's schema
+(a sidecar without ``family`` was written by ACE-Step v1). The front ends also find a pipeline's family
+and schema here (:func:`pipeline_family`, :func:`schema_of`), so all of them read requests alike.
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ from songflow import __version__
 from songflow.config import read_json_object
 from songflow.errors import ConfigError
 from songflow.fileio import atomic_write_text
-from songflow.requests import request_to_dict, unknown_key_message
+from songflow.requests import V1_SCHEMA, RequestSchema, unknown_key_message
 
 SIDECAR_FORMAT_VERSION = 1
+#: the family of a sidecar that names none (every sidecar written before 1.5 existed)
+DEFAULT_FAMILY = "acestep-v1"
 #: every top-level key a sidecar has (``write_sidecar``); reading one refuses any other key by name
 SIDECAR_KEYS = (
     "songflow_version",
     "sidecar_format_version",
     "created",
+    "family",
+    "request_schema",
     "request",
     "sources_sha256",
     "outputs",
@@ -59,12 +66,74 @@ def source_fingerprints(request) -> dict[str, str]:
     }
 
 
-def write_sidecar(path: Path, result, outputs: list[str], runtime: dict[str, Any]) -> None:
+def known_families() -> dict[str, Any]:
+    """The registered model families by name (``songflow.families.FAMILIES``)."""
+    from songflow.families import FAMILIES
+
+    return dict(FAMILIES)
+
+
+def schema_of(family: Any) -> RequestSchema:
+    """The request schema of a model family (v1's for None: a bare pipeline, as in tests)."""
+    return getattr(family, "schema", None) or V1_SCHEMA
+
+
+def known_schemas() -> tuple[RequestSchema, ...]:
+    """Every request schema: v1's, 1.5's and those of the registered families (once each, by name)."""
+    from songflow.requests_v15 import V15_SCHEMA
+
+    schemas = {s.name: s for s in (V1_SCHEMA, V15_SCHEMA)}
+    for family in known_families().values():
+        schemas.setdefault(schema_of(family).name, schema_of(family))
+    return tuple(schemas.values())
+
+
+def family_of_request(request: Any) -> Any:
+    """The registered family whose schema has ``request``'s class for its task, or None."""
+    for family in known_families().values():
+        if schema_of(family).tasks.get(getattr(request, "task", None)) is type(request):
+            return family
+    return None
+
+
+def schema_of_request(request: Any) -> RequestSchema:
+    """The schema that has ``request``'s class for its task (v1's when none has)."""
+    for schema in known_schemas():
+        if schema.tasks.get(getattr(request, "task", None)) is type(request):
+            return schema
+    return V1_SCHEMA
+
+
+def pipeline_family(pipeline: Any) -> Any:
+    """A pipeline's model family: ``pipeline.family``, else the family of its ``checkpoint_root``
+    (a pipeline built without the loader), else None."""
+    family = getattr(pipeline, "family", None)
+    root = getattr(pipeline, "checkpoint_root", None)
+    if family is None and root is not None:
+        from songflow.errors import CheckpointError
+        from songflow.families import family_for
+
+        try:
+            family = family_for(root)
+        except CheckpointError:
+            return None
+    return family
+
+
+def write_sidecar(
+    path: Path, result, outputs: list[str], runtime: dict[str, Any], *, family: Any = None
+) -> None:
+    """Write the sidecar of ``result`` (``family``: the pipeline's, else the one the request's class
+    belongs to; its name and its schema's are recorded)."""
+    family = family or family_of_request(result.request)
+    schema = schema_of(family) if family is not None else schema_of_request(result.request)
     data = {
         "songflow_version": __version__,
         "sidecar_format_version": SIDECAR_FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "request": request_to_dict(result.request),
+        "family": getattr(family, "name", schema.name),
+        "request_schema": schema.name,
+        "request": schema.to_dict(result.request),
         "sources_sha256": source_fingerprints(result.request),
         "outputs": outputs,
         "sample_rate_hz": result.sample_rate_hz,
@@ -77,7 +146,8 @@ def write_sidecar(path: Path, result, outputs: list[str], runtime: dict[str, Any
 def read_sidecar(path: Path) -> dict[str, Any]:
     """A sidecar written by :func:`write_sidecar`, its keys checked (a typo is named, not dropped).
 
-    The ``request`` inside is checked when it is built (``request_from_dict``), key by key as well.
+    The ``request`` inside is checked when it is built (:func:`sidecar_request`, with the schema of the
+    recorded family), key by key as well; an unknown family is refused here.
     """
     data = read_json_object(path, "parameters file")
     if "request" not in data:
@@ -95,4 +165,27 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'request' must be a JSON object")
     if not isinstance(data.get("sources_sha256", {}), dict):
         raise ConfigError(f"{path}: 'sources_sha256' must be a JSON object")
+    sidecar_family(data, path)
     return data
+
+
+def sidecar_family(data: dict[str, Any], path: Path | str = "the parameters file") -> Any:
+    """The model family a sidecar was written by (``family``; v1 when absent); a ``ConfigError`` naming
+    the families this songflow knows when it is not one of them."""
+    name = data.get("family", DEFAULT_FAMILY)
+    families = known_families()
+    if not isinstance(name, str) or name not in families:
+        raise ConfigError(
+            f"{path}: written by the model family {name!r}, which this songflow does not know "
+            f"(it knows {', '.join(sorted(families))})"
+        )
+    return families[name]
+
+
+def sidecar_request(data: dict[str, Any], path: Path | str = "the parameters file"):
+    """The request of a sidecar, read with its family's schema; errors name the file and the field."""
+    schema = schema_of(sidecar_family(data, path))
+    try:
+        return schema.from_dict(data["request"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

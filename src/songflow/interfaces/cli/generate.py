@@ -1,8 +1,13 @@
 """``songflow generate`` and ``songflow bulk``: requests from flags (or a JSONL file) to audio + sidecar.
 
-Flags of ``generate`` are derived from the request dataclasses (``songflow.requests``), so the CLI cannot
-drift from the Python API: one flag per field, its help from the field's ``help`` metadata, grouped by
-the tasks that use it. The loaded model family (``pipeline.family``) says which tasks it runs.
+Flags of ``generate`` are derived from the request schemas of every model family (``songflow.requests``
+for ACE-Step v1, ``songflow.requests_v15`` for 1.5), so the CLI cannot drift from the Python API: one flag
+per field name, its help from the field's ``help`` metadata, grouped by the tasks that use it. Where two
+families have a field of the same name with different choices or number types, the flag takes either
+(choices: their union) and the request dataclass validates the value. The family is known before the
+request is built (:func:`resolve_family`: ``--checkpoint``'s, or the one a ``--from`` sidecar records);
+its schema reads the flags, a JSONL line of ``bulk`` and a sidecar, and a flag its task lacks is refused
+naming the family and the task (e.g. ``--tags`` for a 1.5 checkpoint, whose prompt is ``--caption``).
 
 Everything a run would trip over is checked before the model loads (``preflight``): the request, the
 output path (a file name with a known extension in a writable folder with room), the input audio and
@@ -20,7 +25,9 @@ import shutil
 import sys
 import tempfile
 import time
+import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +36,59 @@ from songflow.interfaces.cli.options import add_output_rate_flag, add_runtime_fl
 
 # CLI spellings that differ from the field names
 _ALIASES = {"duration_s": ["--duration"], "seeds": ["--seed", "--seeds"], "step_indices": ["--oss-steps"]}
-# fields every task has; they get their own flags (--tags, --lyrics, --lora) or none (params)
-_COMMON = {"tags", "lyrics", "params", "loras"}
+# fields with their own flags (--tags, --lyrics, --lora) or none (params); every other field of every
+# family's request classes gets one generic flag (1.5's prompt is --caption, a generic one)
+_SPECIAL = frozenset({"tags", "lyrics", "params", "loras"})
+_SAMPLING_GROUP = "sampler, guidance and seeds (all tasks)"
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """One schema's field behind a flag: the schema, the tasks having the field, the field, its type."""
+
+    schema: Any  # songflow.requests.RequestSchema
+    tasks: tuple[str, ...]
+    field: dataclasses.Field
+    hint: Any
+
+
+def _schemas() -> tuple[Any, ...]:
+    from songflow.interfaces.sidecar import known_schemas
+
+    return known_schemas()
+
+
+def _title(schema: Any) -> str:
+    """The family title of a schema ("ACE-Step 1.5"), its name where no family is registered."""
+    from songflow.interfaces.sidecar import known_families
+
+    family = known_families().get(schema.name)
+    return family.title if family is not None else schema.name
+
+
+def _owners(params: bool) -> dict[str, list[_Owner]]:
+    """Each flag's field name -> its owners, one per schema having it (schemas in ``_schemas`` order):
+    the settings fields (``params``) or the request fields without a flag of their own."""
+    found: dict[str, list[_Owner]] = {}
+    for schema in _schemas():
+        classes = [(None, schema.params_cls)] if params else list(schema.tasks.items())
+        tasks_of: dict[str, list[str]] = {}
+        fields: dict[str, tuple[dataclasses.Field, Any]] = {}
+        for task, cls in classes:
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if params or f.name not in _SPECIAL:
+                    tasks_of.setdefault(f.name, []).append(task or "")
+                    fields.setdefault(f.name, (f, hints[f.name]))
+        for name, (f, hint) in fields.items():
+            tasks = () if params else tuple(tasks_of[name])
+            found.setdefault(name, []).append(_Owner(schema, tasks, f, hint))
+    return found
 
 
 def _field_tasks() -> dict[str, list[str]]:
-    """Each task-specific field name and the tasks that have it (in ``TASKS`` order)."""
-    from songflow.requests import TASKS
-
-    owners: dict[str, list[str]] = {}
-    for task, cls in TASKS.items():
-        for f in dataclasses.fields(cls):
-            if f.name not in _COMMON:
-                owners.setdefault(f.name, []).append(task)
-    return owners
+    """Each generic request field name and the tasks of any family that have it."""
+    return {name: [t for o in owners for t in o.tasks] for name, owners in _owners(False).items()}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -52,57 +98,108 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
-def _add_field_flag(group: Any, f: dataclasses.Field, hint: Any) -> None:
-    """The flag of one dataclass field (default None = "not given"; the dataclass default applies)."""
-    names = list(dict.fromkeys([f"--{f.name.replace('_', '-')}", *_ALIASES.get(f.name, [])]))
-    kwargs: dict[str, Any] = {"dest": f.name, "default": None}
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _number(text: str) -> int | float:
+    """An integer where the text is one, else a float (a flag whose field is an int in one family and a
+    float in another: the request dataclass checks the type)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _kind(hint: Any) -> tuple[str, tuple[Any, ...]]:
+    """``(kind, choices)`` of a field type: bool, choice, int, float, str, ints or floats (``X | None``
+    is ``X``)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
+        hint = args[0]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if type(None) in args and len(args) == 2 and "tuple" not in str(hint):  # X | None -> X
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-    elif origin is typing.Literal:
-        kwargs["choices"] = list(args)
-    elif hint in (int, float, str):
-        kwargs["type"] = hint
-    elif "tuple" in str(hint):
-        kwargs["type"] = _int_list
-        kwargs["metavar"] = "N,N,..."
-    else:
-        raise TypeError(f"no CLI flag for the field {f.name} of type {hint}")
+        return "bool", ()
+    if origin is typing.Literal:
+        return "choice", args
+    if hint in (int, float, str):
+        return hint.__name__, ()
+    if origin is tuple and args and args[0] in (int, float):
+        return f"{args[0].__name__}s", ()
+    raise TypeError(f"no CLI flag for a field of type {hint}")
+
+
+def _merged_kind(owners: list[_Owner]) -> dict[str, Any]:
+    """The argparse keywords of one flag over every family's field of that name: the same kind as
+    theirs; choices merged (their union); an int in one family and a float in another takes either."""
+    kinds = [_kind(o.hint) for o in owners]
+    names = {k for k, _ in kinds}
+    if names == {"choice"}:
+        return {"choices": list(dict.fromkeys(c for _, choices in kinds for c in choices))}
+    if names == {"bool"}:
+        return {"action": argparse.BooleanOptionalAction}
+    types_of = {"int": int, "float": float, "str": str, "ints": _int_list, "floats": _float_list}
+    if len(names) == 1 and names <= types_of.keys():
+        (name,) = names
+        listed = {"ints": "N,N,...", "floats": "X,X,..."}
+        return {"type": types_of[name], **({"metavar": listed[name]} if name in listed else {})}
+    if names <= {"int", "float"}:
+        return {"type": _number}
+    if names <= {"ints", "floats"}:
+        return {"type": _float_list, "metavar": "X,X,..."}
+    return {"type": str}
+
+
+def _flag_help(owners: list[_Owner]) -> str:
+    """The help of the first family's field, its default, and where the other families use it."""
+    first = owners[0]
+    f = first.field
     text = f.metadata.get("help") or f.name.replace("_", " ")
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
         text += " (required)"
-    elif f.default not in (None, (), dataclasses.MISSING):
+    elif f.default not in (None, (), "", dataclasses.MISSING):
         text += f" (default: {f.default})"
-    group.add_argument(*names, help=text, **kwargs)
+    if len(_schemas()) > 1 and len(owners) == 1:
+        return f"{text} [{_title(first.schema)} only]"
+    for other in owners[1:]:
+        where = " too" if other.tasks == first.tasks else f": --task {' or '.join(other.tasks)}"
+        text += f" [{_title(other.schema)}{where}]"
+    return text
+
+
+def _add_flag(group: Any, name: str, owners: list[_Owner]) -> None:
+    """The flag of one field name (default None = "not given": the request's default applies)."""
+    names = list(dict.fromkeys([f"--{name.replace('_', '-')}", *_ALIASES.get(name, [])]))
+    group.add_argument(*names, dest=name, default=None, help=_flag_help(owners), **_merged_kind(owners))
+
+
+def _group_title(owner: _Owner) -> tuple[str, str]:
+    """(title, description) of the argument group of fields whose first family's tasks are ``owner``'s."""
+    tasks = owner.tasks
+    if owner.schema is not _schemas()[0] and set(tasks) == set(owner.schema.tasks):
+        return f"what to generate ({_title(owner.schema)}, all tasks)", f"only for {_title(owner.schema)}"
+    title = f"{', '.join(tasks)} options"
+    if owner.schema is not _schemas()[0]:
+        title += f" ({_title(owner.schema)})"
+    return title, f"only for --task {' or '.join(tasks)}"
 
 
 def _add_task_flags(gen: argparse.ArgumentParser) -> dict[tuple[str, ...], Any]:
-    """One argument group per set of tasks sharing fields (e.g. "repaint, extend, edit"); returns them."""
-    from songflow.requests import TASKS, GenerationParams
-
+    """One argument group per set of tasks sharing fields (e.g. "repaint, extend, edit"), keyed by the
+    first family having the fields; then the settings of every family. Returns the task groups."""
     groups: dict[tuple[str, ...], Any] = {}
-    done: set[str] = set()
-    owners = _field_tasks()
-    for cls in TASKS.values():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in _COMMON or f.name in done:
-                continue
-            done.add(f.name)
-            tasks = tuple(owners[f.name])
-            if tasks not in groups:
-                groups[tasks] = gen.add_argument_group(
-                    f"{', '.join(tasks)} options", f"only for --task {' or '.join(tasks)}"
-                )
-            _add_field_flag(groups[tasks], f, hints[f.name])
-    sampling = gen.add_argument_group("sampler, guidance and seeds (all tasks)")
-    hints = typing.get_type_hints(GenerationParams)
-    for f in dataclasses.fields(GenerationParams):
-        _add_field_flag(sampling, f, hints[f.name])
-    return groups
+    for name, owners in _owners(False).items():
+        key = (owners[0].schema.name, *owners[0].tasks)
+        if key not in groups:
+            groups[key] = gen.add_argument_group(*_group_title(owners[0]))
+        _add_flag(groups[key], name, owners)
+    sampling = gen.add_argument_group(_SAMPLING_GROUP)
+    for name, owners in _owners(True).items():
+        _add_flag(sampling, name, owners)
+    return {key[1:]: group for key, group in groups.items() if key[0] == _schemas()[0].name}
 
 
 def _read_lyrics(value: str | None) -> str | None:
@@ -133,48 +230,126 @@ def _parse_lora(text: str) -> dict:
         ) from None
 
 
-def _from_sidecar(path: Path) -> dict[str, Any]:
-    """The request of a sidecar as a dict, checked key by key (a typo is named with its close match)."""
-    from songflow.interfaces.sidecar import read_sidecar
-    from songflow.requests import request_from_dict
+def resolve_family(args: argparse.Namespace):
+    """The model family of a run, known before its request is built: that of ``--checkpoint``; for
+    ``--from`` without ``--checkpoint`` the checkpoint the sidecar records (when it is still there; it
+    becomes ``args.checkpoint``); else the shipped songflow-tiny model's (v1). Nothing is loaded."""
+    from songflow.checkpoint.hub import resolve_checkpoint
+    from songflow.families import family_for
+
+    if args.checkpoint is None and getattr(args, "from_json", None):
+        args.checkpoint = _recorded_checkpoint(Path(args.from_json))
+    return family_for(resolve_checkpoint(args.checkpoint))
+
+
+def _recorded_checkpoint(path: Path) -> str | None:
+    """The checkpoint folder a sidecar records, if it still holds the recorded family; None (the default
+    model) for a v1 sidecar whose folder is gone; a ``ConfigError`` for another family's."""
+    from songflow.errors import CheckpointError
+    from songflow.families import family_for
+    from songflow.interfaces.sidecar import DEFAULT_FAMILY, read_sidecar, sidecar_family
 
     sidecar = read_sidecar(path)
-    try:
-        request_from_dict(sidecar["request"])
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    family = sidecar_family(sidecar, path)
+    runtime = sidecar.get("runtime")
+    folder = runtime.get("checkpoint") if isinstance(runtime, dict) else None
+    if isinstance(folder, str) and Path(folder).is_dir():
+        try:
+            if family_for(folder).name == family.name:
+                return folder
+        except CheckpointError:
+            pass
+    if family.name == DEFAULT_FAMILY:
+        return None
+    raise ConfigError(
+        f"{path} was written by the {family.title} checkpoint {folder!r}, which is not there any more; "
+        f"pass --checkpoint with a {family.title} checkpoint folder"
+    )
+
+
+def _from_sidecar(path: Path, family) -> dict[str, Any]:
+    """The request of a sidecar as a dict, checked key by key with the schema of the family it was
+    written by (a typo is named with its close match), which must be the run's family."""
+    from songflow.interfaces.sidecar import read_sidecar, sidecar_family, sidecar_request
+
+    sidecar = read_sidecar(path)
+    recorded = sidecar_family(sidecar, path)
+    if recorded.name != family.name:
+        raise ConfigError(
+            f"{path} was written by a {recorded.title} checkpoint; --checkpoint is a {family.title} "
+            f"one (pass a {recorded.title} checkpoint to regenerate it)"
+        )
+    sidecar_request(sidecar, path)
     _warn_changed_sources(sidecar["request"], sidecar.get("sources_sha256", {}))
     return dict(sidecar["request"])
 
 
-def _request_from_args(args: argparse.Namespace):
-    """The request the flags describe (on top of ``--from`` when given); flags of other tasks are named."""
-    from songflow.requests import EDIT_PRESETS, TASKS, GenerationParams, request_from_dict
+def _not_for(flag: str, task: str, family) -> ConfigError:
+    return ConfigError(f"{flag} does not apply to task {task!r} of {family.title} checkpoints")
 
-    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationParams)}
-    params = {k: v for k, v in params.items() if v is not None}
+
+def _task_class(family, task: Any) -> type:
+    """The request class of ``task`` in ``family``'s schema; errors name the tasks the family runs."""
+    from songflow.interfaces.sidecar import schema_of
+
+    cls = schema_of(family).tasks.get(task) if isinstance(task, str) else None
+    if cls is not None and task in family.tasks:
+        return cls
+    if any(task in schema.tasks for schema in _schemas()):
+        raise ConfigError(
+            f"{family.title} checkpoints do not run the {task!r} task; they run {', '.join(family.tasks)}"
+        )
+    raise ConfigError(f"unknown task {task!r}; choose one of {list(family.tasks)}")
+
+
+def _given(args: argparse.Namespace, params: bool) -> dict[str, Any]:
+    """The generic flags given on the command line (settings or request fields), by field name."""
+    names = _owners(params)
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _request_from_args(args: argparse.Namespace, family=None):
+    """The request the flags describe for ``family`` (default: ``resolve_family(args)``), on top of
+    ``--from`` when given; flags the family's task does not have are refused naming both."""
+    from songflow.interfaces.sidecar import schema_of
+
+    family = family or resolve_family(args)
+    schema = schema_of(family)
     data: dict[str, Any] = {"task": "text2music"}
     if args.from_json:
-        data = _from_sidecar(Path(args.from_json))
-    data["params"] = {**(data.get("params") or {}), **params}
+        data = _from_sidecar(Path(args.from_json), family)
     base_task = data.get("task", "text2music")
     if args.task:
         data["task"] = args.task
-    cls: Any = TASKS.get(data.get("task", "text2music"))
-    if cls is None:
-        raise ConfigError(f"unknown task {data.get('task')!r}; choose one of {sorted(TASKS)}")
+    cls = _task_class(family, data.get("task", "text2music"))
+    settings = {f.name for f in dataclasses.fields(schema.params_cls)}
+    params = _given(args, params=True)
+    for name in params:
+        if name not in settings:
+            raise _not_for(f"--{name.replace('_', '-')}", cls.task, family)
+    data["params"] = {**(data.get("params") or {}), **params}
     own = {f.name for f in dataclasses.fields(cls)}
-    for name in sorted(_field_tasks()):
-        value = getattr(args, name, None)
-        if value is None:
-            continue
+    for name, value in sorted(_given(args, params=False).items()):
         if name not in own:
-            raise ConfigError(f"--{name.replace('_', '-')} does not apply to task {cls.task!r}")
-        data[name] = _read_lyrics(value) if name == "target_lyrics" else value
-    if args.tags is not None:
-        data["tags"] = args.tags
-    if args.lyrics is not None:
-        data["lyrics"] = _read_lyrics(args.lyrics)
+            raise _not_for(f"--{name.replace('_', '-')}", cls.task, family)
+        data[name] = _read_lyrics(value) if name in ("target_lyrics",) else value
+    _own_flags(args, data, cls, family)
+    if cls.task != base_task:  # e.g. a text2music sidecar turned into a retake keeps the fields a retake has
+        other = set(_field_tasks()) - own
+        data = {k: v for k, v in data.items() if k not in other}
+    return schema.from_dict(data)
+
+
+def _own_flags(args: argparse.Namespace, data: dict[str, Any], cls: type, family) -> None:
+    """``--tags``, ``--lyrics``, ``--preset`` and ``--lora`` into ``data`` (where ``cls`` has them)."""
+    from songflow.requests import EDIT_PRESETS
+
+    own = {f.name for f in dataclasses.fields(cls)}
+    for flag, name, value in (("--tags", "tags", args.tags), ("--lyrics", "lyrics", args.lyrics)):
+        if value is not None:
+            if name not in own:
+                raise _not_for(flag, cls.task, family)
+            data[name] = _read_lyrics(value) if name == "lyrics" else value
     if args.preset:
         if cls.task != "edit":
             raise ConfigError("--preset applies to the edit task only")
@@ -182,17 +357,15 @@ def _request_from_args(args: argparse.Namespace):
         data.setdefault("n_min_frac", n_min)
         data.setdefault("n_max_frac", n_max)
     if args.lora:
+        if "loras" not in own:
+            raise _not_for("--lora", cls.task, family)
         from songflow.checkpoint.hub import resolve_lora
 
         data["loras"] = [
             {**ref, "path": str(resolve_lora(ref["path"]))} for ref in map(_parse_lora, args.lora)
         ]
-    if "tags" not in data:
+    if "tags" in own and "tags" not in data:
         raise ConfigError("--tags is required, e.g. --tags 'funk, pop, 105 BPM, energetic, guitar'")
-    if cls.task != base_task:  # e.g. a text2music sidecar turned into a retake keeps the fields a retake has
-        other = set(_field_tasks()) - own
-        data = {k: v for k, v in data.items() if k not in other}
-    return request_from_dict(data)
 
 
 def _warn_changed_sources(request: dict, fingerprints: dict[str, str]) -> None:
@@ -260,21 +433,23 @@ def _expected_bytes(request: Any, sample_rate_hz: int) -> int:
 
 
 def check_inputs(request: Any) -> None:
-    """Refuse a request whose input audio (``*_path`` fields) or LoRA files are missing, and a duration
-    shorter than one latent frame."""
+    """Refuse a request whose input audio (``*_path`` fields given, of any family: ``source_path``,
+    ``reference_path``) or LoRA files are missing, and (v1) a duration outside the model's window."""
     from songflow.audio.geometry import LatentGeometry
     from songflow.checkpoint.lora import resolve_lora_files
+    from songflow.requests import V1_SCHEMA
     from songflow.tasks.registry import check_duration
 
     for f in dataclasses.fields(request):
-        if f.name.endswith("_path"):
+        if f.name.endswith("_path") and getattr(request, f.name) is not None:
             path = Path(getattr(request, f.name)).expanduser()
             if not path.is_file():
                 what = "is a folder, not an audio file" if path.is_dir() else "does not exist"
                 raise ConfigError(f"{f.name} {path} {what}")
-    for ref in request.loras:
+    for ref in getattr(request, "loras", ()):
         resolve_lora_files(ref.path)
-    check_duration(LatentGeometry(), getattr(request, "duration_s", None))
+    if type(request) in V1_SCHEMA.tasks.values():  # 1.5's bounds are the request's own (10 to 600 s)
+        check_duration(LatentGeometry(), getattr(request, "duration_s", None))
 
 
 def check_checkpoint_runs(args: argparse.Namespace, tasks: set[str]) -> None:
@@ -334,9 +509,10 @@ def _write_error(path: Path, exc: Exception, needed_bytes: int) -> SongflowError
 
 
 def _save_result(pipe, ckpt: Path, result, out: Path) -> list[Path]:
-    """Write the audio file(s) (``out``, or ``out_0``, ``out_1``... for a batch), then the sidecar."""
+    """Write the audio file(s) (``out``, or ``out_0``, ``out_1``... for a batch), then the sidecar (with
+    the pipeline's family)."""
     from songflow.audio.io import save_audio
-    from songflow.interfaces.sidecar import sidecar_path, write_sidecar
+    from songflow.interfaces.sidecar import pipeline_family, sidecar_path, write_sidecar
 
     paths = _output_paths(out, len(result.audio))
     for path, audio in zip(paths, result.audio, strict=True):
@@ -350,7 +526,8 @@ def _save_result(pipe, ckpt: Path, result, out: Path) -> list[Path]:
         "dtype": str(pipe.dtype).replace("torch.", ""),
     }
     try:
-        write_sidecar(sidecar_path(out), result, [p.name for p in paths], meta)
+        family = pipeline_family(pipe)
+        write_sidecar(sidecar_path(out), result, [p.name for p in paths], meta, family=family)
     except OSError as exc:
         raise _write_error(sidecar_path(out), exc, 0) from exc
     return paths
@@ -359,7 +536,7 @@ def _save_result(pipe, ckpt: Path, result, out: Path) -> list[Path]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from songflow.interfaces.sidecar import sidecar_path
 
-    request = _request_from_args(args)
+    request = _request_from_args(args, resolve_family(args))
     out = Path(args.out)
     check_output_path(args.out, expected_bytes=_expected_bytes(request, args.sample_rate))
     check_inputs(request)
@@ -378,11 +555,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_jobs(path: Path) -> list[tuple[int, str, Any]]:
+def _read_jobs(path: Path, family=None) -> list[tuple[int, str, Any]]:
     """(line number, output name, request) per non-empty line of a JSONL file, every line checked (its
-    request, input and LoRA files, a unique name) before anything runs; errors name the line."""
-    from songflow.requests import request_from_dict
+    request in ``family``'s schema, input and LoRA files, a unique name) before anything runs; errors
+    name the line."""
+    from songflow.interfaces.sidecar import schema_of
 
+    from_dict = schema_of(family).from_dict
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -405,7 +584,7 @@ def _read_jobs(path: Path) -> list[tuple[int, str, Any]]:
                     "give every line its own name (the outputs would overwrite each other)"
                 )
             used[name.lower()] = number
-            request = request_from_dict(data)
+            request = from_dict(data)
             check_inputs(request)
             jobs.append((number, name, request))
         except (json.JSONDecodeError, SongflowError) as exc:
@@ -424,7 +603,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out-dir {out_dir} is a file, not a folder")
     check_output_path(out_dir / f"x.{args.format}", flag="--out-dir/--format")
-    jobs = _read_jobs(Path(args.requests))
+    jobs = _read_jobs(Path(args.requests), resolve_family(args))
     check_checkpoint_runs(args, {job[2].task for job in jobs})
     todo = [job for job in jobs if not sidecar_path(out_dir / f"{job[1]}.{args.format}").exists()]
     print(f"{len(jobs)} requests: {len(jobs) - len(todo)} already done, {len(todo)} to go", file=sys.stderr)
@@ -474,23 +653,28 @@ def _progress_printer():
 
 
 def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from songflow.requests import EDIT_PRESETS, TASKS
+    from songflow.requests import EDIT_PRESETS
 
     gen = subparsers.add_parser(
         "generate",
         help="generate a song from tags and lyrics (or repaint, extend, restyle or edit one)",
         description="Generate audio. Flags are grouped by the tasks that use them; the sampler flags "
-        "apply to every task. Every input is checked before the model loads.",
+        "apply to every task. The checkpoint's model family (ACE-Step v1 or 1.5) decides which flags "
+        "apply: v1 takes --tags, 1.5 --caption and its metadata. Every input is checked before the "
+        "model loads.",
     )
     common = gen.add_argument_group("what to generate (all tasks)")
-    common.add_argument("--task", choices=list(TASKS), help="what to do (default: text2music)")
-    common.add_argument("--tags", help="style tags, e.g. 'funk, pop, 105 BPM, energetic, guitar' (required)")
+    tasks = list(dict.fromkeys(task for schema in _schemas() for task in schema.tasks))
+    common.add_argument("--task", choices=tasks, help="what to do (default: text2music)")
+    common.add_argument(
+        "--tags", help="style tags, e.g. 'funk, pop, 105 BPM, energetic, guitar' (required; ACE-Step v1)"
+    )
     common.add_argument("--lyrics", help="lyrics text (type \\n for a line break), or @FILE to read a file")
     common.add_argument(
         "--lora",
         action="append",
         metavar="PATH[:WEIGHT]",
-        help="apply a LoRA, weight 1 by default (repeatable)",
+        help="apply a LoRA, weight 1 by default (repeatable; ACE-Step v1)",
     )
     common.add_argument(
         "--from",
@@ -518,7 +702,9 @@ def add_bulk_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bulk", help="generate every request of a JSONL file (resumes where it stopped)"
     )
     bulk.add_argument(
-        "requests", help="JSONL: one request per line ({'task', fields, 'params', 'name'}), names unique"
+        "requests",
+        help="JSONL: one request per line ({'task', fields, 'params', 'name'}) in the request schema of "
+        "the checkpoint's family, names unique",
     )
     bulk.add_argument("--out-dir", required=True, help="folder for the outputs, NAME.FORMAT + NAME.json")
     bulk.add_argument("--format", default="wav", help="output format: wav, flac, ogg or mp3 (default: wav)")

@@ -1,10 +1,12 @@
 """REST API (FastAPI): a persistent job queue over one pipeline.
 
 ``create_app(pipeline, data_dir=...)`` builds the app; there are no module globals, so tests and
-servers can hold several. Requests use the same JSON schema as the Python API and the sidecar
-(``songflow.requests``; validated by pydantic models derived from it, ``bodies``); they never name server
-paths: audio inputs are uploaded (multipart) and the server fills in ``source_path``/``reference_path``.
-The tasks offered are those of the pipeline's model family (``pipeline.family``) when it carries one.
+servers can hold several. Requests use the same JSON schema as the Python API and the sidecar: the
+request schema of the pipeline's model family (``songflow.requests`` for ACE-Step v1,
+``songflow.requests_v15`` for 1.5; validated by pydantic models derived from it, ``bodies``); they never
+name server paths: audio inputs are uploaded (multipart) and the server fills in
+``source_path``/``reference_path``. The tasks offered are those of the pipeline's model family
+(``pipeline.family``, else the family of ``pipeline.checkpoint_root``; v1's for a bare pipeline).
 
 Endpoints: ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/audio``,
 ``DELETE /v1/jobs/{id}`` (cancels an active job, deletes a finished one with its files), ``GET /v1/models``,

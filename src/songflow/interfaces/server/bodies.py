@@ -1,10 +1,13 @@
-"""The REST request body: pydantic models derived from the request dataclasses of ``songflow.requests``.
+"""The REST request body: pydantic models derived from the request dataclasses of the loaded model
+family's request schema (``songflow.requests`` for ACE-Step v1, ``songflow.requests_v15`` for 1.5).
 
 Nothing here repeats a field: each task's model is built from its dataclass (names, types, defaults and
 the bounds in the field metadata), with ``task`` as the tag of a discriminated union, so ``/openapi.json``
-lists every field and a wrong-typed one gets a 422 whose ``loc`` names it. Types are strict: ``"no"`` is
-not a bool and ``true`` is not a number. A body that passes still goes through ``request_from_dict`` (the
-dataclass checks, e.g. a repaint window's end after its start), whose errors name their field too.
+lists every field and a wrong-typed one gets a 422 whose ``loc`` names it; a field of another family's
+schema (``tags`` sent to a 1.5 server, ``caption`` to a v1 one) is an unknown field, a 422 naming it.
+Types are strict: ``"no"`` is not a bool and ``true`` is not a number. A body that passes still goes
+through the schema's ``from_dict`` (the dataclass checks, e.g. a repaint window's end after its start),
+whose errors name their field too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from songflow.errors import SongflowError
-from songflow.requests import TASKS, Request, request_from_dict
+from songflow.requests import V1_SCHEMA, RequestSchema
 
 DEFAULT_TASK = "text2music"
 BODY_SCHEMA_NAME = "JobRequest"
@@ -83,10 +86,15 @@ def model_for(cls: type, task: str | None = None) -> type[BaseModel]:
     return create_model(name, __config__=_STRICT, __doc__=_summary(cls), **fields)
 
 
+def body_adapter(tasks: tuple[str, ...], schema: RequestSchema = V1_SCHEMA) -> TypeAdapter:
+    """A validator of a job request over ``tasks`` of ``schema``: a union of the task models tagged by
+    ``task``."""
+    return _adapter(tuple((t, schema.tasks[t]) for t in tasks))
+
+
 @functools.cache
-def body_adapter(tasks: tuple[str, ...]) -> TypeAdapter:
-    """A validator of a job request over ``tasks``: a union of the task models tagged by ``task``."""
-    models = tuple(model_for(TASKS[t], t) for t in tasks)
+def _adapter(classes: tuple[tuple[str, type], ...]) -> TypeAdapter:
+    models = tuple(model_for(cls, task) for task, cls in classes)
     if len(models) == 1:
         return TypeAdapter(models[0])
     return TypeAdapter(Annotated[Union[models], Field(discriminator="task")])  # noqa: UP007
@@ -114,20 +122,23 @@ def invalid(loc: tuple[str | int, ...], message: str, kind: str = "value_error")
     return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": message}])
 
 
-def check_task(data: dict[str, Any], tasks: tuple[str, ...], family: str | None) -> None:
-    """Fill in the default task and refuse one the model does not run (a 422 naming ``task``)."""
+def check_task(
+    data: dict[str, Any], tasks: tuple[str, ...], family: str | None, known: Any = frozenset()
+) -> None:
+    """Fill in the default task and refuse one the model does not run (a 422 naming ``task``); a task
+    of ``known`` (every family's, default: v1's) is named as one this model does not run."""
     task = data.setdefault("task", DEFAULT_TASK)
     if task in tasks:
         return
-    if isinstance(task, str) and task in TASKS and family is not None:
+    if isinstance(task, str) and task in (known or V1_SCHEMA.tasks) and family is not None:
         raise invalid(
             ("task",), f"the {family} model does not run task {task!r}; choose one of {list(tasks)}"
         )
     raise invalid(("task",), f"unknown task {task!r}; choose one of {sorted(tasks)}")
 
 
-def _check_uploaded(data: dict[str, Any], upload_fields: dict[str, str]) -> None:
-    for f in dataclasses.fields(TASKS[data["task"]]):
+def _check_uploaded(data: dict[str, Any], upload_fields: dict[str, str], schema: RequestSchema) -> None:
+    for f in dataclasses.fields(schema.tasks[data["task"]]):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and f.name not in data and f.name in upload_fields.values():
             upload = next(k for k, v in upload_fields.items() if v == f.name)
@@ -153,24 +164,26 @@ def parse_request(
     upload_fields: dict[str, str],
     upload_names: dict[str, str] | None = None,
     data_dir: Path | None = None,
-) -> Request:
-    """Validate ``data`` (schema first, then the request's own checks and the pipeline's); 422 on error.
+    schema: RequestSchema = V1_SCHEMA,
+) -> Any:
+    """Validate ``data`` (the body model first, then the request's own checks in ``schema`` and the
+    pipeline's, where it has ``check_request``); 422 on error.
 
     A schema error's ``loc`` is the field's path in the body (the union's task tag left out); messages
     name uploads by their client file names (``upload_names``: server path -> name), never a server path.
     """
-    _check_uploaded(data, upload_fields)
+    _check_uploaded(data, upload_fields, schema)
     try:
         adapter.validate_json(json.dumps(data))
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         tag = data["task"]
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *(e["loc"][1:] if e["loc"][:1] == (tag,) else e["loc"]))} for e in errors]
-        ) from None
+        raise RequestValidationError([_foreign(_relocated(e, tag), tag, schema) for e in errors]) from None
     try:
-        request = request_from_dict(data)
-        pipeline.check_request(request)
+        request = schema.from_dict(data)
+        check = getattr(pipeline, "check_request", None)
+        if check is not None:
+            check(request)
     except SongflowError as exc:
         message = str(exc)
         for path, name in (upload_names or {}).items():
@@ -178,9 +191,38 @@ def parse_request(
         if data_dir is not None:
             message = message.replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
         raise invalid(_field_of(exc, data), message) from exc
-    if request.loras:
+    if getattr(request, "loras", ()):
         raise invalid(("loras",), "loras: LoRA adapters cannot be chosen over the API")
     return request
+
+
+def _relocated(error: dict[str, Any], tag: str) -> dict[str, Any]:
+    """A body model error with ``loc`` the field's path in the body (the union's task tag left out)."""
+    loc = error["loc"]
+    return {**error, "loc": ("body", *(loc[1:] if loc[:1] == (tag,) else loc))}
+
+
+def _foreign(error: dict[str, Any], task: str, schema: RequestSchema) -> dict[str, Any]:
+    """An unknown top-level field that another family's schema has, said so (``tags`` sent to a 1.5
+    server: "'tags' is a field of acestep-v1 requests, not of acestep-v15 ones ...")."""
+    from songflow.interfaces.sidecar import known_schemas
+
+    if error.get("type") != "extra_forbidden" or len(error["loc"]) != 2:
+        return error
+    name = error["loc"][1]
+    owners = [
+        other.name
+        for other in known_schemas()
+        if other.name != schema.name
+        and any(name in {f.name for f in dataclasses.fields(c)} for c in other.tasks.values())
+    ]
+    if not owners:
+        return error
+    message = (
+        f"{name!r} is a field of {' and '.join(owners)} requests, not of {schema.name} ones: this server "
+        f"runs an {schema.name} model, whose task {task!r} has no field {name!r}"
+    )
+    return {**error, "msg": message}
 
 
 def reject_paths(data: dict[str, Any], upload_fields: dict[str, str]) -> None:

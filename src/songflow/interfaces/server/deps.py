@@ -16,7 +16,8 @@ from pydantic import TypeAdapter
 from songflow.interfaces.server.bodies import body_adapter
 from songflow.interfaces.server.jobs import Job, JobStore, Worker
 from songflow.interfaces.server.retention import Retention, Sweeper
-from songflow.requests import TASKS
+from songflow.interfaces.sidecar import known_schemas, pipeline_family, schema_of
+from songflow.requests import RequestSchema
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -31,7 +32,7 @@ class ServerContext:
     data_dir: Path
     runtime: dict[str, str]  # checkpoint name, device, dtype (GET /v1/models and each job's sidecar)
     family: str | None  # the pipeline's model family, when it carries one
-    tasks: tuple[str, ...]  # the tasks the family runs, in songflow.requests.TASKS order
+    tasks: tuple[str, ...]  # the tasks the family runs, in the order of its schema's tasks
     body: TypeAdapter
     api_key: str | None
     max_queue: int
@@ -39,6 +40,12 @@ class ServerContext:
     start_worker: bool
     retention: Retention
     sweeper: Sweeper
+    schema: RequestSchema  # the family's request schema (v1's for a pipeline without a family)
+
+    @property
+    def known_tasks(self) -> frozenset[str]:
+        """Every task of every family's schema (a task this model lacks is named as such)."""
+        return frozenset(t for s in known_schemas() for t in s.tasks)
 
     @property
     def uploads_dir(self) -> Path:
@@ -70,15 +77,20 @@ def open_context(
         "device": str(pipeline.device),
         "dtype": str(pipeline.dtype).replace("torch.", ""),
     }
-    family = getattr(pipeline, "family", None)
-    supported = set(getattr(family, "tasks", None) or TASKS)
-    tasks = tuple(t for t in TASKS if t in supported)
+    family = pipeline_family(pipeline)
+    schema = schema_of(family)
+    supported = set(getattr(family, "tasks", None) or schema.tasks)
+    tasks = tuple(t for t in schema.tasks if t in supported)
     store = JobStore(data_dir / "jobs.sqlite3")
     retention = retention or Retention()
     sweeper = Sweeper(store, data_dir, retention)
-    worker = Worker(pipeline, store, data_dir / "outputs", runtime, max_batch=max_batch, sweep=sweeper)
+    if not hasattr(pipeline, "generate_many"):  # a pipeline that runs one request at a time (1.5)
+        max_batch = 1
+    worker = Worker(
+        pipeline, store, data_dir / "outputs", runtime, max_batch=max_batch, sweep=sweeper, family=family
+    )
     name = getattr(family, "name", None)
-    adapter = body_adapter(tasks)
+    adapter = body_adapter(tasks, schema)
     return ServerContext(
         pipeline,
         store,
@@ -91,6 +103,7 @@ def open_context(
         **limits,
         retention=retention,
         sweeper=sweeper,
+        schema=schema,
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from songflow.errors import SongflowError
 from songflow.pipeline import batch_key
-from songflow.requests import MAX_BATCH, Request, request_from_dict, request_to_dict
+from songflow.requests import MAX_BATCH, V1_SCHEMA, RequestSchema
 
 log = logging.getLogger("songflow.server")
 
@@ -389,7 +389,10 @@ class Worker:
         max_batch: int = 1,
         sweep: Callable[[], Any] | None = None,
         sweep_every_s: float = 60.0,
+        family: Any = None,
     ):
+        """``family``: the pipeline's model family; its request schema reads the stored requests and
+        writes the resolved ones (None: ACE-Step v1's)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.pipeline = pipeline
@@ -397,6 +400,8 @@ class Worker:
         self.outputs_dir = outputs_dir
         self.runtime = runtime
         self.max_batch = max_batch
+        self.family = family
+        self.schema: RequestSchema = getattr(family, "schema", None) or V1_SCHEMA
         self.sweep = sweep  # retention: called from this thread between jobs, every sweep_every_s
         self.sweep_every_s = sweep_every_s
         self._last_sweep = time.monotonic()
@@ -453,7 +458,7 @@ class Worker:
             if self._stop.is_set():
                 break
             try:
-                jobs = self.store.claim_batch(self.max_batch, MAX_BATCH, _stored_batch_key)
+                jobs = self.store.claim_batch(self.max_batch, MAX_BATCH, self._batch_key)
             except Exception:  # a broken store must not kill the thread; try again shortly
                 log.exception("cannot claim the next job")
                 jobs = []
@@ -508,7 +513,7 @@ class Worker:
     def _run_batch(self, jobs: list[Job]) -> None:
         ids = [job.id for job in jobs]
         try:
-            requests = [request_from_dict(job.request) for job in jobs]
+            requests = [self.schema.from_dict(job.request) for job in jobs]
             results = self.pipeline.generate_many(requests, progress=self._progress_fn(ids))
         except Cancelled:
             log.info("jobs %s cancelled", ids)
@@ -558,14 +563,14 @@ class Worker:
             job_id,
             "done",
             progress=1.0,
-            resolved=request_to_dict(result.request),
+            resolved=self.schema.to_dict(result.request),
             timings=timings,
             outputs=outputs,
         )
 
     def _run(self, job: Job) -> None:
         try:
-            request: Request = request_from_dict(job.request)
+            request = self.schema.from_dict(job.request)
             result = self.pipeline.generate(request, progress=self._progress_fn([job.id]))
             if self._is_cancelled(job.id):
                 raise Cancelled()
@@ -601,13 +606,19 @@ class Worker:
             name = f"{AUDIO_STEM}_{i}.wav"
             save_audio(folder / name, audio, result.sample_rate_hz)
             names.append(name)
-        write_sidecar(folder / SIDECAR_NAME, result, names, self.runtime)
+        write_sidecar(folder / SIDECAR_NAME, result, names, self.runtime, family=self.family)
         return names
 
+    def _batch_key(self, request: dict[str, Any]) -> Hashable | None:
+        return _stored_batch_key(request, self.schema)
 
-def _stored_batch_key(request: dict[str, Any]) -> Hashable | None:
-    """``batch_key`` of a stored request (None for one that no longer parses: it runs alone and fails)."""
+
+def _stored_batch_key(request: dict[str, Any], schema: RequestSchema = V1_SCHEMA) -> Hashable | None:
+    """``batch_key`` of a stored request of ``schema`` (None for one that no longer parses: it runs
+    alone and fails; always None outside v1, whose pipeline alone batches requests)."""
+    if schema.name != V1_SCHEMA.name:
+        return None
     try:
-        return batch_key(request_from_dict(request))
+        return batch_key(schema.from_dict(request))
     except SongflowError:
         return None

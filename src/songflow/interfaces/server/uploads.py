@@ -192,6 +192,8 @@ def check_upload_audio(
         message = scrub(str(exc), {str(path): name}, context.data_dir)
         raise HTTPException(400, f"the uploaded {name!r} is not readable audio: {message}") from exc
     pipeline = context.pipeline
+    if getattr(pipeline, "geometry", None) is None and hasattr(pipeline, "read_audio"):
+        return _check_with_pipeline(path, name, field_name, context)
     geometry = getattr(pipeline, "geometry", None) or LatentGeometry()
     try:
         return check_source_audio(
@@ -204,6 +206,19 @@ def check_upload_audio(
         )
     except AudioError as exc:
         raise invalid((field_name,), str(exc)) from exc
+
+
+def _check_with_pipeline(path: Path, name: str, field_name: str, context: ServerContext) -> int:
+    """An upload checked as a pipeline without a v1 geometry (1.5) reads it (``read_audio``: rate,
+    silence, length); 422 naming the multipart field, the file named by ``name``. Returns 0 frames
+    (only v1's repaint window is checked against the source length at submission)."""
+    from songflow.errors import AudioError
+
+    try:
+        context.pipeline.read_audio(str(path), what="uploaded audio")
+    except AudioError as exc:
+        raise invalid((field_name,), scrub(str(exc), {str(path): name}, context.data_dir)) from exc
+    return 0
 
 
 async def _save_upload(

@@ -1,8 +1,10 @@
 """The studio (``songflow ui``): a Gradio front end over one loaded pipeline.
 
 ``build_ui(studio)`` is a factory (no module globals): one tab per task the loaded model family runs
-(``pipeline.family.tasks``, in the order of ``songflow.requests.TASKS``), each built from the task's
-dataclass fields (:mod:`songflow.interfaces.studio.form`), shared tags/lyrics with presets, LoRA
+(``pipeline.family.tasks``, in the order of its request schema's tasks: ``songflow.requests`` for v1,
+``songflow.requests_v15`` for 1.5), each built from the task's dataclass fields
+(:mod:`songflow.interfaces.studio.form`), the fields every task shares above the tabs (v1: tags/lyrics
+with presets; 1.5: caption, lyrics with presets, the song's metadata and an optional reference), LoRA
 selection, the seeds in the main form, the advanced sampler/guidance settings with the official defaults
 of the loaded family (``pipeline.family.default_params``; the dataclass defaults without a family), the
 reference-compatibility switches in their own collapsed section, an output panel (player,
@@ -40,6 +42,7 @@ from songflow.interfaces.studio.form import (
     BOOL,
     CHOICE,
     FLOAT,
+    FLOATS,
     INT,
     INTS,
     LONG_TEXT,
@@ -57,7 +60,7 @@ from songflow.interfaces.studio.form import (
     task_description,
     task_fields,
 )
-from songflow.requests import EDIT_PRESETS, TASKS, GenerationParams, request_to_dict
+from songflow.requests import EDIT_PRESETS, request_to_dict
 
 log = logging.getLogger("songflow.ui")
 
@@ -68,6 +71,7 @@ TASK_LABELS = {
     "extend": "Extend",
     "audio2audio": "Audio to audio",
     "edit": "Edit",
+    "cover": "Cover",
 }
 HISTORY_HEADERS = ["created", "task", "tags", "seeds", "entry"]
 _CSS = """
@@ -101,8 +105,9 @@ def _component(f: FormField, elem_id: str) -> gr.components.Component:
             info=f.help,
             **common,
         )
-    if f.kind == INTS:
-        return gr.Textbox(value=value, placeholder="e.g. 7, 8, 9", info=f.help, **common)
+    if f.kind in (INTS, FLOATS):
+        example = "e.g. 7, 8, 9" if f.kind == INTS else "e.g. 1.0, 0.75, 0.5, 0.25"
+        return gr.Textbox(value=value, placeholder=example, info=f.help, **common)
     lines = 8 if f.kind == LONG_TEXT else 1
     example = next(iter(TAG_PRESETS.values())) if f.name.endswith("tags") else None
     return gr.Textbox(
@@ -177,7 +182,7 @@ def history_rows(studio: Studio) -> list[list[str]]:
     rows = []
     for e in studio.history.entries():
         seeds = ", ".join(str(s) for s in e.request.params.seeds or ())
-        rows.append([e.created, e.request.task, e.request.tags, seeds, e.id])
+        rows.append([e.created, e.request.task, e.prompt, seeds, e.id])
     return rows
 
 
@@ -261,9 +266,9 @@ class _Form:
 
 
 def studio_tasks(studio: Studio) -> tuple[str, ...]:
-    """The tasks the studio offers: those of ``songflow.requests.TASKS`` the loaded family runs."""
-    family = getattr(studio.pipeline, "family", None)
-    return tuple(task for task in TASKS if family is None or task in family.tasks)
+    """The tasks the studio offers: those of the family's request schema that the family runs."""
+    family = studio.family
+    return tuple(task for task in studio.schema.tasks if family is None or task in family.tasks)
 
 
 def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
@@ -275,7 +280,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
             with gr.Column(scale=3):
                 tabs, buttons = _prompt_and_tasks(form, studio)
                 _lora_panel(form, studio)
-                reset = _advanced_panel(form, studio.param_defaults)
+                reset = _advanced_panel(form, studio)
             with gr.Column(scale=2):
                 view = _output_panel()
         history = _HistoryPanel(studio)
@@ -296,7 +301,9 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
             )
         history.wire(form, tabs, view)
         reset.click(
-            lambda: [default_values(params_fields(studio.param_defaults))[n] for n in form.params],
+            lambda: [
+                default_values(params_fields(studio.param_defaults, studio.schema))[n] for n in form.params
+            ],
             outputs=list(form.params.values()),
             api_name=False,
         )
@@ -390,9 +397,10 @@ class _HistoryPanel:
 
 
 def _prompt_and_tasks(form: _Form, studio: Studio) -> tuple[gr.Tabs, dict[str, gr.Button]]:
-    """Tags and lyrics (with presets), the seeds, then one tab per task with its own fields and its button."""
+    """The shared fields (tags or caption, lyrics with presets, 1.5's metadata), the seeds, then one tab
+    per task with its own fields and its button."""
     buttons = {}
-    fields = {f.name: f for f in common_fields()}
+    fields = {f.name: f for f in common_fields(studio.schema)}
     presets = {"tags": TAG_PRESETS, "lyrics": LYRIC_PRESETS}
     for name, f in fields.items():
         with gr.Row(equal_height=False):
@@ -409,7 +417,7 @@ def _prompt_and_tasks(form: _Form, studio: Studio) -> tuple[gr.Tabs, dict[str, g
                     outputs=form.common[name],
                     api_name=False,
                 )
-    _main_params(form, studio.param_defaults)
+    _main_params(form, studio)
     with gr.Tabs() as tabs:
         for task in studio_tasks(studio):
             with gr.Tab(TASK_LABELS.get(task, task), id=task, elem_id=f"tab-{task}"):
@@ -417,9 +425,9 @@ def _prompt_and_tasks(form: _Form, studio: Studio) -> tuple[gr.Tabs, dict[str, g
     return tabs, buttons
 
 
-def _main_params(form: _Form, defaults: GenerationParams | None) -> None:
+def _main_params(form: _Form, studio: Studio) -> None:
     """The sampler settings a musician picks per song (the seeds, how many takes), in the main form."""
-    by_name = {f.name: f for f in params_fields(defaults)}
+    by_name = {f.name: f for f in params_fields(studio.param_defaults, studio.schema)}
     with gr.Row(elem_id="main-params"):
         for name in MAIN_PARAMS:
             form.params[name] = _component(by_name[name], f"params-{name}")
@@ -428,9 +436,9 @@ def _main_params(form: _Form, defaults: GenerationParams | None) -> None:
 def _task_tab(form: _Form, studio: Studio, task: str) -> gr.Button:
     """A task's tab: its description, its fields (each audio input with a note checking the upload as
     soon as it arrives) and its Generate button."""
-    gr.Markdown(task_description(task), elem_classes="sf-help")
+    gr.Markdown(task_description(task, studio.schema), elem_classes="sf-help")
     comps = {}
-    for f in task_fields(task):
+    for f in task_fields(task, studio.schema):
         comps[f.name] = _component(f, f"{task}-{f.name}")
         if f.kind == AUDIO:
             note = gr.HTML("", elem_id=f"{task}-{f.name}-note", elem_classes="sf-upload-note")
@@ -470,28 +478,32 @@ def _edit_presets(comps: dict) -> None:
 
 
 def _lora_panel(form: _Form, studio: Studio) -> None:
-    with gr.Accordion("LoRA adapters", open=bool(studio.loras)):
+    takes_loras = "loras" in studio.schema.common
+    offered = studio.loras if takes_loras else []
+    with gr.Accordion("LoRA adapters", open=bool(offered)):
         info = (
             "adapters found in --lora-dir; the weight applies to each"
-            if studio.loras
+            if offered
             else "none offered: start the studio with --lora-dir DIR"
+            if takes_loras
+            else "this model family takes no LoRA adapters yet"
         )
         form.lora_select = gr.Dropdown(
-            choices=list(studio.loras),
+            choices=list(offered),
             value=None,
             multiselect=True,
             label="Adapters",
             info=info,
-            interactive=bool(studio.loras),
+            interactive=bool(offered),
             elem_id="lora-select",
         )
         form.lora_weight = _component(lora_weight_field(), "lora-weight")
 
 
-def _advanced_panel(form: _Form, defaults: GenerationParams | None) -> gr.Button:
-    """The sampler/guidance widgets showing ``defaults`` (the loaded family's), the reference-compatibility
+def _advanced_panel(form: _Form, studio: Studio) -> gr.Button:
+    """The sampler/guidance widgets showing the loaded family's defaults, the reference-compatibility
     switches in their own collapsed section, and the reset button (it resets the seeds too)."""
-    fields = [f for f in params_fields(defaults) if f.name not in MAIN_PARAMS]
+    fields = [f for f in params_fields(studio.param_defaults, studio.schema) if f.name not in MAIN_PARAMS]
     with gr.Accordion("Advanced settings (official defaults)", open=False, elem_id="advanced"):
         _param_rows(form, [f for f in fields if not is_compat_switch(f.name)])
         button = gr.Button("Reset settings and seeds to defaults", size="sm", elem_id="params-reset")

@@ -34,9 +34,15 @@ from torch import Tensor
 from songflow.audio.geometry import LatentGeometry
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import AudioError, ConfigError, SongflowError
-from songflow.interfaces.sidecar import sidecar_path, write_sidecar
+from songflow.interfaces.sidecar import (
+    pipeline_family,
+    schema_of,
+    sidecar_family,
+    sidecar_path,
+    write_sidecar,
+)
 from songflow.interfaces.studio.form import build_request
-from songflow.requests import GenerationParams, Request, request_from_dict
+from songflow.requests import Request, RequestSchema
 
 log = logging.getLogger("songflow.ui")
 
@@ -65,9 +71,14 @@ class HistoryEntry:
         out = [take.with_suffix(f".{fmt}") for take in self.takes for fmt in SUPPORTED_FORMATS]
         return [p for p in out if p.exists()] + [self.folder / f"{AUDIO_STEM}.json"]
 
+    @property
+    def prompt(self) -> str:
+        """The request's prompt text: v1's tags, 1.5's caption."""
+        return str(getattr(self.request, "tags", None) or getattr(self.request, "caption", "") or "")
+
     def summary(self) -> str:
         """One line for the history picker."""
-        tags = self.request.tags if len(self.request.tags) <= 40 else self.request.tags[:39] + "…"
+        tags = self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "…"
         return f"{self.created} · {self.request.task} · {tags}"
 
 
@@ -106,6 +117,7 @@ class History:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             request_data = dict(data["request"])
+            schema = schema_of(sidecar_family(data, path))
             takes = tuple(folder / name for name in data["outputs"])
             rate = int(data["sample_rate_hz"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -119,7 +131,7 @@ class History:
             id=folder.name,
             folder=folder,
             created=str(data.get("created", "")).replace("T", " ")[:19],
-            request=request_from_dict(request_data),
+            request=schema.from_dict(request_data),
             takes=takes,
             sample_rate_hz=rate,
             timings_s=dict(data.get("timings_s", {})),
@@ -174,10 +186,19 @@ class Studio:
         self._lock = threading.Lock()  # one generation at a time on the one pipeline
 
     @property
-    def param_defaults(self) -> GenerationParams | None:
+    def family(self) -> Any:
+        """The loaded pipeline's model family (None for a bare pipeline)."""
+        return pipeline_family(self.pipeline)
+
+    @property
+    def schema(self) -> RequestSchema:
+        """The loaded family's request schema (v1's without a family)."""
+        return schema_of(self.family)
+
+    @property
+    def param_defaults(self) -> Any:
         """The loaded family's ``default_params`` (None without a family: the dataclass defaults)."""
-        family = getattr(self.pipeline, "family", None)
-        return getattr(family, "default_params", None)
+        return getattr(self.family, "default_params", None)
 
     def generate(
         self,
@@ -195,10 +216,14 @@ class Studio:
                 or a generation failure, with a message for the user.
         """
         status = status or (lambda frac, what: None)
-        request = build_request(task, values, params, loras, lora_weight, self.param_defaults)
-        self.pipeline.check_request(request)
+        request = build_request(task, values, params, loras, lora_weight, self.param_defaults, self.schema)
+        check = getattr(self.pipeline, "check_request", None)
+        if check is not None:
+            check(request)
         uploads = {
-            f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name.endswith("_path")
+            f.name: getattr(request, f.name)
+            for f in dataclasses.fields(request)
+            if f.name.endswith("_path") and getattr(request, f.name) is not None
         }
         for name, path in uploads.items():
             check_upload(self.pipeline, task, name, path)
@@ -234,7 +259,7 @@ class Studio:
             for fmt in SUPPORTED_FORMATS:
                 save_audio(take.with_suffix(f".{fmt}"), audio, result.sample_rate_hz)
         sidecar = sidecar_path(folder / f"{AUDIO_STEM}.wav")
-        write_sidecar(sidecar, result, [t.name for t in takes], self.runtime)
+        write_sidecar(sidecar, result, [t.name for t in takes], self.runtime, family=self.family)
         return self.history.get(folder.name)
 
 
@@ -280,11 +305,17 @@ def check_upload(pipeline, task: str, field_name: str, path: str) -> str:
         wav, rate = load_audio(path)
     except AudioError as exc:
         raise AudioError(f"{kind} cannot be used: {_renamed(exc, {str(path): name})}") from None
-    geometry = getattr(pipeline, "geometry", None) or LatentGeometry()
-    long_ok = field_name in _LONG_INPUTS.get(task, ())
-    check_source_audio(
-        wav, rate, f"{kind} {name}", geometry, getattr(pipeline, "codec", None), allow_long=long_ok
-    )
+    if getattr(pipeline, "geometry", None) is None and hasattr(pipeline, "read_audio"):  # 1.5
+        try:
+            pipeline.read_audio(str(path), what=kind)
+        except AudioError as exc:
+            raise AudioError(str(_renamed(exc, {str(path): name}))) from None
+    else:
+        geometry = getattr(pipeline, "geometry", None) or LatentGeometry()
+        long_ok = field_name in _LONG_INPUTS.get(task, ())
+        check_source_audio(
+            wav, rate, f"{kind} {name}", geometry, getattr(pipeline, "codec", None), allow_long=long_ok
+        )
     seconds = wav.shape[-1] / rate
     channels = {1: "mono", 2: "stereo"}.get(wav.shape[0], f"{wav.shape[0]} channels")
     return f"{name}: {seconds:.1f} s, {rate} Hz, {channels}"

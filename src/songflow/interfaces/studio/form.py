@@ -1,4 +1,7 @@
-"""The studio's forms, derived from the request dataclasses (``songflow.requests``); no gradio here.
+"""The studio's forms, derived from the request dataclasses of the loaded model family's request schema
+(``songflow.requests`` for ACE-Step v1, ``songflow.requests_v15`` for 1.5); no gradio here.
+
+Every function taking ``schema`` (a :class:`songflow.requests.RequestSchema`) defaults to v1's.
 
 Every form field comes from a dataclass field: its widget kind from the type hint, its default from the
 dataclass default, its choices from a ``Literal``, its label from the name (units from the suffix:
@@ -22,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from songflow.errors import ConfigError
-from songflow.requests import TASKS, GenerationParams, LoraRef, Request, request_from_dict
+from songflow.requests import V1_SCHEMA, GenerationParams, LoraRef, Request, RequestSchema
 
 # widget kinds
-BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO = (
+BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO, FLOATS = (
     "bool",
     "choice",
     "int",
@@ -34,6 +37,7 @@ BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO = (
     "long_text",
     "ints",
     "audio",
+    "floats",
 )
 # fields that are not plain widgets: the sampler settings and the adapters have their own panels
 _NESTED = frozenset({"params", "loras"})
@@ -198,6 +202,8 @@ def _field(cls: type, f: dataclasses.Field, hint: Any) -> FormField | None:
         kind = CHOICE
     elif origin is tuple and args and args[0] is int:
         kind = INTS
+    elif origin is tuple and args and args[0] is float:
+        kind = FLOATS
     elif hint is int:
         kind = INT
     elif hint is float:
@@ -239,32 +245,36 @@ def form_fields(cls: type, skip: Sequence[str] = ()) -> tuple[FormField, ...]:
     return tuple(out)
 
 
-def common_fields() -> tuple[FormField, ...]:
-    """Fields every task shares (the tags and the lyrics), shown once above the task tabs."""
-    shared = set.intersection(*({f.name for f in dataclasses.fields(cls)} for cls in TASKS.values()))
-    first = next(iter(TASKS.values()))
-    return tuple(f for f in form_fields(first) if f.name in shared)
+def common_fields(schema: RequestSchema = V1_SCHEMA) -> tuple[FormField, ...]:
+    """Fields every task shares (v1: the tags and the lyrics; 1.5: the caption, lyrics, metadata and
+    reference audio), shown once above the task tabs."""
+    classes = list(schema.tasks.values())
+    shared = set.intersection(*({f.name for f in dataclasses.fields(cls)} for cls in classes))
+    return tuple(f for f in form_fields(classes[0]) if f.name in shared)
 
 
-def task_fields(task: str) -> tuple[FormField, ...]:
+def task_fields(task: str, schema: RequestSchema = V1_SCHEMA) -> tuple[FormField, ...]:
     """The fields of ``task``'s own tab (everything but the common fields)."""
-    common = {f.name for f in common_fields()}
-    return form_fields(_task_class(task), skip=tuple(common))
+    common = {f.name for f in common_fields(schema)}
+    return form_fields(_task_class(task, schema), skip=tuple(common))
 
 
-def params_fields(defaults: GenerationParams | None = None) -> tuple[FormField, ...]:
-    """The advanced sampler/guidance settings, with the official defaults.
+def params_fields(defaults: Any = None, schema: RequestSchema | None = None) -> tuple[FormField, ...]:
+    """The advanced sampler/guidance settings (``schema.params_cls``; without a schema the class of
+    ``defaults``, else :class:`GenerationParams`), with the official defaults.
 
     ``defaults`` (the loaded model family's ``default_params``) replaces each field's default and the
-    default its help names; None keeps the :class:`GenerationParams` dataclass defaults.
+    default its help names; None (or settings of another class) keeps the dataclass defaults.
     """
-    fields = form_fields(GenerationParams)
-    if defaults is None:
+    cls = schema.params_cls if schema is not None else type(defaults) if defaults is not None else None
+    cls = cls or GenerationParams
+    fields = form_fields(cls)
+    if not isinstance(defaults, cls):
         return fields
     out = []
     for f in fields:
         spec = dataclasses.replace(f, default=getattr(defaults, f.name))
-        text = field_help(GenerationParams, f.name)
+        text = field_help(cls, f.name)
         out.append(dataclasses.replace(spec, help=f"{text} {_default_text(spec)}".strip()))
     return tuple(out)
 
@@ -275,25 +285,29 @@ def lora_weight_field() -> FormField:
     return weight
 
 
-def task_description(task: str) -> str:
+def task_description(task: str, schema: RequestSchema = V1_SCHEMA) -> str:
     """The first paragraph of the task's docstring (shown at the top of its tab)."""
-    cls = _task_class(task)
+    cls = _task_class(task, schema)
     doc = inspect.getdoc(cls) or ""
     return plain_text(re.split(r"\n\s*\n", doc)[0], cls, mention=lambda words: f"**{words}**")
 
 
-def _task_class(task: str) -> type:
-    cls = TASKS.get(task)
+def _task_class(task: str, schema: RequestSchema = V1_SCHEMA) -> type:
+    cls = schema.tasks.get(task)
     if cls is None:
-        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(schema.tasks)}")
     return cls
 
 
-def field_words(text: str) -> str:
+def field_words(text: str, schema: RequestSchema | None = None) -> str:
     """A message with each request field's code name (``duration_s``, ``params.n_min_frac``...) replaced
-    by the label its widget shows ("Duration (s)"); plain words such as "tags" are left alone."""
+    by the label its widget shows ("Duration (s)"); plain words such as "tags" are left alone. The
+    fields are ``schema``'s (None: those of every family)."""
+    from songflow.interfaces.sidecar import known_schemas
+
     labels = {}
-    for cls in (*TASKS.values(), GenerationParams, LoraRef):
+    schemas = (schema,) if schema is not None else known_schemas()
+    for cls in (*(c for s in schemas for c in (*s.tasks.values(), s.params_cls)), LoraRef):
         for f in form_fields(cls):
             if "_" in f.name:
                 labels.setdefault(f.name, f.label)
@@ -309,19 +323,20 @@ def field_words(text: str) -> str:
 def parse_value(f: FormField, raw: Any) -> Any:
     """A widget's value -> the dataclass field value (empty widgets give the default, or None)."""
     if f.kind == AUDIO:
+        if f.optional and (raw is None or (isinstance(raw, str) and not raw.strip())):
+            return None
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             raise ConfigError(f"{f.label}: no audio uploaded; upload an audio file (wav, flac, ogg, mp3)")
         return str(raw)
-    if f.kind == INTS:
+    if f.kind in (INTS, FLOATS):
         text = "" if raw is None else str(raw).strip()
         if not text:
             return f.default
+        number, what = (int, "whole numbers") if f.kind == INTS else (float, "numbers")
         try:
-            return tuple(int(part) for part in re.split(r"[,\s]+", text) if part)
+            return tuple(number(part) for part in re.split(r"[,\s]+", text) if part)
         except ValueError:
-            raise ConfigError(
-                f"{f.label}: expected whole numbers separated by commas, got {text!r}"
-            ) from None
+            raise ConfigError(f"{f.label}: expected {what} separated by commas, got {text!r}") from None
     if f.kind in (INT, FLOAT):
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             if f.required:
@@ -337,6 +352,8 @@ def parse_value(f: FormField, raw: Any) -> Any:
             raise ConfigError(f"{f.label}: expected a whole number, got {raw!r}")
         return int(number)
     if f.kind in (TEXT, LONG_TEXT):
+        if raw is None and isinstance(f.default, str):  # a widget the page did not send: its default
+            return f.default
         text = "" if raw is None else str(raw)
         return None if f.optional and not text.strip() else text
     if raw is None:  # a cleared dropdown or an unset checkbox
@@ -348,7 +365,7 @@ def parse_value(f: FormField, raw: Any) -> Any:
 
 def widget_value(f: FormField, value: Any) -> Any:
     """Inverse of :func:`parse_value`: a field value -> what the widget shows."""
-    if f.kind == INTS:
+    if f.kind in (INTS, FLOATS):
         return ", ".join(str(v) for v in value) if value else ""
     if f.kind in (TEXT, LONG_TEXT):
         return "" if value is None else value
@@ -366,28 +383,32 @@ def build_request(
     params: Mapping[str, Any],
     loras: Sequence[str] = (),
     lora_weight: Any = None,
-    defaults: GenerationParams | None = None,
+    defaults: Any = None,
+    schema: RequestSchema = V1_SCHEMA,
 ) -> Request:
     """The request a filled-in form describes.
 
     Args:
-        task: a key of ``TASKS``.
+        task: a key of ``schema.tasks``.
         values: widget values of the common fields and of the task's own fields, by field name.
-        params: widget values of the advanced settings, by :class:`GenerationParams` field name.
-        loras: paths of the selected LoRA adapters; ``lora_weight`` applies to each.
+        params: widget values of the advanced settings, by ``schema.params_cls`` field name.
+        loras: paths of the selected LoRA adapters; ``lora_weight`` applies to each (schemas whose
+            requests take adapters only).
         defaults: what cleared advanced settings fall back to (the loaded family's ``default_params``;
-            None: the :class:`GenerationParams` defaults), see :func:`params_fields`.
+            None: the dataclass defaults), see :func:`params_fields`.
+        schema: the loaded family's request schema.
 
     Raises:
         ConfigError: a missing upload or an invalid value, with a message naming the field.
     """
     data: dict[str, Any] = {"task": task}
-    for f in (*common_fields(), *task_fields(task)):
+    for f in (*common_fields(schema), *task_fields(task, schema)):
         data[f.name] = parse_value(f, values.get(f.name))
-    data["params"] = {f.name: parse_value(f, params.get(f.name)) for f in params_fields(defaults)}
-    weight = parse_value(lora_weight_field(), lora_weight)
-    data["loras"] = [{"path": str(path), "weight": weight} for path in loras or ()]
-    return request_from_dict(data)
+    data["params"] = {f.name: parse_value(f, params.get(f.name)) for f in params_fields(defaults, schema)}
+    if "loras" in {f.name for f in dataclasses.fields(_task_class(task, schema))}:
+        weight = parse_value(lora_weight_field(), lora_weight)
+        data["loras"] = [{"path": str(path), "weight": weight} for path in loras or ()]
+    return schema.from_dict(data)
 
 
 @dataclass(frozen=True)
@@ -401,18 +422,24 @@ class FormState:
     lora_weight: float
 
 
-def form_values(request: Request) -> FormState:
-    """The widget values that :func:`build_request` turns back into ``request``.
+def form_values(request: Any) -> FormState:
+    """The widget values that :func:`build_request` turns back into ``request`` (of any family's schema).
 
     ``values`` holds the common fields and every field of the request's task; the caller fills any tab
     whose fields share these names (so a text2music song reloads into the retake tab as well).
     Adapters of different weights cannot be shown with one weight: the first adapter's weight is used.
     """
-    values = {f.name: widget_value(f, getattr(request, f.name)) for f in common_fields()}
-    values |= {f.name: widget_value(f, getattr(request, f.name)) for f in task_fields(request.task)}
-    params = {f.name: widget_value(f, getattr(request.params, f.name)) for f in params_fields()}
-    weight = request.loras[0].weight if request.loras else lora_weight_field().default
-    return FormState(request.task, values, params, [ref.path for ref in request.loras], weight)
+    from songflow.interfaces.sidecar import schema_of_request
+
+    schema = schema_of_request(request)
+    values = {f.name: widget_value(f, getattr(request, f.name)) for f in common_fields(schema)}
+    own = task_fields(request.task, schema)
+    values |= {f.name: widget_value(f, getattr(request, f.name)) for f in own}
+    settings = params_fields(schema=schema)
+    params = {f.name: widget_value(f, getattr(request.params, f.name)) for f in settings}
+    loras = getattr(request, "loras", ())
+    weight = loras[0].weight if loras else lora_weight_field().default
+    return FormState(request.task, values, params, [ref.path for ref in loras], weight)
 
 
 # -- presets (UI content, not parameters) ------------------------------------------------------------

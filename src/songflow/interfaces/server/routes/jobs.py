@@ -15,7 +15,6 @@ from songflow.interfaces.server.jobs import STATES, Job
 from songflow.interfaces.server.retention import delete_job
 from songflow.interfaces.server.schemas import JobList, JobView, error_responses
 from songflow.interfaces.server.uploads import UPLOAD_FIELDS, check_window, read_submission, save_uploads
-from songflow.requests import request_to_dict
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -93,11 +92,13 @@ async def submit(request: Request, context: Context) -> JSONResponse:
     try:
         data, form = await read_submission(request, context)
         reject_paths(data, UPLOAD_FIELDS)
-        check_task(data, context.tasks, context.family)
+        check_task(data, context.tasks, context.family, context.known_tasks)
         frames = await save_uploads(form, data, context, uploads) if form is not None else {}
-        req = parse_request(context.body, context.pipeline, data, UPLOAD_FIELDS, uploads, context.data_dir)
+        req = parse_request(
+            context.body, context.pipeline, data, UPLOAD_FIELDS, uploads, context.data_dir, context.schema
+        )
         check_window(req, frames, context)
-        job = context.store.add(request_to_dict(req), list(uploads), context.max_queue, uploads)
+        job = context.store.add(context.schema.to_dict(req), list(uploads), context.max_queue, uploads)
         if job is None:
             raise _queue_full(context)
     except BaseException:
