@@ -325,7 +325,7 @@ def load_v15_pipeline(
     dit = ck.load_v15_dit(layout.dit_dir, dtype=dt, device=where)
     components = Components15(
         dit=dit,
-        vae=ck.load_v15_vae(layout.vae_dir, dtype=dt, device=where),
+        vae=ck.load_v15_vae(layout.vae_dir, dtype=torch.float32 if dev.type == "cpu" else dt, device=where),
         text_encoder=ck.load_v15_text_encoder(layout.text_encoder_dir, dtype=dt, device=where),
         silence_latent=ck.load_silence_latent(layout.dit_dir),
     )

@@ -20,8 +20,16 @@ EXIT_USER_ERROR = 2
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from songflow.interfaces.bench.speed import run_bench
+    from songflow.interfaces.bench.speed import RANDOM_CONFIGS, run_bench
 
+    if args.config not in RANDOM_CONFIGS and args.config != "songflow-tiny":
+        from songflow.families import family_for
+
+        if family_for(args.config).name == "acestep-v15":
+            from songflow.interfaces.bench.speed_v15 import run_bench_v15
+
+            run_bench_v15(args)
+            return 0
     run_bench(args)
     return 0
 
@@ -37,6 +45,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=27, help="diffusion steps (default: 27)")
     bench.add_argument("--batch-size", type=int, default=1, help="songs per run (default: 1)")
     bench.add_argument("--repeats", type=int, default=3, help="timed DiT forwards")
+    v15 = bench.add_argument_group("ACE-Step 1.5 checkpoints")
+    v15.add_argument("--no-steps", action="store_true", help="skip the per-step DiT timing")
+    v15.add_argument("--vae", action=argparse.BooleanOptionalAction, default=True, help="time the VAE decode")
+    v15.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True, help="time a whole song")
+    v15.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    v15.add_argument("--json-out", help="append the JSON line of figures to this file")
     add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
     return bench

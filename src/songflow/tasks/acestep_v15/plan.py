@@ -102,18 +102,32 @@ def build_context(
 
 
 def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """The guided velocity of the plan. The cross-attention keys/values of each condition are computed
+    once per run (the decoder's ``precompute_cross``; identical numbers, one projection per run)."""
     guidance = plan.guidance
     state = ApgState() if guidance is not None else None
+    cross: dict[int, object] = {}
+
+    def cross_of(cond: Conditioning15) -> object:
+        if id(cond) not in cross:
+            enc = cond.enc
+            if guidance is not None:
+                enc = torch.cat([enc, guidance.null_enc.to(enc.dtype)], dim=0)
+            cross[id(cond)] = model.precompute_cross(enc)
+        return cross[id(cond)]
 
     def velocity(x: Tensor, t_batch: Tensor, i: int) -> Tensor:
         nonlocal state
         cond = plan.after if (plan.after is not None and i >= plan.switch_step) else plan.cond
         t_batch = t_batch.to(x.dtype)
         if guidance is None:
-            return model.velocity(x, t_batch, cond.context, cond.enc)
-        enc2 = torch.cat([cond.enc, guidance.null_enc.to(cond.enc.dtype)], dim=0)
+            return model.velocity(x, t_batch, cond.context, None, cross=cross_of(cond))
         v2 = model.velocity(
-            torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([cond.context, cond.context]), enc2
+            torch.cat([x, x]),
+            torch.cat([t_batch, t_batch]),
+            torch.cat([cond.context, cond.context]),
+            None,
+            cross=cross_of(cond),
         )
         v_cond, v_uncond = v2.chunk(2)
         v, state = guide_v15(
@@ -123,8 +137,8 @@ def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tens
             plan.schedule.sigmas[i],
             guidance.scale,
             state,
-            kind=guidance.kind,
-            interval=guidance.interval,  # type: ignore[arg-type]
+            kind=guidance.kind,  # type: ignore[arg-type]
+            interval=guidance.interval,
         )
         return v
 
