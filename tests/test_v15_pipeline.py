@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import assert_close, load_tensors
+from conftest import assert_close, load_tensors
 
 # the official handler's default instruction (what generate_music uses when the caller passes none)
 _CASES = [
