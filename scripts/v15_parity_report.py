@@ -112,9 +112,8 @@ def guidance(g: Path) -> None:
 
 
 def pipelines(g: Path) -> None:
-    from test_v15_pipeline import _CASES, _alias, _case, run_case
-
     from songflow.families import load_pipeline
+    from test_v15_pipeline import _CASES, _alias, _case, run_case
 
     pipes: dict = {}
     for name in _CASES:
@@ -128,7 +127,8 @@ def pipelines(g: Path) -> None:
             for i in range(1, case["num_decoder_calls"])
         )
         print(
-            f"{name:26s} enc {err(trace['enc'][0][0], _alias(case, t, 'decoder_call0/encoder_hidden_states')[:b])}"
+            f"{name:26s} enc "
+            f"{err(trace['enc'][0][0], _alias(case, t, 'decoder_call0/encoder_hidden_states')[:b])}"
         )
         print(
             f"{'':26s} context {err(trace['ctx'][0], _alias(case, t, 'decoder_call0/context_latents')[:b])}"

@@ -43,7 +43,8 @@ def golden_v15_dir() -> Path:
         if GOLDEN_V15_ENV:
             pytest.fail(f"SONGFLOW_GOLDEN_V15_DIR={GOLDEN_V15_ENV} holds no fixture set (no manifest.json)")
         pytest.skip(
-            f"ACE-Step 1.5 fixtures not found at {GOLDEN_V15_DIR} (set SONGFLOW_GOLDEN_V15_DIR or provide ../shared)"
+            f"ACE-Step 1.5 fixtures not found at {GOLDEN_V15_DIR} "
+            "(set SONGFLOW_GOLDEN_V15_DIR or provide ../shared)"
         )
     return GOLDEN_V15_DIR
 

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from songflow.audio.geometry import OFFICIAL_GEOMETRY, LatentGeometry
 from songflow.errors import AudioError, ConfigError, SongflowError
-from songflow.requests import MAX_BATCH, GenerationParams, LoraRef, Request, Text2Music
-from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
+from songflow.requests import MAX_BATCH, GenerationParams, LoraRef, Request, Text2Music, with_seeds
+from songflow.sampling.noise import make_generators, randn_per_sample
 from songflow.tasks.batch import batch_key, concat_condition_sets
 from songflow.tasks.plan import ConditionSet, ErgFlags, ErgLayers, TextInputs, encode_conditions
 from songflow.tasks.registry import check_duration, spec_for
@@ -311,17 +311,9 @@ class Pipeline:
 
     # -- entry points --------------------------------------------------------------------------------
 
-    def resolve_seeds(self, request: Request) -> Request:
+    def resolve_seeds(self, request: Any) -> Any:
         """Fill in random seeds (and retake seeds) so the returned request regenerates the output."""
-        p = request.params
-        seeds = tuple(parse_seeds(list(p.seeds) if p.seeds else None, p.batch_size))
-        request = replace(request, params=replace(p, seeds=seeds))
-        if hasattr(request, "retake_seeds"):
-            retake = request.retake_seeds
-            request = replace(
-                request, retake_seeds=tuple(parse_seeds(list(retake) if retake else None, p.batch_size))
-            )
-        return request
+        return with_seeds(request)
 
     def generate(self, request: Request, *, progress: ProgressFn | None = None) -> Result:
         """Run one request of any task; see :class:`Result`."""

@@ -21,8 +21,9 @@ from torch import Tensor
 
 from songflow.errors import AudioError, ConfigError
 from songflow.pipeline import Placement, Result
+from songflow.requests import with_seeds
 from songflow.requests_v15 import Request15
-from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
+from songflow.sampling.noise import make_generators, randn_per_sample
 from songflow.tasks.acestep_v15 import inputs
 from songflow.tasks.acestep_v15.output import finish_audio
 from songflow.tasks.acestep_v15.plan import build_context, run_plan15
@@ -258,17 +259,9 @@ class Pipeline15:
 
     # -- entry point ------------------------------------------------------------------------------
 
-    def resolve_seeds(self, request: Request15) -> Request15:
+    def resolve_seeds(self, request: Any) -> Any:
         """Fill in random seeds (and retake seeds) so the returned request regenerates the output."""
-        p = request.params
-        seeds = tuple(parse_seeds(list(p.seeds) if p.seeds else None, p.batch_size))
-        request = replace(request, params=replace(p, seeds=seeds))
-        if hasattr(request, "retake_seeds"):
-            retake = request.retake_seeds
-            request = replace(
-                request, retake_seeds=tuple(parse_seeds(list(retake) if retake else None, p.batch_size))
-            )
-        return request
+        return with_seeds(request)
 
     def generate(self, request: Request15, *, progress: ProgressFn | None = None) -> Result:
         """Run one request of any 1.5 task; see :class:`songflow.pipeline.Result` (latents ``[B, T, C]``)."""

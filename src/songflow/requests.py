@@ -530,14 +530,15 @@ def check_keys(
             raise RequestFieldError((*prefix, key), unknown_key_message(str(key), valid, what, where))
 
 
-def _params_from_dict(data: Any) -> GenerationParams:
+def params_from_dict(data: Any, params_cls: type | None = None) -> Any:
+    """A settings dataclass (default :class:`GenerationParams`) from its JSON object; unknown keys and bad
+    values raise :class:`RequestFieldError` under ``params``."""
+    params_cls = params_cls or GenerationParams
     if not isinstance(data, dict):
         raise RequestFieldError(("params",), f"params must be a JSON object, got {data!r}")
-    check_keys(
-        data, {f.name for f in dataclasses.fields(GenerationParams)}, "generation parameter", ("params",)
-    )
+    check_keys(data, {f.name for f in dataclasses.fields(params_cls)}, "generation parameter", ("params",))
     try:
-        return GenerationParams(**{k: _tuple(v) for k, v in data.items()})
+        return params_cls(**{k: _tuple(v) for k, v in data.items()})
     except RequestFieldError as exc:
         raise exc.under("params") from None
 
@@ -566,21 +567,19 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def request_from_dict(data: dict[str, Any]) -> Request:
-    """Build a request from its JSON form ``{"task": ..., <task fields>, "params": {...}}``.
-
-    Invalid fields raise :class:`RequestFieldError` (a ``ConfigError``) whose ``loc`` names the field.
-    """
+def build_request(data: Any, tasks: dict[str, type], params_cls: type, **parsed: Any) -> Any:
+    """The request of ``data`` (``{"task": ..., <fields>, "params": {...}}``) among ``tasks``; ``parsed``
+    are fields the caller already turned into objects (e.g. ``loras``). Unknown tasks and keys, missing
+    required fields and bad values raise :class:`RequestFieldError` naming the field."""
     if not isinstance(data, dict):
         raise ConfigError("a request must be a JSON object")
     data = dict(data)
     task = data.pop("task", "text2music")
-    cls = TASKS.get(task)
+    cls = tasks.get(task)
     if cls is None:
-        raise RequestFieldError(("task",), f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-    params = _params_from_dict(data.pop("params", None) or {})
-    loras = _loras_from_list(data.pop("loras", None) or [])
-    names = {f.name for f in dataclasses.fields(cls)} - {"params", "loras"}
+        raise RequestFieldError(("task",), f"unknown task {task!r}; choose one of {sorted(tasks)}")
+    params = params_from_dict(data.pop("params", None) or {}, params_cls)
+    names = {f.name for f in dataclasses.fields(cls)} - {"params", *parsed}
     check_keys(data, names, "field", where=f" for task {task!r}")
     missing = sorted(
         f.name
@@ -592,7 +591,34 @@ def request_from_dict(data: dict[str, Any]) -> Request:
     )
     if missing:
         raise RequestFieldError((missing[0],), f"task {task!r} needs field(s) {missing}")
-    return cls(params=params, loras=loras, **{k: _tuple(v) for k, v in data.items()})
+    return cls(params=params, **parsed, **{k: _tuple(v) for k, v in data.items()})
+
+
+def request_from_dict(data: dict[str, Any]) -> Request:
+    """Build a request from its JSON form ``{"task": ..., <task fields>, "params": {...}}``.
+
+    Invalid fields raise :class:`RequestFieldError` (a ``ConfigError``) whose ``loc`` names the field.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError("a request must be a JSON object")
+    data = dict(data)
+    loras = _loras_from_list(data.pop("loras", None) or [])
+    return build_request(data, TASKS, GenerationParams, loras=loras)
+
+
+def with_seeds(request: Any) -> Any:
+    """``request`` with its seeds (and retake seeds) filled in, one per batch item, random where unset,
+    so the returned request regenerates the output exactly."""
+    from songflow.sampling.noise import parse_seeds
+
+    p = request.params
+    seeds = tuple(parse_seeds(list(p.seeds) if p.seeds else None, p.batch_size))
+    request = dataclasses.replace(request, params=dataclasses.replace(p, seeds=seeds))
+    if hasattr(request, "retake_seeds"):
+        retake = request.retake_seeds
+        retake = tuple(parse_seeds(list(retake) if retake else None, p.batch_size))
+        request = dataclasses.replace(request, retake_seeds=retake)
+    return request
 
 
 def request_to_dict(request: Request) -> dict[str, Any]:

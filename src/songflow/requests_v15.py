@@ -13,13 +13,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from songflow.errors import ConfigError
 from songflow.requests import (
     RequestFieldError,
     RequestSchema,
-    _tuple,
+    build_request,
     check_fields,
-    check_keys,
     check_seeds,
     request_to_dict,
 )
@@ -127,7 +125,8 @@ class Params15:
         if self.cfg_interval_end < self.cfg_interval_start:
             raise RequestFieldError(
                 ("cfg_interval_end",),
-                f"cfg_interval_end {self.cfg_interval_end} is below cfg_interval_start {self.cfg_interval_start}",
+                f"cfg_interval_end {self.cfg_interval_end} is below "
+                f"cfg_interval_start {self.cfg_interval_start}",
             )
         check_seeds("seeds", self.seeds, self.batch_size)
 
@@ -311,40 +310,10 @@ Request15 = Text2Music15 | Retake15 | Repaint15 | Cover15
 TASKS_V15: dict[str, type] = {c.task: c for c in (Text2Music15, Retake15, Repaint15, Cover15)}
 
 
-def _params_from_dict(data: Any) -> Params15:
-    if not isinstance(data, dict):
-        raise RequestFieldError(("params",), f"params must be a JSON object, got {data!r}")
-    check_keys(data, {f.name for f in dataclasses.fields(Params15)}, "generation parameter", ("params",))
-    try:
-        return Params15(**{k: _tuple(v) for k, v in data.items()})
-    except RequestFieldError as exc:
-        raise exc.under("params") from None
-
-
 def request15_from_dict(data: dict[str, Any]) -> Request15:
     """A 1.5 request from its JSON form ``{"task": ..., <fields>, "params": {...}}``; unknown keys and bad
     values raise :class:`RequestFieldError` naming the field."""
-    if not isinstance(data, dict):
-        raise ConfigError("a request must be a JSON object")
-    data = dict(data)
-    task = data.pop("task", "text2music")
-    cls = TASKS_V15.get(task)
-    if cls is None:
-        raise RequestFieldError(("task",), f"unknown task {task!r}; choose one of {sorted(TASKS_V15)}")
-    params = _params_from_dict(data.pop("params", None) or {})
-    names = {f.name for f in dataclasses.fields(cls)} - {"params"}
-    check_keys(data, names, "field", where=f" for task {task!r}")
-    missing = sorted(
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name in names
-        and f.name not in data
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    )
-    if missing:
-        raise RequestFieldError((missing[0],), f"task {task!r} needs field(s) {missing}")
-    return cls(params=params, **{k: _tuple(v) for k, v in data.items()})
+    return build_request(data, TASKS_V15, Params15)  # type: ignore[no-any-return]
 
 
 def request15_to_dict(request: Request15) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def span_frames(start_s: float, end_s: float, n_frames: int) -> tuple[int, int]:
     b = min(int(end_s * SAMPLE_RATE_HZ // HOP_SAMPLES), n_frames)
     if not 0 <= a < b:
         raise AudioError(
-            f"the span {start_s:g}-{end_s:g} s covers no latent frame of this {n_frames / FRAMES_PER_S:.2f} s "
+            f"the span {start_s:g}-{end_s:g} s covers no latent frame of this "
+            f"{n_frames / FRAMES_PER_S:.2f} s "
             "source; choose a span inside the source, at least 40 ms long"
         )
     return a, b

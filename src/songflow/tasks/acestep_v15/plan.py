@@ -26,7 +26,7 @@ __all__ = ["Conditioning15", "Guidance15", "Plan15", "Repaint15Spec", "build_con
 
 @dataclass
 class Conditioning15:
-    """What the DiT is conditioned on: encoder states ``enc [B, L, H]`` (+ mask) and ``context [B, T, 2C]``."""
+    """What the DiT is conditioned on: encoder states ``enc [B, L, H]`` (+ mask), ``context [B, T, 2C]``."""
 
     enc: Tensor
     enc_mask: Tensor
