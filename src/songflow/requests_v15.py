@@ -313,7 +313,7 @@ TASKS_V15: dict[str, type] = {c.task: c for c in (Text2Music15, Retake15, Repain
 def request15_from_dict(data: dict[str, Any]) -> Request15:
     """A 1.5 request from its JSON form ``{"task": ..., <fields>, "params": {...}}``; unknown keys and bad
     values raise :class:`RequestFieldError` naming the field."""
-    return build_request(data, TASKS_V15, Params15)  # type: ignore[no-any-return]
+    return build_request(data, TASKS_V15, Params15)
 
 
 def request15_to_dict(request: Request15) -> dict[str, Any]:

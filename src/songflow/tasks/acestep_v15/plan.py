@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -77,7 +78,7 @@ class Plan15:
 
 
 def build_context(
-    model: torch.nn.Module,
+    model: Any,
     src_latents: Tensor,
     chunk_mask: Tensor,
     is_cover: Tensor,
@@ -101,7 +102,7 @@ def build_context(
     return torch.cat([src, chunk_mask.to(src.dtype)], dim=-1)
 
 
-def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
+def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
     """The guided velocity of the plan. The cross-attention keys/values of each condition are computed
     once per run (the decoder's ``precompute_cross``; identical numbers, one projection per run)."""
     guidance = plan.guidance
@@ -146,7 +147,7 @@ def _velocity_fn(model: torch.nn.Module, plan: Plan15) -> Callable[[Tensor, Tens
 
 
 def run_plan15(
-    model: torch.nn.Module, plan: Plan15, callback: Callable[[int, Tensor, Tensor], None] | None = None
+    model: Any, plan: Plan15, callback: Callable[[int, Tensor, Tensor], None] | None = None
 ) -> Tensor:
     """Execute ``plan`` and return the final latents ``[B, T, C]``."""
     schedule, repaint = plan.schedule, plan.repaint

@@ -66,6 +66,12 @@ class Job15:
     splice_span: tuple[int, int] | None = None  # repaint: keep the source outside these frames
 
 
+def _seeds(seeds: tuple[int, ...] | None) -> tuple[int, ...]:
+    if seeds is None:  # the pipeline resolves seeds before building a plan
+        raise ValueError("a 1.5 plan needs resolved seeds (Pipeline15.resolve_seeds)")
+    return seeds
+
+
 def _conditioning(
     host: Host15,
     request: Any,
@@ -92,7 +98,7 @@ def _plan(
             (p.cfg_interval_start, p.cfg_interval_end),
             host.null_enc(cond.enc),
         )
-    renoise = host.renoise_fn(p.seeds, x_init.shape[1]) if p.infer_method == "sde" else None
+    renoise = host.renoise_fn(_seeds(p.seeds), x_init.shape[1]) if p.infer_method == "sde" else None
     schedule = kw.pop("schedule", settings.schedule)
     return Plan15(x_init, schedule, cond, guidance=guidance, renoise=renoise, **kw)
 
@@ -119,15 +125,15 @@ def _text2music(host: Host15, request: Text2Music15, settings: Settings15) -> Jo
         is_cover = torch.ones(batch)
     instruction = request.instruction or instruction_for(task)
     cond = _conditioning(host, request, instruction, request.duration_s, src, chunk, is_cover, hints)
-    x_init = host.noise(p.seeds, total)
+    x_init = host.noise(_seeds(p.seeds), total)
     if isinstance(request, Retake15):
-        x_init = trig_mix(x_init, host.noise(request.retake_seeds, total), request.variance_frac)
+        x_init = trig_mix(x_init, host.noise(_seeds(request.retake_seeds), total), request.variance_frac)
     return Job15(_plan(host, settings, request, x_init, cond), n_frames, request.duration_s)
 
 
 def _source(host: Host15, request: Repaint15 | Cover15) -> tuple[Tensor, int, int]:
     """The source latents padded to the generated length, the source's frames and the generated frames."""
-    latents = host.encode_source(request.source_path, request.params.seeds)
+    latents = host.encode_source(request.source_path, _seeds(request.params.seeds))
     n_frames = latents.shape[1]
     total = inputs.generated_frames(n_frames)
     return inputs.pad_with_silence(latents, host.silence_latent, total), n_frames, total
@@ -151,7 +157,7 @@ def _repaint(host: Host15, request: Repaint15, settings: Settings15) -> Job15:
         chunk = torch.ones_like(src)
     instruction = request.instruction or instruction_for("repaint")
     cond = _conditioning(host, request, instruction, duration_s, src, chunk, torch.zeros(batch))
-    x_init = host.noise(p.seeds, total)
+    x_init = host.noise(_seeds(p.seeds), total)
     repaint = Repaint15Spec(mask, clean, x_init, request.injection_frac, request.crossfade_frames)
     plan = _plan(host, settings, request, x_init, cond, repaint=repaint)
     return Job15(plan, n_frames, duration_s, (a, b) if request.keep_source_samples else None)
@@ -174,7 +180,7 @@ def _cover(host: Host15, request: Cover15, settings: Settings15) -> Job15:
     if request.legacy_cover_detection and not is_cover_instruction(instruction):
         is_cover = torch.zeros(batch)  # the reference's rule: only a cover instruction makes a cover
     cond = _conditioning(host, request, instruction, duration_s, src, chunk, is_cover)
-    noise = host.noise(p.seeds, total)
+    noise = host.noise(_seeds(p.seeds), total)
     x_init, schedule = v15.cover_noise(settings.schedule, noise, src, request.cover_noise_frac)
     after, switch = None, schedule.n_steps
     if request.cover_strength_frac < 1.0:  # then the plain text2music condition over silence
