@@ -41,6 +41,9 @@ def _load(root: Path, dtype: str, res: dict[str, Any]):
     from songflow.pipeline import Placement
     from songflow.pipeline_v15 import Components15, Pipeline15
 
+    import diffusers.models.autoencoders.autoencoder_oobleck  # noqa: F401 (import time is not load time)
+    import transformers.models.qwen3.modeling_qwen3  # noqa: F401
+
     layout = ck.validate_v15(root)
     dt = resolve_dtype(dtype, torch.device("cpu"))
     dit, res["load_dit_s"] = _timed(lambda: ck.load_v15_dit(layout.dit_dir, dtype=dt, device="cpu"))
