@@ -25,6 +25,7 @@ allocated once, and then moves what the file did not hold (computed buffers) wit
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -119,6 +120,45 @@ def open_safetensors(path: Path, hint: str = "") -> Iterator[Any]:
             yield reader
     except SafetensorError as exc:
         raise damaged(path, exc, hint) from exc
+
+
+_FILE_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+class TensorFile:
+    """The tensors of a safetensors file read with plain positional reads, one at a time.
+
+    ``safe_open`` memory-maps the file, and every page it touches stays in the process's resident set
+    until the file is closed: loading a 4.8 GB bf16 file into float32 parameters then peaks at the model
+    plus the whole file. Reading each tensor into its own buffer and dropping it after the copy keeps the
+    peak at the model plus one tensor. The header was already checked by :func:`open_safetensors`.
+    """
+
+    def __init__(self, path: Path, hint: str = ""):
+        self.path, self.hint = path, hint
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self.base, self.entries = 8 + n, header
+
+    def get_tensor(self, key: str) -> Tensor:
+        entry = self.entries[key]
+        begin, end = entry["data_offsets"]
+        dtype, shape = _FILE_DTYPES[entry["dtype"]], tuple(entry["shape"])
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(end - begin)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.base + begin)
+            got = f.readinto(buf)
+        if got != len(buf):
+            raise damaged(self.path, EOFError(f"tensor {key} is cut short"), self.hint)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def read_header(path: Path, hint: str = "") -> SafetensorsHeader:
@@ -423,7 +463,7 @@ def load_state_dict_strict(
         with torch.no_grad():
             for prefix in resets:
                 _reset(module.get_submodule(prefix) if prefix else module, device, dtype_)
-            _fill_from_file(module, plan, reader, device, dtype_)
+            _fill_from_file(module, plan, TensorFile(path, hint), device, dtype_)
     # what the file did not hold (buffers computed at construction, kept optional tensors) follows
     if dtype_ is None:
         module.to(device=device)

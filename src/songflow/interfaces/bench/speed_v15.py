@@ -36,13 +36,13 @@ def _timed(fn: Any) -> tuple[Any, float]:
 
 
 def _load(root: Path, dtype: str, res: dict[str, Any]):
+    import diffusers.models.autoencoders.autoencoder_oobleck  # noqa: F401 (import time is not load time)
+    import transformers.models.qwen3.modeling_qwen3  # noqa: F401
+
     from songflow.checkpoint import acestep_v15 as ck
     from songflow.checkpoint.device import resolve_dtype
     from songflow.pipeline import Placement
     from songflow.pipeline_v15 import Components15, Pipeline15
-
-    import diffusers.models.autoencoders.autoencoder_oobleck  # noqa: F401 (import time is not load time)
-    import transformers.models.qwen3.modeling_qwen3  # noqa: F401
 
     layout = ck.validate_v15(root)
     dt = resolve_dtype(dtype, torch.device("cpu"))

@@ -180,11 +180,32 @@ def decode_overlap(chunk_frames: int, overlap_frames: int) -> int:
     return overlap
 
 
-def build_autoencoder(config: OobleckConfig) -> Any:
-    """A diffusers ``AutoencoderOobleck`` for ``config`` (random init; lazy diffusers import)."""
-    from diffusers import AutoencoderOobleck
+def _snake_inplace(self: nn.Module, hidden_states: Tensor) -> Tensor:
+    """diffusers' ``Snake1d.forward`` (``x + 1/(beta + 1e-9) * sin(alpha * x)^2``, log-scale parameters)
+    with one temporary instead of five: the same operations in the same order, so the same bits; on CPU
+    the activations of the 48 kHz layers are large and every fresh temporary costs page faults."""
+    shape = hidden_states.shape
+    alpha = torch.exp(self.alpha) if self.logscale else self.alpha
+    beta = torch.exp(self.beta) if self.logscale else self.beta
+    x = hidden_states.reshape(shape[0], shape[1], -1)
+    out = alpha * x
+    out.sin_().pow_(2).mul_((beta + 1e-9).reciprocal()).add_(x)
+    return out.reshape(shape)
 
-    return AutoencoderOobleck(**{k: v for k, v in config.to_dict().items() if not k.startswith("_")})
+
+def build_autoencoder(config: OobleckConfig) -> Any:
+    """A diffusers ``AutoencoderOobleck`` for ``config`` (random init; lazy diffusers import), its Snake
+    activations computed in place (:func:`_snake_inplace`; identical results, less memory traffic)."""
+    import types
+
+    from diffusers import AutoencoderOobleck
+    from diffusers.models.autoencoders.autoencoder_oobleck import Snake1d
+
+    module = AutoencoderOobleck(**{k: v for k, v in config.to_dict().items() if not k.startswith("_")})
+    for sub in module.modules():
+        if isinstance(sub, Snake1d):
+            sub.forward = types.MethodType(_snake_inplace, sub)  # type: ignore[method-assign]
+    return module
 
 
 class OobleckVAE(nn.Module):
