@@ -22,11 +22,10 @@ is ever opened). The ``.py`` files the official folders carry are ignored.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -404,67 +403,10 @@ def load_silence_latent(
 # --------------------------------------------------------------------------------------------------------
 
 
-class _ShardReader:
-    """``get_tensor(key)`` over the open shards of a sharded safetensors checkpoint."""
-
-    def __init__(self, readers: dict[str, Any]):
-        self._readers = readers
-
-    def get_tensor(self, key: str) -> Tensor:
-        return self._readers[key].get_tensor(key)
-
-
-@contextlib.contextmanager
-def _open_shards(
-    files: Sequence[Path], hint: str
-) -> Iterator[tuple[dict[str, tuple[int, ...]], _ShardReader]]:
-    from songflow.checkpoint.strict import open_safetensors
-
-    with contextlib.ExitStack() as stack:
-        shapes: dict[str, tuple[int, ...]] = {}
-        owners: dict[str, Any] = {}
-        for file in files:
-            reader = stack.enter_context(open_safetensors(file, hint))
-            for key in reader.keys():
-                shapes[key] = tuple(reader.get_slice(key).get_shape())
-                owners[key] = reader
-        yield shapes, _ShardReader(owners)
-
-
-def _load_sharded_strict(
-    module: nn.Module, files: Sequence[Path], *, dtype: torch.dtype, device: torch.device, hint: str
-) -> None:
-    """:func:`~songflow.checkpoint.strict.load_state_dict_strict` over the shards of one checkpoint."""
-    from songflow.checkpoint import strict
-
-    for file in files:
-        strict.require_safetensors(file)
-        if not file.is_file():
-            raise CheckpointError(f"weight shard not found: {file}. {hint}")
-    with _open_shards(files, hint) as (shapes, reader):
-        plan = strict._plan_keys(module, shapes, [], [])
-        if problems := plan.problems():
-            raise CheckpointError(
-                f"the shards {', '.join(f.name for f in files)} in {files[0].parent} do not match "
-                f"{type(module).__name__}:\n"
-                + "\n".join(problems)
-                + "\nCheck that the config.json is the one "
-                "saved with these weights."
-            )
-        with torch.no_grad():
-            for prefix in strict._modules_to_reset(module, plan):
-                strict._reset(module.get_submodule(prefix) if prefix else module, device, dtype)
-            strict._fill_from_file(module, plan, reader, device, dtype)
-    module.to(device=device, dtype=dtype)
-
-
 def _fill_strict(
     module: nn.Module, files: Sequence[Path], dtype: torch.dtype, device: torch.device, hint: str
 ):
-    if len(files) == 1:
-        load_state_dict_strict(module, files[0], dtype=dtype, device=device, hint=hint)
-    else:
-        _load_sharded_strict(module, files, dtype=dtype, device=device, hint=hint)
+    load_state_dict_strict(module, files, dtype=dtype, device=device, hint=hint)
     module.eval()
     module.requires_grad_(False)
     return module

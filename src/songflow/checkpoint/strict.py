@@ -161,6 +161,20 @@ class TensorFile:
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
+class _ShardTensors:
+    """``get_tensor(key)`` over the :class:`TensorFile` of each shard that holds ``key``."""
+
+    def __init__(self) -> None:
+        self._owner: dict[str, TensorFile] = {}
+
+    def add(self, file: TensorFile) -> None:
+        for key in file.entries:
+            self._owner[key] = file
+
+    def get_tensor(self, key: str) -> Tensor:
+        return self._owner[key].get_tensor(key)
+
+
 def read_header(path: Path, hint: str = "") -> SafetensorsHeader:
     """The header of the safetensors file ``path`` (no tensor data is read)."""
     require_safetensors(path)
@@ -413,7 +427,7 @@ def _fill_from_file(
 
 def load_state_dict_strict(
     module: nn.Module,
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     *,
     dtype: torch.dtype | str | None,
     device: DeviceLike = "cpu",
@@ -421,12 +435,14 @@ def load_state_dict_strict(
     optional_patterns: Patterns = (),
     hint: str = "",
 ) -> None:
-    """Fill ``module`` from the safetensors file ``path``, strictly, in place.
+    """Fill ``module`` from the safetensors file ``path`` (or the shards of one checkpoint), strictly,
+    in place.
 
     Args:
         module: the module to fill; its parameters (and buffers the file holds) may be on the meta device
             (see the module doc).
-        path: a ``.safetensors`` file (pickle formats are refused).
+        path: a ``.safetensors`` file, or a sequence of shard files that together hold the state dict
+            (pickle formats are refused).
         dtype: floating parameters and buffers end up in this dtype (as ``module.to(dtype)``); None keeps the
             module's own dtypes. Integer tensors are never cast.
         device: where the module ends up (``"auto"`` allowed).
@@ -441,29 +457,41 @@ def load_state_dict_strict(
         CheckpointError: wrong format, damaged file, or any missing/unexpected/mis-shaped key (all listed in
             one message with the file name).
     """
-    path = Path(path)
-    require_safetensors(path)
-    if not path.is_file():
-        raise CheckpointError(f"weight file not found: {path}." + (f" {hint}" if hint else ""))
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    for file in paths:
+        require_safetensors(file)
+        if not file.is_file():
+            what = "weight file" if len(paths) == 1 else "weight shard"
+            raise CheckpointError(f"{what} not found: {file}." + (f" {hint}" if hint else ""))
     device = resolve_device(device)
     dtype_ = parse_dtype(dtype) if dtype is not None else None
     ignore, optional = _compile(ignore_patterns), _compile(optional_patterns)
-    with open_safetensors(path, hint) as reader:
-        file_shapes = {k: tuple(reader.get_slice(k).get_shape()) for k in reader.keys()}
-        plan = _plan_keys(module, file_shapes, ignore, optional)
-        if problems := plan.problems():
-            raise CheckpointError(
-                f"{path} does not match {type(module).__name__} "
-                f"({len(file_shapes)} tensors in the file, {len(module.state_dict())} in the model):\n"
-                + "\n".join(problems)
-                + "\nCheck that the file belongs to this component and that its config.json is the one "
-                "saved with it."
-            )
-        resets = _modules_to_reset(module, plan)
-        with torch.no_grad():
-            for prefix in resets:
-                _reset(module.get_submodule(prefix) if prefix else module, device, dtype_)
-            _fill_from_file(module, plan, TensorFile(path, hint), device, dtype_)
+    file_shapes: dict[str, tuple[int, ...]] = {}
+    tensors = _ShardTensors()
+    for file in paths:  # headers only: each file is checked, the data is read tensor by tensor later
+        with open_safetensors(file, hint) as reader:
+            for key in reader.keys():
+                file_shapes[key] = tuple(reader.get_slice(key).get_shape())
+        tensors.add(TensorFile(file, hint))
+    plan = _plan_keys(module, file_shapes, ignore, optional)
+    if problems := plan.problems():
+        where = (
+            str(paths[0])
+            if len(paths) == 1
+            else (f"the shards {', '.join(f.name for f in paths)} in {paths[0].parent}")
+        )
+        raise CheckpointError(
+            f"{where} does not match {type(module).__name__} "
+            f"({len(file_shapes)} tensors in the file, {len(module.state_dict())} in the model):\n"
+            + "\n".join(problems)
+            + "\nCheck that the file belongs to this component and that its config.json is the one "
+            "saved with it."
+        )
+    resets = _modules_to_reset(module, plan)
+    with torch.no_grad():
+        for prefix in resets:
+            _reset(module.get_submodule(prefix) if prefix else module, device, dtype_)
+        _fill_from_file(module, plan, tensors, device, dtype_)
     # what the file did not hold (buffers computed at construction, kept optional tensors) follows
     if dtype_ is None:
         module.to(device=device)
