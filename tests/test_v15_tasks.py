@@ -238,3 +238,27 @@ def test_v15_other_rates_and_mono_sources_are_converted(pipe15, tmp_path):
     sf.write(str(mono), (0.3 * np.sin(2 * math.pi * 440 * t)).astype(np.float32), 44100)
     result = pipe15.generate(Cover15(caption="x", source_path=str(mono), params=Params15(seeds=(1,))))
     assert result.audio.shape == (1, 2, 3 * SR)
+
+
+def test_v15_cover_encodes_the_reference_once_and_a_batch_equals_its_singles(pipe15, source_wav):
+    """A cover below full strength conditions twice but VAE-encodes its reference once; a batch encodes
+    the source once and samples it per seed, so each row equals its single run."""
+    calls = []
+    encode = pipe15._encode_reference
+
+    def counted(path, seed):
+        calls.append((path, seed))
+        return encode(path, seed)
+
+    pipe15._encode_reference = counted
+    try:
+        fields = dict(
+            caption="x", source_path=str(source_wav), reference_path=str(source_wav), cover_strength_frac=0.5
+        )
+        batch = pipe15.generate(Cover15(**fields, params=Params15(seeds=(3, 4), batch_size=2)))
+        assert calls == [(str(source_wav), 3), (str(source_wav), 4)]  # once per item, not per condition
+        for i, seed in enumerate((3, 4)):
+            single = pipe15.generate(Cover15(**fields, params=Params15(seeds=(seed,))))
+            assert torch.allclose(batch.latents[i], single.latents[0], atol=1e-5), seed
+    finally:
+        del pipe15._encode_reference

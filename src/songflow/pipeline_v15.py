@@ -87,8 +87,9 @@ class Pipeline15:
         self.output_sample_rate_hz = inputs.SAMPLE_RATE_HZ
         self.draws = Draws15()
         self._request: Any = None
-        self._vae_calls = 0
+        self._vae_calls: dict[int, int] = {}  # VAE windows sampled so far this request, per seed
         self._sources: dict[str, Tensor] = {}  # the source waveforms [2, N] read during this request
+        self._references: dict[tuple[str, int], Tensor] = {}  # timbre latents [1, 750, C] per (path, seed)
 
     @property
     def device(self) -> torch.device:
@@ -124,30 +125,39 @@ class Pipeline15:
 
     def reference_latents(self, path: str | None, batch: int) -> tuple[Tensor, Tensor]:
         """Packed timbre references ``[N, 750, C]`` and their batch index ``[N]``: the silence latent
-        without reference audio; else three 10 s segments of the (tiled) clip, VAE-encoded."""
-        n_ref = inputs.REFERENCE_FRAMES
+        without reference audio; else, per batch item, three 10 s segments of the (tiled) clip cut and
+        VAE-sampled with that item's seed (so a batch equals its singles)."""
         if path is None:
-            refs = inputs.silence_frames(self.silence_latent, n_ref).expand(batch, -1, -1)
+            refs = inputs.silence_frames(self.silence_latent, inputs.REFERENCE_FRAMES).expand(batch, -1, -1)
         else:
-            refs = self._encode_reference(path).expand(batch, -1, -1)
+            seeds = self._request.params.seeds
+            refs = torch.cat([self._reference(path, seed) for seed in seeds[:batch]], dim=0)
         return refs.to(self.dtype), torch.arange(batch, device=self.device)
 
-    def _encode_reference(self, path: str) -> Tensor:
-        wav = self.read_audio(path, what="reference audio")
+    def _reference(self, path: str, seed: int) -> Tensor:
+        """The timbre latents ``[1, 750, C]`` of ``path`` for ``seed``, encoded once per request (a cover
+        below full strength conditions twice)."""
+        if (path, seed) not in self._references:
+            self._references[(path, seed)] = self._encode_reference(path, seed)
+        return self._references[(path, seed)]
+
+    def _encode_reference(self, path: str, seed: int) -> Tensor:
+        wav = self._sources.get(path)
+        if wav is None:
+            wav = self._sources[path] = self.read_audio(path, what="reference audio")
         seg = int(REFERENCE_SEGMENT_S * inputs.SAMPLE_RATE_HZ)
         need = 3 * seg
         if wav.shape[-1] < need:
             wav = wav.repeat(1, -(-need // wav.shape[-1]))
         total = wav.shape[-1]
         third = total // 3
-        seed = self._request.params.seeds[0]
         parts = []
         for k in range(3):  # a random 10 s segment from the front, middle and back third
             room = (third if k < 2 else total - 2 * third) - seg
             start = k * third + self.draws.segment_offset(k, max(0, room), seed)
             parts.append(wav[:, start : start + seg])
         clip = torch.cat(parts, dim=-1).clamp(-1.0, 1.0)[None]
-        return self._vae_encode_sampled(clip, (self._request.params.seeds[0],))[:, : inputs.REFERENCE_FRAMES]
+        return self._vae_encode_sampled(clip, (seed,))[:, : inputs.REFERENCE_FRAMES]
 
     def encode_conditions(
         self, request: Any, instruction: str, duration_s: float, batch: int
@@ -213,11 +223,15 @@ class Pipeline15:
         noises = []
         for w in vae.encode_windows(wav.shape[-1]):
             n_frames = vae.frames_for_samples(w.win_end - w.win_start)
-            noises.append(self.draws.vae_sample(self._vae_calls, seeds, (n_frames, n_channels)))
-            self._vae_calls += 1
-        batch = wav.to(self.device, self.dtype).expand(len(seeds), -1, -1)
-        with self.placement.on_device(vae), torch.inference_mode():
-            return vae.encode_tiled(batch, noise=[n.to(self.device, self.dtype) for n in noises]).float()
+            # counted per seed, so an item's draws do not depend on the other items of its batch
+            index = self._vae_calls.get(seeds[0], 0)
+            noises.append(self.draws.vae_sample(index, seeds, (n_frames, n_channels)))
+            for seed in set(seeds):
+                self._vae_calls[seed] = self._vae_calls.get(seed, 0) + 1
+        with self.placement.on_device(vae), torch.inference_mode():  # encoded once, sampled per seed
+            return vae.encode_tiled(
+                wav.to(self.device, self.dtype), noise=[n.to(self.device, self.dtype) for n in noises]
+            ).float()
 
     def encode_source(self, path: str, seeds: tuple[int, ...]) -> Tensor:
         wav = self.read_audio(path, what="source audio")
@@ -268,7 +282,7 @@ class Pipeline15:
         settings = resolve_settings(self.variant, request.params, request.task)
         request = self.resolve_seeds(request)
         request = replace(request, params=settings.applied_to(request.params))  # the sidecar shows them
-        self._request, self._vae_calls = request, 0
+        self._request, self._vae_calls = request, {}
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
@@ -286,6 +300,7 @@ class Pipeline15:
         finally:
             self._request = None
             self._sources.clear()
+            self._references.clear()
         if self.output_sample_rate_hz != inputs.SAMPLE_RATE_HZ:
             from songflow.audio.resample import resample
 

@@ -338,7 +338,8 @@ class OobleckVAE(nn.Module):
 
         Args:
             wav: ``[B, 2, N]`` at 48 kHz.
-            noise: one standard-normal ``[B, T_i, C]`` tensor per window of :meth:`encode_windows` (the
+            noise: one standard-normal ``[B, T_i, C]`` tensor per window of :meth:`encode_windows` (a
+                ``[1, 2, N]`` waveform with ``[B, ...]`` noise is encoded once and sampled B times; the
                 official draws, e.g. the fixtures' ``noise/vae_sample_NNN`` transposed); None draws fresh
                 noise from ``generator`` (or torch's global RNG), window by window.
             chunk_samples: window size (default 15 s, the official CPU / <= 8 GB value; 30 s on larger GPUs).
@@ -359,7 +360,10 @@ class OobleckVAE(nn.Module):
         samples_per_frame: float | None = None
         for i, w in enumerate(windows):
             mean, std = self.encode(wav[:, :, w.win_start : w.win_end])
-            latent = self.sample(mean, std, self._window_noise(i, mean, noise, generator))
+            draw = self._window_noise(i, mean, noise, generator)
+            if mean.shape[0] == 1 and draw.shape[0] > 1:  # one waveform, one draw per batch item
+                mean, std = mean.expand_as(draw), std.expand_as(draw)
+            latent = self.sample(mean, std, draw)
             if samples_per_frame is None:
                 samples_per_frame = (w.win_end - w.win_start) / latent.shape[1]
             trim_start = int(round(w.added_start / samples_per_frame))
