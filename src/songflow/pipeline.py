@@ -44,10 +44,12 @@ def check_source_audio(
     codec: Any = None,
     *,
     allow_long: bool = False,
+    long_hint: str = "cut it, or use extend to grow a song past that",
 ) -> int:
     """The latent frames of a source waveform ``[C, N]`` at ``rate_hz``, or :class:`AudioError` saying
     why a pipeline could not use it: a sample rate outside [MIN_SOURCE_RATE_HZ, MAX_SOURCE_RATE_HZ],
-    silence, less than one latent frame, or (unless ``allow_long``) more than one generation window.
+    NaN or infinite samples, silence, less than one latent frame, or (unless ``allow_long``) more than
+    one generation window (``long_hint`` says what to do then).
 
     ``subject`` names the source in the messages (e.g. "the source audio take.wav"); ``codec`` counts
     the frames (``latent_frames_for``), else they are estimated from ``geometry``. The pipeline, the
@@ -61,6 +63,8 @@ def check_source_audio(
             f"{MAX_SOURCE_RATE_HZ} Hz (other rates are resampled to the model's "
             f"{geometry.sample_rate_hz} Hz automatically)"
         )
+    if not bool(torch.isfinite(wav).all()):
+        raise AudioError(f"{subject} holds NaN or infinite samples; export it again")
     if wav.numel() == 0 or to_stereo(wav).abs().max() < 1e-4:
         raise AudioError(f"{subject} is silent; give a recording with audible sound")
     seconds = wav.shape[-1] / rate_hz
@@ -74,7 +78,7 @@ def check_source_audio(
     if not allow_long and n_frames > geometry.max_frames:
         raise AudioError(
             f"{subject} lasts {seconds:.1f} s; this task handles up to {geometry.max_duration_s:.0f} s "
-            "(cut it, or use extend to grow a song past that)"
+            f"({long_hint})"
         )
     return n_frames
 

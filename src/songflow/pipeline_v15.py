@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from songflow.errors import AudioError, ConfigError
-from songflow.pipeline import Placement, Result
+from songflow.errors import ConfigError
+from songflow.pipeline import Placement, Result, check_source_audio
 from songflow.requests import with_seeds
 from songflow.requests_v15 import Request15
 from songflow.sampling.noise import make_generators, randn_per_sample
@@ -192,29 +192,14 @@ class Pipeline15:
         return lambda step: draw(step).to(self.device, self.dtype)
 
     def read_audio(self, path: str, *, what: str) -> Tensor:
-        """A file as 48 kHz stereo float32 ``[2, N]`` (any rate is resampled); clear errors for an
-        unreadable, silent, too short or too long file."""
+        """A file as 48 kHz stereo float32 ``[2, N]`` (any rate is resampled), checked as every pipeline
+        checks its sources (:func:`songflow.pipeline.check_source_audio`: rate, NaN, silence, length)."""
         from songflow.audio.io import load_audio, to_stereo
         from songflow.audio.resample import resample
 
         wav, sr = load_audio(path)
-        if not 8000 <= sr <= 384000:
-            raise AudioError(
-                f"the {what} {path} has a sample rate of {sr} Hz; give audio between 8 and 384 kHz"
-            )
-        wav = resample(to_stereo(wav).float(), sr, inputs.SAMPLE_RATE_HZ)
-        if not torch.isfinite(wav).all():
-            raise AudioError(f"the {what} {path} holds NaN or infinite samples; export it again")
-        if wav.abs().max() < 1e-4:
-            raise AudioError(f"the {what} {path} is silent; give a recording with audible sound")
-        seconds = wav.shape[-1] / inputs.SAMPLE_RATE_HZ
-        if seconds < 1 / inputs.FRAMES_PER_S:
-            raise AudioError(f"the {what} {path} is too short ({seconds:.3f} s)")
-        if seconds > 600.0:
-            raise AudioError(
-                f"the {what} {path} lasts {seconds:.0f} s; ACE-Step 1.5 handles up to 600 s (cut it)"
-            )
-        return wav
+        check_source_audio(wav, sr, f"the {what} {path}", inputs.GEOMETRY, long_hint="cut it")
+        return resample(to_stereo(wav).float(), sr, inputs.SAMPLE_RATE_HZ)
 
     def _vae_encode_sampled(self, wav: Tensor, seeds: tuple[int, ...]) -> Tensor:
         """VAE latents ``[B, T, C]`` of ``wav [1, 2, N]``, tiled as the reference encodes and sampled once

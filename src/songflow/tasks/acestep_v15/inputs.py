@@ -9,10 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from songflow.audio.geometry import LatentGeometry
 from songflow.errors import AudioError
 
 __all__ = [
     "FRAMES_PER_S",
+    "GEOMETRY",
     "HOP_SAMPLES",
     "MIN_FRAMES",
     "SAMPLE_RATE_HZ",
@@ -28,6 +30,8 @@ SAMPLE_RATE_HZ = 48000
 HOP_SAMPLES = 1920
 FRAMES_PER_S = SAMPLE_RATE_HZ / HOP_SAMPLES  # 25.0
 MIN_FRAMES = 128
+#: the 1.5 latent geometry: 1920 samples per frame at 48 kHz, songs up to 600 s
+GEOMETRY = LatentGeometry(SAMPLE_RATE_HZ, HOP_SAMPLES, 1, 600.0)
 REFERENCE_FRAMES = 750  # 30 s of reference audio, the timbre encoder's fixed length
 
 
