@@ -56,6 +56,31 @@ def golden_v15_checkpoints(golden_v15_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def golden_v15_lm_dir(golden_v15_checkpoints: Path) -> Path:
+    """The fixtures' tiny 5 Hz LM folder (``acestep-5Hz-lm-*``, stand-in tokenizer and chat template)."""
+    found = sorted(golden_v15_checkpoints.glob("acestep-5Hz-lm-*"))
+    if not found:
+        pytest.fail(f"no acestep-5Hz-lm-* folder in {golden_v15_checkpoints}")
+    return found[0]
+
+
+def golden_lm_cases(golden_v15_dir: Path) -> list[str]:
+    """Names of the LM planner requests in ``lm/`` (every folder with a case.json)."""
+    return sorted(p.parent.name for p in (golden_v15_dir / "lm").glob("*/case.json"))
+
+
+def load_lm_case(golden_v15_dir: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(case.json, tensors) of one LM planner request in ``lm/<name>``; ``lm/lm_setup.json`` is under
+    the ``"setup"`` key of the case."""
+    import json
+
+    folder = golden_v15_dir / "lm" / name
+    case = json.loads((folder / "case.json").read_text())
+    case["setup"] = json.loads((golden_v15_dir / "lm" / "lm_setup.json").read_text())
+    return case, load_tensors(folder / "tensors.safetensors")
+
+
+@pytest.fixture(scope="session")
 def golden_models_dir(golden_dir: Path) -> Path:
     return golden_dir / "models"
 
