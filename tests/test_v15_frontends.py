@@ -160,7 +160,7 @@ def test_v15_server_runs_a_job_and_serves_its_audio(pipe15, tmp_path):
     with _client(pipe15, tmp_path) as client:
         (model,) = client.get("/v1/models").json()["models"]
         assert model["family"] == "acestep-v15" and model["sample_rate_hz"] == 48000
-        assert set(model["tasks"]) == {"text2music", "retake", "repaint", "cover"}
+        assert set(model["tasks"]) == {"text2music", "retake", "repaint", "cover", "simple"}
         body = {
             "caption": "warm jazz trio",
             "bpm": 90,
@@ -225,7 +225,7 @@ def test_v15_studio_builds_the_family_tabs_and_runs_one(pipe15, tmp_path):
     from songflow.interfaces.studio.form import build_request, form_values
 
     studio = Studio(pipe15, History(tmp_path / "out"), runtime={"checkpoint": "tiny-v15"})
-    assert studio_tasks(studio) == ("text2music", "retake", "repaint", "cover")
+    assert studio_tasks(studio) == ("text2music", "retake", "repaint", "cover", "simple")
     demo = build_ui(studio)
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     for task in studio_tasks(studio):

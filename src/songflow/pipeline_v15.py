@@ -1,17 +1,29 @@
 """The ACE-Step 1.5 inference pipeline: ``Pipeline15.generate(request) -> Result``.
 
-Stages (each timed): 1. text, lyrics and reference timbre -> the condition encoder's states, 2. the task's
-plan (``songflow.tasks.acestep_v15``) over the one sampling loop, 3. tiled VAE decode, cut to the requested
-length. Random draws come from per-item generators seeded by the request's seeds (:class:`Draws15`), so a
-batch equals its singles and a sidecar replays exactly; tests swap in the reference's recorded draws.
+Stages (each timed): 0. with ``think`` (or a simple-mode request) the 5 Hz LM planner writes the missing
+metadata and the audio codes, 1. text, lyrics and reference timbre -> the condition encoder's states,
+2. the task's plan (``songflow.tasks.acestep_v15``) over the one sampling loop, 3. tiled VAE decode, cut to
+the requested length (and peak-normalised with ``normalization_db``). Random draws come from per-item
+generators seeded by the request's seeds (:class:`Draws15`), so a batch equals its singles and a sidecar
+replays exactly; tests swap in the reference's recorded draws.
+
+The planner (official ``acestep/inference.py`` ``generate_music`` with ``thinking``): the LM is loaded on
+first use from the checkpoint's ``acestep-5Hz-lm-*`` folder (float32 on the CPU, bf16 on CUDA) and, with
+``lm_offload``, sent back to the CPU after each use so the DiT has the accelerator to itself. Each song's
+plan (:class:`~songflow.tasks.acestep_v15.planner.SongPlan`) becomes a plain request (:func:`planned_request`:
+the user's metadata, the plan's filling the missing ones, its audio codes, ``think`` off) that the DiT runs
+as any other: an audio-codes request is a cover of the codes. A :class:`Result15` carries the plans; its
+``request`` replays the song without the LM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,17 +34,38 @@ from torch import Tensor
 from songflow.errors import ConfigError
 from songflow.pipeline import Placement, Result, check_source_audio
 from songflow.requests import with_seeds
-from songflow.requests_v15 import Request15
-from songflow.sampling.noise import make_generators, randn_per_sample
-from songflow.tasks.acestep_v15 import inputs
+from songflow.requests_v15 import (
+    Format15,
+    Params15,
+    Plan15,
+    Request15,
+    Simple15,
+    Text2Music15,
+    Understand15,
+)
+from songflow.sampling.noise import make_generators, parse_seeds, randn_per_sample
+from songflow.tasks.acestep_v15 import inputs, planner
 from songflow.tasks.acestep_v15.output import finish_audio
 from songflow.tasks.acestep_v15.plan import build_context, run_plan15
+from songflow.tasks.acestep_v15.planner import PlannerOptions, SongPlan
 from songflow.tasks.acestep_v15.presets import resolve_settings
 from songflow.tasks.acestep_v15.tasks import build_plan
 from songflow.tasks.spec import ProgressFn
 from songflow.text import acestep_v15_prompts as prompts
 
-__all__ = ["Components15", "Draws15", "Pipeline15", "load_v15_pipeline"]
+__all__ = [
+    "Components15",
+    "Draws15",
+    "Pipeline15",
+    "Result15",
+    "Planner15",
+    "load_v15_pipeline",
+    "load_v15_planner",
+    "resolve_planner_seeds",
+    "planned_request",
+    "planner_options",
+    "user_metadata",
+]
 
 _VAE_SEED_OFFSET = 0x5EED_0F_AE  # VAE-sample and SDE generators are seeded apart from the initial noise
 _SDE_SEED_OFFSET = 0x5DE_5DE
@@ -72,6 +105,255 @@ class Draws15:
         return random.Random(seed * 3 + index).randint(0, high)
 
 
+@dataclass
+class Result15(Result):
+    """A 1.5 result. ``plans``: the planner's plan of each song (empty without planning); ``planned_from``:
+    the request as given (``think`` / simple mode) when ``request`` is the planned one that replays it."""
+
+    plans: tuple[SongPlan, ...] = ()
+    planned_from: Any = None
+
+
+def planner_options(params: Params15) -> PlannerOptions:
+    """The planner settings of a request's ``lm_*`` / ``use_cot_*`` fields."""
+    return PlannerOptions(
+        temperature=params.lm_temperature,
+        cfg_scale=params.lm_cfg_scale,
+        top_k=params.lm_top_k or None,
+        top_p=params.lm_top_p,
+        repetition_penalty=params.lm_repetition_penalty,
+        negative_prompt=params.lm_negative_prompt,
+        use_cot_metas=params.use_cot_metas,
+        use_cot_caption=params.use_cot_caption,
+        use_cot_language=params.use_cot_language,
+        constrained=params.constrained_decoding,
+        legacy_planner=params.legacy_planner,
+    )
+
+
+def user_metadata(request: Any) -> dict[str, Any]:
+    """The metadata the user fixed, in the planner's keys (bpm, keyscale, timesignature, duration as the
+    official ``int(duration)``, language). A song request's vocal language is not passed with
+    ``legacy_planner`` (the official ``generate_music`` does not) nor when it is ``"unknown"``."""
+    duration_s = getattr(request, "duration_s", None)
+    values: dict[str, Any] = {
+        "bpm": getattr(request, "bpm", None),
+        "keyscale": getattr(request, "key_scale", None),
+        "timesignature": getattr(request, "time_signature", None),
+        "duration": int(duration_s) if duration_s is not None else None,
+    }
+    language = getattr(request, "vocal_language", None)
+    song = isinstance(request, Text2Music15)
+    if language not in (None, "unknown") and not (song and request.params.legacy_planner):
+        values["language"] = language
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _lm_seeds(request: Any) -> tuple[int, ...]:
+    """The planner's seed of each item: ``lm_seeds``, else the request's (resolved) seeds."""
+    p = request.params
+    given = p.lm_seeds or p.seeds
+    return tuple(parse_seeds(list(given) if given else None, p.batch_size))
+
+
+def _known(value: Any, allowed: Any) -> Any:
+    return value if value in allowed else None
+
+
+def planned_request(request: Any, plan: SongPlan, index: int) -> Text2Music15:
+    """Item ``index`` of a planned ``request`` (``think`` text2music/retake, or simple mode) as the plain
+    single-song request the DiT runs (official ``generate_music``): the user's bpm/key/time signature/
+    duration, the plan's filling the missing ones; the plan's caption with ``use_cot_caption`` (simple
+    mode: always); the language per :meth:`SongPlan.dit_language`; the plan's audio codes; ``think`` off,
+    so it replays without the LM. Plan values the DiT does not know are dropped (legacy plans)."""
+    from songflow.requests_v15 import BPM_RANGE, VALID_KEYSCALES, VALID_LANGUAGES, VALID_TIME_SIGNATURES
+
+    p = request.params
+    seeds, lm_seeds = p.seeds or (), _lm_seeds(request)
+    params = replace(p, batch_size=1, seeds=(seeds[index],), lm_seeds=(lm_seeds[index],))
+    bpm = plan.bpm if plan.bpm is not None and BPM_RANGE[0] <= plan.bpm <= BPM_RANGE[1] else None
+    metas = {
+        "bpm": getattr(request, "bpm", None) or bpm,
+        "key_scale": getattr(request, "key_scale", None) or _known(plan.keyscale, VALID_KEYSCALES),
+        "time_signature": getattr(request, "time_signature", None)
+        or _known(plan.timesignature, VALID_TIME_SIGNATURES),
+    }
+    language = plan.dit_language(
+        request.vocal_language, use_cot_language=p.use_cot_language, legacy=p.legacy_planner
+    )
+    language = _known(language, VALID_LANGUAGES) or request.vocal_language
+    if isinstance(request, Simple15):
+        duration_s = request.duration_s or plan.duration_s or 30.0
+        return Text2Music15(
+            caption=plan.caption or "", lyrics=plan.lyrics or "", vocal_language=language,
+            duration_s=float(duration_s), audio_codes=plan.audio_codes, params=params, **metas,
+        )  # fmt: skip
+    caption = plan.caption if p.use_cot_caption and plan.caption else request.caption
+    extra = {"retake_seeds": (request.retake_seeds[index],)} if hasattr(request, "retake_seeds") else {}
+    return replace(
+        request, caption=caption, vocal_language=language, think=False, params=params,
+        audio_codes=plan.audio_codes or request.audio_codes, **metas, **extra,
+    )  # fmt: skip
+
+
+def _needs_plan(request: Any) -> bool:
+    return isinstance(request, Simple15) or bool(getattr(request, "think", False))
+
+
+def peak_normalize(audio: Tensor, target_db: float) -> Tensor:
+    """``audio [B, 2, N]`` with each item scaled so its peak is ``target_db`` dBFS (official
+    ``normalize_audio``: items quieter than 1e-6 are left alone)."""
+    peak = audio.abs().amax(dim=(1, 2), keepdim=True)
+    gain = torch.where(peak < 1e-6, torch.ones_like(peak), 10 ** (target_db / 20.0) / peak)
+    return audio * gain
+
+
+def resolve_planner_seeds(request: Any) -> Any:
+    """``request`` (seeds resolved) with its planner seeds filled in where it uses the planner."""
+    if _needs_plan(request) or isinstance(request, Plan15 | Format15 | Understand15):
+        request = replace(request, params=replace(request.params, lm_seeds=_lm_seeds(request)))
+    return request
+
+
+class Planner15:
+    """The 5 Hz LM planner of one checkpoint: the LM folder, loaded on first use (on the CPU with
+    ``offload``, visiting ``device`` per call; bf16 on CUDA, float32 elsewhere), one call at a time.
+
+    Requests come with their seeds resolved (``Pipeline15.resolve_seeds`` or :func:`resolve_planner_seeds`
+    after ``songflow.requests.with_seeds``)."""
+
+    def __init__(
+        self,
+        lm_dir: Path | None,
+        device: torch.device | str = "cpu",
+        *,
+        offload: bool = False,
+        checkpoint_root: Path | None = None,
+        dit_name: str = "acestep-v15-turbo",
+    ):
+        self.lm_dir = lm_dir
+        self.device = torch.device(device)
+        self.offload = offload
+        self.checkpoint_root = checkpoint_root
+        self.dit_name = dit_name
+        self._lm: Any = None
+        self._lock = threading.RLock()  # server routes and the job worker share one LM
+
+    @property
+    def loaded(self) -> bool:
+        return self._lm is not None
+
+    def lm(self) -> Any:
+        """The ``PlannerLM``, loaded on first use; ConfigError saying what to download when the checkpoint
+        has no LM folder."""
+        with self._lock:
+            if self._lm is None:
+                if self.lm_dir is None:
+                    root = self.checkpoint_root or Path("checkpoints")
+                    raise ConfigError(
+                        f"planning needs the 5 Hz LM, and {root} has no acestep-5Hz-lm-* folder; download "
+                        f"one with `songflow download --model {self.dit_name} --lm acestep-5Hz-lm-1.7B "
+                        f"--dir {root}` (or leave out think / the planner commands)"
+                    )
+                from songflow.checkpoint.acestep_v15 import load_v15_lm
+
+                dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+                where = torch.device("cpu") if self.offload else self.device
+                self._lm = load_v15_lm(self.lm_dir, device=where, dtype=dtype)
+            return self._lm
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[Any]:
+        """The LM on ``device`` for one call; with ``offload`` it goes back to the CPU afterwards and the
+        accelerator's cache is emptied for the DiT."""
+        with self._lock:
+            lm = self.lm()
+            if self.offload:
+                lm.to_device(self.device)
+            try:
+                yield lm
+            finally:
+                if self.offload:
+                    lm.offload()
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+
+    def plan(self, request: Any) -> list[SongPlan]:
+        """One plan per batch item of a :class:`Plan15` or a ``think`` text2music/retake request (the
+        user's metadata kept, :func:`user_metadata`; the request's duration sets the code count)."""
+        with_codes = request.with_codes if isinstance(request, Plan15) else request.audio_codes is None
+        with self.in_use() as lm:
+            return planner.plan_song(
+                lm,
+                caption=request.caption,
+                lyrics=request.lyrics,
+                user_metadata=user_metadata(request),
+                target_duration_s=request.duration_s,
+                options=planner_options(request.params),
+                seeds=list(_lm_seeds(request)),
+                with_codes=with_codes,
+            )
+
+    def describe(self, request: Simple15) -> list[SongPlan]:
+        """Simple mode, one plan per item: the description -> caption, lyrics, metadata; with ``think``
+        also the audio codes, for the song's length (the request's, else the first item's: a batch has
+        one length)."""
+        options = planner_options(request.params)
+        language = None if request.vocal_language == "unknown" else request.vocal_language
+        seeds = _lm_seeds(request)
+        with self.in_use() as lm:
+            described = [
+                planner.describe_song(
+                    lm, request.description, instrumental=request.instrumental,
+                    vocal_language=language, options=options, seed=seed,
+                )
+                for seed in seeds
+            ]  # fmt: skip
+            duration_s = float(request.duration_s or described[0].duration_s or 30.0)
+            described = [replace(d, duration_s=duration_s) for d in described]
+            if not request.think:
+                return described
+            return [_with_codes(lm, d, seed, options) for d, seed in zip(described, seeds, strict=True)]
+
+    def format(self, request: Format15) -> list[SongPlan]:
+        """Format: the LM tidies the caption and lyrics (and fills the metadata), one answer per item."""
+        options, user = planner_options(request.params), user_metadata(request)
+        with self.in_use() as lm:
+            return [
+                planner.format_song(
+                    lm, caption=request.caption, lyrics=request.lyrics, user_metadata=user,
+                    options=options, seed=seed,
+                )
+                for seed in _lm_seeds(request)
+            ]  # fmt: skip
+
+
+def _with_codes(lm: Any, plan: SongPlan, seed: int, options: PlannerOptions) -> SongPlan:
+    """``plan`` with the audio codes the LM writes for its caption, lyrics and metadata."""
+    metas = {
+        "bpm": plan.bpm, "keyscale": plan.keyscale, "timesignature": plan.timesignature,
+        "duration": int(plan.duration_s or 30), "language": plan.language,
+    }  # fmt: skip
+    (coded,) = planner.plan_song(
+        lm, caption=plan.caption or "", lyrics=plan.lyrics or "", options=options, seeds=[seed],
+        user_metadata={k: v for k, v in metas.items() if v is not None}, target_duration_s=plan.duration_s,
+    )  # fmt: skip
+    return replace(plan, audio_codes=coded.audio_codes, cot_text=coded.cot_text)
+
+
+def load_v15_planner(
+    layout: Any, *, device: str | torch.device = "auto", lm_offload: bool = False
+) -> Planner15:
+    """The planner of a validated 1.5 layout (nothing is loaded until it is used; no DiT, VAE or text
+    encoder: ``songflow plan``/``format`` need only the LM)."""
+    from songflow.checkpoint import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return Planner15(
+        layout.lm_dir, dev, offload=lm_offload, checkpoint_root=Path(layout.root), dit_name=layout.dit_name
+    )
+
+
 class Pipeline15:
     """Inference over loaded 1.5 components; ``variant`` is "turbo", "base" or "sft"."""
 
@@ -90,6 +372,8 @@ class Pipeline15:
         self._vae_calls: dict[int, int] = {}  # VAE windows sampled so far this request, per seed
         self._sources: dict[str, Tensor] = {}  # the source waveforms [2, N] read during this request
         self._references: dict[tuple[str, int], Tensor] = {}  # timbre latents [1, 750, C] per (path, seed)
+        # the 5 Hz LM planner; load_v15_pipeline gives it the layout's LM folder (None: no LM)
+        self.planner = Planner15(None, self.device, offload=self.placement.offload)
 
     @property
     def device(self) -> torch.device:
@@ -256,14 +540,94 @@ class Pipeline15:
             fade_s=getattr(request, "wav_crossfade_s", 0.0),
         )
 
+    # -- the 5 Hz LM planner (``self.planner``) ---------------------------------------------------------
+
+    def plan(self, request: Any) -> list[SongPlan]:
+        """:meth:`Planner15.plan` (seeds resolved as :meth:`resolve_seeds`)."""
+        return self.planner.plan(self.resolve_seeds(request))
+
+    def describe(self, request: Simple15) -> list[SongPlan]:
+        """:meth:`Planner15.describe`."""
+        return self.planner.describe(self.resolve_seeds(request))
+
+    def format(self, request: Format15) -> list[SongPlan]:
+        """:meth:`Planner15.format`."""
+        return self.planner.format(self.resolve_seeds(request))
+
+    def understand(self, request: Understand15) -> list[SongPlan]:
+        """Understand: ``source_path`` -> VAE latents -> 5 Hz codes (``dit.tokenize``) -> the LM's caption,
+        lyrics and metadata, one answer per item (each plan carries the codes)."""
+        request = self.resolve_seeds(request)
+        seeds = _lm_seeds(request)
+        codes = self.audio_codes_of(request.source_path, seeds[0])
+        options = planner_options(request.params)
+        with self.planner.in_use() as lm:
+            return [planner.understand_codes(lm, codes, options=options, seed=seed) for seed in seeds]
+
+    def audio_codes_of(self, path: str, seed: int) -> tuple[int, ...]:
+        """The 5 Hz audio codes (0..63999, 5 per second) of an audio file: VAE-encoded (sampled with
+        ``seed``) and tokenized by the DiT's FSQ tokenizer."""
+        self._vae_calls = {}
+        try:
+            latents = self.encode_source(path, (seed,))
+        finally:
+            self._sources.clear()
+        mask = torch.ones(latents.shape[:2], device=self.device, dtype=latents.dtype)
+        with self.placement.on_device(self.dit), torch.inference_mode():
+            _, codes, _ = self.dit.tokenize(latents, self.silence_latent, mask)
+        return tuple(int(c) for c in codes[0, :, 0].tolist())
+
     # -- entry point ------------------------------------------------------------------------------
 
     def resolve_seeds(self, request: Any) -> Any:
-        """Fill in random seeds (and retake seeds) so the returned request regenerates the output."""
-        return with_seeds(request)
+        """Fill in random seeds (and retake seeds; planner seeds when it plans) so the returned request
+        regenerates the output."""
+        return resolve_planner_seeds(with_seeds(request))
 
-    def generate(self, request: Request15, *, progress: ProgressFn | None = None) -> Result:
-        """Run one request of any 1.5 task; see :class:`songflow.pipeline.Result` (latents ``[B, T, C]``)."""
+    def generate(
+        self,
+        request: Request15,
+        *,
+        progress: ProgressFn | None = None,
+        plans: Sequence[SongPlan] | None = None,
+    ) -> Result15:
+        """Run one request of any 1.5 task; see :class:`songflow.pipeline.Result` (latents ``[B, T, C]``).
+
+        With ``think`` (or simple mode) the planner runs first, unless ``plans`` (one per item, e.g. from a
+        sidecar) are given; each planned song then runs as its own request (:func:`planned_request`), and a
+        single song's result carries that request (it replays without the LM)."""
+        if not _needs_plan(request):
+            return self._generate_songs(request, progress)
+        request = self.resolve_seeds(request)
+        t0 = time.perf_counter()
+        if plans is None:
+            plans = (
+                self.planner.describe(request)
+                if isinstance(request, Simple15)
+                else self.planner.plan(request)
+            )
+        if len(plans) != request.params.batch_size:
+            raise ConfigError(f"{len(plans)} song plans for batch_size {request.params.batch_size}")
+        plan_s = time.perf_counter() - t0
+        results = [
+            self._generate_songs(planned_request(request, plan, i), progress) for i, plan in enumerate(plans)
+        ]
+        first = results[0]
+        timings = {k: sum(r.timings_s.get(k, 0.0) for r in results) for k in first.timings_s}
+        timings["planner"] = plan_s
+        timings["total"] = timings.get("total", 0.0) + plan_s
+        return Result15(
+            torch.cat([r.audio for r in results]),
+            first.sample_rate_hz,
+            torch.cat([r.latents for r in results]),
+            first.request if len(results) == 1 else request,  # type: ignore[arg-type]
+            timings,
+            plans=tuple(plans),
+            planned_from=request,
+        )
+
+    def _generate_songs(self, request: Any, progress: ProgressFn | None) -> Result15:
+        """One request of a DiT task (text2music, retake, repaint, cover), no planning."""
         settings = resolve_settings(self.variant, request.params, request.task)
         request = self.resolve_seeds(request)
         request = replace(request, params=settings.applied_to(request.params))  # the sidecar shows them
@@ -281,6 +645,8 @@ class Pipeline15:
             timings["diffusion"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             audio = self._finish(job, request, latents)
+            if request.params.normalization_db is not None:
+                audio = peak_normalize(audio, request.params.normalization_db)
             timings["decode"] = time.perf_counter() - t2
         finally:
             self._request = None
@@ -291,7 +657,7 @@ class Pipeline15:
 
             audio = resample(audio, inputs.SAMPLE_RATE_HZ, self.output_sample_rate_hz)
         timings["total"] = time.perf_counter() - t0
-        return Result(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)  # type: ignore[arg-type]
+        return Result15(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
 
 
 def load_v15_pipeline(
@@ -302,9 +668,12 @@ def load_v15_pipeline(
     offload: bool = False,
     vocab_path: str | Path | None = None,
     output_sample_rate_hz: int = inputs.SAMPLE_RATE_HZ,
+    lm_offload: bool = False,
 ) -> Pipeline15:
     """Load a validated 1.5 layout (``songflow.checkpoint.acestep_v15.V15Layout``) into a pipeline;
-    ``output_sample_rate_hz`` 44100 resamples the returned audio (48000: the model's own rate)."""
+    ``output_sample_rate_hz`` 44100 resamples the returned audio (48000: the model's own rate). The 5 Hz
+    LM (``layout.lm_dir``) is loaded on first use; ``lm_offload`` (or ``offload``) keeps it on the CPU
+    between uses."""
     if vocab_path is not None:
         raise ConfigError("ACE-Step 1.5 checkpoints carry their own tokenizer; leave out --vocab")
     if output_sample_rate_hz not in (44100, 48000):
@@ -325,4 +694,5 @@ def load_v15_pipeline(
     pipe = Pipeline15(components, Placement(dev, dt, offload), variant=dit.config.variant)
     pipe.output_sample_rate_hz = output_sample_rate_hz
     pipe.checkpoint_root = Path(layout.root)
+    pipe.planner = load_v15_planner(layout, device=dev, lm_offload=lm_offload or offload)
     return pipe

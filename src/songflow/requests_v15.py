@@ -21,6 +21,7 @@ from songflow.requests import (
     check_seeds,
     request_to_dict,
 )
+from songflow.text.acestep_v15_lm_prompts import MAX_DESCRIPTION_CHARS, NO_USER_INPUT
 from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
 
 __all__ = [
@@ -32,12 +33,22 @@ __all__ = [
     "V15_SCHEMA",
     "VALID_KEYSCALES",
     "VALID_LANGUAGES",
+    "MAX_DESCRIPTION_CHARS",
+    "PLANNER_TASKS_V15",
+    "V15_PLANNER_SCHEMA",
+    "VALID_TIME_SIGNATURES",
     "Cover15",
+    "Format15",
     "Params15",
+    "Plan15",
+    "PlannerRequest15",
     "Repaint15",
     "Request15",
     "Retake15",
+    "Simple15",
     "Text2Music15",
+    "Understand15",
+    "planner_request15_from_dict",
     "request15_from_dict",
     "request15_to_dict",
 ]
@@ -62,6 +73,9 @@ DURATION_RANGE_S = (1.0, 600.0)
 MAX_BATCH_V15 = 16
 MAX_CUSTOM_TIMESTEPS = 20
 MAX_CAPTION_CHARS = 4096
+#: what the 5 Hz LM planner can write: durations (seconds), beats per bar (2/4, 3/4, 4/4, 6/8)
+PLAN_DURATION_RANGE_S = (10.0, 600.0)
+VALID_TIME_SIGNATURES = ("2", "3", "4", "6")
 _SEEDS: dict[str, Any] = {"min_length": 1, "items": {"ge": 0, "lt": 2**63}}
 _FRACTION: dict[str, Any] = {"ge": 0.0, "le": 1.0}
 _SOURCE_HELP = "the audio file to work on (any rate; read as 48 kHz stereo)"
@@ -77,6 +91,14 @@ class Params15:
       reproduces the official default, whose mask is all ones (docs/reference_behaviour.md#r24).
     - ``legacy_output_length`` True returns the official length (at least 128 latent frames, 5.12 s, whole
       frames); False (default) returns exactly the requested or source length.
+    - ``normalization_db`` peak-normalises each song to that level in dBFS (the official
+      ``generate_music`` does it at -1 dB by default); None (default) leaves the decoded level.
+    - ``lm_*``, ``use_cot_*``, ``constrained_decoding``, ``legacy_planner``: the 5 Hz LM planner's settings
+      (official REST names), used by ``think``, the simple mode and the plan/format/understand requests.
+      ``lm_temperature`` 0 is greedy; ``lm_top_k`` None/0 and ``lm_top_p`` 1 are off; ``lm_cfg_scale`` > 1
+      guides the audio codes with an unconditional twin; ``legacy_planner`` reproduces the official planner,
+      bugs included (a caption may end the metadata early and lose the user's fields).
+      ``lm_seeds``: the planner's seeds (one, or one per batch item; default: ``seeds``).
     """
 
     steps: int | None = field(
@@ -112,9 +134,53 @@ class Params15:
     legacy_output_length: bool = field(
         default=False, metadata={"help": "return the reference's length (>= 5.12 s, whole frames)"}
     )
+    normalization_db: float | None = field(
+        default=None,
+        metadata={"ge": -60.0, "le": 0.0, "help": "peak-normalise each song to this dBFS (official: -1)"},
+    )
+    lm_temperature: float = field(
+        default=0.85, metadata={"ge": 0.0, "le": 5.0, "help": "planner LM temperature (0 = greedy)"}
+    )
+    lm_cfg_scale: float = field(
+        default=2.0,
+        metadata={"ge": 1.0, "le": 20.0, "help": "planner CFG scale on the audio codes (1 = off)"},
+    )
+    lm_top_k: int | None = field(
+        default=None, metadata={"ge": 0, "le": 1_000_000, "help": "planner top-k (0 or none = off)"}
+    )
+    lm_top_p: float | None = field(
+        default=0.9, metadata={"gt": 0.0, "le": 1.0, "help": "planner nucleus top-p (1 = off)"}
+    )
+    lm_repetition_penalty: float = field(
+        default=1.0, metadata={"gt": 0.0, "le": 10.0, "help": "planner repetition penalty (1 = off)"}
+    )
+    lm_negative_prompt: str = field(
+        default=NO_USER_INPUT,
+        metadata={"max_length": MAX_CAPTION_CHARS, "help": "caption of the planner's CFG twin"},
+    )
+    use_cot_metas: bool = field(default=True, metadata={"help": "let the planner fill missing bpm/key/..."})
+    use_cot_caption: bool = field(default=True, metadata={"help": "the planner rewrites the caption"})
+    use_cot_language: bool = field(
+        default=True, metadata={"help": "the planner picks the vocal language when it is 'unknown'"}
+    )
+    constrained_decoding: bool = field(
+        default=True, metadata={"help": "keep the planner's output valid (required)"}
+    )
+    legacy_planner: bool = field(
+        default=False, metadata={"help": "the official planner, bugs included (reference behaviour)"}
+    )
+    lm_seeds: tuple[int, ...] | None = field(
+        default=None, metadata={**_SEEDS, "help": "planner seeds, one or one per item (default: seeds)"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if not self.constrained_decoding:
+            raise RequestFieldError(
+                ("constrained_decoding",),
+                "constrained_decoding must stay on: the grammar is what keeps the planned metadata and "
+                "codes valid",
+            )
         if len(self.timesteps) > MAX_CUSTOM_TIMESTEPS:
             raise RequestFieldError(
                 ("timesteps",),
@@ -129,6 +195,7 @@ class Params15:
                 f"cfg_interval_start {self.cfg_interval_start}",
             )
         check_seeds("seeds", self.seeds, self.batch_size)
+        check_seeds("lm_seeds", self.lm_seeds, self.batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,21 +238,43 @@ class _Request15:
         if not isinstance(self.params, Params15):
             raise RequestFieldError(("params",), "params must be a Params15")
         check_fields(self)
-        if self.key_scale is not None and self.key_scale not in VALID_KEYSCALES:
-            raise RequestFieldError(
-                ("key_scale",),
-                f"unknown key_scale {self.key_scale!r}; give a note A-G, an optional # or b, then "
-                "'major' or 'minor', e.g. 'F# minor'",
-            )
-        if self.vocal_language not in VALID_LANGUAGES:
-            raise RequestFieldError(
-                ("vocal_language",),
-                f"unknown vocal_language {self.vocal_language!r}; choose one of {list(VALID_LANGUAGES)}",
-            )
+        _check_metas(self)
         for name in ("reference_path",):
             value = getattr(self, name)
             if value is not None and not value.strip():
                 raise RequestFieldError((name,), f"{name} must name an audio file (or be left out)")
+
+
+def _check_metas(request: Any) -> None:
+    """The key and the vocal language of a request are names the model knows (None: not given)."""
+    key_scale = getattr(request, "key_scale", None)
+    if key_scale is not None and key_scale not in VALID_KEYSCALES:
+        raise RequestFieldError(
+            ("key_scale",),
+            f"unknown key_scale {key_scale!r}; give a note A-G, an optional # or b, then "
+            "'major' or 'minor', e.g. 'F# minor'",
+        )
+    language = getattr(request, "vocal_language", None)
+    if language is not None and language not in VALID_LANGUAGES:
+        raise RequestFieldError(
+            ("vocal_language",),
+            f"unknown vocal_language {language!r}; choose one of {list(VALID_LANGUAGES)}",
+        )
+
+
+def _check_plan_duration(request: Any, why: str) -> None:
+    """A planned song lasts 10 to 600 s (what the planner can write); None: the planner decides."""
+    duration_s = getattr(request, "duration_s", None)
+    low, high = PLAN_DURATION_RANGE_S
+    if duration_s is not None and not low <= duration_s <= high:
+        raise RequestFieldError(
+            ("duration_s",),
+            f"duration_s {duration_s} s is outside {low:g}..{high:g} s, the lengths {why}; "
+            f"give a duration in that range",
+        )
+
+
+_THINK_HELP = "plan metadata and 5 Hz audio codes with the LM first (needs the LM folder)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,9 +298,12 @@ class Text2Music15(_Request15):
         default=None,
         metadata={"items": {"ge": 0, "lt": 64000}, "help": "5 Hz audio codes 0..63999 (optional)"},
     )
+    think: bool = field(default=False, metadata={"label": "Plan with the LM", "help": _THINK_HELP})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.think:
+            _check_plan_duration(self, "the planner writes (think)")
         if self.audio_codes is not None:
             if not self.audio_codes:
                 raise RequestFieldError(("audio_codes",), "audio_codes is empty; leave it out or give codes")
@@ -301,13 +393,120 @@ class Cover15(_Request15):
         _check_path("source_path", self.source_path)
 
 
+_PLAN_DURATION: dict[str, Any] = {
+    "ge": PLAN_DURATION_RANGE_S[0],
+    "le": PLAN_DURATION_RANGE_S[1],
+    "unit": "seconds",
+    "label": "Duration (s)",
+    "help": "length of the song in seconds (10 to 600; empty: the planner decides)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Simple15:
+    """Simple mode: the 5 Hz LM turns a free ``description`` into a caption, lyrics and metadata, then the
+    DiT sings them (with ``think`` the LM also writes the audio codes). ``instrumental`` asks for no
+    vocals; ``vocal_language`` "unknown" lets the LM choose; ``duration_s`` None takes the LM's."""
+
+    task: ClassVar[str] = "simple"
+    description: str = field(
+        default="",
+        metadata={
+            "max_length": MAX_DESCRIPTION_CHARS,
+            "label": "Description",
+            "help": "the song in your words, e.g. 'a melancholic piano ballad about the sea'",
+        },
+    )
+    instrumental: bool = field(default=False, metadata={"help": "no vocals"})
+    vocal_language: str = field(
+        default="unknown", metadata={"help": "language of the lyrics ('unknown': the LM chooses)"}
+    )
+    duration_s: float | None = field(default=None, metadata=_PLAN_DURATION)
+    think: bool = field(default=False, metadata={"label": "Plan with the LM", "help": _THINK_HELP})
+    params: Params15 = field(default_factory=Params15)
+
+    def __post_init__(self) -> None:
+        _check_params(self)
+        check_fields(self)
+        _check_metas(self)
+        _check_plan_duration(self, "the planner writes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _PlanFields:
+    """Caption, lyrics and the metadata the user fixes (None: the planner fills them in)."""
+
+    caption: str = field(
+        default="", metadata={"max_length": MAX_CAPTION_CHARS, "label": "Caption", "help": "the style"}
+    )
+    lyrics: str = field(
+        default="", metadata={"max_length": MAX_LYRICS_CHARS, "label": "Lyrics", "help": "the lyrics"}
+    )
+    bpm: int | None = field(
+        default=None, metadata={"ge": BPM_RANGE[0], "le": BPM_RANGE[1], "help": "tempo in beats per minute"}
+    )
+    key_scale: str | None = field(default=None, metadata={"help": "key, e.g. 'C major', 'F# minor'"})
+    time_signature: Literal["2", "3", "4", "6"] | None = field(
+        default=None, metadata={"help": "beats per bar"}
+    )
+    vocal_language: str | None = field(default=None, metadata={"help": "language of the lyrics"})
+    duration_s: float | None = field(default=None, metadata=_PLAN_DURATION)
+    params: Params15 = field(default_factory=Params15)
+
+    def __post_init__(self) -> None:
+        _check_params(self)
+        check_fields(self)
+        _check_metas(self)
+        _check_plan_duration(self, "the planner writes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan15(_PlanFields):
+    """A song's blueprint from the 5 Hz LM, no audio: the metadata it fills in (bpm, key, time signature,
+    duration, language, caption) and, with ``with_codes``, its 5 Hz audio codes; one plan per batch item."""
+
+    task: ClassVar[str] = "plan"
+    with_codes: bool = field(default=True, metadata={"help": "also write the 5 Hz audio codes"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Format15(_PlanFields):
+    """The 5 Hz LM tidies a caption and lyrics (a richer caption, structured lyrics, metadata); the
+    fields given are kept."""
+
+    task: ClassVar[str] = "format"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Understand15:
+    """The 5 Hz LM reads ``source_path`` back (VAE -> 5 Hz audio codes -> LM): its caption, lyrics and
+    metadata."""
+
+    task: ClassVar[str] = "understand"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    params: Params15 = field(default_factory=Params15)
+
+    def __post_init__(self) -> None:
+        _check_params(self)
+        check_fields(self)
+        _check_path("source_path", self.source_path)
+
+
+def _check_params(request: Any) -> None:
+    if not isinstance(request.params, Params15):
+        raise RequestFieldError(("params",), "params must be a Params15")
+
+
 def _check_path(name: str, path: Any) -> None:
     if not isinstance(path, str) or not path.strip():
         raise RequestFieldError((name,), f"{name} must name an audio file")
 
 
-Request15 = Text2Music15 | Retake15 | Repaint15 | Cover15
-TASKS_V15: dict[str, type] = {c.task: c for c in (Text2Music15, Retake15, Repaint15, Cover15)}
+Request15 = Text2Music15 | Retake15 | Repaint15 | Cover15 | Simple15
+TASKS_V15: dict[str, type] = {c.task: c for c in (Text2Music15, Retake15, Repaint15, Cover15, Simple15)}
+#: the planner's own requests (their answer is a plan or text, not audio)
+PlannerRequest15 = Plan15 | Format15 | Understand15
+PLANNER_TASKS_V15: dict[str, type] = {c.task: c for c in (Plan15, Format15, Understand15)}
 
 
 def request15_from_dict(data: dict[str, Any]) -> Request15:
@@ -316,7 +515,12 @@ def request15_from_dict(data: dict[str, Any]) -> Request15:
     return build_request(data, TASKS_V15, Params15)
 
 
-def request15_to_dict(request: Request15) -> dict[str, Any]:
+def planner_request15_from_dict(data: dict[str, Any]) -> PlannerRequest15:
+    """A planner request (task "plan", "format" or "understand") from its JSON form."""
+    return build_request(data, PLANNER_TASKS_V15, Params15)
+
+
+def request15_to_dict(request: Request15 | PlannerRequest15) -> dict[str, Any]:
     """JSON-ready dict of a 1.5 request (inverse of :func:`request15_from_dict`)."""
     return request_to_dict(request)  # type: ignore[arg-type]
 
@@ -328,5 +532,15 @@ V15_SCHEMA = RequestSchema(
     from_dict=request15_from_dict,
     to_dict=request15_to_dict,
     common=frozenset(f.name for f in dataclasses.fields(_Request15)),
+    text_field="caption",
+)
+#: the planner's requests, the same conventions (the CLI ``songflow plan`` and the server's planner routes)
+V15_PLANNER_SCHEMA = RequestSchema(
+    name="acestep-v15-planner",
+    tasks=PLANNER_TASKS_V15,
+    params_cls=Params15,
+    from_dict=planner_request15_from_dict,
+    to_dict=request15_to_dict,
+    common=frozenset(f.name for f in dataclasses.fields(_PlanFields)),
     text_field="caption",
 )

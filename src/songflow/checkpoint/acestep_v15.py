@@ -44,6 +44,7 @@ from songflow.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from songflow.models.acestep_v15.config import AceStep15Config
+    from songflow.models.acestep_v15.lm import CacheKind, PlannerLM
     from songflow.models.acestep_v15.model import AceStep15DiT
     from songflow.models.acestep_v15.text_encoder import Qwen3TextEncoder
     from songflow.models.acestep_v15.vae import OobleckVAE
@@ -495,6 +496,95 @@ def load_v15_text_encoder(
     encoder.eval()
     encoder.requires_grad_(False)
     return encoder
+
+
+def _lm_hint(folder: Path) -> str:
+    name = folder.name if folder.name in LM_FOLDERS else DEFAULT_LM
+    return f"Download it with `songflow download --model {name} --dir {folder.parent}`."
+
+
+def load_v15_lm_tokenizer(folder: str | Path) -> Any:
+    """The LM folder's Hugging Face fast tokenizer (``AutoTokenizer``, local files only, ``use_fast=True``;
+    its chat template from ``chat_template.jinja`` or ``tokenizer_config.json``), as the official loader.
+
+    Raises CheckpointError naming the missing tokenizer files (or why they cannot be read).
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    hint = _lm_hint(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"the LM folder {folder} does not exist. {hint}")
+    missing = [n for n in TOKENIZER_FILES if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"the LM folder {folder} misses {', '.join(missing)}. {hint}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"cannot read the LM tokenizer of {folder}: {exc}. {hint}") from exc
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError(
+            f"the LM tokenizer of {folder} has no eos token (<|im_end|>); restore its tokenizer_config.json. "
+            f"{hint}"
+        )
+    return tokenizer
+
+
+def read_v15_lm_config(folder: str | Path) -> dict[str, Any]:
+    """The LM folder's ``config.json`` as a dict, checked to describe a ``Qwen3ForCausalLM``."""
+    from songflow.config import read_json_object
+    from songflow.models.acestep_v15.lm import qwen3_config
+
+    folder = Path(folder)
+    file = folder / CONFIG_NAME
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing (the LM config). {_lm_hint(folder)}")
+    try:
+        config = read_json_object(file, "LM config")
+        qwen3_config(config)
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"cannot read the LM config {file}: {exc}. Restore the config.json that came with the weights "
+            f"({_lm_hint(folder)})"
+        ) from exc
+    return config
+
+
+def load_v15_lm(
+    folder: str | Path,
+    *,
+    device: DeviceLike = "cpu",
+    dtype: str | torch.dtype | None = None,
+    cache: CacheKind = "dynamic",
+    compile_step: bool = False,
+) -> PlannerLM:
+    """The 5 Hz LM planner of an ``acestep-5Hz-lm-*`` folder: ``config.json`` (``Qwen3ForCausalLM``), its
+    tokenizer (:func:`load_v15_lm_tokenizer`) and ``model.safetensors`` (or its shards) loaded strictly
+    (with tied embeddings the file has no ``lm_head.weight``; one there is accepted and dropped).
+
+    ``dtype`` None (or ``"auto"``): float32 on the CPU, bf16 on CUDA (as the official loader). ``cache`` and
+    ``compile_step``: see :class:`~songflow.models.acestep_v15.lm.PlannerLM`.
+    """
+    from songflow.models.acestep_v15.lm import PlannerLM, build_qwen3_causal_lm, retie_lm_head, untie_lm_head
+
+    folder = Path(folder)
+    hint = _lm_hint(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"the LM folder {folder} does not exist. {hint}")
+    dtype_, device_ = _placement(dtype or "auto", device)
+    config = read_v15_lm_config(folder)
+    tokenizer = load_v15_lm_tokenizer(folder)
+    files = weight_files(folder, WEIGHTS_NAME, hint)
+    with init_empty_weights():
+        model = build_qwen3_causal_lm(config)
+    tied = untie_lm_head(model)
+    ignore = (r"^lm_head\.weight$",) if tied else ()
+    load_state_dict_strict(model, files, dtype=dtype_, device=device_, ignore_patterns=ignore, hint=hint)
+    if tied:
+        retie_lm_head(model)
+    model.eval()
+    model.requires_grad_(False)
+    return PlannerLM(model, tokenizer, cache=cache, compile_step=compile_step)
 
 
 @dataclass

@@ -312,6 +312,134 @@ def _write_v15_text_encoder(folder: Path, width: int, full: bool, seed: int) -> 
     write_random_safetensors(model, folder / WEIGHTS_NAME, dtype=torch.float32, seed=seed)
 
 
+# --------------------------------------------------------------------------------------------------------
+# ACE-Step 1.5: the 5 Hz LM planner (Qwen3ForCausalLM)
+# --------------------------------------------------------------------------------------------------------
+
+# the fixtures' tiny LM (../shared/golden/acestep_v15/README.md, "Tiny model configuration")
+TINY_V15_LM = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+    intermediate_size=64,
+)  # fmt: skip
+# Qwen3-0.6B, the shape of acestep-5Hz-lm-0.6B
+FULL_V15_LM = dict(
+    hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+    intermediate_size=3072,
+)  # fmt: skip
+V15_LM_SIZES = {"tiny": TINY_V15_LM, "0.6B": FULL_V15_LM}
+V15_LM_FOLDERS = {"tiny": "acestep-5Hz-lm-tiny", "0.6B": "acestep-5Hz-lm-0.6B"}
+TINY_V15_LM_CODES = 512  # audio-code tokens of the tiny stand-in vocabulary (the shared fixtures' count)
+FULL_V15_LM_CODES = 65535  # the release: <|audio_code_0|> .. <|audio_code_65534|>
+QWEN3_TEXT_IDS = 151643  # ids below the first Qwen3 special token (<|endoftext|>)
+QWEN3_THINK_ID = 151667  # <think>; </think> follows, then the audio codes (151669 in the release)
+
+# Qwen3-style chat template (the fixtures' rendering rule): system/user turns
+# "<|im_start|>{role}\n{content}<|im_end|>\n"; an assistant turn after the last user turn that carries
+# reasoning ("...</think>...") or is the last message renders "<think>\n{reasoning}\n</think>\n\n{rest}".
+V15_LM_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(last_user=messages|length - 1) %}"
+    "{%- for m in messages[::-1] %}{%- set i = (messages|length - 1) - loop.index0 %}"
+    "{%- if m.role == 'user' and ns.last_user == messages|length - 1 %}"
+    "{%- set ns.last_user = i %}{%- endif %}"
+    "{%- endfor %}"
+    "{%- for m in messages %}{%- set text = m.content if m.content is string else '' %}"
+    "{%- if m.role == 'user' or m.role == 'system' %}"
+    "{{- '<|im_start|>' + m.role + '\\n' + text + '<|im_end|>\\n' }}"
+    "{%- elif m.role == 'assistant' %}{%- set thought = '' %}"
+    "{%- if '</think>' in text %}"
+    "{%- set thought = text.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set text = text.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_user and (loop.last or thought) %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + thought.strip('\\n') + '\\n</think>\\n\\n' }}"
+    "{{- text.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + text }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def _lm_vocab(size: str) -> tuple[dict[str, int], list[tuple[str, bool]]]:
+    """(BPE vocab text -> id, added tokens (text, special)) of the stand-in LM tokenizer.
+
+    Ids 0..255: the byte alphabet (sorted). ``tiny``: 256 ``<|endoftext|>``, 257 ``<|im_start|>``, 258
+    ``<|im_end|>``, 259 ``<think>``, 260 ``</think>``, 261 + k ``<|audio_code_k|>`` (k < 512). ``0.6B``: the
+    release's ids: reserved fillers up to 151642, the three specials at 151643-151645, fillers to 151666,
+    ``<think>`` 151667, ``</think>`` 151668, ``<|audio_code_k|>`` = 151669 + k (k < 65535): 217204 ids.
+    """
+    from tokenizers import pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    specials = list(V15_SPECIAL_TOKENS)
+    if size == "tiny":
+        first_special, think_id, n_codes = len(vocab), len(vocab) + len(specials), TINY_V15_LM_CODES
+    else:
+        first_special, think_id, n_codes = QWEN3_TEXT_IDS, QWEN3_THINK_ID, FULL_V15_LM_CODES
+    for i in range(len(vocab), think_id):
+        vocab[f"<|reserved_{i}|>"] = i
+    for k, text in enumerate(specials):
+        vocab.pop(f"<|reserved_{first_special + k}|>", None)
+        vocab[text] = first_special + k
+    added = [(t, True) for t in specials] + [("<think>", False), ("</think>", False)]
+    added += [(f"<|audio_code_{k}|>", False) for k in range(n_codes)]
+    for k, (text, _) in enumerate(added[len(specials) :]):
+        vocab[text] = think_id + k
+    return vocab, added
+
+
+def write_v15_lm_tokenizer(folder: Path, size: str = "tiny") -> Path:
+    """The stand-in LM tokenizer (:func:`_lm_vocab` ids; byte-level BPE, no merges) + the Qwen3-style
+    ``chat_template.jinja``: ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab, added = _lm_vocab(size)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in added])
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "tokenizer.json", tok.to_str())
+    special = {"pad_token": V15_SPECIAL_TOKENS[0], "eos_token": V15_SPECIAL_TOKENS[2]}
+    atomic_write_text(folder / "special_tokens_map.json", json.dumps(special, indent=2))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 131072, **special}
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2))
+    atomic_write_text(folder / "chat_template.jinja", V15_LM_CHAT_TEMPLATE)
+    return folder
+
+
+def build_random_v15_lm(
+    folder: Path, *, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.bfloat16
+) -> Path:
+    """Write a random-weight 5 Hz LM folder (``Qwen3ForCausalLM``, tied embeddings, rope_theta 1e6) at
+    ``folder``: ``config.json``, ``model.safetensors`` (``dtype``, no ``lm_head.weight``) and the stand-in
+    tokenizer (:func:`write_v15_lm_tokenizer`). ``size``: ``"tiny"`` (the fixtures' shape, vocab 773) or
+    ``"0.6B"`` (Qwen3-0.6B: hidden 1024, 28 layers, 16/8 heads, head_dim 128, FFN 3072; vocab 217204 as the
+    release: 1.3 GB in bf16, written tensor by tensor)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from songflow.checkpoint.acestep_v15 import WEIGHTS_NAME
+    from songflow.checkpoint.strict import init_empty_weights
+    from songflow.errors import ConfigError
+
+    if size not in V15_LM_SIZES:
+        raise ConfigError(f"unknown random LM size {size!r}; use one of {sorted(V15_LM_SIZES)}")
+    folder = Path(folder)
+    write_v15_lm_tokenizer(folder, size)
+    vocab, _ = _lm_vocab(size)
+    specials = {t: vocab[t] for t in V15_SPECIAL_TOKENS}
+    cfg = Qwen3Config(
+        vocab_size=len(vocab), tie_word_embeddings=True, rope_theta=1_000_000, rms_norm_eps=1e-6,
+        max_position_embeddings=32768, pad_token_id=specials["<|endoftext|>"],
+        bos_token_id=specials["<|endoftext|>"], eos_token_id=specials["<|im_end|>"], **V15_LM_SIZES[size],
+    )  # fmt: skip
+    cfg.architectures = ["Qwen3ForCausalLM"]
+    with init_empty_weights():
+        model = Qwen3ForCausalLM(cfg)
+    model.lm_head._parameters.pop("weight", None)  # tied: the file holds the embedding once
+    cfg.save_pretrained(folder)
+    write_random_safetensors(model, folder / WEIGHTS_NAME, dtype=dtype, seed=seed)
+    return folder
+
+
 def v15_dit_folder_name(config) -> str:
     """The official folder name of a DiT config: ``acestep-v15-{turbo,base,sft}``, ``-xl-`` when XL."""
     from songflow.checkpoint.acestep_v15 import DIT_PREFIX, is_xl
@@ -327,6 +455,7 @@ def build_random_v15_checkpoint(
     seed: int = 0,
     dit_dtype: torch.dtype = torch.bfloat16,
     full_components: bool | None = None,
+    lm: bool | str = False,
 ) -> Path:
     """Write a random-weight ACE-Step 1.5 ``checkpoints/`` folder at ``root`` and return ``root``.
 
@@ -337,7 +466,9 @@ def build_random_v15_checkpoint(
     ``variant`` (turbo/base/sft) overrides its ``model_version``/``is_turbo``. ``full_components`` (None:
     when the DiT is at least the released width) writes the released VAE and Qwen3-Embedding-0.6B sizes
     instead of the tiny ones. Every file is written tensor by tensor, so a full 2.4 B DiT needs about one
-    tensor of memory (and 4.8 GB of disk in bf16).
+    tensor of memory (and 4.8 GB of disk in bf16). ``lm`` adds a random 5 Hz LM folder
+    (:func:`build_random_v15_lm`): True picks the size from ``full_components`` (``acestep-5Hz-lm-0.6B`` when
+    full, else ``acestep-5Hz-lm-tiny``), or name the size (``"tiny"``, ``"0.6B"``).
     """
     import dataclasses
 
@@ -376,4 +507,9 @@ def build_random_v15_checkpoint(
         torch.save(silence, tmp)
     _write_v15_vae(root / VAE_FOLDER, channels, full, seed + 2)
     _write_v15_text_encoder(root / TEXT_ENCODER_FOLDER, config.text_hidden_dim, full, seed + 3)
+    if lm:
+        size = lm if isinstance(lm, str) else ("0.6B" if full else "tiny")
+        build_random_v15_lm(
+            root / V15_LM_FOLDERS.get(size, f"acestep-5Hz-lm-{size}"), size=size, seed=seed + 4
+        )
     return root

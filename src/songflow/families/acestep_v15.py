@@ -14,7 +14,10 @@ from songflow.checkpoint import acestep_v15 as ckpt
 from songflow.families.base import ComponentInfo, FolderReport, ModelFamily
 from songflow.requests_v15 import V15_SCHEMA, Params15
 
-TASKS = ("text2music", "retake", "repaint", "cover")
+#: the song tasks (``simple``: the 5 Hz LM writes caption, lyrics and metadata from a description); the
+#: planner's own requests (plan, format, understand) are ``songflow.requests_v15.V15_PLANNER_SCHEMA``'s
+TASKS = ("text2music", "retake", "repaint", "cover", "simple")
+PLANNER_TASKS = ("plan", "format", "understand")
 
 
 def recognises(root: Path) -> bool:
@@ -59,12 +62,13 @@ def describe(root: Path) -> FolderReport:
     return FolderReport(family=ACESTEP_V15.name, root=layout.root, components=tuple(parts), variant=variant)
 
 
-def _load(root: Path, *, dit: str | None = None, **options: Any):
+def _load(root: Path, *, dit: str | None = None, lm: str | None = None, **options: Any):
     """The 1.5 pipeline of a validated folder: ``songflow.pipeline_v15.load_v15_pipeline(layout, **options)``;
-    ``dit`` names the DiT folder of a root holding several (default: turbo)."""
+    ``dit`` names the DiT folder of a root holding several (default: turbo), ``lm`` the 5 Hz LM folder
+    (default: the preferred one there; loaded on first use)."""
     from songflow.pipeline_v15 import load_v15_pipeline
 
-    pipe = load_v15_pipeline(ckpt.validate_v15(root, dit), **options)
+    pipe = load_v15_pipeline(ckpt.validate_v15(root, dit, lm=lm), **options)
     pipe.family = ACESTEP_V15
     return pipe
 

@@ -3,8 +3,12 @@
 It holds the model family and the name of its request schema, the resolved request (seeds included),
 the runtime (checkpoint, device, dtype), the output files and per-stage timings; ``songflow generate
 --from FILE`` regenerates the same audio from it, reading the request with the recorded family's schema
-(a sidecar without ``family`` was written by ACE-Step v1). The front ends also find a pipeline's family
-and schema here (:func:`pipeline_family`, :func:`schema_of`), so all of them read requests alike.
+(a sidecar without ``family`` was written by ACE-Step v1). A 1.5 run that planned with the 5 Hz LM also
+records its ``plans`` (one ``SongPlan`` per song) and the request as given (``planned_from``); its
+``request`` is the planned one (audio codes and metadata, ``think`` off) for a single song, or, for a
+batch, the request as given, which ``--from`` replays with the recorded plans, so no replay runs the LM.
+The front ends also find a pipeline's family and schema here (:func:`pipeline_family`,
+:func:`schema_of`), so all of them read requests alike.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ SIDECAR_KEYS = (
     "sample_rate_hz",
     "timings_s",
     "runtime",
+    "plans",
+    "planned_from",
 )
 
 
@@ -140,6 +146,10 @@ def write_sidecar(
         "timings_s": {k: round(v, 4) for k, v in result.timings_s.items()},
         "runtime": {**runtime, "torch": torch.__version__, "python": platform.python_version()},
     }
+    plans = getattr(result, "plans", ())
+    if plans:
+        data["plans"] = [plan.to_dict() for plan in plans]
+        data["planned_from"] = schema.to_dict(result.planned_from)
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -188,4 +198,20 @@ def sidecar_request(data: dict[str, Any], path: Path | str = "the parameters fil
     try:
         return schema.from_dict(data["request"])
     except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def sidecar_plans(data: dict[str, Any], path: Path | str = "the parameters file") -> list[Any] | None:
+    """The recorded song plans of a sidecar (``songflow.tasks.acestep_v15.planner.SongPlan``), None
+    when it has none; errors name the file."""
+    plans = data.get("plans")
+    if plans is None:
+        return None
+    from songflow.tasks.acestep_v15.planner import SongPlan
+
+    if not isinstance(plans, list) or not all(isinstance(p, dict) for p in plans):
+        raise ConfigError(f"{path}: 'plans' must be a list of song plan objects")
+    try:
+        return [SongPlan.from_dict(p) for p in plans]
+    except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc

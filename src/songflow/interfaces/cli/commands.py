@@ -1,5 +1,5 @@
-"""The ``songflow`` command line: generate, bulk, bench, corpus, eval, train, train-codec, serve,
-bench-serve, ui, download, random-checkpoint, info.
+"""The ``songflow`` command line: generate, bulk, plan, format, understand, bench, corpus, eval, train,
+train-codec, serve, bench-serve, ui, download, random-checkpoint, info.
 
 One module per group of subcommands registers its parsers; this one assembles them and runs ``main``.
 Every user error prints one ``error:`` line and exits with code 2.
@@ -21,6 +21,14 @@ EXIT_USER_ERROR = 2
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from songflow.interfaces.bench.speed import RANDOM_CONFIGS, run_bench
+
+    if getattr(args, "planner", None) is not None:  # the 5 Hz LM planner alone
+        from songflow.interfaces.bench.speed_planner import run_planner_bench
+
+        # the official LM precision (bf16 on CUDA, float32 elsewhere) unless a half precision is asked for
+        args.dtype = "auto" if args.dtype == "float32" else args.dtype
+        run_planner_bench(args)
+        return 0
 
     if args.config not in RANDOM_CONFIGS and args.config != "songflow-tiny":
         from songflow.families import family_for
@@ -51,6 +59,16 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     v15.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True, help="time a whole song")
     v15.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     v15.add_argument("--json-out", help="append the JSON line of figures to this file")
+    planner = bench.add_argument_group("ACE-Step 1.5 5 Hz LM planner")
+    planner.add_argument(
+        "--planner",
+        metavar="DIR",
+        default=None,
+        help="time planning one --duration song with this acestep-5Hz-lm-* folder (or 1.5 root)",
+    )
+    planner.add_argument(
+        "--cfg", type=float, nargs="+", default=None, help="--planner: LM CFG scales to time (default: 1 2)"
+    )
     add_runtime_flags(bench)
     bench.set_defaults(func=cmd_bench)
     return bench
@@ -64,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     from songflow.interfaces.cli.corpus import add_corpus_parser
     from songflow.interfaces.cli.eval import add_eval_parser
     from songflow.interfaces.cli.generate import add_bulk_parser, add_generate_parser
+    from songflow.interfaces.cli.plan import add_plan_parsers
     from songflow.interfaces.cli.serve import add_serve_parser
     from songflow.interfaces.cli.train import add_train_parser
     from songflow.interfaces.cli.ui import add_ui_parser
@@ -75,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         add_generate_parser,
         add_bulk_parser,
+        add_plan_parsers,
         add_bench_parser,
         add_corpus_parser,
         add_eval_parser,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from songflow.errors import AudioError, ConfigError, SongflowError
-from songflow.interfaces.cli.options import add_output_rate_flag, add_runtime_flags
+from songflow.interfaces.cli.options import add_lm_flags, add_output_rate_flag, add_runtime_flags
 
 # CLI spellings that differ from the field names
 _ALIASES = {"duration_s": ["--duration"], "seeds": ["--seed", "--seeds"], "step_indices": ["--oss-steps"]}
@@ -480,8 +480,42 @@ def load_checkpoint_pipeline(args: argparse.Namespace):
         vocab_path=args.vocab,
         offload=args.offload,
         output_sample_rate_hz=args.sample_rate,
+        **lm_options(args),
     )
     return pipe, ckpt
+
+
+def lm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The loader options of ``--lm`` / ``--lm-offload`` where given (ACE-Step 1.5 checkpoints only)."""
+    options: dict[str, Any] = {}
+    if getattr(args, "lm", None):
+        options["lm"] = args.lm
+    if getattr(args, "lm_offload", False):
+        options["lm_offload"] = True
+    if options:
+        from songflow.checkpoint.hub import resolve_checkpoint
+        from songflow.families import family_for
+
+        family = family_for(resolve_checkpoint(args.checkpoint))
+        if family.name != "acestep-v15":
+            flags = " and ".join(f"--{k.replace('_', '-')}" for k in options)
+            raise ConfigError(f"{flags}: the 5 Hz LM planner belongs to ACE-Step 1.5 checkpoints")
+    return options
+
+
+def recorded_plans(args: argparse.Namespace, request: Any, family: Any) -> list[Any] | None:
+    """The song plans of the ``--from`` sidecar when the run is its recorded request unchanged (a batch
+    planned with the LM replays from them, without the LM); None otherwise."""
+    if not getattr(args, "from_json", None):
+        return None
+    from songflow.interfaces.sidecar import read_sidecar, schema_of, sidecar_plans
+
+    path = Path(args.from_json)
+    sidecar = read_sidecar(path)
+    plans = sidecar_plans(sidecar, path)
+    if plans is None or schema_of(family).to_dict(request) != sidecar["request"]:
+        return None
+    return plans
 
 
 def check_family_runs(pipe, task: str) -> None:
@@ -536,14 +570,17 @@ def _save_result(pipe, ckpt: Path, result, out: Path) -> list[Path]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from songflow.interfaces.sidecar import sidecar_path
 
-    request = _request_from_args(args, resolve_family(args))
+    family = resolve_family(args)
+    request = _request_from_args(args, family)
     out = Path(args.out)
     check_output_path(args.out, expected_bytes=_expected_bytes(request, args.sample_rate))
     check_inputs(request)
     check_checkpoint_runs(args, {request.task})
+    plans = recorded_plans(args, request, family)
     pipe, ckpt = load_checkpoint_pipeline(args)
     check_family_runs(pipe, request.task)
-    result = pipe.generate(request, progress=None if args.quiet else _progress_printer())
+    progress = None if args.quiet else _progress_printer()
+    result = pipe.generate(request, progress=progress, **({"plans": plans} if plans else {}))
     paths = _save_result(pipe, ckpt, result, out)
     if not args.quiet:
         total_s = sum(result.timings_s.values())
@@ -657,7 +694,8 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     gen = subparsers.add_parser(
         "generate",
-        help="generate a song from tags and lyrics (or repaint, extend, restyle or edit one)",
+        help="generate a song from tags and lyrics (or repaint, extend, restyle or edit one; 1.5: --think "
+        "plans it with the 5 Hz LM, --task simple writes it from a --description)",
         description="Generate audio. Flags are grouped by the tasks that use them; the sampler flags "
         "apply to every task. The checkpoint's model family (ACE-Step v1 or 1.5) decides which flags "
         "apply: v1 takes --tags, 1.5 --caption and its metadata. Every input is checked before the "
@@ -693,6 +731,7 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_output_rate_flag(output)
     output.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_runtime_flags(output)
+    add_lm_flags(output)
     gen.set_defaults(func=cmd_generate)
     return gen
 
@@ -711,5 +750,6 @@ def add_bulk_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_output_rate_flag(bulk)
     bulk.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_runtime_flags(bulk)
+    add_lm_flags(bulk)
     bulk.set_defaults(func=cmd_bulk)
     return bulk

@@ -19,6 +19,16 @@ def add_runtime_flags(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
 
 
+def add_lm_flags(parser: argparse.ArgumentParser | Any) -> None:
+    """``--lm`` (which acestep-5Hz-lm-* folder) and ``--lm-offload``."""
+    parser.add_argument(
+        "--lm", default=None, help="ACE-Step 1.5: the 5 Hz LM folder to plan with (default: the one there)"
+    )
+    parser.add_argument(
+        "--lm-offload", action="store_true", help="keep the 5 Hz LM on the CPU between uses (frees the GPU)"
+    )
+
+
 def add_output_rate_flag(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument(
         "--sample-rate",

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from songflow.errors import SongflowError
+from songflow.interfaces.cli.options import add_lm_flags
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -59,6 +60,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "re-queued (default 3)",
     )
     p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
+    add_lm_flags(p)
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -90,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from exc
     from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.families import load_pipeline
+    from songflow.interfaces.cli.generate import lm_options
 
     if args.max_queue < 1:
         raise SongflowError("--max-queue must be at least 1")
@@ -99,7 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SongflowError("--max-batch must be at least 1")
     retention = retention_of(args)
     checkpoint = resolve_checkpoint(args.checkpoint)
-    pipe = load_pipeline(checkpoint, device=args.device, dtype=args.dtype, offload=args.offload)
+    pipe = load_pipeline(
+        checkpoint, device=args.device, dtype=args.dtype, offload=args.offload, **lm_options(args)
+    )
     app = create_app(
         pipe,
         data_dir=Path(args.data_dir).expanduser(),

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from songflow.errors import SongflowError
+from songflow.interfaces.cli.options import add_lm_flags
 
 DEFAULT_OUTPUT_DIR = "songflow-studio"
 
@@ -30,6 +31,7 @@ def add_ui_parser(subparsers) -> argparse.ArgumentParser:
         default=DEFAULT_OUTPUT_DIR,
         help=f"history and audio files, one folder per output (default ./{DEFAULT_OUTPUT_DIR})",
     )
+    add_lm_flags(p)
     p.set_defaults(func=cmd_ui)
     return p
 
@@ -45,13 +47,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
         ) from exc
     from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.families import load_pipeline
+    from songflow.interfaces.cli.generate import lm_options
     from songflow.interfaces.studio.engine import History, Studio, discover_loras
 
     if not 0 < args.port < 65536:
         raise SongflowError(f"--port must be in 1..65535, got {args.port}")
     loras = discover_loras(args.lora_dir)
     checkpoint = resolve_checkpoint(args.checkpoint)
-    pipe = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype, **lm_options(args))
     output_dir = Path(args.output_dir).expanduser()
     studio = Studio(
         pipe,

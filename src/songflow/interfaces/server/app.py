@@ -10,8 +10,10 @@ name server paths: audio inputs are uploaded (multipart) and the server fills in
 
 Endpoints: ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/audio``,
 ``DELETE /v1/jobs/{id}`` (cancels an active job, deletes a finished one with its files), ``GET /v1/models``,
-``GET /health``; ``/docs`` is a self-contained page over ``/openapi.json`` (no CDN). Bodies are capped
-before they are parsed (413); the data folder is kept bounded by ``retention``.
+``GET /health``, and for ACE-Step 1.5 checkpoints with a 5 Hz LM ``POST /v1/plan``, ``/v1/format``,
+``/v1/understand`` (the planner's answers, in the response); ``/docs`` is a self-contained page over
+``/openapi.json`` (no CDN). Bodies are capped before they are parsed (413); the data folder is kept
+bounded by ``retention``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from songflow.interfaces.server.bodies import install_body_schema
 from songflow.interfaces.server.deps import ServerContext, open_context
 from songflow.interfaces.server.docs import install_docs
 from songflow.interfaces.server.retention import Retention
-from songflow.interfaces.server.routes import ROUTERS
+from songflow.interfaces.server.routes import PLANNER_ROUTERS, ROUTERS
 
 log = logging.getLogger("songflow.server")
 
@@ -81,7 +83,7 @@ def create_app(
     app = FastAPI(title="songflow", version="1", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.context = context
     app.state.store, app.state.worker, app.state.data_dir = context.store, context.worker, context.data_dir
-    for router in ROUTERS:
+    for router in ROUTERS + (PLANNER_ROUTERS if hasattr(pipeline, "planner") else ()):
         app.include_router(router)
     install_body_schema(app, context.body)
     install_docs(app)

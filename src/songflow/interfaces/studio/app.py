@@ -59,6 +59,7 @@ from songflow.interfaces.studio.form import (
     params_fields,
     task_description,
     task_fields,
+    widget_value,
 )
 from songflow.requests import EDIT_PRESETS, request_to_dict
 
@@ -72,6 +73,16 @@ TASK_LABELS = {
     "audio2audio": "Audio to audio",
     "edit": "Edit",
     "cover": "Cover",
+    "simple": "Simple (describe it)",
+}
+# the common fields a planner answer fills in (SongPlan attribute -> form field)
+_PLAN_TO_FORM = {
+    "caption": "caption",
+    "lyrics": "lyrics",
+    "bpm": "bpm",
+    "keyscale": "key_scale",
+    "timesignature": "time_signature",
+    "language": "vocal_language",
 }
 HISTORY_HEADERS = ["created", "task", "tags", "seeds", "entry"]
 _CSS = """
@@ -279,6 +290,8 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 tabs, buttons = _prompt_and_tasks(form, studio)
+                if studio.has_planner:
+                    _planner_panel(form, studio)
                 _lora_panel(form, studio)
                 reset = _advanced_panel(form, studio)
             with gr.Column(scale=2):
@@ -475,6 +488,71 @@ def _edit_presets(comps: dict) -> None:
         outputs=targets,
         api_name=False,
     )
+
+
+def planner_updates(form_fields_by_name: Mapping[str, FormField], plan: Any) -> dict[str, Any]:
+    """Widget values (by form field name) of a planner answer's caption, lyrics and metadata (those the
+    answer has and the form shows)."""
+    out = {}
+    for attr, name in _PLAN_TO_FORM.items():
+        value = getattr(plan, attr, None)
+        if value is not None and name in form_fields_by_name:
+            out[name] = widget_value(form_fields_by_name[name], value)
+    return out
+
+
+def ask_planner(
+    studio: Studio, task: str, values: Mapping, params: Mapping, audio: str | None = None
+) -> dict:
+    """:meth:`Studio.ask_planner` as form values (by field name) plus a ``"note"``; errors for the page."""
+    plan = _user_errors(studio.ask_planner, task, values, params, audio)
+    fields = {f.name: f for f in common_fields(studio.schema)}
+    updates = planner_updates(fields, plan)
+    n_codes = len(plan.audio_codes or ())
+    done = "read the audio" if task == "understand" else "tidied the caption and lyrics"
+    codes = f" ({n_codes} audio codes)" if n_codes else ""
+    return {**updates, "note": f"The planner {done}{codes}: {', '.join(updates) or 'nothing to fill in'}."}
+
+
+def _planner_panel(form: _Form, studio: Studio) -> None:
+    """Format (tidy the caption and lyrics above) and understand (read an uploaded song back) with the
+    5 Hz LM; their answers fill the caption, lyrics and metadata fields."""
+    with gr.Accordion("5 Hz LM planner: format, understand", open=False, elem_id="planner"):
+        gr.Markdown(
+            "Tick **Plan with the LM** in a tab to let the LM plan the song (metadata and audio codes); "
+            "*Simple* writes a whole song from a description. Here the LM tidies the caption and lyrics "
+            "above, or reads an uploaded song back into them.",
+            elem_classes="sf-help",
+        )
+        audio = gr.Audio(
+            label="Audio to understand", type="filepath", sources=["upload"], elem_id="planner-audio"
+        )
+        with gr.Row():
+            fmt = gr.Button("Format caption and lyrics", size="sm", elem_id="planner-format")
+            und = gr.Button("Understand the audio", size="sm", elem_id="planner-understand")
+        note = gr.Markdown("", elem_id="planner-note")
+    targets = {name: form.common[name] for name in _PLAN_TO_FORM.values() if name in form.common}
+    inputs = {*form.common.values(), *form.params.values(), audio}
+
+    def handler(task: str):
+        def run(data: dict) -> dict:
+            values = {name: data[c] for name, c in form.common.items()}
+            params = {name: data[c] for name, c in form.params.items()}
+            answer = ask_planner(studio, task, values, params, data[audio])
+            out: dict = {targets[n]: v for n, v in answer.items() if n in targets}
+            return out | {note: answer["note"]}
+
+        return run
+
+    for task, button in (("format", fmt), ("understand", und)):
+        button.click(
+            handler(task),
+            inputs=inputs,
+            outputs=[*targets.values(), note],
+            concurrency_limit=1,
+            concurrency_id="generate",
+            api_name=f"planner_{task}",
+        )
 
 
 def _lora_panel(form: _Form, studio: Studio) -> None:

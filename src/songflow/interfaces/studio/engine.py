@@ -252,6 +252,45 @@ class Studio:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
 
+    @property
+    def has_planner(self) -> bool:
+        """Whether the pipeline has a 5 Hz LM planner with an LM folder (ACE-Step 1.5)."""
+        planner = getattr(self.pipeline, "planner", None)
+        return planner is not None and getattr(planner, "lm_dir", None) is not None
+
+    def ask_planner(
+        self, task: str, values: Mapping[str, Any], params: Mapping[str, Any], audio_path: str | None = None
+    ) -> Any:
+        """The planner's first answer (a ``SongPlan``) for ``task`` "format" (the form's caption, lyrics and
+        metadata, tidied) or "understand" (``audio_path`` read back); the form's planner settings and
+        first seed apply.
+
+        Raises:
+            SongflowError: no planner, a bad form value or upload, with a message for the user.
+        """
+        from songflow.requests_v15 import Format15, Understand15
+
+        if not self.has_planner:
+            raise ConfigError("this checkpoint has no 5 Hz LM (acestep-5Hz-lm-*); download one to use it")
+        form: Any = build_request("text2music", values, params, (), None, self.param_defaults, self.schema)
+        seeds = form.params.seeds[:1] if form.params.seeds else None
+        settings = dataclasses.replace(form.params, batch_size=1, seeds=seeds, lm_seeds=None)
+        if task == "understand":
+            if not audio_path:
+                raise ConfigError("upload the audio to understand first")
+            check_upload(self.pipeline, "cover", "source_path", audio_path)
+            request: Any = Understand15(source_path=audio_path, params=settings)
+        else:
+            request = Format15(
+                caption=form.caption, lyrics=form.lyrics, bpm=form.bpm, key_scale=form.key_scale,
+                time_signature=form.time_signature, vocal_language=form.vocal_language, params=settings,
+            )  # fmt: skip
+        with self._lock:
+            try:
+                return getattr(self.pipeline, task)(self.pipeline.resolve_seeds(request))[0]
+            except SongflowError as exc:
+                raise _renamed(exc, {audio_path: client_name(audio_path)} if audio_path else {}) from exc
+
     def _save(self, folder: Path, result) -> HistoryEntry:
         n = len(result.audio)
         takes = [folder / (f"{AUDIO_STEM}.wav" if n == 1 else f"{AUDIO_STEM}_{i}.wav") for i in range(n)]

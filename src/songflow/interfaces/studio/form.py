@@ -246,11 +246,15 @@ def form_fields(cls: type, skip: Sequence[str] = ()) -> tuple[FormField, ...]:
 
 
 def common_fields(schema: RequestSchema = V1_SCHEMA) -> tuple[FormField, ...]:
-    """Fields every task shares (v1: the tags and the lyrics; 1.5: the caption, lyrics, metadata and
-    reference audio), shown once above the task tabs."""
-    classes = list(schema.tasks.values())
-    shared = set.intersection(*({f.name for f in dataclasses.fields(cls)} for cls in classes))
-    return tuple(f for f in form_fields(classes[0]) if f.name in shared)
+    """The fields the schema declares common (``schema.common``; v1: the tags and the lyrics; 1.5: the
+    caption, lyrics, metadata and reference audio), shown once above the task tabs. A task without one
+    of them (1.5's simple mode writes its own caption and lyrics) ignores it."""
+    first = next(iter(schema.tasks.values()))
+    return tuple(f for f in form_fields(first) if f.name in schema.common)
+
+
+def _fields_of(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def task_fields(task: str, schema: RequestSchema = V1_SCHEMA) -> tuple[FormField, ...]:
@@ -402,8 +406,10 @@ def build_request(
         ConfigError: a missing upload or an invalid value, with a message naming the field.
     """
     data: dict[str, Any] = {"task": task}
+    own = _fields_of(_task_class(task, schema))
     for f in (*common_fields(schema), *task_fields(task, schema)):
-        data[f.name] = parse_value(f, values.get(f.name))
+        if f.name in own:
+            data[f.name] = parse_value(f, values.get(f.name))
     data["params"] = {f.name: parse_value(f, params.get(f.name)) for f in params_fields(defaults, schema)}
     if "loras" in {f.name for f in dataclasses.fields(_task_class(task, schema))}:
         weight = parse_value(lora_weight_field(), lora_weight)
@@ -432,7 +438,11 @@ def form_values(request: Any) -> FormState:
     from songflow.interfaces.sidecar import schema_of_request
 
     schema = schema_of_request(request)
-    values = {f.name: widget_value(f, getattr(request, f.name)) for f in common_fields(schema)}
+    values = {
+        f.name: widget_value(f, getattr(request, f.name))
+        for f in common_fields(schema)
+        if hasattr(request, f.name)
+    }
     own = task_fields(request.task, schema)
     values |= {f.name: widget_value(f, getattr(request, f.name)) for f in own}
     settings = params_fields(schema=schema)
