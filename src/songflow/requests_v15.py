@@ -74,7 +74,7 @@ MAX_BATCH_V15 = 16
 MAX_CUSTOM_TIMESTEPS = 20
 MAX_CAPTION_CHARS = 4096
 #: what the 5 Hz LM planner can write: durations (seconds), beats per bar (2/4, 3/4, 4/4, 6/8)
-PLAN_DURATION_RANGE_S = (10.0, 600.0)
+PLAN_DURATION_RANGE_S = (10, 600)
 VALID_TIME_SIGNATURES = ("2", "3", "4", "6")
 _SEEDS: dict[str, Any] = {"min_length": 1, "items": {"ge": 0, "lt": 2**63}}
 _FRACTION: dict[str, Any] = {"ge": 0.0, "le": 1.0}

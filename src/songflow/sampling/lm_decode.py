@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 
 from songflow.errors import ConfigError
+from songflow.requests_v15 import PLAN_DURATION_RANGE_S
 
-DURATION_MIN_S = 10
+DURATION_MIN_S = PLAN_DURATION_RANGE_S[0]
 """Shortest song the planner plans (official ``DURATION_MIN``)."""
 CODES_PER_S = 5
 """5 Hz: audio codes per second of music."""

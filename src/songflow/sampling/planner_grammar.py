@@ -36,14 +36,20 @@ from typing import Any, Literal
 import torch
 
 from songflow.errors import ConfigError
-from songflow.requests_v15 import VALID_KEYSCALES, VALID_LANGUAGES
+from songflow.requests_v15 import (
+    BPM_RANGE,
+    PLAN_DURATION_RANGE_S,
+    VALID_KEYSCALES,
+    VALID_LANGUAGES,
+    VALID_TIME_SIGNATURES,
+)
 
 __all__ = ["MAX_AUDIO_CODE", "PlanGrammar", "PlannerVocab", "planner_field_order"]
 
 MAX_AUDIO_CODE = 63999  # the official decoder allows codes 0..63999 only
-BPM_MIN, BPM_MAX = 30, 300
-DURATION_MIN, DURATION_MAX = 10, 600
-TIME_SIGNATURES = (2, 3, 4, 6)
+BPM_MIN, BPM_MAX = BPM_RANGE
+DURATION_MIN, DURATION_MAX = PLAN_DURATION_RANGE_S
+TIME_SIGNATURES = tuple(int(v) for v in VALID_TIME_SIGNATURES)
 CAPTION_MAX_TOKENS = 512  # official caption cap
 _CODE_RE = re.compile(r"^<\|audio_code_(\d+)\|>$")
 _FIELD_ORDER = ("bpm", "caption", "duration", "genres", "keyscale", "language", "timesignature")

@@ -6,9 +6,8 @@ The request matches the side-by-side official run (``scripts/bench_planner_side_
 ``scripts/planner_official_bench.py``): a fixed caption and lyrics, ``duration`` given (so phase 2 makes
 exactly ``5 x duration`` codes), caption not generated (``use_cot_caption=False``: a random LM would write
 captions of random length), language generated, temperature 0.85, top-p 0.9, one seed for both phases.
-The flow is ``songflow.tasks.acestep_v15.planner.plan_song`` when it is there; otherwise the same two
-decodes are run here (phase-1 metadata decode with the planner grammar, then the codes decode), and the
-JSON says which (``flow``). One JSON line per CFG scale goes to stdout (and ``--json-out``).
+The flow is ``songflow.tasks.acestep_v15.planner.plan_song``. One JSON line per CFG scale goes to stdout
+(and ``--json-out``).
 """
 
 from __future__ import annotations
@@ -95,82 +94,12 @@ def _plan_with_flow(lm: Any, duration_s: float, cfg_scale: float, res: dict[str,
     return {"n_codes": len(codes), "metadata": metadata, "codes_head": codes[:8]}
 
 
-def _plan_here(lm: Any, duration_s: float, cfg_scale: float, res: dict[str, Any]) -> dict[str, Any]:
-    """Phase 1 + phase 2 as the official two-phase flow, with this package's prompts and grammar."""
-    from songflow.sampling.lm_decode import DecodeSettings, decode, max_new_tokens_for
-    from songflow.sampling.planner_grammar import PlanGrammar, PlannerVocab
-    from songflow.text import acestep_v15_lm_prompts as prompts
-    from songflow.text.acestep_v15_plan_text import codes_from_text, format_cot, parse_plan_output
-
-    tok = lm.tokenizer
-    render = prompts.chat_renderer(tok)
-    vocab = PlannerVocab.from_tokenizer(tok)
-    generator = torch.Generator().manual_seed(SEED)  # one stream for both phases, as upstream
-    user = {"duration": int(duration_s)}
-    grammar = PlanGrammar(
-        vocab,
-        tok,
-        phase="cot",
-        user_metadata=user,
-        skip_caption=True,
-        skip_language=False,
-        stop_at_reasoning=True,
-        target_codes=None,
-    )
-    cot = DecodeSettings(temperature=TEMPERATURE, top_p=TOP_P, max_new_tokens=max_new_tokens_for(None, "cot"))
-    t0 = time.perf_counter()
-    ids = tok(prompts.cot_prompt(render, CAPTION, LYRICS))["input_ids"]
-    out1 = decode(lm, [ids], grammars=[grammar], settings=cot, generators=[generator])[0]
-    metadata, _ = parse_plan_output(tok.decode(out1))
-    metadata = {**metadata, **user}
-    res["phase1_s"], res["phase1_tokens"] = round(time.perf_counter() - t0, 3), len(out1)
-    t1 = time.perf_counter()
-    cot_text = format_cot(metadata)
-    cond = tok(prompts.codes_prompt(render, CAPTION, LYRICS, cot_text))["input_ids"]
-    uncond = tok(prompts.codes_uncond_prompt(render, CAPTION, LYRICS))["input_ids"]
-    n_codes = int(duration_s * 5)
-    grammar = PlanGrammar(
-        vocab,
-        tok,
-        phase="codes",
-        user_metadata=None,
-        skip_caption=True,
-        skip_language=True,
-        stop_at_reasoning=False,
-        target_codes=n_codes,
-    )
-    codes = DecodeSettings(
-        temperature=TEMPERATURE,
-        top_p=TOP_P,
-        cfg_scale=cfg_scale,
-        max_new_tokens=max_new_tokens_for(duration_s, "codes"),
-    )
-    out2 = decode(
-        lm, [cond], uncond_prompts=[uncond], grammars=[grammar], settings=codes, generators=[generator]
-    )[0]
-    res["phase2_s"], res["phase2_tokens"] = round(time.perf_counter() - t1, 3), len(out2)
-    res["phase2_tokens_per_s"] = round(len(out2) / max(res["phase2_s"], 1e-9), 2)
-    found = codes_from_text(tok.decode(out2))
-    return {"n_codes": len(found), "metadata": metadata, "codes_head": found[:8]}
-
-
-def _flow_available() -> bool:
-    try:
-        from songflow.tasks.acestep_v15 import planner
-    except ImportError:
-        return False
-    return hasattr(planner, "plan_song")
-
-
-def bench_one(lm: Any, duration_s: float, cfg_scale: float, flow: str) -> dict[str, Any]:
+def bench_one(lm: Any, duration_s: float, cfg_scale: float) -> dict[str, Any]:
     """Plan one song; figures of that run (wall time, tokens, tokens/s)."""
-    res: dict[str, Any] = {"impl": "songflow", "cfg_scale": cfg_scale, "duration_s": duration_s, "flow": flow}
+    res: dict[str, Any] = {"impl": "songflow", "cfg_scale": cfg_scale, "duration_s": duration_s}
     lm.reset_counters()
     t0 = time.perf_counter()
-    if flow == "plan_song":
-        res.update(_plan_with_flow(lm, duration_s, cfg_scale, res))
-    else:
-        res.update(_plan_here(lm, duration_s, cfg_scale, res))
+    res.update(_plan_with_flow(lm, duration_s, cfg_scale, res))
     res["plan_s"] = round(time.perf_counter() - t0, 3)
     res["tokens"] = lm.prefills + lm.steps
     res["tokens_per_s"] = round(res["tokens"] / max(res["plan_s"], 1e-9), 2)
@@ -200,7 +129,6 @@ def run_planner_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     setup_s = round(time.perf_counter() - t1, 3)
     duration_s = float(args.duration) if getattr(args, "duration", None) else DEFAULT_DURATION_S
     scales = args.cfg if getattr(args, "cfg", None) else [1.0, 2.0]
-    flow = "plan_song" if _flow_available() else "decode"
     common = {
         "lm": str(folder),
         "device": str(device),
@@ -211,7 +139,7 @@ def run_planner_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     results = []
     for scale in scales:
-        res = {**bench_one(lm, duration_s, float(scale), flow), **common}
+        res = {**bench_one(lm, duration_s, float(scale)), **common}
         print(json.dumps(res), flush=True)
         if getattr(args, "json_out", None):
             with open(args.json_out, "a", encoding="utf-8") as f:

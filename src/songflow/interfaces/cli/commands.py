@@ -29,6 +29,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.dtype = "auto" if args.dtype == "float32" else args.dtype
         run_planner_bench(args)
         return 0
+    args.duration = args.duration or 10.0
 
     if args.config not in RANDOM_CONFIGS and args.config != "songflow-tiny":
         from songflow.families import family_for
@@ -49,7 +50,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="tiny",
         help="'tiny' or 'full' (3.5B) with random weights; 'songflow-tiny' or a checkpoint folder",
     )
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default: 10)")
+    bench.add_argument(
+        "--duration", type=float, default=None, help="seconds of audio (default: 10; --planner: 60)"
+    )
     bench.add_argument("--steps", type=int, default=27, help="diffusion steps (default: 27)")
     bench.add_argument("--batch-size", type=int, default=1, help="songs per run (default: 1)")
     bench.add_argument("--repeats", type=int, default=3, help="timed DiT forwards")

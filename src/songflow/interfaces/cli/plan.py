@@ -110,9 +110,10 @@ def _checkpoint_layout(args: argparse.Namespace) -> Any:
 
 def run_planner_command(args: argparse.Namespace) -> tuple[Any, list[Any], float, float]:
     """(request, plans, seconds, LM tokens per second) of ``plan``/``format``/``understand``."""
-    from songflow.pipeline_v15 import load_v15_planner, resolve_planner_seeds
+    from songflow.pipeline_v15 import load_v15_planner
     from songflow.requests import with_seeds
     from songflow.requests_v15 import Simple15
+    from songflow.tasks.acestep_v15.planned import resolve_planner_seeds
 
     request = resolve_planner_seeds(with_seeds(_request(args)))
     layout = _checkpoint_layout(args)

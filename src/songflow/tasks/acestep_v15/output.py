@@ -6,6 +6,7 @@
    source into the decoded audio and back (weights ``linspace(0, 1, n + 2)[1:-1]``, as the reference).
 3. The length: the requested duration or the source's length (``legacy_output_length`` keeps the
    reference's whole generated length, at least 5.12 s).
+4. Optionally (``normalization_db``) the peak normalisation the official top-level ``generate_music`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from songflow.tasks.acestep_v15.inputs import HOP_SAMPLES, SAMPLE_RATE_HZ
 
-__all__ = ["anti_clip", "finish_audio", "splice_source"]
+__all__ = ["anti_clip", "finish_audio", "peak_normalize", "splice_source"]
 
 
 def anti_clip(audio: Tensor) -> Tensor:
@@ -66,3 +67,11 @@ def finish_audio(
     if not legacy_length:
         audio = audio[..., : int(round(duration_s * SAMPLE_RATE_HZ))]
     return audio
+
+
+def peak_normalize(audio: Tensor, target_db: float) -> Tensor:
+    """``audio [B, 2, N]`` with each item scaled so its peak is ``target_db`` dBFS (official
+    ``normalize_audio``: items quieter than 1e-6 are left alone)."""
+    peak = audio.abs().amax(dim=(1, 2), keepdim=True)
+    gain = torch.where(peak < 1e-6, torch.ones_like(peak), 10 ** (target_db / 20.0) / peak)
+    return audio * gain

@@ -54,7 +54,15 @@ from typing import Any, Literal
 import torch
 
 from songflow.errors import ConfigError
-from songflow.requests_v15 import MAX_BATCH_V15, MAX_CAPTION_CHARS, VALID_KEYSCALES, VALID_LANGUAGES
+from songflow.requests_v15 import (
+    BPM_RANGE,
+    MAX_BATCH_V15,
+    MAX_CAPTION_CHARS,
+    PLAN_DURATION_RANGE_S,
+    VALID_KEYSCALES,
+    VALID_LANGUAGES,
+    VALID_TIME_SIGNATURES,
+)
 from songflow.sampling.lm_decode import DecodeSettings, DecodeTrace, decode, max_new_tokens_for
 from songflow.sampling.planner_grammar import MAX_AUDIO_CODE, PlanGrammar, PlannerVocab
 from songflow.text import acestep_v15_lm_prompts as prompts
@@ -62,11 +70,9 @@ from songflow.text.acestep_v15_plan_text import codes_from_text, codes_to_text, 
 from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
 
 __all__ = [
-    "BPM_RANGE",
     "DURATION_RANGE_S",
     "PLAN_METAS",
     "USER_METADATA_KEYS",
-    "VALID_TIME_SIGNATURES",
     "PlannerCall",
     "PlannerOptions",
     "PlannerTrace",
@@ -79,12 +85,8 @@ __all__ = [
     "understand_codes",
 ]
 
-BPM_RANGE = (30, 300)
-"""Tempos the planner can write (official ``BPM_MIN``/``BPM_MAX``)."""
-DURATION_RANGE_S = (10, 600)
+DURATION_RANGE_S = PLAN_DURATION_RANGE_S
 """Durations the planner can write, seconds (official ``DURATION_MIN``/``DURATION_MAX``)."""
-VALID_TIME_SIGNATURES = ("2", "3", "4", "6")
-"""Beats per bar the planner knows: 2/4, 3/4, 4/4, 6/8."""
 PLAN_METAS = ("bpm", "keyscale", "timesignature", "duration")
 """When the user gives all four, phase 1 is skipped (official ``has_all_metas``)."""
 USER_METADATA_KEYS = ("bpm", "duration", "keyscale", "language", "timesignature")
