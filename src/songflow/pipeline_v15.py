@@ -273,6 +273,9 @@ class Pipeline15:
         self._vae_calls: dict[int, int] = {}  # VAE windows sampled so far this request, per seed
         self._sources: dict[str, Tensor] = {}  # the source waveforms [2, N] read during this request
         self._references: dict[tuple[str, int], Tensor] = {}  # timbre latents [1, 750, C] per (path, seed)
+        # the per-request state above is one request's: DiT runs and audio -> codes take turns (server
+        # routes and the job worker share a pipeline)
+        self._dit_lock = threading.RLock()
         # the 5 Hz LM planner; load_v15_pipeline gives it the layout's LM folder (None: no LM)
         self.planner = Planner15(None, self.device, offload=self.placement.offload)
 
@@ -468,15 +471,16 @@ class Pipeline15:
     def audio_codes_of(self, path: str, seed: int) -> tuple[int, ...]:
         """The 5 Hz audio codes (0..63999, 5 per second) of an audio file: VAE-encoded (sampled with
         ``seed``) and tokenized by the DiT's FSQ tokenizer."""
-        self._vae_calls = {}
-        try:
-            latents = self.encode_source(path, (seed,))
-        finally:
-            self._sources.clear()
-        mask = torch.ones(latents.shape[:2], device=self.device, dtype=latents.dtype)
-        with self.placement.on_device(self.dit), torch.inference_mode():
-            _, codes, _ = self.dit.tokenize(latents, self.silence_latent, mask)
-        return tuple(int(c) for c in codes[0, :, 0].tolist())
+        with self._dit_lock:
+            self._vae_calls = {}
+            try:
+                latents = self.encode_source(path, (seed,))
+            finally:
+                self._sources.clear()
+            mask = torch.ones(latents.shape[:2], device=self.device, dtype=latents.dtype)
+            with self.placement.on_device(self.dit), torch.inference_mode():
+                _, codes, _ = self.dit.tokenize(latents, self.silence_latent, mask)
+            return tuple(int(c) for c in codes[0, :, 0].tolist())
 
     # -- entry point ------------------------------------------------------------------------------
 
@@ -529,6 +533,11 @@ class Pipeline15:
 
     def _generate_songs(self, request: Any, progress: ProgressFn | None) -> Result15:
         """One request of a DiT task (text2music, retake, repaint, cover), no planning."""
+        with self._dit_lock:
+            return self._run_songs(request, progress)
+
+    def _run_songs(self, request: Any, progress: ProgressFn | None) -> Result15:
+        """:meth:`_generate_songs` under the lock."""
         settings = resolve_settings(self.variant, request.params, request.task)
         request = self.resolve_seeds(request)
         request = replace(request, params=settings.applied_to(request.params))  # the sidecar shows them

@@ -426,10 +426,7 @@ class Simple15:
     params: Params15 = field(default_factory=Params15)
 
     def __post_init__(self) -> None:
-        _check_params(self)
-        check_fields(self)
-        _check_metas(self)
-        _check_plan_duration(self, "the planner writes")
+        _check_planner_request(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -454,10 +451,7 @@ class _PlanFields:
     params: Params15 = field(default_factory=Params15)
 
     def __post_init__(self) -> None:
-        _check_params(self)
-        check_fields(self)
-        _check_metas(self)
-        _check_plan_duration(self, "the planner writes")
+        _check_planner_request(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -490,6 +484,14 @@ class Understand15:
         _check_params(self)
         check_fields(self)
         _check_path("source_path", self.source_path)
+
+
+def _check_planner_request(request: Any) -> None:
+    """The checks of a request the planner reads: its fields, metadata names, a plannable duration."""
+    _check_params(request)
+    check_fields(request)
+    _check_metas(request)
+    _check_plan_duration(request, "the planner writes")
 
 
 def _check_params(request: Any) -> None:
