@@ -28,6 +28,9 @@ _CASES = [
     "turbo_sde",
     "turbo_reference_audio",
     "base_text2music_apg",
+    "base_extract",
+    "base_lego",
+    "base_complete",
 ]
 
 
@@ -103,16 +106,33 @@ def _request(case: dict, t: dict, tmp_path: Path):
     if "reference_audio/waveform" in t:
         common["reference_path"] = _write(tmp_path / "reference.wav", t["reference_audio/waveform"])
     task = kw.get("task_type", "text2music")
+    made_by = case.get("instruction_from") or {}
+    if made_by.get("call") == "AceStepHandler.generate_instruction":  # songflow builds the instruction
+        common["instruction"] = None
+        assert made_by["task_type"] == task
     if task == "text2music":
         return Text2Music15(duration_s=float(kw["audio_duration"]), **common)
     source = _write(tmp_path / "source.wav", t["src_audio/waveform"])
-    if task == "repaint":
-        return Repaint15(
+    if task in ("extract", "complete"):
+        from songflow.requests_v15 import Complete15, Extract15
+
+        if task == "extract":
+            return Extract15(source_path=source, track=made_by.get("track_name"), **common)
+        return Complete15(
+            source_path=source, classes=",".join(made_by.get("complete_track_classes") or ()), **common
+        )
+    if task in ("repaint", "lego"):
+        from songflow.requests_v15 import Lego15
+
+        kind, extra = (Lego15, {"track": made_by.get("track_name")}) if task == "lego" else (Repaint15, {})
+        end_s = float(kw["repainting_end"])
+        return kind(
             source_path=source,
             start_s=float(kw["repainting_start"]),
-            end_s=float(kw["repainting_end"]),
+            end_s=None if end_s < 0 else end_s,
             injection_frac=case["recorded_json"]["generate_audio_kwargs"]["repaint_injection_ratio"],
             crossfade_frames=case["recorded_json"]["generate_audio_kwargs"]["repaint_crossfade_frames"],
+            **extra,
             **common,
         )
     return Cover15(

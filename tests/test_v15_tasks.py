@@ -262,3 +262,61 @@ def test_v15_cover_encodes_the_reference_once_and_a_batch_equals_its_singles(pip
             assert torch.allclose(batch.latents[i], single.latents[0], atol=1e-5), seed
     finally:
         del pipe15._encode_reference
+
+
+@pytest.mark.parametrize("task", ["extract", "lego", "complete"])
+def test_v15_turbo_refuses_the_base_tasks(pipe15, source_wav, task):
+    from songflow.requests_v15 import request15_from_dict
+
+    request = request15_from_dict({"task": task, "source_path": str(source_wav), "params": {"seeds": [1]}})
+    with pytest.raises(ConfigError, match="load a base checkpoint"):
+        pipe15.generate(request)
+
+
+def test_v15_base_stem_tasks_keep_their_context(base15, source_wav):
+    """extract / complete run over the whole source (its exact length) with the source latents as the DiT's
+    context and the task's instruction; lego is a repaint that keeps the mix in the context (a spy on the
+    context sees the source's latents inside the span, where repaint sees silence) and keeps the source's
+    own samples outside its span."""
+    from songflow.requests_v15 import Complete15, Extract15, Lego15
+
+    source, _ = sf.read(str(source_wav), dtype="float32")
+    seen: list[tuple[str, torch.Tensor]] = []
+    context, encode = base15.context, base15.encode_conditions
+
+    def spy_context(src, chunk, *a, **kw):
+        seen.append(("src", src.clone()))
+        return context(src, chunk, *a, **kw)
+
+    def spy_encode(request, instruction, *a, **kw):
+        seen.append((instruction, torch.empty(0)))
+        return encode(request, instruction, *a, **kw)
+
+    base15.context, base15.encode_conditions = spy_context, spy_encode
+    p = Params15(seeds=(3,), steps=2)
+    try:
+        extract = base15.generate(Extract15(source_path=str(source_wav), track="vocals", params=p))
+        complete = base15.generate(Complete15(source_path=str(source_wav), classes="drums, bass", params=p))
+        span = {"source_path": str(source_wav), "start_s": 1.0, "end_s": 3.0, "params": p}
+        lego = base15.generate(Lego15(track="drums", **span))
+        base15.generate(Repaint15(**span))
+    finally:
+        del base15.context, base15.encode_conditions
+    instructions = [name for name, _ in seen if name != "src"]
+    assert instructions == [
+        "Extract the VOCALS track from the audio:",
+        "Complete the input track with DRUMS | BASS:",
+        "Generate the DRUMS track based on the audio context:",
+        "Repaint the mask area based on the given conditions:",
+    ]
+    srcs = [t for name, t in seen if name == "src"]
+    assert torch.equal(srcs[0], srcs[1])  # extract and complete: the same source context
+    a, b = 25, 75  # the span in latent frames
+    assert torch.equal(srcs[2][:, a:b], srcs[0][:, a:b])  # lego keeps the mix inside the span
+    assert not torch.equal(srcs[3][:, a:b], srcs[0][:, a:b])  # repaint puts silence there
+    for result in (extract, complete, lego):
+        assert result.audio[0].numpy().T.shape == source.shape
+    fade = int(0.025 * SR)
+    audio = lego.audio[0].numpy().T
+    assert np.array_equal(audio[: a * 1920 - fade], source[: a * 1920 - fade])
+    assert np.abs(audio[a * 1920 : b * 1920] - source[a * 1920 : b * 1920]).max() > 1e-3

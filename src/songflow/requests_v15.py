@@ -10,6 +10,7 @@ shift 3 without guidance, base/sft run 50 steps at shift 1 with APG scale 7.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -37,7 +38,11 @@ __all__ = [
     "PLANNER_TASKS_V15",
     "V15_PLANNER_SCHEMA",
     "VALID_TIME_SIGNATURES",
+    "Complete15",
     "Cover15",
+    "Extract15",
+    "Lego15",
+    "TRACK_NAMES_V15",
     "Format15",
     "Params15",
     "Plan15",
@@ -393,6 +398,69 @@ class Cover15(_Request15):
         _check_path("source_path", self.source_path)
 
 
+#: the stems the base/sft checkpoints know (official ``TRACK_NAMES``)
+Track15 = Literal[
+    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
+    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
+]  # fmt: skip
+TRACK_NAMES_V15: tuple[str, ...] = typing.get_args(Track15)
+_TRACK_HELP = "the stem: " + ", ".join(TRACK_NAMES_V15)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Extract15(_Request15):
+    """The ``track`` stem of ``source_path`` alone (base/sft checkpoints; None: the model's own pick)."""
+
+    task: ClassVar[str] = "extract"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    track: Track15 | None = field(default=None, metadata={"help": _TRACK_HELP})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path("source_path", self.source_path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Complete15(_Request15):
+    """``source_path`` (a partial arrangement) completed with the ``classes`` stems (base/sft checkpoints;
+    empty: the model's own pick)."""
+
+    task: ClassVar[str] = "complete"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    classes: str = field(
+        default="",
+        metadata={
+            "max_length": 256,
+            "help": f"the stems to add, comma-separated, e.g. drums,bass ({', '.join(TRACK_NAMES_V15)})",
+        },
+    )
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """``classes`` as stem names, in the given order."""
+        return tuple(part.strip() for part in self.classes.replace("|", ",").split(",") if part.strip())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path("source_path", self.source_path)
+        names = self.class_names
+        if any(c not in TRACK_NAMES_V15 for c in names) or len(set(names)) != len(names):
+            raise RequestFieldError(
+                ("classes",),
+                f"classes must be distinct stems of {list(TRACK_NAMES_V15)}, comma-separated; "
+                f"got {self.classes!r}",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lego15(Repaint15):
+    """A new ``track`` layer over ``source_path`` in [start_s, end_s) (default: the whole clip), the mix
+    kept as context (base/sft checkpoints): a repaint whose span keeps the source in the DiT's context."""
+
+    task: ClassVar[str] = "lego"
+    track: Track15 | None = field(default=None, metadata={"help": _TRACK_HELP})
+
+
 _PLAN_DURATION: dict[str, Any] = {
     "ge": PLAN_DURATION_RANGE_S[0],
     "le": PLAN_DURATION_RANGE_S[1],
@@ -504,8 +572,10 @@ def _check_path(name: str, path: Any) -> None:
         raise RequestFieldError((name,), f"{name} must name an audio file")
 
 
-Request15 = Text2Music15 | Retake15 | Repaint15 | Cover15 | Simple15
-TASKS_V15: dict[str, type] = {c.task: c for c in (Text2Music15, Retake15, Repaint15, Cover15, Simple15)}
+Request15 = Text2Music15 | Retake15 | Repaint15 | Cover15 | Extract15 | Lego15 | Complete15 | Simple15
+TASKS_V15: dict[str, type] = {
+    c.task: c for c in (Text2Music15, Retake15, Repaint15, Cover15, Extract15, Lego15, Complete15, Simple15)
+}
 #: the planner's own requests (their answer is a plan or text, not audio)
 PlannerRequest15 = Plan15 | Format15 | Understand15
 PLANNER_TASKS_V15: dict[str, type] = {c.task: c for c in (Plan15, Format15, Understand15)}

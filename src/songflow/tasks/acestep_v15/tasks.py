@@ -15,7 +15,16 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from songflow.requests_v15 import Cover15, Repaint15, Request15, Retake15, Text2Music15
+from songflow.requests_v15 import (
+    Complete15,
+    Cover15,
+    Extract15,
+    Lego15,
+    Repaint15,
+    Request15,
+    Retake15,
+    Text2Music15,
+)
 from songflow.sampling import turbo as v15
 from songflow.sampling.noise import trig_mix
 from songflow.tasks.acestep_v15 import inputs
@@ -131,7 +140,7 @@ def _text2music(host: Host15, request: Text2Music15, settings: Settings15) -> Jo
     return Job15(_plan(host, settings, request, x_init, cond), n_frames, request.duration_s)
 
 
-def _source(host: Host15, request: Repaint15 | Cover15) -> tuple[Tensor, int, int]:
+def _source(host: Host15, request: Any) -> tuple[Tensor, int, int]:
     """The source latents padded to the generated length, the source's frames and the generated frames."""
     latents = host.encode_source(request.source_path, _seeds(request.params.seeds))
     n_frames = latents.shape[1]
@@ -148,14 +157,15 @@ def _repaint(host: Host15, request: Repaint15, settings: Settings15) -> Job15:
     batch = clean.shape[0]
     mask = inputs.span_mask(a, b, total, batch, clean.device)
     src = clean.clone()
-    src[:, a:b] = inputs.silence_frames(host.silence_latent, b)[:, a:b].to(
-        src
-    )  # the span is silence in the DiT's context
+    if isinstance(request, Lego15):  # a new layer: the mix stays in the DiT's context (as the reference)
+        instruction = request.instruction or instruction_for("lego", request.track)
+    else:  # the span is silence in the DiT's context
+        instruction = request.instruction or instruction_for("repaint")
+        src[:, a:b] = inputs.silence_frames(host.silence_latent, b)[:, a:b].to(src)
     if p.chunk_mask_mode == "explicit":
         chunk = mask[..., None].expand_as(src).to(src.dtype)
     else:  # the reference's "auto" mode: all ones (docs/reference_behaviour.md#r24)
         chunk = torch.ones_like(src)
-    instruction = request.instruction or instruction_for("repaint")
     cond = _conditioning(host, request, instruction, duration_s, src, chunk, torch.zeros(batch))
     x_init = host.noise(_seeds(p.seeds), total)
     repaint = Repaint15Spec(mask, clean, x_init, request.injection_frac, request.crossfade_frames)
@@ -193,11 +203,31 @@ def _cover(host: Host15, request: Cover15, settings: Settings15) -> Job15:
     return Job15(plan, n_frames, duration_s)
 
 
+def _stems(host: Host15, request: Extract15 | Complete15, settings: Settings15) -> Job15:
+    """extract / complete: the source's latents as the DiT's context over the whole clip (not a cover:
+    ``is_covers = 0``), the task said by the instruction only, as the reference."""
+    if isinstance(request, Extract15):
+        instruction = request.instruction or instruction_for("extract", request.track)
+    else:
+        instruction = request.instruction or instruction_for("complete", classes=request.class_names)
+    src, n_frames, total = _source(host, request)
+    duration_s = n_frames / inputs.FRAMES_PER_S
+    batch = src.shape[0]
+    cond = _conditioning(
+        host, request, instruction, duration_s, src, torch.ones_like(src), torch.zeros(batch)
+    )
+    x_init = host.noise(_seeds(request.params.seeds), total)
+    return Job15(_plan(host, settings, request, x_init, cond), n_frames, duration_s)
+
+
 _BUILDERS: dict[str, Callable[[Host15, Any, Settings15], Job15]] = {
     "text2music": _text2music,
     "retake": _text2music,
     "repaint": _repaint,
+    "lego": _repaint,
     "cover": _cover,
+    "extract": _stems,
+    "complete": _stems,
 }
 
 
