@@ -40,8 +40,6 @@ from torch import Tensor
 from songflow.errors import ConfigError
 from songflow.requests_v15 import PLAN_DURATION_RANGE_S
 
-DURATION_MIN_S = PLAN_DURATION_RANGE_S[0]
-"""Shortest song the planner plans (official ``DURATION_MIN``)."""
 CODES_PER_S = 5
 """5 Hz: audio codes per second of music."""
 MAX_MODEL_LEN = 4096
@@ -180,7 +178,7 @@ def max_new_tokens_for(
     if phase not in ("cot", "codes"):
         raise ConfigError(f"unknown LM phase {phase!r}; use 'cot' or 'codes'")
     if target_duration_s is not None and target_duration_s > 0:
-        duration_s = max(DURATION_MIN_S, min(max_duration_s, target_duration_s))
+        duration_s = max(PLAN_DURATION_RANGE_S[0], min(max_duration_s, target_duration_s))
         n_codes = int(duration_s * CODES_PER_S)
         budget = n_codes + (10 if phase == "codes" else 500)
     else:
@@ -328,8 +326,10 @@ def _step_scores(
             scores = logits[b].float().clone()
         if grammar is not None:
             scores = grammar.constrain(scores)
-        seen = torch.as_tensor(rows.seen[row], dtype=torch.long, device=scores.device)
-        out.append(repetition_penalty(scores, seen, settings.repetition_penalty))
+        if settings.repetition_penalty != 1.0:
+            seen = torch.as_tensor(rows.seen[row], dtype=torch.long, device=scores.device)
+            scores = repetition_penalty(scores, seen, settings.repetition_penalty)
+        out.append(scores)
     stacked = torch.stack(out)
     top_k_filter(stacked, settings.top_k)
     return top_p_filter(stacked, settings.top_p)

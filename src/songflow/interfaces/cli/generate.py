@@ -493,14 +493,25 @@ def lm_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "lm_offload", False):
         options["lm_offload"] = True
     if options:
-        from songflow.checkpoint.hub import resolve_checkpoint
-        from songflow.families import family_for
-
-        family = family_for(resolve_checkpoint(args.checkpoint))
-        if family.name != "acestep-v15":
-            flags = " and ".join(f"--{k.replace('_', '-')}" for k in options)
-            raise ConfigError(f"{flags}: the 5 Hz LM planner belongs to ACE-Step 1.5 checkpoints")
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in options)
+        require_v15_checkpoint(args.checkpoint, f"{flags}: the 5 Hz LM planner")
     return options
+
+
+def require_v15_checkpoint(checkpoint: str, what: str) -> Path:
+    """The resolved ``checkpoint`` root; ConfigError saying ``what`` belongs to ACE-Step 1.5 when it is
+    another family's."""
+    from songflow.checkpoint.hub import resolve_checkpoint
+    from songflow.families import family_for
+
+    root = resolve_checkpoint(checkpoint)
+    family = family_for(root)
+    if family.name != "acestep-v15":
+        raise ConfigError(
+            f"{what} belongs to ACE-Step 1.5 checkpoints; {root} is a {family.title} one "
+            "(pass --checkpoint with an ACE-Step 1.5 checkpoints/ folder)"
+        )
+    return root
 
 
 def recorded_plans(args: argparse.Namespace, request: Any, family: Any) -> list[Any] | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from songflow.errors import ConfigError
-from songflow.interfaces.cli.generate import _float_list, _int_list, _kind, _read_lyrics
+from songflow.interfaces.cli.generate import _merged_kind, _Owner, _read_lyrics, require_v15_checkpoint
 from songflow.interfaces.cli.options import DTYPES, add_lm_flags
 
 _ALIASES = {"duration_s": ["--duration"], "seeds": ["--seed", "--seeds"], "with_codes": ["--codes"]}
@@ -41,16 +41,6 @@ def _planner_params() -> list[str]:
     return [n for n in names if n.startswith(("lm_", "use_cot_")) or n in _PLANNER_PARAMS]
 
 
-def _argparse_kind(hint: Any) -> dict[str, Any]:
-    kind, choices = _kind(hint)
-    if kind == "bool":
-        return {"action": argparse.BooleanOptionalAction}
-    if kind == "choice":
-        return {"choices": list(choices)}
-    types_of = {"int": int, "float": float, "str": str, "ints": _int_list, "floats": _float_list}
-    return {"type": types_of[kind]}
-
-
 def _add_fields(group: Any, cls: type, names: Any) -> None:
     """One flag per field of ``cls`` named in ``names`` (default None: the dataclass default applies)."""
     hints = typing.get_type_hints(cls)
@@ -61,7 +51,8 @@ def _add_fields(group: Any, cls: type, names: Any) -> None:
         text = f.metadata.get("help") or f.name.replace("_", " ")
         if f.default not in (None, (), "", dataclasses.MISSING):
             text += f" (default: {f.default})"
-        group.add_argument(*flags, dest=f.name, default=None, help=text, **_argparse_kind(hints[f.name]))
+        kind = _merged_kind([_Owner(None, (), f, hints[f.name])])
+        group.add_argument(*flags, dest=f.name, default=None, help=text, **kind)
 
 
 def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -95,17 +86,8 @@ def _request(args: argparse.Namespace) -> Any:
 def _checkpoint_layout(args: argparse.Namespace) -> Any:
     """The validated 1.5 layout of ``--checkpoint`` (ConfigError for another family's folder)."""
     from songflow.checkpoint import acestep_v15 as ckpt
-    from songflow.checkpoint.hub import resolve_checkpoint
-    from songflow.families import family_for
 
-    root = resolve_checkpoint(args.checkpoint)
-    family = family_for(root)
-    if family.name != "acestep-v15":
-        raise ConfigError(
-            f"the 5 Hz LM planner belongs to ACE-Step 1.5 checkpoints; {root} is a {family.title} one "
-            "(pass --checkpoint with an ACE-Step 1.5 checkpoints/ folder)"
-        )
-    return ckpt.validate_v15(root, lm=args.lm)
+    return ckpt.validate_v15(require_v15_checkpoint(args.checkpoint, "the 5 Hz LM planner"), lm=args.lm)
 
 
 def run_planner_command(args: argparse.Namespace) -> tuple[Any, list[Any], float, float]:

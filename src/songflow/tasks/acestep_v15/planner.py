@@ -70,7 +70,6 @@ from songflow.text.acestep_v15_plan_text import codes_from_text, codes_to_text, 
 from songflow.text.lyric_tokenizer import MAX_LYRICS_CHARS
 
 __all__ = [
-    "DURATION_RANGE_S",
     "PLAN_METAS",
     "USER_METADATA_KEYS",
     "PlannerCall",
@@ -85,13 +84,10 @@ __all__ = [
     "understand_codes",
 ]
 
-DURATION_RANGE_S = PLAN_DURATION_RANGE_S
-"""Durations the planner can write, seconds (official ``DURATION_MIN``/``DURATION_MAX``)."""
 PLAN_METAS = ("bpm", "keyscale", "timesignature", "duration")
 """When the user gives all four, phase 1 is skipped (official ``has_all_metas``)."""
 USER_METADATA_KEYS = ("bpm", "duration", "keyscale", "language", "timesignature")
 """The fields a user may fix."""
-MAX_SEED = 2**64
 Phase = Literal["cot", "codes", "understand"]
 
 
@@ -121,15 +117,14 @@ class PlannerOptions:
     use_cot_language: bool = True
     constrained: bool = True
     legacy_planner: bool = False
-    max_duration_s: int = DURATION_RANGE_S[1]
+    max_duration_s: int = PLAN_DURATION_RANGE_S[1]
 
     def __post_init__(self) -> None:
         if not self.constrained:
             raise ConfigError("the planner needs constrained decoding (constrained_decoding=True)")
-        if not DURATION_RANGE_S[0] <= self.max_duration_s <= DURATION_RANGE_S[1]:
-            raise ConfigError(
-                f"max_duration_s {self.max_duration_s}: give {DURATION_RANGE_S[0]}..{DURATION_RANGE_S[1]} s"
-            )
+        low, high = PLAN_DURATION_RANGE_S
+        if not low <= self.max_duration_s <= high:
+            raise ConfigError(f"max_duration_s {self.max_duration_s}: give {low}..{high} s")
         _check_text("negative_prompt", self.negative_prompt, MAX_CAPTION_CHARS)
         self.settings(phase="codes", max_new_tokens=1)  # validates the sampling values
 
@@ -316,7 +311,7 @@ def _check_field(key: str, value: Any, max_duration_s: int) -> Any:
         return bpm
     if key == "duration":
         duration = _whole_number("duration", value)
-        _check_range("duration", duration, DURATION_RANGE_S[0], max_duration_s, " s")
+        _check_range("duration", duration, PLAN_DURATION_RANGE_S[0], max_duration_s, " s")
         return duration
     if key == "keyscale":
         if not isinstance(value, str) or value.strip() not in VALID_KEYSCALES:
@@ -361,7 +356,7 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     if len(seeds) > MAX_BATCH_V15:
         raise ConfigError(f"{len(seeds)} seeds: plan at most {MAX_BATCH_V15} songs at once")
     for seed in seeds:
-        if not _is_int(seed) or not 0 <= seed < MAX_SEED:
+        if not _is_int(seed) or not 0 <= seed < 2**64:  # what torch generators accept
             raise ConfigError(f"seed {seed!r}: give an integer in 0..2**64-1")
     return seeds
 
@@ -371,7 +366,7 @@ def _check_target(target_duration_s: float | None, max_duration_s: int) -> float
         return None
     if isinstance(target_duration_s, bool) or not isinstance(target_duration_s, int | float):
         raise ConfigError(f"target duration must be a number of seconds (got {target_duration_s!r})")
-    _check_range("target duration", float(target_duration_s), DURATION_RANGE_S[0], max_duration_s, " s")
+    _check_range("target duration", float(target_duration_s), PLAN_DURATION_RANGE_S[0], max_duration_s, " s")
     return float(target_duration_s)
 
 
@@ -409,8 +404,7 @@ class _FreeTextAfterCot:
 
 
 def _vocab(lm: Any) -> PlannerVocab:
-    vocab = getattr(lm, "vocab", None)
-    return vocab if isinstance(vocab, PlannerVocab) else PlannerVocab.from_tokenizer(lm.tokenizer)
+    return PlannerVocab.from_tokenizer(lm.tokenizer)  # cached per tokenizer
 
 
 def _render(lm: Any) -> prompts.Render:
@@ -782,14 +776,14 @@ def understand_codes(
     lm: Any, codes: Sequence[int], *, options: PlannerOptions, seed: int, trace: PlannerTrace | None = None
 ) -> SongPlan:
     """Understand (official ``understand_audio_from_codes``; its default temperature is 0.3): 5 Hz audio
-    codes (0..63999, at most 5 per second of ``DURATION_RANGE_S[1]``) -> caption, metadata and lyrics.
+    codes (0..63999, at most 5 per second of ``PLAN_DURATION_RANGE_S[1]``) -> caption, metadata and lyrics.
     The returned plan carries the given codes."""
     codes = [int(c) for c in codes]
     if not codes:
         raise ConfigError("understand needs audio codes; encode some audio first (it gave none)")
-    if len(codes) > 5 * DURATION_RANGE_S[1]:
+    if len(codes) > 5 * PLAN_DURATION_RANGE_S[1]:
         raise ConfigError(
-            f"{len(codes)} audio codes: understand reads at most {5 * DURATION_RANGE_S[1]} (600 s)"
+            f"{len(codes)} audio codes: understand reads at most {5 * PLAN_DURATION_RANGE_S[1]} (600 s)"
         )
     if min(codes) < 0 or max(codes) > MAX_AUDIO_CODE:
         raise ConfigError(f"audio codes must be within 0..{MAX_AUDIO_CODE}")
