@@ -241,3 +241,34 @@ def test_v15_studio_builds_the_family_tabs_and_runs_one(pipe15, tmp_path):
     state = form_values(listed.request)
     again = build_request(state.task, state.values, state.params, schema=studio.schema)
     assert again == listed.request
+
+
+def test_v15_base_tasks_are_refused_on_turbo_before_loading_and_offered_on_base(
+    v15_ckpt, tmp_path, monkeypatch, capsys
+):
+    """extract/lego/complete: the CLI refuses them on a turbo folder from its config alone (nothing
+    loaded, no output); a base folder offers them, and a loaded pipeline lists its own tasks (the server's
+    and the studio's task lists)."""
+    import soundfile as sf
+
+    import songflow.families
+    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
+    from songflow.families import family_for
+    from songflow.interfaces.sidecar import pipeline_tasks
+
+    source = tmp_path / "mix.wav"
+    sf.write(str(source), torch.zeros(48000, 2).numpy(), 48000)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(songflow.families, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    for task in ("extract", "lego", "complete"):
+        argv = ["generate", "--checkpoint", str(v15_ckpt), "--task", task, "--source-path", str(source)]
+        assert main([*argv, "--out", "a.wav", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"does not run the {task!r} task" in err and "base or sft checkpoint" in err, err
+        assert not (tmp_path / "a.wav").exists()
+    base = build_random_v15_checkpoint(tmp_path / "base", variant="base")
+    family = family_for(base)
+    assert {"extract", "lego", "complete"} <= set(family.folder_tasks(base))
+    assert not {"extract", "lego", "complete"} & set(family.folder_tasks(v15_ckpt))
+    turbo_pipe = SimpleNamespace(family=family, tasks=family.folder_tasks(v15_ckpt))
+    assert pipeline_tasks(turbo_pipe) == family.folder_tasks(v15_ckpt)

@@ -14,9 +14,10 @@ from songflow.checkpoint import acestep_v15 as ckpt
 from songflow.families.base import ComponentInfo, FolderReport, ModelFamily
 from songflow.requests_v15 import V15_SCHEMA, Params15
 
-#: the song tasks (``simple``: the 5 Hz LM writes caption, lyrics and metadata from a description); the
-#: planner's own requests (plan, format, understand) are ``songflow.requests_v15.V15_PLANNER_SCHEMA``'s
-TASKS = ("text2music", "retake", "repaint", "cover", "simple")
+#: the song tasks (extract/lego/complete: base and sft checkpoints only; ``simple``: the 5 Hz LM writes
+#: caption, lyrics and metadata from a description); the planner's own requests (plan, format,
+#: understand) are ``songflow.requests_v15.V15_PLANNER_SCHEMA``'s
+TASKS = ("text2music", "retake", "repaint", "cover", "extract", "lego", "complete", "simple")
 PLANNER_TASKS = ("plan", "format", "understand")
 
 
@@ -62,6 +63,21 @@ def describe(root: Path) -> FolderReport:
     return FolderReport(family=ACESTEP_V15.name, root=layout.root, components=tuple(parts), variant=variant)
 
 
+def variant_tasks(variant: str) -> tuple[str, ...]:
+    """The tasks a ``variant`` (turbo/base/sft) checkpoint runs, in :data:`TASKS` order (simple mode runs
+    wherever text2music does)."""
+    from songflow.tasks.acestep_v15.presets import PRESETS
+
+    runs = set(PRESETS[variant].tasks) | {"simple"}
+    return tuple(t for t in TASKS if t in runs)
+
+
+def folder_tasks(root: Path) -> tuple[str, ...]:
+    """The tasks of the DiT the loader picks in ``root`` (read from its config.json; no weights)."""
+    layout = ckpt.validate_v15(root)
+    return variant_tasks(ckpt.dit_variant(ckpt.read_v15_config(layout.dit_dir)))
+
+
 def _load(root: Path, *, dit: str | None = None, lm: str | None = None, **options: Any):
     """The 1.5 pipeline of a validated folder: ``songflow.pipeline_v15.load_v15_pipeline(layout, **options)``;
     ``dit`` names the DiT folder of a root holding several (default: turbo), ``lm`` the 5 Hz LM folder
@@ -70,6 +86,7 @@ def _load(root: Path, *, dit: str | None = None, lm: str | None = None, **option
 
     pipe = load_v15_pipeline(ckpt.validate_v15(root, dit, lm=lm), **options)
     pipe.family = ACESTEP_V15
+    pipe.tasks = variant_tasks(pipe.variant)
     return pipe
 
 
@@ -81,6 +98,7 @@ ACESTEP_V15 = ModelFamily(
     describe=describe,
     load=_load,
     tasks=TASKS,
+    folder_tasks=folder_tasks,
     default_params=Params15(),  # None fields: the checkpoint's preset (songflow.tasks.acestep_v15.presets)
     sample_rate_hz=48000,
     schema=V15_SCHEMA,

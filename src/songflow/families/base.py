@@ -50,6 +50,8 @@ class ModelFamily:
     - ``describe(root) -> FolderReport``: components and parameter counts, for ``songflow info``.
     - ``load(root, *, device, dtype, offload, vocab_path, **options)``: the family's pipeline.
     - ``tasks``: the task names of ``songflow.requests.TASKS`` the family runs.
+    - ``folder_tasks(root) -> tasks``: those one folder's checkpoint runs (e.g. by variant; a cheap look,
+      no weights); None: all of ``tasks``. A loaded pipeline may carry its own ``tasks`` likewise.
     - ``default_params``: the generation settings of the official defaults for this family.
     - ``schema``: the family's request schema (request class per task, settings class, JSON round trip).
     """
@@ -62,5 +64,6 @@ class ModelFamily:
     load: Callable[..., Any]
     tasks: tuple[str, ...]
     default_params: Any = field(default_factory=GenerationParams)  # an instance of schema.params_cls
+    folder_tasks: Callable[[Path], tuple[str, ...]] | None = None
     sample_rate_hz: int = 44100
     schema: RequestSchema = V1_SCHEMA

@@ -110,6 +110,15 @@ def schema_of_request(request: Any) -> RequestSchema:
     return V1_SCHEMA
 
 
+def pipeline_tasks(pipeline: Any) -> tuple[str, ...]:
+    """The tasks a loaded pipeline runs: its own ``tasks`` (e.g. a 1.5 turbo checkpoint's), else its
+    family's, else its schema's."""
+    family = pipeline_family(pipeline)
+    return tuple(
+        getattr(pipeline, "tasks", None) or getattr(family, "tasks", None) or schema_of(family).tasks
+    )
+
+
 def pipeline_family(pipeline: Any) -> Any:
     """A pipeline's model family: ``pipeline.family``, else the family of its ``checkpoint_root``
     (a pipeline built without the loader), else None."""

@@ -458,12 +458,20 @@ def check_checkpoint_runs(args: argparse.Namespace, tasks: set[str]) -> None:
     from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.families import family_for
 
-    family = family_for(resolve_checkpoint(args.checkpoint))
+    root = resolve_checkpoint(args.checkpoint)
+    family = family_for(root)
     missing = sorted(tasks - set(family.tasks))
     if missing:
         raise ConfigError(
             f"{family.title} checkpoints do not run the {missing[0]!r} task; "
             f"they run {', '.join(family.tasks)}"
+        )
+    runs = family.folder_tasks(root) if family.folder_tasks is not None else family.tasks
+    missing = sorted(tasks - set(runs))
+    if missing:
+        raise ConfigError(
+            f"the {family.title} checkpoint in {root} does not run the {missing[0]!r} task; it runs "
+            f"{', '.join(runs)} (extract, lego and complete need a base or sft checkpoint)"
         )
 
 

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 from songflow.interfaces.server.bodies import body_adapter
 from songflow.interfaces.server.jobs import Job, JobStore, Worker
 from songflow.interfaces.server.retention import Retention, Sweeper
-from songflow.interfaces.sidecar import known_schemas, pipeline_family, schema_of
+from songflow.interfaces.sidecar import known_schemas, pipeline_family, pipeline_tasks, schema_of
 from songflow.requests import RequestSchema
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -79,7 +79,7 @@ def open_context(
     }
     family = pipeline_family(pipeline)
     schema = schema_of(family)
-    supported = set(getattr(family, "tasks", None) or schema.tasks)
+    supported = set(pipeline_tasks(pipeline))
     tasks = tuple(t for t in schema.tasks if t in supported)
     store = JobStore(data_dir / "jobs.sqlite3")
     retention = retention or Retention()

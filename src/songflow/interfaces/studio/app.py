@@ -30,6 +30,7 @@ import gradio as gr
 
 from songflow.audio.io import load_audio
 from songflow.errors import SongflowError
+from songflow.interfaces.sidecar import pipeline_tasks
 from songflow.interfaces.studio.engine import (
     HistoryEntry,
     StatusFn,
@@ -278,8 +279,8 @@ class _Form:
 
 def studio_tasks(studio: Studio) -> tuple[str, ...]:
     """The tasks the studio offers: those of the family's request schema that the family runs."""
-    family = studio.family
-    return tuple(task for task in studio.schema.tasks if family is None or task in family.tasks)
+    runs = pipeline_tasks(studio.pipeline)
+    return tuple(task for task in studio.schema.tasks if task in runs)
 
 
 def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
