@@ -100,8 +100,8 @@ def test_v15_cli_generate_writes_song_and_sidecar_and_replays_bit_exact(pipe15, 
             ["--task", "repaint", "--source-path", "x.wav", "--strength-frac", "0.3"],
             "--strength-frac does not apply to task 'repaint' of ACE-Step 1.5",
         ),
-        (["--lora", "some/lora"], "--lora does not apply to task 'text2music' of ACE-Step 1.5"),
-        (["--task", "extend"], "ACE-Step 1.5 checkpoints do not run the 'extend' task"),
+        (["--lora", "some/lora"], "LoRA not found: some/lora"),
+        (["--task", "audio2audio"], "ACE-Step 1.5 checkpoints do not run the 'audio2audio' task"),
         (["--task", "cover", "--source-path", "missing.wav"], "source_path missing.wav does not exist"),
         (["--reference-path", "gone.flac"], "reference_path gone.flac does not exist"),
         (["--time-signature", "4", "--bpm", "5"], "bpm must be"),
@@ -160,7 +160,7 @@ def test_v15_server_runs_a_job_and_serves_its_audio(pipe15, tmp_path):
     with _client(pipe15, tmp_path) as client:
         (model,) = client.get("/v1/models").json()["models"]
         assert model["family"] == "acestep-v15" and model["sample_rate_hz"] == 48000
-        assert set(model["tasks"]) == {"text2music", "retake", "repaint", "cover", "simple"}
+        assert set(model["tasks"]) == {"text2music", "retake", "repaint", "cover", "extend", "edit", "simple"}
         body = {
             "caption": "warm jazz trio",
             "bpm": 90,
@@ -188,8 +188,8 @@ def test_v15_server_refuses_v1_fields_and_takes_uploads(pipe15, tmp_path):
         assert answer.status_code == 422
         (error,) = answer.json()["detail"]
         assert error["loc"] == ["body", "tags"] and "'tags' is a field of acestep-v1 requests" in error["msg"]
-        answer = client.post("/v1/jobs", json={"caption": "x", "task": "extend"})
-        assert answer.status_code == 422 and "does not run task 'extend'" in answer.text
+        answer = client.post("/v1/jobs", json={"caption": "x", "task": "audio2audio"})
+        assert answer.status_code == 422 and "does not run task 'audio2audio'" in answer.text
         answer = client.post("/v1/jobs", json={"task": "cover", "caption": "x"})
         assert (
             answer.status_code == 422 and "upload the audio as multipart file field 'source'" in answer.text
@@ -225,7 +225,7 @@ def test_v15_studio_builds_the_family_tabs_and_runs_one(pipe15, tmp_path):
     from songflow.interfaces.studio.form import build_request, form_values
 
     studio = Studio(pipe15, History(tmp_path / "out"), runtime={"checkpoint": "tiny-v15"})
-    assert studio_tasks(studio) == ("text2music", "retake", "repaint", "cover", "simple")
+    assert studio_tasks(studio) == ("text2music", "retake", "repaint", "cover", "extend", "edit", "simple")
     demo = build_ui(studio)
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     for task in studio_tasks(studio):

@@ -543,7 +543,8 @@ def params_from_dict(data: Any, params_cls: type | None = None) -> Any:
         raise exc.under("params") from None
 
 
-def _loras_from_list(loras: Any) -> tuple[LoraRef, ...]:
+def loras_from_list(loras: Any) -> tuple[LoraRef, ...]:
+    """``loras`` of a JSON request (a list of ``{"path", "weight"}`` objects or ``[path, weight]`` pairs)."""
     shape = "loras must be a list of {'path': ..., 'weight': ...}"
     if not isinstance(loras, list | tuple):
         raise RequestFieldError(("loras",), shape)
@@ -602,7 +603,7 @@ def request_from_dict(data: dict[str, Any]) -> Request:
     if not isinstance(data, dict):
         raise ConfigError("a request must be a JSON object")
     data = dict(data)
-    loras = _loras_from_list(data.pop("loras", None) or [])
+    loras = loras_from_list(data.pop("loras", None) or [])
     return build_request(data, TASKS, GenerationParams, loras=loras)
 
 

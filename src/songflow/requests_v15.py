@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from songflow.requests import (
+    LoraRef,
     RequestFieldError,
     RequestSchema,
     build_request,
     check_fields,
     check_seeds,
+    loras_from_list,
     request_to_dict,
 )
 from songflow.text.acestep_v15_lm_prompts import MAX_DESCRIPTION_CHARS, NO_USER_INPUT
@@ -40,7 +42,11 @@ __all__ = [
     "VALID_TIME_SIGNATURES",
     "Complete15",
     "Cover15",
+    "Edit15",
+    "Extend15",
     "Extract15",
+    "MAX_EXTEND_V15_S",
+    "Stems15",
     "Lego15",
     "TRACK_NAMES_V15",
     "Format15",
@@ -238,6 +244,7 @@ class _Request15:
         default=None, metadata={"help": "an audio file whose timbre the song takes (optional)"}
     )
     params: Params15 = field(default_factory=Params15)
+    loras: tuple[LoraRef, ...] = ()  # adapters for this request only (weight 0 = off)
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, Params15):
@@ -461,6 +468,117 @@ class Lego15(Repaint15):
     track: Track15 | None = field(default=None, metadata={"help": _TRACK_HELP})
 
 
+#: how much extend may add on each side (the result is generated in windows past the model's 600 s)
+MAX_EXTEND_V15_S = 1200.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stems15(_Request15):
+    """Several stems of ``source_path`` in one batched run (base/sft checkpoints): one output per stem of
+    ``tracks`` (comma-separated, or "all" for the 12), each row the :class:`Extract15` of its stem with the
+    request's seed; written side by side."""
+
+    task: ClassVar[str] = "stems"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    tracks: str = field(
+        default="all",
+        metadata={
+            "max_length": 256,
+            "help": f"the stems, comma-separated, or all ({', '.join(TRACK_NAMES_V15)})",
+        },
+    )
+
+    @property
+    def track_names(self) -> tuple[str, ...]:
+        """The stems to extract, in the given order ("all": the 12 in :data:`TRACK_NAMES_V15` order)."""
+        if self.tracks.strip().lower() == "all":
+            return TRACK_NAMES_V15
+        return tuple(part.strip() for part in self.tracks.replace("|", ",").split(",") if part.strip())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path("source_path", self.source_path)
+        names = self.track_names
+        if not names or any(c not in TRACK_NAMES_V15 for c in names) or len(set(names)) != len(names):
+            raise RequestFieldError(
+                ("tracks",),
+                f"tracks must be 'all' or distinct stems of {list(TRACK_NAMES_V15)}, comma-separated; "
+                f"got {self.tracks!r}",
+            )
+        if self.params.batch_size != 1:
+            raise RequestFieldError(
+                ("params", "batch_size"), "stems runs one row per stem: leave batch_size at 1"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Extend15(_Request15):
+    """Add ``left_s`` seconds before and ``right_s`` after ``source_path``; the source is kept. Past the
+    model's window the new audio is generated window by window; the result has exactly
+    ``left_s + source + right_s`` seconds."""
+
+    task: ClassVar[str] = "extend"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    left_s: float = field(
+        default=0.0,
+        metadata={
+            "ge": 0.0, "le": MAX_EXTEND_V15_S, "unit": "seconds", "help": "seconds to add before the source"
+        },
+    )  # fmt: skip
+    right_s: float = field(
+        default=30.0,
+        metadata={
+            "ge": 0.0, "le": MAX_EXTEND_V15_S, "unit": "seconds", "help": "seconds to add after the source"
+        },
+    )  # fmt: skip
+    keep_source_samples: bool = field(
+        default=True, metadata={"help": "the source's own samples in the result (False: decoded only)"}
+    )
+    retake_seeds: tuple[int, ...] | None = field(
+        default=None, metadata={**_SEEDS, "help": "seeds of the new frames' noise (default: random)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path("source_path", self.source_path)
+        if self.left_s == 0 and self.right_s == 0:
+            raise RequestFieldError(("right_s",), "extend needs left_s > 0 or right_s > 0")
+        check_seeds("retake_seeds", self.retake_seeds, self.params.batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Edit15(_Request15):
+    """FlowEdit: change the caption and/or lyrics of ``source_path`` (described by ``caption``/``lyrics``)
+    to ``target_caption``/``target_lyrics`` while keeping the rest; identical prompts return the source."""
+
+    task: ClassVar[str] = "edit"
+    source_path: str = field(metadata={"min_length": 1, "help": _SOURCE_HELP})
+    target_caption: str | None = field(
+        default=None, metadata={"max_length": MAX_CAPTION_CHARS, "help": "the caption the edited song has"}
+    )
+    target_lyrics: str | None = field(
+        default=None,
+        metadata={"max_length": MAX_LYRICS_CHARS, "help": "the lyrics the edited song has (text or @FILE)"},
+    )
+    n_min_frac: float = field(
+        default=0.6, metadata={**_FRACTION, "help": "start of the edited part of the schedule, 0 to 1"}
+    )
+    n_max_frac: float = field(
+        default=1.0, metadata={**_FRACTION, "help": "end of the edited part of the schedule, 0 to 1"}
+    )
+    n_avg: int = field(default=1, metadata={"ge": 1, "le": 64, "help": "noise draws averaged per edit step"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path("source_path", self.source_path)
+        if self.target_caption is None and self.target_lyrics is None:
+            raise RequestFieldError(("target_caption",), "edit needs target_caption and/or target_lyrics")
+        if self.n_min_frac >= self.n_max_frac:
+            raise RequestFieldError(
+                ("n_min_frac",), f"n_min_frac {self.n_min_frac} must be < n_max_frac {self.n_max_frac}"
+            )
+
+
 _PLAN_DURATION: dict[str, Any] = {
     "ge": PLAN_DURATION_RANGE_S[0],
     "le": PLAN_DURATION_RANGE_S[1],
@@ -572,9 +690,25 @@ def _check_path(name: str, path: Any) -> None:
         raise RequestFieldError((name,), f"{name} must name an audio file")
 
 
-Request15 = Text2Music15 | Retake15 | Repaint15 | Cover15 | Extract15 | Lego15 | Complete15 | Simple15
+Request15 = (
+    Text2Music15 | Retake15 | Repaint15 | Cover15 | Extend15 | Edit15
+    | Extract15 | Stems15 | Lego15 | Complete15 | Simple15
+)  # fmt: skip
 TASKS_V15: dict[str, type] = {
-    c.task: c for c in (Text2Music15, Retake15, Repaint15, Cover15, Extract15, Lego15, Complete15, Simple15)
+    c.task: c
+    for c in (
+        Text2Music15,
+        Retake15,
+        Repaint15,
+        Cover15,
+        Extend15,
+        Edit15,
+        Extract15,
+        Stems15,
+        Lego15,
+        Complete15,
+        Simple15,
+    )  # fmt: skip
 }
 #: the planner's own requests (their answer is a plan or text, not audio)
 PlannerRequest15 = Plan15 | Format15 | Understand15
@@ -584,7 +718,13 @@ PLANNER_TASKS_V15: dict[str, type] = {c.task: c for c in (Plan15, Format15, Unde
 def request15_from_dict(data: dict[str, Any]) -> Request15:
     """A 1.5 request from its JSON form ``{"task": ..., <fields>, "params": {...}}``; unknown keys and bad
     values raise :class:`RequestFieldError` naming the field."""
-    return build_request(data, TASKS_V15, Params15)
+    if not isinstance(data, dict):
+        raise RequestFieldError((), "a request must be a JSON object")
+    data = dict(data)
+    cls = TASKS_V15.get(data.get("task"))  # type: ignore[arg-type]
+    if cls is None or "loras" not in {f.name for f in dataclasses.fields(cls)}:
+        return build_request(data, TASKS_V15, Params15)
+    return build_request(data, TASKS_V15, Params15, loras=loras_from_list(data.pop("loras", None) or []))
 
 
 def planner_request15_from_dict(data: dict[str, Any]) -> PlannerRequest15:

@@ -14,10 +14,13 @@ from songflow.checkpoint import acestep_v15 as ckpt
 from songflow.families.base import ComponentInfo, FolderReport, ModelFamily
 from songflow.requests_v15 import V15_SCHEMA, Params15
 
-#: the song tasks (extract/lego/complete: base and sft checkpoints only; ``simple``: the 5 Hz LM writes
+#: the song tasks (extract/stems/lego/complete: base and sft checkpoints only; ``simple``: the 5 Hz LM writes
 #: caption, lyrics and metadata from a description); the planner's own requests (plan, format,
 #: understand) are ``songflow.requests_v15.V15_PLANNER_SCHEMA``'s
-TASKS = ("text2music", "retake", "repaint", "cover", "extract", "lego", "complete", "simple")
+TASKS = (
+    "text2music", "retake", "repaint", "cover", "extend", "edit",
+    "extract", "stems", "lego", "complete", "simple",
+)  # fmt: skip
 PLANNER_TASKS = ("plan", "format", "understand")
 
 

@@ -27,8 +27,8 @@ class Preset15:
     tasks: tuple[str, ...]
 
 
-_TURBO_TASKS = ("text2music", "retake", "repaint", "cover")
-_BASE_TASKS = (*_TURBO_TASKS, "extract", "lego", "complete")  # official TASK_TYPES_BASE
+_TURBO_TASKS = ("text2music", "retake", "repaint", "cover", "extend", "edit")
+_BASE_TASKS = (*_TURBO_TASKS, "extract", "stems", "lego", "complete")  # + official TASK_TYPES_BASE
 PRESETS = {
     "turbo": Preset15(steps=8, shift=3.0, guidance_scale=1.0, tasks=_TURBO_TASKS),
     "base": Preset15(steps=50, shift=1.0, guidance_scale=7.0, tasks=_BASE_TASKS),
