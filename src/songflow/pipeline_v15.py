@@ -289,20 +289,27 @@ class Pipeline15:
 
     # -- stages the tasks call (songflow.tasks.acestep_v15.tasks.Host15) -------------------------------
 
-    def text_inputs(self, request: Any, instruction: str, duration_s: float, batch: int) -> dict[str, Tensor]:
-        """Caption states ``[B, Lt, D]`` + mask and lyric embeddings ``[B, Ll, D]`` + mask."""
+    def text_inputs(
+        self, request: Any, instruction: str | Sequence[str], duration_s: float, batch: int
+    ) -> dict[str, Tensor]:
+        """Caption states ``[B, Lt, D]`` + mask and lyric embeddings ``[B, Ll, D]`` + mask. One
+        ``instruction`` for every row, or ``B`` of them (one caption prompt per row, tokenized and encoded
+        as one batch, right-padded to the longest: causal attention leaves each row's tokens as alone)."""
+        instructions = [instruction] if isinstance(instruction, str) else list(instruction)
+        if len(instructions) not in (1, batch):
+            raise ValueError(f"{len(instructions)} instructions for a batch of {batch} rows")
         metas = prompts.metas_block(request.bpm, request.time_signature, request.key_scale, duration_s)
-        caption = prompts.caption_prompt(instruction, request.caption, metas)
+        captions = [prompts.caption_prompt(text, request.caption, metas) for text in instructions]
         lyric = prompts.lyrics_prompt(request.vocal_language, request.lyrics)
         enc = self.text_encoder
         with self.placement.on_device(getattr(enc, "model", None)), torch.inference_mode():
-            ids, mask = enc.tokenize_captions([caption])
+            ids, mask = enc.tokenize_captions(captions)
             lids, lmask = enc.tokenize_lyrics([lyric])
             states = enc.encode_text(ids.to(self.device))
             lyrics = enc.embed_lyrics(lids.to(self.device))
 
-        def rep(t: Tensor) -> Tensor:
-            return t.to(self.device).repeat(batch, *([1] * (t.dim() - 1)))
+        def rep(t: Tensor) -> Tensor:  # a row given once -> every row
+            return t.to(self.device).repeat(batch // t.shape[0], *([1] * (t.dim() - 1)))
 
         return {
             "text_states": rep(states).to(self.dtype),
@@ -348,10 +355,16 @@ class Pipeline15:
         return self._vae_encode_sampled(clip, (seed,))[:, : inputs.REFERENCE_FRAMES]
 
     def encode_conditions(
-        self, request: Any, instruction: str, duration_s: float, batch: int
+        self, request: Any, instruction: str | Sequence[str], duration_s: float, batch: int
     ) -> tuple[Tensor, Tensor]:
+        """:meth:`Host15.encode_conditions`: ``batch`` rows, one instruction for all or one per row; each
+        of the request's items takes its reference timbre (stems: the one item's on every row)."""
         t = self.text_inputs(request, instruction, duration_s, batch)
-        refs, order = self.reference_latents(request.reference_path, batch)
+        items = min(batch, request.params.batch_size)
+        refs, order = self.reference_latents(request.reference_path, items)
+        if batch != items:  # rows repeating the request's items (stems: one item, a row per track)
+            refs = refs.repeat_interleave(batch // items, dim=0)
+            order = torch.arange(batch, device=self.device)
         with self.placement.on_device(self.dit), torch.inference_mode():
             return self.dit.encode_conditions(
                 t["text_states"], t["text_mask"], t["lyric_embeds"], t["lyric_mask"], refs, order

@@ -66,8 +66,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.families import describe_folder
 
-    print(format_report(describe_folder(resolve_checkpoint(args.dir))))
+    root = resolve_checkpoint(args.dir)
+    print(format_report(describe_folder(root)))
+    if getattr(args, "hashes", False):
+        print(format_hashes(root))
     return 0
+
+
+def format_hashes(root: Path) -> str:
+    """The sha256 of each weight file of each component (LM included), as sidecars record them
+    (``weights_sha256``; cached, so a checkpoint is read once)."""
+    from songflow.interfaces.sidecar import checkpoint_weight_hashes, hash_cache_path
+
+    hashes = checkpoint_weight_hashes(root, with_lm=True)
+    lines = ["weight sha256:"]
+    for component, files in hashes.items():
+        for name, digest in files.items():
+            lines.append(f"  {component}  {name}  {digest}")
+    lines.append(f"(cached in {hash_cache_path()})")
+    return "\n".join(lines)
 
 
 def add_checkpoint_parsers(subparsers: Any) -> None:
@@ -104,4 +121,9 @@ def add_checkpoint_parsers(subparsers: Any) -> None:
         help="show which model family a checkpoint folder is, its components and parameter counts",
     )
     info.add_argument("dir", nargs="?", default=None, help="checkpoint folder (default: songflow-tiny)")
+    info.add_argument(
+        "--hashes",
+        action="store_true",
+        help="also print the sha256 of each weight file (as sidecars record them; cached per file)",
+    )
     info.set_defaults(func=cmd_info)

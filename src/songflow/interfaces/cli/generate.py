@@ -117,9 +117,9 @@ def _number(text: str) -> int | float:
 def _kind(hint: Any) -> tuple[str, tuple[Any, ...]]:
     """``(kind, choices)`` of a field type: bool, choice, int, float, str, ints or floats (``X | None``
     is ``X``)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
-        hint = args[0]
+    members = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(members) == 1:
+        hint = members[0]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         return "bool", ()
@@ -288,7 +288,7 @@ def _not_for(flag: str, task: str, family) -> ConfigError:
     return ConfigError(f"{flag} does not apply to task {task!r} of {family.title} checkpoints")
 
 
-def _task_class(family, task: Any) -> type:
+def _task_class(family, task: Any) -> Any:
     """The request class of ``task`` in ``family``'s schema; errors name the tasks the family runs."""
     from songflow.interfaces.sidecar import schema_of
 
@@ -321,6 +321,7 @@ def _request_from_args(args: argparse.Namespace, family=None):
     base_task = data.get("task", "text2music")
     if args.task:
         data["task"] = args.task
+    _stems_flag(args, data)
     cls = _task_class(family, data.get("task", "text2music"))
     settings = {f.name for f in dataclasses.fields(schema.params_cls)}
     params = _given(args, params=True)
@@ -340,7 +341,23 @@ def _request_from_args(args: argparse.Namespace, family=None):
     return schema.from_dict(data)
 
 
-def _own_flags(args: argparse.Namespace, data: dict[str, Any], cls: type, family) -> None:
+def _stems_flag(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    """``--stems TRACKS`` (with --task extract or stems, or none): the stems task over ``TRACKS``, as
+    ``--task stems --tracks TRACKS``."""
+    stems = getattr(args, "stems", None)
+    if stems is None:
+        return
+    if data.get("task") not in ("extract", "stems") and args.task is not None:
+        raise ConfigError(f"--stems extracts stems; it goes with --task extract (or stems), not {args.task}")
+    if getattr(args, "track", None) is not None or getattr(args, "tracks", None) is not None:
+        raise ConfigError(
+            "give the stems once: --stems TRACKS, or --track for one, or --tracks with --task stems"
+        )
+    data.pop("track", None)
+    data.update(task="stems", tracks=stems)
+
+
+def _own_flags(args: argparse.Namespace, data: dict[str, Any], cls: Any, family) -> None:
     """``--tags``, ``--lyrics``, ``--preset`` and ``--lora`` into ``data`` (where ``cls`` has them)."""
     from songflow.requests import EDIT_PRESETS
 
@@ -380,10 +397,12 @@ def _warn_changed_sources(request: dict, fingerprints: dict[str, str]) -> None:
             )
 
 
-def _output_paths(out: Path, batch: int) -> list[Path]:
-    if batch == 1:
+def _output_paths(out: Path, labels: list[str], *, labelled: bool = False) -> list[Path]:
+    """``out`` for one output (unless ``labelled``), else ``<stem>_<label><suffix>`` per output label
+    (``song_0.wav``, ``song_1.wav`` for a batch; ``song_vocals.wav``, ``song_drums.wav`` for stems)."""
+    if len(labels) == 1 and not labelled:
         return [out]
-    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(batch)]
+    return [out.with_name(f"{out.stem}_{label}{out.suffix}") for label in labels]
 
 
 def _existing_folder(path: Path) -> Path:
@@ -471,7 +490,7 @@ def check_checkpoint_runs(args: argparse.Namespace, tasks: set[str]) -> None:
     if missing:
         raise ConfigError(
             f"the {family.title} checkpoint in {root} does not run the {missing[0]!r} task; it runs "
-            f"{', '.join(runs)} (extract, lego and complete need a base or sft checkpoint)"
+            f"{', '.join(runs)} (extract, stems, lego and complete need a base or sft checkpoint)"
         )
 
 
@@ -561,13 +580,21 @@ def _write_error(path: Path, exc: Exception, needed_bytes: int) -> SongflowError
     return SongflowError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}")
 
 
-def _save_result(pipe, ckpt: Path, result, out: Path) -> list[Path]:
-    """Write the audio file(s) (``out``, or ``out_0``, ``out_1``... for a batch), then the sidecar (with
-    the pipeline's family)."""
+def _save_result(pipe, ckpt: Path, result, out: Path) -> tuple[list[Path], dict[str, Any]]:
+    """Write the audio file(s) (``out``, or ``out_0``, ``out_1``... for a batch, ``out_<track>`` for
+    stems), then one sidecar ``out.json`` (the pipeline's family, the weight hashes of ``ckpt``; for
+    stems the tracks and their residual against the mix); returns the paths and the sidecar's data."""
     from songflow.audio.io import save_audio
-    from songflow.interfaces.sidecar import pipeline_family, sidecar_path, write_sidecar
+    from songflow.interfaces.sidecar import (
+        output_labels,
+        pipeline_family,
+        pipeline_weight_hashes,
+        sidecar_path,
+        write_sidecar,
+    )
 
-    paths = _output_paths(out, len(result.audio))
+    labels = output_labels(result.request, len(result.audio))
+    paths = _output_paths(out, labels, labelled=result.request.task == "stems")
     for path, audio in zip(paths, result.audio, strict=True):
         try:
             save_audio(path, audio, result.sample_rate_hz)
@@ -578,12 +605,15 @@ def _save_result(pipe, ckpt: Path, result, out: Path) -> list[Path]:
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
     }
+    weights = pipeline_weight_hashes(pipe, result, root=ckpt)
     try:
         family = pipeline_family(pipe)
-        write_sidecar(sidecar_path(out), result, [p.name for p in paths], meta, family=family)
+        data = write_sidecar(
+            sidecar_path(out), result, [p.name for p in paths], meta, family=family, weights_sha256=weights
+        )
     except OSError as exc:
         raise _write_error(sidecar_path(out), exc, 0) from exc
-    return paths
+    return paths, data
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -596,11 +626,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_inputs(request)
     check_checkpoint_runs(args, {request.task})
     plans = recorded_plans(args, request, family)
+    check_recorded_weights(args, uses_lm=plans is None and needs_planner(request))
     pipe, ckpt = load_checkpoint_pipeline(args)
     check_family_runs(pipe, request.task)
     progress = None if args.quiet else _progress_printer()
     result = pipe.generate(request, progress=progress, **({"plans": plans} if plans else {}))
-    paths = _save_result(pipe, ckpt, result, out)
+    paths, sidecar = _save_result(pipe, ckpt, result, out)
     if not args.quiet:
         total_s = sum(result.timings_s.values())
         print(
@@ -608,7 +639,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"(seeds {list(result.seeds)}; {total_s:.2f} s)",
             file=sys.stderr,
         )
+        if "stems" in sidecar:
+            print(stems_line(sidecar["stems"]), file=sys.stderr)
     return 0
+
+
+def stems_line(record: dict[str, Any]) -> str:
+    """The line ``generate`` prints for stems: the tracks and the residual of their sum against the mix."""
+    residual = record.get("residual_db")
+    level = "unknown (the source could not be read)" if residual is None else f"{residual:.2f} dB"
+    return (
+        f"stems {', '.join(record['tracks'])}: residual of their sum against the mix "
+        f"20 log10(||mix - sum|| / ||mix||) = {level}"
+    )
+
+
+def needs_planner(request: Any) -> bool:
+    """Whether a request runs the 1.5 planner LM (simple mode or ``think``)."""
+    return getattr(request, "task", None) == "simple" or bool(getattr(request, "think", False))
+
+
+def check_recorded_weights(args: argparse.Namespace, *, uses_lm: bool = True) -> None:
+    """With ``--from``: one line saying whether ``--checkpoint`` holds the weights the sidecar recorded
+    ("same weights", or which components differ: a warning; an error with ``--strict-weights``); the LM
+    counts only when the run ``uses_lm``."""
+    from songflow.checkpoint.hub import resolve_checkpoint
+    from songflow.interfaces.sidecar import read_sidecar, weights_verdict
+
+    strict = getattr(args, "strict_weights", False)
+    if not getattr(args, "from_json", None):
+        if strict:
+            raise ConfigError("--strict-weights checks the weights a --from sidecar recorded; add --from")
+        return
+    path = Path(args.from_json)
+    same, line = weights_verdict(
+        read_sidecar(path), resolve_checkpoint(args.checkpoint), path, uses_lm=uses_lm
+    )
+    if not same and strict:
+        raise ConfigError(f"{line} (--strict-weights; leave it out to run anyway)")
+    if not same:
+        print(f"warning: {line}; the output may differ (--strict-weights refuses)", file=sys.stderr)
+    elif not args.quiet:
+        print(f"weights: {line}", file=sys.stderr)
 
 
 def _read_jobs(path: Path, family=None) -> list[tuple[int, str, Any]]:
@@ -742,6 +814,19 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     groups = _add_task_flags(gen)
     groups[("edit",)].add_argument(
         "--preset", choices=sorted(EDIT_PRESETS), help="edit preset setting n_min_frac/n_max_frac"
+    )
+    common.add_argument(
+        "--stems",
+        metavar="TRACKS",
+        help="ACE-Step 1.5 base/sft, with --task extract: extract several stems in one batched run, 'all' "
+        "or a comma list (e.g. vocals,drums), written side by side as OUT_<track>.wav with one sidecar "
+        "(the same as --task stems --tracks TRACKS)",
+    )
+    common.add_argument(
+        "--strict-weights",
+        action="store_true",
+        help="with --from: refuse to run when --checkpoint's weights differ from those the sidecar "
+        "recorded (default: a warning)",
     )
     output = gen.add_argument_group("output and runtime")
     output.add_argument(

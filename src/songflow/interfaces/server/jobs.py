@@ -597,16 +597,19 @@ class Worker:
 
     def _write_outputs(self, job_id: str, result) -> list[str]:
         from songflow.audio.io import save_audio
-        from songflow.interfaces.sidecar import write_sidecar
+        from songflow.interfaces.sidecar import output_labels, pipeline_weight_hashes, write_sidecar
 
         folder = self.outputs_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        names = []
-        for i, audio in enumerate(result.audio):
-            name = f"{AUDIO_STEM}_{i}.wav"
+        names = []  # audio_0.wav, audio_1.wav...; a stems job's by track: audio_vocals.wav, audio_drums.wav
+        for label, audio in zip(output_labels(result.request, len(result.audio)), result.audio, strict=True):
+            name = f"{AUDIO_STEM}_{label}.wav"
             save_audio(folder / name, audio, result.sample_rate_hz)
             names.append(name)
-        write_sidecar(folder / SIDECAR_NAME, result, names, self.runtime, family=self.family)
+        weights = pipeline_weight_hashes(self.pipeline, result)
+        write_sidecar(
+            folder / SIDECAR_NAME, result, names, self.runtime, family=self.family, weights_sha256=weights
+        )
         return names
 
     def _batch_key(self, request: dict[str, Any]) -> Hashable | None:

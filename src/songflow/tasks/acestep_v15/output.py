@@ -7,16 +7,21 @@
 3. The length: the requested duration or the source's length (``legacy_output_length`` keeps the
    reference's whole generated length, at least 5.12 s).
 4. Optionally (``normalization_db``) the peak normalisation the official top-level ``generate_music`` does.
+
+Stems (task "stems"): :func:`stem_residual_db` measures how far the extracted stems are from summing to
+the mix.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from songflow.tasks.acestep_v15.inputs import HOP_SAMPLES, SAMPLE_RATE_HZ
 
-__all__ = ["anti_clip", "finish_audio", "peak_normalize", "splice_source"]
+__all__ = ["anti_clip", "finish_audio", "peak_normalize", "splice_source", "stem_residual_db"]
 
 
 def anti_clip(audio: Tensor) -> Tensor:
@@ -75,3 +80,23 @@ def peak_normalize(audio: Tensor, target_db: float) -> Tensor:
     peak = audio.abs().amax(dim=(1, 2), keepdim=True)
     gain = torch.where(peak < 1e-6, torch.ones_like(peak), 10 ** (target_db / 20.0) / peak)
     return audio * gain
+
+
+def stem_residual_db(mix: Tensor, stems: Tensor) -> float:
+    """``20 log10(||mix - sum(stems)|| / ||mix||)`` in dB over the mix's length (L2 norms over both
+    channels, float64): ``mix [2, N]``, ``stems [S, 2, M]`` at the mix's rate, cut to ``N`` samples (or
+    zero-padded: missing samples count as residual). ``-inf`` when the stems sum to the mix exactly; 0 dB
+    when their sum is silent. A silent mix has no residual level: ValueError."""
+    if mix.dim() != 2 or stems.dim() != 3 or stems.shape[1] != mix.shape[0]:
+        shapes = f"{list(mix.shape)}, {list(stems.shape)}"
+        raise ValueError(f"expected mix [2, N] and stems [S, 2, M], got {shapes}")
+    n = mix.shape[-1]
+    total = stems.to(torch.float64).sum(dim=0)[:, :n]
+    if total.shape[-1] < n:
+        total = torch.nn.functional.pad(total, (0, n - total.shape[-1]))
+    reference = mix.to(torch.float64)
+    mix_norm = float(torch.linalg.vector_norm(reference))
+    if mix_norm == 0.0:
+        raise ValueError("the mix is silent: a stem residual needs a non-silent mix")
+    residual = float(torch.linalg.vector_norm(reference - total))
+    return -math.inf if residual == 0.0 else 20.0 * math.log10(residual / mix_norm)

@@ -8,13 +8,14 @@ the 1.5 pipeline (:class:`Host15`). Official behaviours kept or fixed are in doc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from songflow.requests import RequestFieldError
 from songflow.requests_v15 import (
     Complete15,
     Cover15,
@@ -23,6 +24,7 @@ from songflow.requests_v15 import (
     Repaint15,
     Request15,
     Retake15,
+    Stems15,
     Text2Music15,
 )
 from songflow.sampling import turbo as v15
@@ -42,9 +44,10 @@ class Host15(Protocol):
     silence_latent: Tensor  # [1, Ts, C]
 
     def encode_conditions(
-        self, request: Any, instruction: str, duration_s: float, batch: int
+        self, request: Any, instruction: str | Sequence[str], duration_s: float, batch: int
     ) -> tuple[Tensor, Tensor]:
-        """Encoder states and mask ``[B, L, H]``, ``[B, L]`` (text, lyrics and reference timbre)."""
+        """Encoder states and mask ``[B, L, H]``, ``[B, L]`` (text, lyrics and reference timbre); one
+        ``instruction`` for every row, or one per row (``B`` of them, e.g. the stems of task "stems")."""
         ...
 
     def context(
@@ -84,7 +87,7 @@ def _seeds(seeds: tuple[int, ...] | None) -> tuple[int, ...]:
 def _conditioning(
     host: Host15,
     request: Any,
-    instruction: str,
+    instruction: str | Sequence[str],
     duration_s: float,
     src: Tensor,
     chunk: Tensor,
@@ -107,7 +110,8 @@ def _plan(
             (p.cfg_interval_start, p.cfg_interval_end),
             host.null_enc(cond.enc),
         )
-    renoise = host.renoise_fn(_seeds(p.seeds), x_init.shape[1]) if p.infer_method == "sde" else None
+    row_seeds = kw.pop("row_seeds", None) or _seeds(p.seeds)  # stems: the request's seed on every row
+    renoise = host.renoise_fn(row_seeds, x_init.shape[1]) if p.infer_method == "sde" else None
     schedule = kw.pop("schedule", settings.schedule)
     return Plan15(x_init, schedule, cond, guidance=guidance, renoise=renoise, **kw)
 
@@ -203,21 +207,39 @@ def _cover(host: Host15, request: Cover15, settings: Settings15) -> Job15:
     return Job15(plan, n_frames, duration_s)
 
 
-def _stems(host: Host15, request: Extract15 | Complete15, settings: Settings15) -> Job15:
-    """extract / complete: the source's latents as the DiT's context over the whole clip (not a cover:
-    ``is_covers = 0``), the task said by the instruction only, as the reference."""
+def _stem_instructions(request: Extract15 | Complete15 | Stems15) -> str | list[str]:
+    """The instruction of extract / complete, or one per row for stems (the extract of each track)."""
+    if isinstance(request, Stems15):
+        if request.instruction is not None:
+            raise RequestFieldError(
+                ("instruction",),
+                "stems gives each row its track's extract instruction; leave instruction out "
+                "(or run --task extract with your instruction)",
+            )
+        return [instruction_for("extract", track) for track in request.track_names]
     if isinstance(request, Extract15):
-        instruction = request.instruction or instruction_for("extract", request.track)
-    else:
-        instruction = request.instruction or instruction_for("complete", classes=request.class_names)
-    src, n_frames, total = _source(host, request)
+        return request.instruction or instruction_for("extract", request.track)
+    return request.instruction or instruction_for("complete", classes=request.class_names)
+
+
+def _stems(host: Host15, request: Extract15 | Complete15 | Stems15, settings: Settings15) -> Job15:
+    """extract / complete: the source's latents as the DiT's context over the whole clip (not a cover:
+    ``is_covers = 0``), the task said by the instruction only, as the reference. stems: one row per track
+    in one DiT batch, each row the extract of its track with the request's seed (the same source latents,
+    noise and SDE draws on every row; the row's own instruction)."""
+    instruction = _stem_instructions(request)
+    src, n_frames, total = _source(host, request)  # [len(seeds), T, C]
     duration_s = n_frames / inputs.FRAMES_PER_S
+    seeds = _seeds(request.params.seeds)
+    if not isinstance(instruction, str):  # stems: batch_size 1, one row per track
+        src = src.repeat(len(instruction), 1, 1)
+        seeds = seeds * len(instruction)
     batch = src.shape[0]
     cond = _conditioning(
         host, request, instruction, duration_s, src, torch.ones_like(src), torch.zeros(batch)
     )
-    x_init = host.noise(_seeds(request.params.seeds), total)
-    return Job15(_plan(host, settings, request, x_init, cond), n_frames, duration_s)
+    x_init = host.noise(seeds, total)
+    return Job15(_plan(host, settings, request, x_init, cond, row_seeds=seeds), n_frames, duration_s)
 
 
 _BUILDERS: dict[str, Callable[[Host15, Any, Settings15], Job15]] = {
@@ -227,6 +249,7 @@ _BUILDERS: dict[str, Callable[[Host15, Any, Settings15], Job15]] = {
     "lego": _repaint,
     "cover": _cover,
     "extract": _stems,
+    "stems": _stems,
     "complete": _stems,
 }
 
