@@ -52,14 +52,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def studio_url(studio_checkpoint, tmp_path_factory):
-    """``songflow ui`` on a free loopback port, in a subprocess; its URL."""
-    _browser_binaries()
-    out_dir = tmp_path_factory.mktemp("studio")
+@contextlib.contextmanager
+def serve_studio(args: list[str], out_dir: Path):
+    """``songflow ui ARGS`` on a free loopback port in a subprocess (its log in ``out_dir/server.log``),
+    yielding its URL once it answers; stopped on exit."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "songflow", "ui", "--port", str(port), "--output-dir", str(out_dir)]
-    cmd += ["--device", "cpu"] + (["--checkpoint", str(studio_checkpoint)] if studio_checkpoint else [])
+    cmd = [sys.executable, "-m", "songflow", "ui", "--port", str(port), "--output-dir", str(out_dir), *args]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_WAIT_POLICY="PASSIVE")
     log_path = out_dir / "server.log"
     with open(log_path, "wb") as log:
@@ -92,7 +90,16 @@ def studio_url(studio_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def studio_url(studio_checkpoint, tmp_path_factory):
+    """``songflow ui`` on the test's model, in a subprocess; its URL."""
+    _browser_binaries()
+    args = ["--device", "cpu"] + (["--checkpoint", str(studio_checkpoint)] if studio_checkpoint else [])
+    with serve_studio(args, tmp_path_factory.mktemp("studio")) as url:
+        yield url
+
+
+def chromium_driver(window: str = "1400,1400"):
+    """A headless Chromium driven by Selenium (audio muted, autoplay allowed)."""
     chromium, driver_path = _browser_binaries()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -104,13 +111,19 @@ def browser():
         "--no-sandbox",  # CI runs as root
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=1400,1400",
+        f"--window-size={window}",
         "--autoplay-policy=no-user-gesture-required",
         "--mute-audio",
     ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_script_timeout(30)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium_driver()
     try:
         yield driver
     finally:

@@ -5,7 +5,9 @@ One mechanism for every trainer: a config class is a dataclass that inherits :cl
 no class paths: every section is a plain dataclass, unknown keys are rejected with their dotted name
 (:class:`~songflow.errors.ConfigError`), and override values are parsed as YAML scalars then coerced to the
 field's type; dotted overrides reach into mapping fields too (``model_overrides.dims=[16]``), where new
-keys are allowed. Defaults follow the released trainer.
+keys are allowed. Defaults follow the released trainer (ACE-Step v1); the ``v15`` section holds what only
+ACE-Step 1.5 checkpoints use (the family comes from ``model.checkpoint_dir``, see
+:mod:`songflow.training.v15`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES
 from songflow.errors import ConfigError
 
 C = TypeVar("C", bound="ConfigBase")
+
+LR_SCHEDULES = ("linear", "cosine")
+V15_TIMESTEPS = ("auto", "turbo", "logit_normal")
+V15_CONDITIONS = ("pipeline", "official")
 
 
 class ConfigBase:
@@ -68,7 +74,9 @@ class SSLModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset_path: str = ""  # official-format HF dataset (datasets.load_from_disk)
+    # v1: official-format HF dataset (datasets.load_from_disk); 1.5: that too (or a `songflow corpus` folder
+    # holding dataset/), or the official 1.5 dataset JSON (songflow.training.v15_data)
+    dataset_path: str = ""
     cache_dir: str = ""  # preprocessed latents/text/lyrics shards; default <output_dir>/cache
     batch_size: int = 1
     num_workers: int = 0
@@ -99,6 +107,9 @@ class OptimConfig:
     max_steps: int = 2000
     grad_clip: float = 0.5
     accumulate: int = 1
+    # "linear": warm-up from 0 then linear decay to 0 at max_steps (v1); "cosine": the official 1.5 trainer's
+    # warm-up from 0.1 x lr over min(warmup_steps, max_steps // 10) steps, then cosine down to 0.01 x lr
+    lr_schedule: str = "linear"
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -106,6 +117,8 @@ class OptimConfig:
             raise ConfigError(f"optim.betas must hold two numbers, got {self.betas}")
         if self.max_steps < 1 or self.accumulate < 1 or self.warmup_steps < 0:
             raise ConfigError("optim.max_steps and optim.accumulate must be >= 1, warmup_steps >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 @dataclass
@@ -163,6 +176,43 @@ class SamplesConfig:
 
 
 @dataclass
+class V15Config:
+    """ACE-Step 1.5 only (a v1 checkpoint refuses non-default values). Facts: docs/acestep_v15.md#training.
+
+    ``timesteps``: ``"turbo"`` draws uniformly from the 8 turbo timesteps of ``schedule.shift`` (the official
+    LoRA trainer), ``"logit_normal"`` the max of two ``sigmoid(N(mu, sigma))`` draws (the model's own
+    training forward); ``"auto"``: turbo on a turbo checkpoint, logit-normal on base/sft.
+    ``p_condition_dropout``: share of rows whose encoder states become ``null_condition_emb`` (None: 0 with
+    turbo timesteps, as the official LoRA trainer, 0.15 with logit-normal, as the model's forward).
+    ``conditions``: ``"pipeline"`` caches the conditions songflow's 1.5 pipeline builds at generation time
+    (unpadded prompts, lyric prompt with its language header, the silence latent as timbre reference);
+    ``"official"`` those of the official preprocessing (prompts padded to 256 / 512 tokens, bare lyrics,
+    a one-frame zero reference).
+    """
+
+    timesteps: str = "auto"
+    timestep_mu: float | None = None  # None: the checkpoint config's timestep_mu (-0.4)
+    timestep_sigma: float | None = None  # None: the checkpoint config's timestep_sigma (1.0)
+    p_condition_dropout: float | None = None
+    conditions: str = "pipeline"
+
+    def __post_init__(self) -> None:
+        if self.timesteps not in V15_TIMESTEPS:
+            raise ConfigError(f"v15.timesteps must be one of {V15_TIMESTEPS}, got {self.timesteps!r}")
+        if self.conditions not in V15_CONDITIONS:
+            raise ConfigError(f"v15.conditions must be one of {V15_CONDITIONS}, got {self.conditions!r}")
+        for name in ("timestep_mu", "timestep_sigma", "p_condition_dropout"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(f"v15.{name} must be a number or null, got {value!r}")
+        p = self.p_condition_dropout
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ConfigError(f"v15.p_condition_dropout must be in [0, 1], got {p}")
+        if self.timestep_sigma is not None and self.timestep_sigma <= 0:
+            raise ConfigError(f"v15.timestep_sigma must be > 0, got {self.timestep_sigma}")
+
+
+@dataclass
 class TrainConfig(ConfigBase):
     output_dir: str = "exps/run"
     seed: int = 1234
@@ -179,6 +229,7 @@ class TrainConfig(ConfigBase):
     repa: RepaConfig = field(default_factory=RepaConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    v15: V15Config = field(default_factory=V15Config)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import gc
 import json
 import logging
 import re
@@ -35,13 +37,17 @@ from songflow.audio.geometry import LatentGeometry
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import AudioError, ConfigError, SongflowError
 from songflow.interfaces.sidecar import (
+    output_labels,
     pipeline_family,
+    pipeline_weight_hashes,
     schema_of,
     sidecar_family,
     sidecar_path,
+    sidecar_plans,
     write_sidecar,
 )
 from songflow.interfaces.studio.form import build_request
+from songflow.interfaces.studio.models import ModelChoice
 from songflow.requests import Request, RequestSchema
 
 log = logging.getLogger("songflow.ui")
@@ -61,9 +67,19 @@ class HistoryEntry:
     folder: Path
     created: str
     request: Request
-    takes: tuple[Path, ...]  # one wav per batch item
+    takes: tuple[Path, ...]  # one wav per batch item (stems: per track)
     sample_rate_hz: int
     timings_s: dict[str, float]
+    plans: tuple[Any, ...] = ()  # the 5 Hz LM's plan of each song (``SongPlan``), from the sidecar
+    stems: dict[str, Any] | None = None  # the sidecar's stems record (tracks, residual_db) for task "stems"
+
+    @property
+    def take_labels(self) -> list[str]:
+        """What each take is: its stem's name for a stems entry, else "take 1", "take 2", ..."""
+        tracks = list((self.stems or {}).get("tracks") or ())
+        if len(tracks) == len(self.takes):
+            return [str(t) for t in tracks]
+        return [f"take {i + 1}" for i in range(len(self.takes))]
 
     @property
     def files(self) -> list[Path]:
@@ -73,8 +89,11 @@ class HistoryEntry:
 
     @property
     def prompt(self) -> str:
-        """The request's prompt text: v1's tags, 1.5's caption."""
-        return str(getattr(self.request, "tags", None) or getattr(self.request, "caption", "") or "")
+        """The request's prompt text: v1's tags, 1.5's caption (simple mode: its description)."""
+        for name in ("tags", "caption", "description"):
+            if text := getattr(self.request, name, None):
+                return str(text)
+        return ""
 
     def summary(self) -> str:
         """One line for the history picker."""
@@ -120,6 +139,8 @@ class History:
             schema = schema_of(sidecar_family(data, path))
             takes = tuple(folder / name for name in data["outputs"])
             rate = int(data["sample_rate_hz"])
+            plans = tuple(sidecar_plans(data, path) or ())
+            stems = data.get("stems") if isinstance(data.get("stems"), dict) else None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a readable studio entry: {exc}") from exc
         # inputs copied into the entry follow the folder if the output dir moved
@@ -135,6 +156,8 @@ class History:
             takes=takes,
             sample_rate_hz=rate,
             timings_s=dict(data.get("timings_s", {})),
+            plans=plans,
+            stems=stems,
         )
 
 
@@ -162,13 +185,17 @@ def discover_loras(lora_dir: str | Path | None) -> list[tuple[str, str]]:
 
 
 class Studio:
-    """Runs requests on one pipeline and keeps their outputs in a :class:`History`.
+    """Runs requests on one loaded pipeline and keeps their outputs in a :class:`History`; with ``models``
+    and a ``loader`` it switches between the models of ``--checkpoint``, one loaded at a time.
 
     Args:
-        pipeline: a loaded :class:`songflow.pipeline.Pipeline` (one per process).
+        pipeline: a loaded pipeline (:func:`songflow.families.load_pipeline`).
         history: where outputs go.
-        runtime: checkpoint/device/dtype, recorded in each sidecar.
+        runtime: checkpoint/device/dtype, recorded in each sidecar (a switch rewrites them).
         loras: ``(name, path)`` adapters offered in the form.
+        models: the models offered (:func:`songflow.interfaces.studio.models.discover_models`).
+        loader: ``loader(choice) -> pipeline`` loads one of them.
+        current: the key of the model ``pipeline`` is (default: the first of ``models``).
     """
 
     def __init__(
@@ -178,12 +205,18 @@ class Studio:
         *,
         runtime: Mapping[str, str] | None = None,
         loras: Sequence[tuple[str, str]] = (),
+        models: Sequence[ModelChoice] = (),
+        loader: Callable[[ModelChoice], Any] | None = None,
+        current: str | None = None,
     ):
         self.pipeline = pipeline
         self.history = history
         self.runtime = dict(runtime or {})
         self.loras = list(loras)
-        self._lock = threading.Lock()  # one generation at a time on the one pipeline
+        self.models = list(models)
+        self.loader = loader
+        self.model = next((m for m in self.models if m.key == current), self.models[0] if models else None)
+        self._lock = threading.Lock()  # one generation (or model switch) at a time on the one pipeline
 
     @property
     def family(self) -> Any:
@@ -197,8 +230,49 @@ class Studio:
 
     @property
     def param_defaults(self) -> Any:
-        """The loaded family's ``default_params`` (None without a family: the dataclass defaults)."""
-        return getattr(self.family, "default_params", None)
+        """The settings the form starts from: the loaded family's ``default_params`` (None without a
+        family: the dataclass defaults), with a 1.5 checkpoint's preset written in (its variant's steps,
+        shift and guidance scale, :data:`songflow.tasks.acestep_v15.presets.PRESETS`)."""
+        return preset_defaults(getattr(self.family, "default_params", None), self.pipeline)
+
+    def switch(self, key: str) -> ModelChoice:
+        """Load the model ``key`` (a :attr:`ModelChoice.key`) in place of the loaded one (freed first: one
+        model in memory); if it fails to load, the previous model is loaded back and the error raised.
+
+        Raises:
+            SongflowError: an unknown model, no loader, or the load failing (with the loader's message).
+        """
+        choice = next((m for m in self.models if m.key == key), None)
+        if choice is None:
+            raise ConfigError(f"unknown model {key!r}; choose one of {[m.label for m in self.models]}")
+        if self.loader is None:
+            raise ConfigError("this studio was started with one model; it cannot switch")
+        with self._lock:
+            if self.model is not None and choice.key == self.model.key:
+                return choice
+            previous = self.model
+            self._unload()
+            try:
+                self._use(choice, self.loader(choice))
+            except BaseException:
+                if previous is not None:
+                    self._use(previous, self.loader(previous))
+                raise
+            return choice
+
+    def _unload(self) -> None:
+        self.pipeline = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _use(self, choice: ModelChoice, pipeline: Any) -> None:
+        self.pipeline, self.model = pipeline, choice
+        self.runtime |= {
+            "checkpoint": str(choice.path),
+            "device": str(getattr(pipeline, "device", self.runtime.get("device", "?"))),
+            "dtype": str(getattr(pipeline, "dtype", self.runtime.get("dtype", "?"))).replace("torch.", ""),
+        }
 
     def generate(
         self,
@@ -292,14 +366,37 @@ class Studio:
                 raise _renamed(exc, {audio_path: client_name(audio_path)} if audio_path else {}) from exc
 
     def _save(self, folder: Path, result) -> HistoryEntry:
-        n = len(result.audio)
-        takes = [folder / (f"{AUDIO_STEM}.wav" if n == 1 else f"{AUDIO_STEM}_{i}.wav") for i in range(n)]
+        """Every take in every format (``song.wav``; a batch ``song_0.wav``...; stems ``song_vocals.wav``...),
+        then the sidecar with the weight hashes of the loaded model."""
+        labels = output_labels(result.request, len(result.audio))
+        names = [AUDIO_STEM] if len(labels) == 1 else [f"{AUDIO_STEM}_{label}" for label in labels]
+        takes = [folder / f"{name}.wav" for name in names]
         for take, audio in zip(takes, result.audio, strict=True):
             for fmt in SUPPORTED_FORMATS:
                 save_audio(take.with_suffix(f".{fmt}"), audio, result.sample_rate_hz)
         sidecar = sidecar_path(folder / f"{AUDIO_STEM}.wav")
-        write_sidecar(sidecar, result, [t.name for t in takes], self.runtime, family=self.family)
+        root = self.model.path if self.model is not None else None
+        weights = pipeline_weight_hashes(self.pipeline, result, root=root)
+        write_sidecar(
+            sidecar, result, [t.name for t in takes], self.runtime, family=self.family, weights_sha256=weights
+        )
         return self.history.get(folder.name)
+
+
+def preset_defaults(defaults: Any, pipeline: Any) -> Any:
+    """``defaults`` (a family's ``default_params``) with the preset of ``pipeline``'s 1.5 variant written
+    in (steps, shift, guidance scale: what a run leaving them empty uses); ``defaults`` as given for
+    any other family or pipeline."""
+    from songflow.requests_v15 import Params15
+    from songflow.tasks.acestep_v15.presets import PRESETS
+
+    variant = str(getattr(pipeline, "variant", "") or "")
+    preset = PRESETS.get(variant.removeprefix("xl-"))
+    if not isinstance(defaults, Params15) or preset is None:
+        return defaults
+    return dataclasses.replace(
+        defaults, steps=preset.steps, shift=preset.shift, guidance_scale=preset.guidance_scale
+    )
 
 
 def client_name(path: str | Path) -> str:
@@ -408,16 +505,9 @@ def waveform_spectrogram_image(
     image = np.zeros((wave_height + spec_height, width, 3), dtype=np.uint8)
 
     # 1. waveform: the sample range of each column
-    edges = np.linspace(0, n, width + 1).astype(int)
-    wav = mono.numpy()
-    peak = max(float(np.abs(wav).max()), 1e-6)
-    image[:wave_height] = (16, 18, 28)
-    mid = wave_height // 2
-    for x in range(width):
-        seg = wav[edges[x] : max(edges[x + 1], edges[x] + 1)]
-        top = mid - int(round(seg.max() / peak * (mid - 2)))
-        bottom = mid - int(round(seg.min() / peak * (mid - 2)))
-        image[top : bottom + 1, x] = (120, 200, 255)
+    image[:wave_height] = _BACKGROUND
+    lows, highs = column_ranges(mono.numpy(), width)
+    _draw_wave(image[:wave_height], lows, highs, np.ones(width, dtype=bool), _WAVE)
 
     # 2. spectrogram: STFT magnitude in dB, sampled on a log-frequency axis
     n_fft = 2048
@@ -433,4 +523,104 @@ def waveform_spectrogram_image(
     cols = np.linspace(0, db.shape[1] - 1, width).round().astype(int)
     row_idx = np.searchsorted(freqs, rows).clip(0, db.shape[0] - 1)
     image[wave_height:] = _colour(db[row_idx][:, cols])
+    return image
+
+
+# -- the window picker's picture (repaint/lego span, extend's added seconds) ---------------------------
+
+_BACKGROUND = (16, 18, 28)
+_WAVE = (120, 200, 255)
+_SPAN_BACKGROUND = (92, 46, 12)  # the part a run regenerates or adds
+_SPAN_WAVE = (255, 190, 90)
+_EDGE = (255, 236, 160)
+_TICK = (70, 76, 96)
+ENVELOPE_COLUMNS = 1200
+
+
+def column_ranges(samples: np.ndarray, n_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest sample of each of ``n_columns`` equal slices of ``samples`` [N] (N >= 1),
+    scaled by the peak to [-1, 1]: two arrays [n_columns]."""
+    n = len(samples)
+    edges = np.linspace(0, n, n_columns + 1).astype(int)
+    starts = np.minimum(edges[:-1], n - 1)
+    ends = np.maximum(edges[1:], starts + 1)
+    highs = np.array([samples[a:b].max() for a, b in zip(starts, ends, strict=True)])
+    lows = np.array([samples[a:b].min() for a, b in zip(starts, ends, strict=True)])
+    peak = max(float(np.abs(samples).max()), 1e-6)
+    return lows / peak, highs / peak
+
+
+def _draw_wave(rows: np.ndarray, lows: np.ndarray, highs: np.ndarray, where: np.ndarray, colour) -> None:
+    """Draw a min/max waveform into ``rows`` [H, W, 3] in the columns ``where`` [W] (bool) holds."""
+    mid = rows.shape[0] // 2
+    for x in np.flatnonzero(where):
+        top = mid - int(round(highs[x] * (mid - 2)))
+        bottom = mid - int(round(lows[x] * (mid - 2)))
+        rows[top : bottom + 1, x] = colour
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A source's waveform at picture resolution: per column the lowest and highest sample (peak-scaled,
+    [ENVELOPE_COLUMNS] each) and the source's length in seconds."""
+
+    lows: np.ndarray
+    highs: np.ndarray
+    duration_s: float
+
+
+@functools.lru_cache(maxsize=16)
+def _envelope_of(path: str, size: int, mtime_ns: int) -> Envelope:
+    wav, rate = load_audio(path)
+    mono = wav.float().mean(0).numpy()
+    if mono.size == 0:
+        raise AudioError(f"{client_name(path)} holds no audio")
+    lows, highs = column_ranges(mono, ENVELOPE_COLUMNS)
+    return Envelope(lows, highs, mono.size / rate)
+
+
+def source_envelope(path: str | Path) -> Envelope:
+    """The :class:`Envelope` of an audio file, read once per file version (the picture is redrawn on
+    every slider move)."""
+    stat = Path(path).stat()
+    return _envelope_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def window_picture(
+    envelope: Envelope,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    *,
+    left_s: float = 0.0,
+    right_s: float = 0.0,
+    width: int = 900,
+    height: int = 110,
+) -> np.ndarray:
+    """The window picker's picture, uint8 RGB [height, width, 3]: the timeline ``left_s`` + source +
+    ``right_s`` seconds with the source's waveform, the part a run writes highlighted (amber) and its
+    edges marked: the span [start_s, end_s) of the source (a repaint or lego; None: from the start / to
+    the end), or the ``left_s`` and ``right_s`` seconds an extend adds around it. Faint ticks every
+    second (every 10 s past a minute, every minute past ten)."""
+    duration_s = envelope.duration_s
+    total_s = max(left_s + duration_s + right_s, 1e-6)
+    t = (np.arange(width) + 0.5) / width * total_s - left_s  # source time at each column's centre
+    in_source = (t >= 0) & (t < duration_s)
+    marked = ~in_source
+    if start_s is not None or end_s is not None:
+        lo, hi = start_s or 0.0, duration_s if end_s is None else end_s
+        marked = in_source & (t >= lo) & (t < hi)
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = _BACKGROUND
+    image[:, marked] = _SPAN_BACKGROUND
+    tick_s = 1.0 if total_s <= 60 else 10.0 if total_s <= 600 else 60.0
+    ticks = np.unique(np.floor((t + left_s) / tick_s))
+    for k in ticks[1:]:
+        x = int(k * tick_s / total_s * width)
+        image[: height // 8, x] = _TICK
+    index = np.clip((t / max(duration_s, 1e-9) * len(envelope.lows)).astype(int), 0, len(envelope.lows) - 1)
+    lows, highs = envelope.lows[index], envelope.highs[index]
+    _draw_wave(image, lows, highs, in_source & ~marked, _WAVE)
+    _draw_wave(image, lows, highs, in_source & marked, _SPAN_WAVE)
+    for edge in np.flatnonzero(np.diff(marked.astype(np.int8))):
+        image[:, edge : edge + 2] = _EDGE
     return image

@@ -26,6 +26,7 @@ from typing import Any
 
 from songflow.errors import ConfigError
 from songflow.requests import V1_SCHEMA, GenerationParams, LoraRef, Request, RequestSchema
+from songflow.requests_v15 import VALID_LANGUAGES
 
 # widget kinds
 BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO, FLOATS = (
@@ -43,7 +44,9 @@ BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO, FLOATS = (
 _NESTED = frozenset({"params", "loras"})
 # GenerationParams fields shown in the main form next to the prompt, not among the advanced settings
 MAIN_PARAMS = ("seeds", "batch_size")
-_ACRONYMS = {"erg": "ERG", "lora": "LoRA", "oss": "OSS", "apg": "APG", "cfg": "CFG"}
+_ACRONYMS = {"erg": "ERG", "lora": "LoRA", "oss": "OSS", "apg": "APG", "cfg": "CFG", "bpm": "BPM", "lm": "LM"}
+# field names said otherwise in a musician's words (before the unit suffix is read)
+_NAMED = {"key_scale": "Key"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class FormField:
     choices: tuple[Any, ...] = ()
     low: float | None = None
     high: float | None = None
+    choice_labels: tuple[str, ...] = ()  # what the dropdown shows for each choice (empty: the choices)
+    custom_choice: bool = False  # the choices are suggestions: any text may be typed (checked on submit)
 
 
 # a field's ``unit`` metadata -> the short unit its label shows
@@ -81,6 +86,8 @@ def _words(name: str) -> tuple[str, str]:
     """``(words, unit)`` of a field name: ``duration_s`` -> ("Duration", "s"), ``source_path`` ->
     ("Source audio", ""), ``n_min_frac`` -> ("N min", "0-1"), ``use_erg_tag`` -> ("Use ERG tag", "")."""
     unit = ""
+    if name in _NAMED:
+        return _NAMED[name], unit
     if name.endswith("_path"):
         name = name.removesuffix("_path") + "_audio"
     elif name.endswith("_frac"):
@@ -212,10 +219,14 @@ def _field(cls: type, f: dataclasses.Field, hint: Any) -> FormField | None:
             low, high = 0.0, 1.0
         elif f.name.endswith("_s"):
             low = 0.0
+    elif hint is str and f.name in SUGGESTED_CHOICES:
+        kind, args = CHOICE, SUGGESTED_CHOICES[f.name]
     elif hint is str:
         kind = LONG_TEXT if "lyrics" in f.name else TEXT
     else:
         return None
+    choices = tuple(args) if kind == CHOICE else ()
+    names = CHOICE_NAMES.get(f.name, {})
     spec = FormField(
         name=f.name,
         kind=kind,
@@ -224,9 +235,11 @@ def _field(cls: type, f: dataclasses.Field, hint: Any) -> FormField | None:
         default=default,
         required=not has_default,
         optional=optional,
-        choices=tuple(args) if kind == CHOICE else (),
+        choices=choices,
         low=low,
         high=high,
+        choice_labels=tuple(names.get(c, str(c)) for c in choices) if names else (),
+        custom_choice=hint is str and kind == CHOICE,
     )
     text = field_help(cls, f.name)
     return dataclasses.replace(spec, help=f"{text} {_default_text(spec)}".strip())
@@ -360,7 +373,9 @@ def parse_value(f: FormField, raw: Any) -> Any:
             return f.default
         text = "" if raw is None else str(raw)
         return None if f.optional and not text.strip() else text
-    if raw is None:  # a cleared dropdown or an unset checkbox
+    if f.kind == CHOICE and (raw is None or raw == ""):  # a cleared dropdown, or its "not set" entry
+        return None if f.optional else f.default
+    if raw is None:  # an unset checkbox
         return f.default
     if f.kind == BOOL:
         return bool(raw)
@@ -371,8 +386,8 @@ def widget_value(f: FormField, value: Any) -> Any:
     """Inverse of :func:`parse_value`: a field value -> what the widget shows."""
     if f.kind in (INTS, FLOATS):
         return ", ".join(str(v) for v in value) if value else ""
-    if f.kind in (TEXT, LONG_TEXT):
-        return "" if value is None else value
+    if f.kind in (TEXT, LONG_TEXT) or (f.kind == CHOICE and f.optional):
+        return "" if value is None else value  # an optional dropdown's "not set" entry is ""
     return value
 
 
@@ -450,6 +465,36 @@ def form_values(request: Any) -> FormState:
     loras = getattr(request, "loras", ())
     weight = loras[0].weight if loras else lora_weight_field().default
     return FormState(request.task, values, params, [ref.path for ref in loras], weight)
+
+
+# -- choices of text fields (UI content: the dataclasses check the value) -----------------------------
+
+_NOTES = ("C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B")
+#: text fields offered as dropdowns of their usual values (a typed value is checked as any other)
+SUGGESTED_CHOICES: dict[str, tuple[str, ...]] = {
+    "key_scale": tuple(f"{note} {mode}" for note in _NOTES for mode in ("major", "minor")),
+    "vocal_language": VALID_LANGUAGES,
+}
+_LANGUAGE_NAMES = {
+    "ar": "Arabic", "az": "Azerbaijani", "bg": "Bulgarian", "bn": "Bengali", "ca": "Catalan", "cs": "Czech",
+    "da": "Danish", "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian",
+    "fi": "Finnish", "fr": "French", "he": "Hebrew", "hi": "Hindi", "hr": "Croatian", "ht": "Haitian Creole",
+    "hu": "Hungarian", "id": "Indonesian", "is": "Icelandic", "it": "Italian", "ja": "Japanese",
+    "ko": "Korean", "la": "Latin", "lt": "Lithuanian", "ms": "Malay", "ne": "Nepali", "nl": "Dutch",
+    "no": "Norwegian", "pa": "Punjabi", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
+    "ru": "Russian", "sa": "Sanskrit", "sk": "Slovak", "sr": "Serbian", "sv": "Swedish", "sw": "Swahili",
+    "ta": "Tamil", "te": "Telugu", "th": "Thai", "tl": "Tagalog", "tr": "Turkish", "uk": "Ukrainian",
+    "ur": "Urdu", "vi": "Vietnamese", "yue": "Cantonese", "zh": "Chinese", }  # fmt: skip
+#: what a dropdown shows for a choice, by field name (beats per bar as a time signature, language names)
+CHOICE_NAMES: dict[str, dict[str, str]] = {
+    "time_signature": {"2": "2/4", "3": "3/4", "4": "4/4", "6": "6/8"},
+    "vocal_language": {
+        code: f"{_LANGUAGE_NAMES[code]} ({code})"
+        if code in _LANGUAGE_NAMES
+        else "Unknown (the model decides)"
+        for code in VALID_LANGUAGES
+    },
+}
 
 
 # -- presets (UI content, not parameters) ------------------------------------------------------------
