@@ -26,6 +26,19 @@ GOLDEN_V15_DIR = Path(GOLDEN_V15_ENV or SHARED_DIR / "golden" / "acestep_v15")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_home(tmp_path_factory):
+    """The tests' caches (the sidecars' weight-hash cache) go to a temporary folder, never ``~/.cache``;
+    subprocesses inherit it."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not (GOLDEN_DIR / "manifest.json").exists():

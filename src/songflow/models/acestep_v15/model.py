@@ -76,15 +76,20 @@ class AceStep15DiT(nn.Module):
         *,
         r: Tensor | float | None = None,
         cross: CrossKV | None = None,
+        enc_mask: Tensor | None = None,
     ) -> Tensor:
         """DiT velocity ``v [B, T, C]`` of ``x_t [B, T, C]`` at time ``t`` (scalar or ``[B]``).
 
         ``r`` defaults to ``t`` (inference: the mean-flow term embeds ``t - r = 0``); ``context [B, T,
-        in_channels - C]``; ``enc [B, L, H_enc]`` or ``cross`` from :meth:`precompute_cross`.
+        in_channels - C]``; ``enc [B, L, H_enc]`` or ``cross`` from :meth:`precompute_cross`. With
+        ``enc_mask [B, L]`` the cross-attention skips the masked (padded) encoder tokens; without it every
+        token is attended, as the official model does (docs/reference_behaviour.md#r40).
         """
         t_ = _per_item(t, x_t)
         r_ = t_ if r is None else _per_item(r, x_t)
-        return self.decoder(x_t, t_, r_, enc, context, cross=cross)
+        return self.decoder(
+            x_t, t_, r_, enc, context, cross=cross, enc_mask=enc_mask, mask_padding=enc_mask is not None
+        )
 
     def tokenize(
         self, latents: Tensor, silence_latent: Tensor, mask: Tensor

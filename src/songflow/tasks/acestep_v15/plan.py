@@ -102,6 +102,15 @@ def build_context(
     return torch.cat([src, chunk_mask.to(src.dtype)], dim=-1)
 
 
+def padding_mask(enc_mask: Tensor) -> Tensor | None:
+    """``enc_mask [B, L]`` as a bool key mask when some row is padded (rows of a batch with prompts of
+    different lengths, e.g. the instructions of a stems run), else None: rows without padding attend every
+    token as the official model does, and a padded row then gives what it gives alone
+    (docs/reference_behaviour.md#r40)."""
+    mask = enc_mask.to(torch.bool)
+    return None if bool(mask.all()) else mask
+
+
 def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
     """The guided velocity of the plan. The cross-attention keys/values of each condition are computed
     once per run (the decoder's ``precompute_cross``; identical numbers, one projection per run)."""
@@ -121,14 +130,16 @@ def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Te
         nonlocal state
         cond = plan.after if (plan.after is not None and i >= plan.switch_step) else plan.cond
         t_batch = t_batch.to(x.dtype)
+        mask = padding_mask(cond.enc_mask)
         if guidance is None:
-            return model.velocity(x, t_batch, cond.context, None, cross=cross_of(cond))
+            return model.velocity(x, t_batch, cond.context, None, cross=cross_of(cond), enc_mask=mask)
         v2 = model.velocity(
             torch.cat([x, x]),
             torch.cat([t_batch, t_batch]),
             torch.cat([cond.context, cond.context]),
             None,
             cross=cross_of(cond),
+            enc_mask=None if mask is None else torch.cat([mask, mask]),
         )
         v_cond, v_uncond = v2.chunk(2)
         v, state = guide_v15(
