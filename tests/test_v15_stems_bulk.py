@@ -294,7 +294,6 @@ def _lines(source: str) -> dict[str, dict]:
 
 
 _VARIANT = {"extract": "base", "stems": "base", "lego": "base", "complete": "base"}
-_LATE = ("extend", "edit")  # being built by another helper: run last, skipped (saying why) until they run
 
 
 def _bulk_then_replay(root: Path, lines: dict[str, dict], tmp_path: Path) -> None:
@@ -329,7 +328,7 @@ def _bulk_then_replay(root: Path, lines: dict[str, dict], tmp_path: Path) -> Non
 
 
 def test_bulk_and_replay_every_turbo_task(turbo_root, mix_wav, tmp_path):
-    lines = {t: v for t, v in _lines(str(mix_wav[0])).items() if t not in _VARIANT and t not in _LATE}
+    lines = {t: v for t, v in _lines(str(mix_wav[0])).items() if t not in _VARIANT}
     _bulk_then_replay(turbo_root, lines, tmp_path)
     simple = json.loads((tmp_path / "bulk" / "simple.json").read_text())
     assert simple["planned_from"]["task"] == "simple" and "lm" in simple["weights_sha256"]
@@ -342,18 +341,3 @@ def test_bulk_and_replay_every_base_task(base_root, mix_wav, tmp_path):
     assert stems["outputs"] == ["stems_drums.wav", "stems_bass.wav"] and math.isfinite(
         stems["stems"]["residual_db"]
     )
-
-
-@pytest.mark.parametrize("task", _LATE)
-def test_bulk_and_replay_extend_and_edit(turbo_root, mix_wav, tmp_path, task):
-    """Run last: extend / edit may not be built yet; then this skips, naming what the pipeline said."""
-    from songflow.families import load_pipeline
-    from songflow.requests_v15 import request15_from_dict
-
-    line = _lines(str(mix_wav[0]))[task]
-    pipe = load_pipeline(turbo_root, device="cpu", dtype="float32")
-    try:
-        pipe.generate(request15_from_dict(json.loads(json.dumps(line))))
-    except (KeyError, NotImplementedError, AttributeError) as exc:
-        pytest.skip(f"the 1.5 {task} task does not run yet: {type(exc).__name__}: {exc}")
-    _bulk_then_replay(turbo_root, {task: line}, tmp_path)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from songflow.errors import ConfigError
 from songflow.pipeline import Placement, Result, check_source_audio
-from songflow.requests import with_seeds
+from songflow.requests import LoraRef, with_seeds
 from songflow.requests_v15 import (
     Format15,
     Plan15,
@@ -42,7 +42,9 @@ from songflow.requests_v15 import (
     Understand15,
 )
 from songflow.sampling.noise import make_generators, randn_per_sample
+from songflow.tasks.acestep_v15 import extend as extend15
 from songflow.tasks.acestep_v15 import inputs, planner
+from songflow.tasks.acestep_v15.edit import EditPlan15, run_edit15
 from songflow.tasks.acestep_v15.output import finish_audio, peak_normalize
 from songflow.tasks.acestep_v15.plan import build_context, run_plan15
 from songflow.tasks.acestep_v15.planned import (
@@ -269,6 +271,7 @@ class Pipeline15:
         self.checkpoint_root: Path | None = None
         self.output_sample_rate_hz = inputs.SAMPLE_RATE_HZ
         self.draws = Draws15()
+        self.extend_window_frames = extend15.WINDOW_FRAMES  # extend's longest DiT run (600 s)
         self._request: Any = None
         self._vae_calls: dict[int, int] = {}  # VAE windows sampled so far this request, per seed
         self._sources: dict[str, Tensor] = {}  # the source waveforms [2, N] read during this request
@@ -276,6 +279,7 @@ class Pipeline15:
         # the per-request state above is one request's: DiT runs and audio -> codes take turns (server
         # routes and the job worker share a pipeline)
         self._dit_lock = threading.RLock()
+        self._loras: tuple[tuple[str, float], ...] = ()  # the (path, weight) adapters the decoder carries
         # the 5 Hz LM planner; load_v15_pipeline gives it the layout's LM folder (None: no LM)
         self.planner = Planner15(None, self.device, offload=self.placement.offload)
 
@@ -286,6 +290,22 @@ class Pipeline15:
     @property
     def dtype(self) -> torch.dtype:
         return self.placement.dtype
+
+    def apply_loras(self, loras: Sequence[LoraRef]) -> None:
+        """Make the DiT decoder carry exactly ``loras`` (LoRA folders, LoKr/LoHa files), merged into its
+        weights; an empty set restores the base weights bit-exactly (:mod:`songflow.nn.lora`). The same
+        set as the previous request's costs nothing; unchanged files are not read again. A file that does
+        not fit the decoder raises CheckpointError and leaves the base weights."""
+        wanted = tuple((ref.path, float(ref.weight)) for ref in loras)
+        if wanted == self._loras:
+            return
+        from songflow.checkpoint.lora import LoraSpec, set_loras
+
+        specs = [LoraSpec(Path(path).expanduser(), weight) for path, weight in wanted]
+        self._loras = ()  # on an error set_loras has unloaded every adapter
+        with self.placement.on_device(self.dit):
+            set_loras(self.dit.decoder, specs, merged=True)
+        self._loras = wanted
 
     # -- stages the tasks call (songflow.tasks.acestep_v15.tasks.Host15) -------------------------------
 
@@ -547,6 +567,9 @@ class Pipeline15:
     def _generate_songs(self, request: Any, progress: ProgressFn | None) -> Result15:
         """One request of a DiT task (text2music, retake, repaint, cover), no planning."""
         with self._dit_lock:
+            self.apply_loras(getattr(request, "loras", ()))  # this request's adapters (none: the base)
+            if request.task == "extend":
+                return self._run_extend(request, progress)
             return self._run_songs(request, progress)
 
     def _run_songs(self, request: Any, progress: ProgressFn | None) -> Result15:
@@ -564,10 +587,52 @@ class Pipeline15:
             n = job.plan.n_steps
             callback = None if progress is None else (lambda i, t, x: progress(i + 1, n))
             with self.placement.on_device(self.dit):
-                latents = run_plan15(self.dit, job.plan, callback)
+                if isinstance(job.plan, EditPlan15):  # FlowEdit: two phases over the one loop
+                    latents = run_edit15(self.dit, job.plan, callback)
+                else:
+                    latents = run_plan15(self.dit, job.plan, callback)
             timings["diffusion"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             audio = self._finish(job, request, latents)
+            if request.params.normalization_db is not None:
+                audio = peak_normalize(audio, request.params.normalization_db)
+            timings["decode"] = time.perf_counter() - t2
+        finally:
+            self._request = None
+            self._sources.clear()
+            self._references.clear()
+        if self.output_sample_rate_hz != inputs.SAMPLE_RATE_HZ:
+            from songflow.audio.resample import resample
+
+            audio = resample(audio, inputs.SAMPLE_RATE_HZ, self.output_sample_rate_hz)
+        timings["total"] = time.perf_counter() - t0
+        return Result15(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
+
+    def _run_extend(self, request: Any, progress: ProgressFn | None) -> Result15:
+        """Task "extend" under the lock: one DiT run per window of ``self.extend_window_frames``
+        (:mod:`songflow.tasks.acestep_v15.extend`), then one decode of the whole result."""
+        settings = resolve_settings(self.variant, request.params, request.task)
+        request = self.resolve_seeds(request)
+        request = replace(request, params=settings.applied_to(request.params))  # the sidecar shows them
+        self._request, self._vae_calls = request, {}
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        def run(plan: Any, callback: Any) -> Tensor:
+            with self.placement.on_device(self.dit):
+                return run_plan15(self.dit, plan, callback)
+
+        try:
+            src = self.encode_source(request.source_path, request.params.seeds)
+            wav = self._sources[request.source_path]
+            span = extend15.extend_span(wav.shape[-1], src.shape[1], request.left_s, request.right_s)
+            timings["conditions"] = time.perf_counter() - t0
+            latents = extend15.extend_latents(
+                self, request, settings, src, span, run,
+                window_frames=self.extend_window_frames, progress=progress, timings=timings,
+            )  # fmt: skip
+            t2 = time.perf_counter()
+            audio = extend15.finish_extend15(self.decode(latents), wav, span, request.keep_source_samples)
             if request.params.normalization_db is not None:
                 audio = peak_normalize(audio, request.params.normalization_db)
             timings["decode"] = time.perf_counter() - t2

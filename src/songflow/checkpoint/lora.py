@@ -36,6 +36,24 @@ records); the ``alpha=``/``use_rslora=`` arguments of :func:`load_lora` override
 :func:`save_lora` writes ``adapter_config.json`` and the header metadata, so our files keep their trained
 scale here, in PEFT, and in diffusers when it reads the header (the official pipeline's call applies
 scale 1 to any file: train with ``alpha = r`` for identical results there).
+
+**ACE-Step 1.5** adapters go on the DiT decoder (``AceStep15DiT.decoder``), as the official 1.5 trainer
+puts them (PEFT ``get_peft_model(model.decoder, LoraConfig(target_modules=[q_proj, k_proj, v_proj,
+o_proj]))``: the self- and cross-attention projections of every layer) and saves them (``save_pretrained``
+into ``<output>/adapter``: ``adapter_model.safetensors`` with keys
+``base_model.model.layers.<i>.self_attn.q_proj.lora_A.weight`` and ``adapter_config.json`` with ``r``,
+``lora_alpha``; scale ``lora_alpha / r`` as PEFT, which the official 1.5 loader uses). A folder holding
+only such an ``adapter/`` folder is accepted too.
+
+**LyCORIS files** (LoKr, LoHa; the official 1.5 LoKr trainer writes ``lokr_weights.safetensors`` with
+LyCORIS ``save_weights``): keys ``lycoris_<layer with . as _>.<factor>`` (e.g.
+``lycoris_layers_0_self_attn_q_proj.lokr_w1``; a dotted ``<layer>.<factor>`` is read too), factors
+``lokr_w1``/``lokr_w1_a``+``lokr_w1_b`` and ``lokr_w2``/``lokr_w2_a``+``lokr_w2_b`` (LoHa: ``hada_w1_a``,
+``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b``) and a scalar ``alpha`` per layer. The delta maths and scale are
+in :mod:`songflow.nn.lora`: ``alpha / r`` with ``r`` the factored rank (no ``alpha`` tensor: ``alpha = r``),
+1 for a LoKr without a factored part, ``/ sqrt(r)`` when the header's ``lokr_config`` says ``rs_lora``.
+Entries for layers that are not ``nn.Linear`` (LyCORIS may wrap convolutions too) are skipped when their
+delta is zero (an untrained module), refused otherwise; DoRA (``dora_scale``) and Tucker factors are refused.
 """
 
 from __future__ import annotations
@@ -54,6 +72,7 @@ import torch
 from torch import nn
 
 from songflow.checkpoint.strict import (
+    SafetensorsHeader,
     format_problems,
     is_pickle,
     open_safetensors,
@@ -65,6 +84,7 @@ from songflow.errors import CheckpointError, ConfigError
 from songflow.fileio import atomic_write_text
 from songflow.nn.lora import (
     LORA_A,
+    LYCORIS_KINDS,
     AdapterSpec,
     LoRALinear,
     adapter_names,
@@ -75,6 +95,8 @@ from songflow.nn.lora import (
     compact_target_modules,
     find_targets,
     lora_modules,
+    lycoris_rank,
+    lycoris_shape,
     merge,
     remove_adapter,
     set_adapter_weight,
@@ -103,6 +125,8 @@ logger = logging.getLogger(__name__)
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers save_lora_adapter / the official loader
 PEFT_WEIGHT_NAME = "adapter_model.safetensors"  # PEFT save_pretrained
+LOKR_WEIGHT_NAME = "lokr_weights.safetensors"  # the official 1.5 LoKr trainer (LyCORIS save_weights)
+ADAPTER_SUBFOLDER = "adapter"  # where the official 1.5 trainer's save_pretrained puts a PEFT adapter
 CONFIG_NAME = "adapter_config.json"
 METADATA_KEY = "lora_adapter_metadata"  # safetensors header entry (diffusers)
 #: ``config/zh_rap_lora_config.json`` target_modules: both attentions of every DiT block, the
@@ -121,6 +145,8 @@ KEY_PREFIXES: tuple[str, ...] = ("base_model.model.", "transformer.")
 
 _FACTOR_RE = re.compile(r"^(?P<layer>.+)\.(?P<which>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.weight$")
 _ALPHA_RE = re.compile(r"^(?P<layer>.+)\.alpha$")
+_LYCORIS_RE = re.compile(r"^(?P<layer>.+)\.(?P<part>(?:lokr|hada)_[wt][12](?:_[ab])?|alpha|dora_scale)$")
+LYCORIS_PREFIX = "lycoris_"
 
 
 @dataclass(frozen=True)
@@ -156,8 +182,10 @@ def _check_name(name: str) -> str:
 def resolve_lora_files(path: str | Path) -> tuple[Path, Path | None]:
     """``(weights file, adapter_config.json or None)`` for a LoRA folder or weights file."""
     path = Path(path).expanduser()
+    if path.is_dir() and (path / ADAPTER_SUBFOLDER).is_dir() and not any(path.glob("*.safetensors")):
+        path = path / ADAPTER_SUBFOLDER  # the official 1.5 trainer's output folder
     if path.is_dir():
-        for candidate in (WEIGHT_NAME, PEFT_WEIGHT_NAME):
+        for candidate in (WEIGHT_NAME, PEFT_WEIGHT_NAME, LOKR_WEIGHT_NAME):
             if (path / candidate).is_file():
                 weights = path / candidate
                 break
@@ -259,17 +287,48 @@ def _layout(keys: Iterable[str]) -> _Layout:
 
 def _describe(model: nn.Module) -> str:
     config = getattr(model, "config", None)
-    dim, blocks = getattr(config, "inner_dim", None), getattr(config, "num_layers", None)
+    dim = getattr(config, "inner_dim", None) or getattr(config, "hidden_size", None)
+    blocks = getattr(config, "num_layers", None) or getattr(config, "num_hidden_layers", None)
     if dim is not None and blocks is not None:
         return f"this {type(model).__name__} (width {dim}, {blocks} blocks)"
     return f"this {type(model).__name__}"
 
 
+# layer names of each family (``.`` or LyCORIS's ``_`` between the parts)
+_V15_LAYER_RE = re.compile(r"^layers[._]\d+[._](self_attn|cross_attn|mlp)[._]")
+_V1_LAYER_RE = re.compile(
+    r"^(transformer_blocks[._]\d+[._](attn|cross_attn)[._]|lyric_encoder[._]encoders[._]\d+[._]|speaker_embedder)"
+)
+
+
+def _other_family(model: nn.Module, layers: Sequence[str]) -> str | None:
+    """ "an ACE-Step 1.5 DiT" / "an ACE-Step v1 transformer" (what to load it with) when ``layers`` are all
+    of the family that ``model`` is not."""
+    if not layers:
+        return None
+    has = {n.split(".", 1)[0] for n, _ in model.named_children()}
+    if all(_V15_LAYER_RE.match(n) for n in layers) and "transformer_blocks" in has:
+        return "an ACE-Step 1.5 DiT decoder (a 1.5 LoRA: use it with an ACE-Step 1.5 checkpoint)"
+    if all(_V1_LAYER_RE.match(n) for n in layers) and "transformer_blocks" not in has:
+        return "an ACE-Step v1 transformer (a v1 LoRA: use it with an ACE-Step v1 checkpoint)"
+    return None
+
+
 def _made_for(
-    layout: _Layout, shapes: Mapping[str, tuple[int, ...]], missing: Sequence[str], mismatched: Sequence[str]
+    model: nn.Module,
+    layout: _Layout,
+    shapes: Mapping[str, tuple[int, ...]],
+    missing: Sequence[str],
+    mismatched: Sequence[str],
 ) -> str:
     """A guess at the network a non-matching LoRA was trained for."""
     layers = list(layout.factors)
+    other = _other_family(model, layers)
+    if other is not None:
+        return other
+    if layers and all(_V15_LAYER_RE.match(n) for n in layers):
+        what = "other layer shapes" if mismatched else "other layers"
+        return f"an ACE-Step 1.5 DiT of another size ({what})"
     text = " ".join(layers + [_strip(k) for k in layout.unknown])
     if "lora_unet_" in text or "lora_te" in text:
         return "a kohya-format Stable Diffusion LoRA"
@@ -279,10 +338,7 @@ def _made_for(
         return "a Flux-style image transformer"
     if re.search(r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\b", text):
         return "a Llama/Qwen-style transformer (q_proj/k_proj/... layer names), not ACE-Step v1"
-    ours = re.compile(
-        r"^(transformer_blocks\.\d+\.(attn|cross_attn)\.|lyric_encoder\.encoders\.\d+\.|speaker_embedder)"
-    )
-    if not layers or not all(ours.match(n) for n in layers):
+    if not layers or not all(_V1_LAYER_RE.match(n) for n in layers):
         return "a different network"
     details = []
     widths = {
@@ -353,7 +409,7 @@ def _layer_ranks(
     if not layout.factors and not problems:
         problems.append("  the file holds no LoRA factors (<layer>.lora_A.weight / <layer>.lora_B.weight)")
     if problems:
-        guess = _made_for(layout, shapes, missing, mismatched)
+        guess = _made_for(model, layout, shapes, missing, mismatched)
         raise CheckpointError(
             f"{path}: this LoRA does not fit {_describe(model)}; it seems to be made for {guess}.\n"
             + "\n".join(problems)
@@ -406,6 +462,173 @@ def _adapter_specs(
     if use_rslora is not None:
         rslora = bool(use_rslora)
     return {layer: AdapterSpec(r=r, alpha=alphas[layer], use_rslora=rslora) for layer, r in ranks.items()}
+
+
+def _lora_specs(
+    model: nn.Module,
+    weights: Path,
+    header: SafetensorsHeader,
+    config: tuple[dict, str] | None,
+    alpha: float | None,
+    use_rslora: bool | None,
+) -> tuple[dict[str, AdapterSpec], dict[str, dict[str, str]]]:
+    """A LoRA file's per-layer specs and ``{layer: {"A": key, "B": key}}`` (validated against ``model``)."""
+    shapes, metadata = header.shapes, header.metadata
+    layout = _layout(shapes)
+    ranks = _layer_ranks(model, layout, shapes, weights)
+    if config is None and METADATA_KEY in metadata and alpha is None and use_rslora is None:
+        logger.warning(
+            "LoRA %s: its header records training settings (%s); like the official pipeline they are not "
+            "used for the scale (alpha = r unless the file has .alpha tensors). Pass alpha=/use_rslora= to "
+            "load_lora to apply them.",
+            weights,
+            metadata[METADATA_KEY].replace("\n", " ")[:300],
+        )
+    specs = _adapter_specs(ranks, layout, weights, config, alpha, use_rslora)
+    return specs, {layer: layout.factors[layer] for layer in specs}
+
+
+def _factor_parameter(module: LoRALinear, name: str, role: str) -> nn.Parameter:
+    """The Parameter of adapter ``name`` that file role ``role`` fills ("A", "B" or a LyCORIS factor)."""
+    if role in ("A", "B"):
+        factors = cast(nn.ModuleDict, module.lora_A if role == "A" else module.lora_B)
+        return cast(nn.Parameter, cast(nn.Linear, factors[name]).weight)
+    return cast(nn.Parameter, getattr(cast(nn.ModuleDict, module.lycoris)[name], role))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LyCORIS (LoKr, LoHa) files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def is_lycoris(keys: Iterable[str]) -> bool:
+    """Whether a file with these tensor keys is a LyCORIS (LoKr/LoHa) adapter rather than a LoRA."""
+    return any((m := _LYCORIS_RE.match(k)) is not None and m["part"] != "alpha" for k in keys)
+
+
+def _lycoris_groups(model: nn.Module, keys: Iterable[str]) -> tuple[dict[str, dict[str, str]], list, list]:
+    """``{layer: {part: key}}`` of a LyCORIS file's keys, the keys naming no module of ``model``, and the
+    keys that are not LyCORIS tensors. ``lycoris_layers_0_self_attn_q_proj`` names ``layers.0.self_attn
+    .q_proj`` (the model's module names with ``.`` as ``_``; a dotted name is taken as it is)."""
+    names = dict(model.named_modules())
+    flat: dict[str, str] = {}
+    for n in names:
+        if n:
+            flat.setdefault(n.replace(".", "_"), n)
+    groups: dict[str, dict[str, str]] = {}
+    missing, unknown = [], []
+    for key in keys:
+        m = _LYCORIS_RE.match(key)
+        if m is None:
+            unknown.append(key)
+            continue
+        stem = _strip(m["layer"])
+        stem = stem[len(LYCORIS_PREFIX) :] if stem.startswith(LYCORIS_PREFIX) else stem
+        layer = stem if stem in names and stem else flat.get(stem)
+        if layer is None:
+            missing.append(key)
+        else:
+            groups.setdefault(layer, {})[m["part"]] = key
+    return groups, missing, unknown
+
+
+def _lokr_config(metadata: Mapping[str, str]) -> dict:
+    """The ``lokr_config`` JSON of the official LoKr trainer's header (``{}`` when absent or unreadable)."""
+    try:
+        config = json.loads(metadata.get("lokr_config") or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _lycoris_spec(
+    kind: str, shapes: Mapping[str, tuple[int, ...]], alpha: float | None, rslora: bool, dim: int
+) -> AdapterSpec:
+    """One layer's spec: ``alpha / r`` over the factored rank; a LoKr without a factored part has LyCORIS's
+    ``alpha = r = linear_dim`` (scale 1, ``sqrt(linear_dim)`` with rs_lora)."""
+    r = lycoris_rank(kind, shapes)
+    if r is None:
+        r, alpha = dim, float(dim)
+    factors = tuple((n, tuple(s)) for n, s in shapes.items())
+    return AdapterSpec(
+        r=r, alpha=float(r if alpha is None else alpha), use_rslora=rslora, kind=kind, factors=factors
+    )
+
+
+def _lycoris_specs(
+    model: nn.Module,
+    weights: Path,
+    header: SafetensorsHeader,
+    alpha: float | None,
+    use_rslora: bool | None,
+) -> tuple[dict[str, AdapterSpec], dict[str, dict[str, str]]]:
+    """A LyCORIS file's per-layer specs and ``{layer: {factor: key}}``; CheckpointError listing every key
+    that does not fit ``model`` (see the module docstring)."""
+    groups, missing, unknown = _lycoris_groups(model, header.shapes)
+    config = _lokr_config(header.metadata)
+    rslora = bool(config.get("rs_lora", False)) if use_rslora is None else bool(use_rslora)
+    dim = int(config.get("linear_dim", 1)) if rslora else 1
+    specs: dict[str, AdapterSpec] = {}
+    keys: dict[str, dict[str, str]] = {}
+    mismatched, unsupported, broken, skipped = [], [], [], []
+    with open_safetensors(weights) as f:
+        for layer, parts in groups.items():
+            factors = {p: k for p, k in parts.items() if p != "alpha"}
+            kind = "lokr" if any(p.startswith("lokr") for p in factors) else "loha"
+            module = model.get_submodule(layer)
+            if type(module) is not nn.Linear and not isinstance(module, LoRALinear):
+                if any(not f.get_tensor(k).any() for k in factors.values()):
+                    skipped.append(layer)  # a zero factor: this module's delta is zero
+                else:
+                    unsupported.append(f"{layer} ({type(module).__name__})")
+                continue
+            if set(factors) - set(LYCORIS_KINDS[kind]):
+                unsupported.extend(parts[p] for p in factors if p not in LYCORIS_KINDS[kind])
+                continue
+            shapes = {p: tuple(header.shapes[k]) for p, k in factors.items()}
+            shape = lycoris_shape(kind, shapes)
+            if shape is None:
+                broken.append(f"{layer}: {sorted(factors)}")
+            elif shape != (module.out_features, module.in_features):
+                got, want = list(shape), [module.out_features, module.in_features]
+                mismatched.append(f"{next(iter(factors.values()))}: delta {got} vs model {want}")
+            else:
+                file_alpha = (
+                    float(f.get_tensor(parts["alpha"]).float().reshape(-1)[0]) if "alpha" in parts else None
+                )
+                specs[layer] = _lycoris_spec(
+                    kind, shapes, file_alpha if alpha is None else alpha, rslora, dim
+                )
+                keys[layer] = factors
+    _check_lycoris(model, weights, specs, missing, mismatched, unsupported, broken, unknown)
+    if skipped:
+        logger.info("LyCORIS %s: %d non-Linear modules with a zero delta skipped", weights, len(skipped))
+    return specs, keys
+
+
+def _check_lycoris(model: nn.Module, weights: Path, specs: Mapping, *sections: Sequence[str]) -> None:
+    """Raise the CheckpointError of a LyCORIS file that does not fit ``model`` (sections: missing,
+    mismatched, unsupported, broken, unknown keys)."""
+    missing, mismatched, unsupported, broken, unknown = sections
+    problems = format_problems(
+        (
+            ("keys whose layer does not exist in the model", missing),
+            ("shape mismatches", mismatched),
+            ("unsupported parts (DoRA dora_scale, Tucker factors, non-Linear layers)", unsupported),
+            ("layers with incomplete or inconsistent factors", broken),
+            ("keys that are not LoKr/LoHa tensors (LoCon, other formats)", unknown),
+        )
+    )
+    if not specs and not problems:
+        problems.append("  the file holds no LoKr/LoHa adapter for an nn.Linear layer of this model")
+    if problems:
+        stems = [m["layer"] for k in missing if (m := _LYCORIS_RE.match(_strip(k)))]
+        other = _other_family(model, [n.removeprefix(LYCORIS_PREFIX) for n in stems])
+        made_for = f"; it seems to be made for {other}" if other else ""
+        raise CheckpointError(
+            f"{weights}: this LyCORIS adapter does not fit {_describe(model)}{made_for}.\n"
+            + "\n".join(problems)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -463,27 +686,17 @@ def load_lora(
     if not math.isfinite(float(weight)):
         raise ConfigError(f"LoRA weight must be finite, got {weight!r}")
     header = read_header(weights)
-    shapes, metadata = header.shapes, header.metadata
-    layout = _layout(shapes)
-    ranks = _layer_ranks(model, layout, shapes, weights)
-    config = _read_config(config_path) if (config_path is not None and use_config) else None
-    if config is None and METADATA_KEY in metadata and alpha is None and use_rslora is None:
-        logger.warning(
-            "LoRA %s: its header records training settings (%s); like the official pipeline they are not "
-            "used for the scale (alpha = r unless the file has .alpha tensors). Pass alpha=/use_rslora= to "
-            "load_lora to apply them.",
-            weights,
-            metadata[METADATA_KEY].replace("\n", " ")[:300],
-        )
-    specs = _adapter_specs(ranks, layout, weights, config, alpha, use_rslora)
+    if is_lycoris(header.shapes):
+        specs, keys = _lycoris_specs(model, weights, header, alpha, use_rslora)
+    else:
+        config = _read_config(config_path) if (config_path is not None and use_config) else None
+        specs, keys = _lora_specs(model, weights, header, config, alpha, use_rslora)
     modules = add_adapter_at(model, specs, name, weight=weight)
     try:
         with open_safetensors(weights) as f, torch.no_grad():
             for layer, module in modules.items():
-                keys = layout.factors[layer]
-                factors = cast(dict[str, nn.ModuleDict], {"A": module.lora_A, "B": module.lora_B})
-                for which, factor in factors.items():
-                    cast(nn.Linear, factor[name]).weight.copy_(f.get_tensor(keys[which]))
+                for role, key in keys[layer].items():
+                    _factor_parameter(module, name, role).copy_(f.get_tensor(key))
     except BaseException as exc:
         remove_adapter(model, name, missing_ok=True)
         if isinstance(exc, Exception) and not isinstance(exc, CheckpointError):
@@ -518,6 +731,11 @@ def lora_config(model: nn.Module, name: str) -> dict[str, Any]:
         raise ConfigError(
             f"no LoRA named {name!r} is loaded (loaded: {adapter_names(model) or 'none'})"
         ) from exc
+    kinds = sorted({s.kind for s in specs.values()} - {"lora"})
+    if kinds:
+        raise ConfigError(
+            f"adapter {name!r} is a LyCORIS {kinds[0]} adapter; only LoRA adapters can be saved"
+        )
     if len({s.use_rslora for s in specs.values()}) > 1:
         raise ConfigError(f"LoRA {name!r} mixes rsLoRA and plain layers, which a LoraConfig cannot express")
     r = Counter(s.r for s in specs.values()).most_common(1)[0][0]

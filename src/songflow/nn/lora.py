@@ -33,6 +33,17 @@ same float32 sum and subtracts it, and the few elements whose base value that ro
 bit-identical to the base in any dtype, provided the adapter tensors were not changed while merged and the
 model is on the device where it was merged (after a move: equal up to float rounding).
 
+**LyCORIS adapters** (``AdapterSpec.kind`` ``"lokr"`` or ``"loha"``) are adapters computed as a dense
+delta from their factor tensors (kept in a ``lycoris`` ``ModuleDict`` child, named as in the file)::
+
+    LoKr:  delta = kron(W1, W2)                        W1 = lokr_w1 or lokr_w1_a @ lokr_w1_b, W2 likewise
+    LoHa:  delta = (hada_w1_a @ hada_w1_b) * (hada_w2_a @ hada_w2_b)     (elementwise product)
+    y = x W^T + b + weight * scale * x delta^T,   scale = alpha / r  (alpha / sqrt(r) with rs_lora)
+
+where ``r`` is the low rank of the factored part (LoKr: ``lokr_w1_b`` rows, else ``lokr_w2_b`` rows; LoHa:
+``hada_w1_b`` rows); a LoKr with no factored part has scale 1 (LyCORIS sets ``alpha = r`` then). They merge,
+re-weight and unmerge exactly like LoRA (the same bit-exact recovery), and are inference-only here.
+
 PEFT compatibility facts used (not PEFT code): ``target_modules`` given as a list matches a module whose
 qualified name equals a target or ends with ``"." + target``; given as a string it is a regular expression
 that must match the whole name. Saved adapter keys (diffusers ``save_lora_adapter`` layout) are
@@ -45,12 +56,13 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "LYCORIS_KINDS",
     "AdapterSpec",
     "LoRALinear",
     "add_adapter_at",
@@ -64,6 +76,9 @@ __all__ = [
     "is_merged",
     "lora_modules",
     "lora_scale",
+    "lycoris_delta",
+    "lycoris_rank",
+    "lycoris_shape",
     "matches_target",
     "merge",
     "remove_adapter",
@@ -85,14 +100,74 @@ def lora_scale(r: int, alpha: float, use_rslora: bool = False) -> float:
     return float(alpha) / (math.sqrt(r) if use_rslora else r)
 
 
+#: LyCORIS adapter kinds: kind -> the factor tensor names it may hold (each factor full or as an a @ b pair)
+LYCORIS_KINDS: dict[str, tuple[str, ...]] = {
+    "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
+    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+}
+
+
+def _factor(f: Mapping[str, Any], full: str) -> Any:
+    """Factor ``full`` of a LyCORIS adapter: the tensor/shape itself, or the product of its ``_a``/``_b``
+    pair (a shape ``(rows of a, columns of b)`` when ``f`` holds shapes); None when incomplete."""
+    if full in f:
+        return f[full]
+    a, b = f.get(full + "_a"), f.get(full + "_b")
+    if a is None or b is None:
+        return None
+    if isinstance(a, Tensor):
+        return a @ b
+    if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+        return None
+    return (a[0], b[1])
+
+
+def lycoris_shape(kind: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int] | None:
+    """The ``[out, in]`` shape of the delta that LyCORIS factors of these ``shapes`` make (None: the factors
+    are incomplete, not 2-D, or do not fit together)."""
+    if kind not in LYCORIS_KINDS or set(shapes) - set(LYCORIS_KINDS[kind]):
+        return None
+    if any(len(s) != 2 for s in shapes.values()):
+        return None
+    one, two = (
+        _factor(shapes, n) for n in (("lokr_w1", "lokr_w2") if kind == "lokr" else ("hada_w1", "hada_w2"))
+    )
+    if one is None or two is None:
+        return None
+    if kind == "lokr":
+        return (one[0] * two[0], one[1] * two[1])
+    return tuple(one) if tuple(one) == tuple(two) else None  # type: ignore[return-value]
+
+
+def lycoris_rank(kind: str, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """The low rank ``r`` of the scale ``alpha / r``: LoKr ``lokr_w1_b`` rows, else ``lokr_w2_b`` rows (None
+    when neither factor is factored: scale 1); LoHa ``hada_w1_b`` rows."""
+    for key in ("lokr_w1_b", "lokr_w2_b") if kind == "lokr" else ("hada_w1_b",):
+        if key in shapes:
+            return int(shapes[key][0])
+    return None
+
+
+def lycoris_delta(kind: str, factors: Mapping[str, Tensor]) -> Tensor:
+    """The unscaled ``[out, in]`` delta of LyCORIS ``factors`` (compute in float32 for merging)."""
+    if kind == "lokr":
+        return torch.kron(_factor(factors, "lokr_w1"), _factor(factors, "lokr_w2"))
+    if kind == "loha":
+        return _factor(factors, "hada_w1") * _factor(factors, "hada_w2")
+    raise ValueError(f"unknown LyCORIS adapter kind {kind!r} (known: {', '.join(LYCORIS_KINDS)})")
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
-    """Hyper-parameters of one adapter on one layer."""
+    """Hyper-parameters of one adapter on one layer: a LoRA (``kind="lora"``, rank ``r``), or a LyCORIS
+    adapter (``kind`` in :data:`LYCORIS_KINDS`) whose ``factors`` gives its factor names and shapes."""
 
     r: int
     alpha: float
     use_rslora: bool = False
     dropout: float = 0.0
+    kind: str = "lora"
+    factors: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -101,6 +176,15 @@ class AdapterSpec:
             raise ValueError(f"LoRA alpha must be finite, got {self.alpha!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if self.kind == "lora":
+            if self.factors:
+                raise ValueError("a LoRA adapter has lora_A/lora_B factors; `factors` is for LyCORIS kinds")
+        elif self.kind not in LYCORIS_KINDS:
+            raise ValueError(f"unknown adapter kind {self.kind!r} (known: lora, {', '.join(LYCORIS_KINDS)})")
+        elif lycoris_shape(self.kind, dict(self.factors)) is None or self.dropout:
+            raise ValueError(
+                f"{self.kind} factors {dict(self.factors)} do not make a 2-D delta (or dropout set)"
+            )
 
     @property
     def scale(self) -> float:
@@ -117,7 +201,39 @@ def check_adapter_name(name: str) -> str:
     return name
 
 
-class _LoRAFactor(nn.Linear):
+class _HiddenFromStateDict(nn.Module):
+    """Adapter tensors are not part of the base model's state dict (see the module docstring): never
+    written, loaded only when a state dict holds them."""
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        return
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        if any(prefix + name in state_dict for name, _ in self.named_parameters(recurse=False)):
+            super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+
+
+class _LycorisFactors(_HiddenFromStateDict):
+    """One LyCORIS adapter's factor tensors on one layer (Parameters named as in the file, zero until
+    loaded) and the dense delta they make."""
+
+    def __init__(self, spec: AdapterSpec, *, device=None, dtype=None):
+        super().__init__()
+        self.kind = spec.kind
+        for name, shape in spec.factors:
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape, device=device, dtype=dtype)))
+
+    def delta(self, device: torch.device) -> Tensor:
+        """The unscaled delta ``[out, in]`` in float32 on ``device``."""
+        f = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in self.named_parameters()}
+        return lycoris_delta(self.kind, f)
+
+
+class _LoRAFactor(_HiddenFromStateDict, nn.Linear):
     """One LoRA factor (A or B) as a bias-free Linear, invisible to the model's state dict.
 
     ``reset_parameters`` honours the factor's role (B starts at zero), also when the weights module
@@ -133,18 +249,6 @@ class _LoRAFactor(nn.Linear):
             nn.init.zeros_(self.weight)
         else:
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-
-    # adapter tensors are not part of the base model's state dict (see the module docstring)
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        return
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ) -> None:
-        if prefix + "weight" in state_dict:
-            super()._load_from_state_dict(
-                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-            )
 
 
 class LoRALinear(nn.Linear):
@@ -172,6 +276,7 @@ class LoRALinear(nn.Linear):
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
+        self.lycoris = nn.ModuleDict()  # LyCORIS adapters (kind != "lora"): their factor tensors
         self.specs: dict[str, AdapterSpec] = {}
         self.weights: dict[str, float] = {}
         self.merged: dict[str, float] = {}
@@ -193,13 +298,24 @@ class LoRALinear(nn.Linear):
     def add_adapter(
         self, name: str, spec: AdapterSpec, *, weight: float = 1.0, dtype: torch.dtype | None = None
     ) -> None:
-        """Add a fresh adapter (A Kaiming-uniform, B zero) on this layer's device, in ``dtype`` (default:
-        the base weight's dtype)."""
+        """Add a fresh adapter (A Kaiming-uniform, B zero; LyCORIS factors zero) on this layer's device, in
+        ``dtype`` (default: the base weight's dtype)."""
         check_adapter_name(name)
         if name in self.specs:
             raise ValueError(f"adapter {name!r} already exists on this layer")
         device = self.weight.device
         dtype = dtype or self.weight.dtype
+        if spec.kind != "lora":
+            shape = lycoris_shape(spec.kind, dict(spec.factors))
+            if shape != (self.out_features, self.in_features):
+                raise ValueError(
+                    f"{spec.kind} factors make a {list(shape or ())} delta; this layer is "
+                    f"[{self.out_features}, {self.in_features}]"
+                )
+            self.lycoris[name] = _LycorisFactors(spec, device=device, dtype=dtype)
+            self.specs[name] = spec
+            self.weights[name] = float(weight)
+            return
         self.lora_A[name] = _LoRAFactor(self.in_features, spec.r, zero=False, device=device, dtype=dtype)
         self.lora_B[name] = _LoRAFactor(spec.r, self.out_features, zero=True, device=device, dtype=dtype)
         self.lora_dropout[name] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
@@ -211,7 +327,10 @@ class LoRALinear(nn.Linear):
         self._require(name)
         if name in self.merged:
             self.unmerge([name])
-        del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+        if name in self.lycoris:
+            del self.lycoris[name]
+        else:
+            del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
         del self.specs[name], self.weights[name]
 
     def set_weight(self, name: str, weight: float) -> None:
@@ -225,7 +344,8 @@ class LoRALinear(nn.Linear):
             self._apply_merged({**self.merged, name: weight * self.specs[name].scale})
 
     def delta_weight(self, name: str) -> Tensor:
-        """``weight * scale * B @ A`` in float32, ``[out, in]``: what merging adds to ``weight``."""
+        """``weight * scale * B @ A`` (LyCORIS: ``weight * scale * delta``) in float32, ``[out, in]``: what
+        merging adds to ``weight``."""
         self._require(name)
         return self._delta(name, self.weights[name] * self.specs[name].scale)
 
@@ -269,7 +389,16 @@ class LoRALinear(nn.Linear):
         if name not in self.specs:
             raise KeyError(f"no LoRA adapter {name!r} on this layer (has: {sorted(self.specs)})")
 
+    def factor_parameters(self, name: str) -> list[nn.Parameter]:
+        """Adapter ``name``'s tensors on this layer (A and B, or the LyCORIS factors)."""
+        self._require(name)
+        if name in self.lycoris:
+            return list(self.lycoris[name].parameters())
+        return [self.lora_A[name].weight, self.lora_B[name].weight]
+
     def _delta(self, name: str, coef: float) -> Tensor:
+        if name in self.lycoris:
+            return cast(_LycorisFactors, self.lycoris[name]).delta(self.weight.device) * coef
         a = self.lora_A[name].weight.detach().to(device=self.weight.device, dtype=torch.float32)
         b = self.lora_B[name].weight.detach().to(device=self.weight.device, dtype=torch.float32)
         return (b @ a) * coef
@@ -323,6 +452,9 @@ class LoRALinear(nn.Linear):
             weight = self.weights[name]
             if weight == 0.0 or name in self.merged:
                 continue
+            if name in self.lycoris:  # a dense delta, in the input's dtype
+                y = y + nn.functional.linear(x, self._delta(name, weight * spec.scale).to(x.dtype))
+                continue
             a = self.lora_A[name]
             h = self.lora_dropout[name](x.to(a.weight.dtype))
             y = y + (self.lora_B[name](a(h)) * (weight * spec.scale)).to(y.dtype)
@@ -330,8 +462,8 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self) -> str:
         adapters = ", ".join(
-            f"{n}(r={s.r}, scale={s.scale:g}, weight={self.weights[n]:g}"
-            + (", merged)" if n in self.merged else ")")
+            f"{n}({'' if s.kind == 'lora' else s.kind + ', '}r={s.r}, scale={s.scale:g}, "
+            f"weight={self.weights[n]:g}" + (", merged)" if n in self.merged else ")")
             for n, s in self.specs.items()
         )
         return f"{super().extra_repr()}, adapters=[{adapters}]"
@@ -527,9 +659,13 @@ def remove_adapter(model: nn.Module, name: str, *, missing_ok: bool = False) -> 
 
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     """Adapter ``name``'s tensors in the saved PEFT/diffusers layout ``<layer>.lora_A.weight`` ``[r, in]`` and
-    ``<layer>.lora_B.weight`` ``[out, r]`` (detached; they share storage with the parameters)."""
+    ``<layer>.lora_B.weight`` ``[out, r]`` (detached; they share storage with the parameters); a LyCORIS
+    adapter's as ``<layer>.<factor name>``."""
     out: dict[str, Tensor] = {}
     for layer, module in _modules_of(model, name).items():
+        if name in module.lycoris:
+            out.update({f"{layer}.{n}": p.detach() for n, p in module.lycoris[name].named_parameters()})
+            continue
         out[f"{layer}.{LORA_A}.weight"] = module.lora_A[name].weight.detach()
         out[f"{layer}.{LORA_B}.weight"] = module.lora_B[name].weight.detach()
     return out
@@ -547,9 +683,9 @@ def trainable_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
     model.requires_grad_(False)
     params: list[nn.Parameter] = []
     for module in modules.values():
-        for factor in (module.lora_A[name], module.lora_B[name]):
-            factor.weight.requires_grad_(True)
-            params.append(factor.weight)
+        for param in module.factor_parameters(name):
+            param.requires_grad_(True)
+            params.append(param)
     return params
 
 

@@ -59,7 +59,14 @@ from songflow.tasks.plan import ConditionSet, DiffusionModel, GuidanceSpec, Plan
 from songflow.tasks.setup import TaskContext, guidance_for, sigmas_for
 from songflow.tasks.spec import ProgressFn, TaskHost, TaskSpec, full_run_steps
 
-__all__ = ["EDIT_PRESETS", "check_edit_range", "edit_step_range", "encode_edit_conditions", "run_edit"]
+__all__ = [
+    "EDIT_PRESETS",
+    "check_edit_range",
+    "edit_step_range",
+    "encode_edit_conditions",
+    "mean_step_state",
+    "run_edit",
+]
 
 """UI presets ``name -> (n_min_frac, n_max_frac)`` (official UI, ``n_avg`` 1)."""
 
@@ -147,7 +154,7 @@ def _guided(
     return guidance.rule.combine(v_cond, v_uncond, scale, step, state)
 
 
-def _mean_state(states: list[ApgState | None], before: ApgState | None) -> ApgState | None:
+def mean_step_state(states: list[ApgState | None], before: ApgState | None) -> ApgState | None:
     """Momentum after a step of ``n_avg`` draws that all started from ``before``: the mean running average
     (the momentum of the step's mean guidance difference); ``before`` if the step updated nothing."""
     avgs = [s.running_average for s in states if s is not None and s.running_average is not None]
@@ -211,8 +218,8 @@ class _EditField:
                 tar_states.append(st_tar)
             delta = delta + (1 / self.n_avg) * (v_tar - v_src)
         if not self.reference:
-            self.src_state = _mean_state(src_states, self.src_state)
-            self.tar_state = _mean_state(tar_states, self.tar_state)
+            self.src_state = mean_step_state(src_states, self.src_state)
+            self.tar_state = mean_step_state(tar_states, self.tar_state)
         return delta
 
 

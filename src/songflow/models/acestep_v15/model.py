@@ -83,7 +83,7 @@ class AceStep15DiT(nn.Module):
         ``r`` defaults to ``t`` (inference: the mean-flow term embeds ``t - r = 0``); ``context [B, T,
         in_channels - C]``; ``enc [B, L, H_enc]`` or ``cross`` from :meth:`precompute_cross`. With
         ``enc_mask [B, L]`` the cross-attention skips the masked (padded) encoder tokens; without it every
-        token is attended, as the official model does (docs/reference_behaviour.md#r40).
+        token is attended, as the official model does (docs/reference_behaviour.md#r36).
         """
         t_ = _per_item(t, x_t)
         r_ = t_ if r is None else _per_item(r, x_t)

@@ -22,7 +22,16 @@ from songflow.sampling import turbo as v15
 from songflow.sampling.guidance import ApgState, guide_v15
 from songflow.sampling.loop import sample
 
-__all__ = ["Conditioning15", "Guidance15", "Plan15", "Repaint15Spec", "build_context", "run_plan15"]
+__all__ = [
+    "Conditioning15",
+    "Guidance15",
+    "GuidedVelocity15",
+    "Plan15",
+    "Repaint15Spec",
+    "build_context",
+    "guided_velocity",
+    "run_plan15",
+]
 
 
 @dataclass
@@ -106,16 +115,21 @@ def padding_mask(enc_mask: Tensor) -> Tensor | None:
     """``enc_mask [B, L]`` as a bool key mask when some row is padded (rows of a batch with prompts of
     different lengths, e.g. the instructions of a stems run), else None: rows without padding attend every
     token as the official model does, and a padded row then gives what it gives alone
-    (docs/reference_behaviour.md#r40)."""
+    (docs/reference_behaviour.md#r36)."""
     mask = enc_mask.to(torch.bool)
     return None if bool(mask.all()) else mask
 
 
-def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
-    """The guided velocity of the plan. The cross-attention keys/values of each condition are computed
+GuidedVelocity15 = Callable[[Tensor, Tensor, int, ApgState | None], tuple[Tensor, ApgState | None]]
+"""``(x [B, T, C], t_batch [B], i, apg_state) -> (v, new_apg_state)``: a plan's guided velocity at step ``i``
+of its schedule, the APG momentum passed in and returned (None without guidance)."""
+
+
+def guided_velocity(model: Any, plan: Plan15) -> GuidedVelocity15:
+    """The guided velocity of the plan, its APG momentum threaded by the caller (:func:`run_plan15` keeps
+    one per run; FlowEdit one per branch). The cross-attention keys/values of each condition are computed
     once per run (the decoder's ``precompute_cross``; identical numbers, one projection per run)."""
     guidance = plan.guidance
-    state = ApgState() if guidance is not None else None
     cross: dict[int, object] = {}
 
     def cross_of(cond: Conditioning15) -> object:
@@ -126,13 +140,15 @@ def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Te
             cross[id(cond)] = model.precompute_cross(enc)
         return cross[id(cond)]
 
-    def velocity(x: Tensor, t_batch: Tensor, i: int) -> Tensor:
-        nonlocal state
+    def velocity(
+        x: Tensor, t_batch: Tensor, i: int, state: ApgState | None
+    ) -> tuple[Tensor, ApgState | None]:
         cond = plan.after if (plan.after is not None and i >= plan.switch_step) else plan.cond
         t_batch = t_batch.to(x.dtype)
         mask = padding_mask(cond.enc_mask)
         if guidance is None:
-            return model.velocity(x, t_batch, cond.context, None, cross=cross_of(cond), enc_mask=mask)
+            v = model.velocity(x, t_batch, cond.context, None, cross=cross_of(cond), enc_mask=mask)
+            return v, state
         v2 = model.velocity(
             torch.cat([x, x]),
             torch.cat([t_batch, t_batch]),
@@ -142,7 +158,7 @@ def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Te
             enc_mask=None if mask is None else torch.cat([mask, mask]),
         )
         v_cond, v_uncond = v2.chunk(2)
-        v, state = guide_v15(
+        return guide_v15(
             v_cond,
             v_uncond,
             x,
@@ -152,6 +168,18 @@ def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Te
             kind=guidance.kind,  # type: ignore[arg-type]
             interval=guidance.interval,
         )
+
+    return velocity
+
+
+def _velocity_fn(model: Any, plan: Plan15) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """:func:`guided_velocity` for the sampling loop, one APG momentum threaded through the run."""
+    guided = guided_velocity(model, plan)
+    state = ApgState() if plan.guidance is not None else None
+
+    def velocity(x: Tensor, t_batch: Tensor, i: int) -> Tensor:
+        nonlocal state
+        v, state = guided(x, t_batch, i, state)
         return v
 
     return velocity

@@ -9,7 +9,7 @@ the 1.5 pipeline (:class:`Host15`). Official behaviours kept or fixed are in doc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -19,6 +19,7 @@ from songflow.requests import RequestFieldError
 from songflow.requests_v15 import (
     Complete15,
     Cover15,
+    Edit15,
     Extract15,
     Lego15,
     Repaint15,
@@ -30,8 +31,10 @@ from songflow.requests_v15 import (
 from songflow.sampling import turbo as v15
 from songflow.sampling.noise import trig_mix
 from songflow.tasks.acestep_v15 import inputs
+from songflow.tasks.acestep_v15.edit import EditPlan15
 from songflow.tasks.acestep_v15.plan import Conditioning15, Guidance15, Plan15, Repaint15Spec
 from songflow.tasks.acestep_v15.presets import Settings15
+from songflow.tasks.edit import edit_step_range
 from songflow.text.acestep_v15_prompts import instruction_for
 
 __all__ = ["Host15", "Job15", "build_plan"]
@@ -72,7 +75,7 @@ class Job15:
     """A built plan plus what the pipeline needs after sampling: the frames to keep (``n_frames``, the
     requested or source length) and, for repaint, the span in frames."""
 
-    plan: Plan15
+    plan: Plan15 | EditPlan15
     n_frames: int
     duration_s: float
     splice_span: tuple[int, int] | None = None  # repaint: keep the source outside these frames
@@ -242,6 +245,47 @@ def _stems(host: Host15, request: Extract15 | Complete15 | Stems15, settings: Se
     return Job15(_plan(host, settings, request, x_init, cond, row_seeds=seeds), n_frames, duration_s)
 
 
+def _edit_target(request: Edit15) -> Edit15 | None:
+    """The request as the target condition reads it (an unspecified target part is the source's); None
+    when the target is the source."""
+    caption = request.caption if request.target_caption is None else request.target_caption
+    lyrics = request.lyrics if request.target_lyrics is None else request.target_lyrics
+    if (caption, lyrics) == (request.caption, request.lyrics):
+        return None
+    return replace(request, caption=caption, lyrics=lyrics)
+
+
+def _edit(host: Host15, request: Edit15, settings: Settings15) -> Job15:
+    """FlowEdit (:mod:`songflow.tasks.acestep_v15.edit`) of the source's latents. Both conditions see the
+    text2music context (silence, all-ones chunk mask, no cover: a repaint of the whole clip) and the
+    text2music instruction, so the two velocities differ by the caption/lyrics alone, as FlowEdit assumes.
+    Every draw (edit noise, phase-2 start, SDE) comes from one per-item stream of the seeds."""
+    p = request.params
+    x_src, n_frames, total = _source(host, request)
+    duration_s = n_frames / inputs.FRAMES_PER_S
+    batch = x_src.shape[0]
+    silence = _silence(host, batch, total)
+    instruction = request.instruction or instruction_for("text2music")
+    chunk, no_cover = torch.ones_like(silence), torch.zeros(batch)
+    source = _conditioning(host, request, instruction, duration_s, silence, chunk, no_cover)
+    target, target_request = source, _edit_target(request)
+    if target_request is not None:
+        enc, enc_mask = host.encode_conditions(target_request, instruction, duration_s, batch)
+        target = Conditioning15(enc, enc_mask, source.context)
+    draw = host.renoise_fn(_seeds(p.seeds), total)
+    sde_noise = draw if p.infer_method == "sde" else None
+    steps = edit_step_range(settings.schedule.n_steps, request.n_min_frac, request.n_max_frac)
+    plan = EditPlan15(
+        x_src,
+        _plan(host, settings, request, x_src, source),
+        replace(_plan(host, settings, request, x_src, target), renoise=sde_noise),
+        steps,
+        request.n_avg,
+        lambda: draw(0),
+    )
+    return Job15(plan, n_frames, duration_s)
+
+
 _BUILDERS: dict[str, Callable[[Host15, Any, Settings15], Job15]] = {
     "text2music": _text2music,
     "retake": _text2music,
@@ -251,6 +295,7 @@ _BUILDERS: dict[str, Callable[[Host15, Any, Settings15], Job15]] = {
     "extract": _stems,
     "stems": _stems,
     "complete": _stems,
+    "edit": _edit,
 }
 
 
