@@ -573,69 +573,27 @@ class Pipeline15:
             return self._run_songs(request, progress)
 
     def _run_songs(self, request: Any, progress: ProgressFn | None) -> Result15:
-        """:meth:`_generate_songs` under the lock."""
-        settings = resolve_settings(self.variant, request.params, request.task)
-        request = self.resolve_seeds(request)
-        request = replace(request, params=settings.applied_to(request.params))  # the sidecar shows them
-        self._request, self._vae_calls = request, {}
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        try:
-            job = build_plan(self, request, settings)
-            timings["conditions"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            n = job.plan.n_steps
-            callback = None if progress is None else (lambda i, t, x: progress(i + 1, n))
-            with self.placement.on_device(self.dit):
-                if isinstance(job.plan, EditPlan15):  # FlowEdit: two phases over the one loop
-                    latents = run_edit15(self.dit, job.plan, callback)
-                else:
-                    latents = run_plan15(self.dit, job.plan, callback)
-            timings["diffusion"] = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            audio = self._finish(job, request, latents)
-            if request.params.normalization_db is not None:
-                audio = peak_normalize(audio, request.params.normalization_db)
-            timings["decode"] = time.perf_counter() - t2
-        finally:
-            self._request = None
-            self._sources.clear()
-            self._references.clear()
-        if self.output_sample_rate_hz != inputs.SAMPLE_RATE_HZ:
-            from songflow.audio.resample import resample
-
-            audio = resample(audio, inputs.SAMPLE_RATE_HZ, self.output_sample_rate_hz)
-        timings["total"] = time.perf_counter() - t0
-        return Result15(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
+        """:meth:`_generate_songs` under the lock: one DiT run (FlowEdit: its two phases), one decode."""
+        return self._run(request, progress, self._diffuse)
 
     def _run_extend(self, request: Any, progress: ProgressFn | None) -> Result15:
         """Task "extend" under the lock: one DiT run per window of ``self.extend_window_frames``
         (:mod:`songflow.tasks.acestep_v15.extend`), then one decode of the whole result."""
+        return self._run(request, progress, self._diffuse_extend)
+
+    def _run(self, request: Any, progress: ProgressFn | None, body: Callable[..., Any]) -> Result15:
+        """Resolve the request's settings and seeds, run ``body(request, settings, progress, timings) ->
+        (latents, audio at 48 kHz)``, normalise, resample, time; the per-run caches are emptied after."""
         settings = resolve_settings(self.variant, request.params, request.task)
         request = self.resolve_seeds(request)
         request = replace(request, params=settings.applied_to(request.params))  # the sidecar shows them
         self._request, self._vae_calls = request, {}
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-
-        def run(plan: Any, callback: Any) -> Tensor:
-            with self.placement.on_device(self.dit):
-                return run_plan15(self.dit, plan, callback)
-
         try:
-            src = self.encode_source(request.source_path, request.params.seeds)
-            wav = self._sources[request.source_path]
-            span = extend15.extend_span(wav.shape[-1], src.shape[1], request.left_s, request.right_s)
-            timings["conditions"] = time.perf_counter() - t0
-            latents = extend15.extend_latents(
-                self, request, settings, src, span, run,
-                window_frames=self.extend_window_frames, progress=progress, timings=timings,
-            )  # fmt: skip
-            t2 = time.perf_counter()
-            audio = extend15.finish_extend15(self.decode(latents), wav, span, request.keep_source_samples)
+            latents, audio = body(request, settings, progress, timings)
             if request.params.normalization_db is not None:
                 audio = peak_normalize(audio, request.params.normalization_db)
-            timings["decode"] = time.perf_counter() - t2
         finally:
             self._request = None
             self._sources.clear()
@@ -646,6 +604,47 @@ class Pipeline15:
             audio = resample(audio, inputs.SAMPLE_RATE_HZ, self.output_sample_rate_hz)
         timings["total"] = time.perf_counter() - t0
         return Result15(audio, self.output_sample_rate_hz, latents.float().cpu(), request, timings)
+
+    def _diffuse(
+        self, request: Any, settings: Any, progress: ProgressFn | None, timings: dict[str, float]
+    ) -> tuple[Tensor, Tensor]:
+        t0 = time.perf_counter()
+        job = build_plan(self, request, settings)
+        timings["conditions"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        n = job.plan.n_steps
+        callback = None if progress is None else (lambda i, t, x: progress(i + 1, n))
+        with self.placement.on_device(self.dit):
+            if isinstance(job.plan, EditPlan15):  # FlowEdit: two phases over the one loop
+                latents = run_edit15(self.dit, job.plan, callback)
+            else:
+                latents = run_plan15(self.dit, job.plan, callback)
+        timings["diffusion"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        audio = self._finish(job, request, latents)
+        timings["decode"] = time.perf_counter() - t2
+        return latents, audio
+
+    def _diffuse_extend(
+        self, request: Any, settings: Any, progress: ProgressFn | None, timings: dict[str, float]
+    ) -> tuple[Tensor, Tensor]:
+        def run(plan: Any, callback: Any) -> Tensor:
+            with self.placement.on_device(self.dit):
+                return run_plan15(self.dit, plan, callback)
+
+        t0 = time.perf_counter()
+        src = self.encode_source(request.source_path, request.params.seeds)
+        wav = self._sources[request.source_path]
+        span = extend15.extend_span(wav.shape[-1], src.shape[1], request.left_s, request.right_s)
+        timings["conditions"] = time.perf_counter() - t0
+        latents = extend15.extend_latents(
+            self, request, settings, src, span, run,
+            window_frames=self.extend_window_frames, progress=progress, timings=timings,
+        )  # fmt: skip
+        t2 = time.perf_counter()
+        audio = extend15.finish_extend15(self.decode(latents), wav, span, request.keep_source_samples)
+        timings["decode"] = time.perf_counter() - t2
+        return latents, audio
 
 
 def load_v15_pipeline(

@@ -75,7 +75,8 @@ class SSLModelConfig:
 @dataclass
 class DataConfig:
     # v1: official-format HF dataset (datasets.load_from_disk); 1.5: that too (or a `songflow corpus` folder
-    # holding dataset/), or the official 1.5 dataset JSON (songflow.training.v15_data)
+    # holding dataset/), the official 1.5 dataset JSON, or a folder of audio files with caption/lyrics
+    # sidecars (songflow.training.v15_data)
     dataset_path: str = ""
     cache_dir: str = ""  # preprocessed latents/text/lyrics shards; default <output_dir>/cache
     batch_size: int = 1

@@ -120,7 +120,8 @@ def load_saved_dataset(path: Path, split: str = "train"):
     return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
 
 
-def _resolve_audio(filename: str, dataset_path: Path) -> Path:
+def resolve_audio(filename: str, dataset_path: Path) -> Path:
+    """``filename`` as given when it exists (or is absolute), else under ``dataset_path`` or its parent."""
     p = Path(filename).expanduser()
     if p.is_absolute() or p.exists():
         return p
@@ -130,19 +131,24 @@ def _resolve_audio(filename: str, dataset_path: Path) -> Path:
     return p
 
 
-class _ShardWriter:
+class ShardWriter:
+    """Collects cache items into ``shard-NNNNN.safetensors`` files of ``shard_size`` items each."""
+
     def __init__(self, folder: Path, shard_size: int):
         self.folder, self.shard_size = folder, max(1, shard_size)
         self.tensors: dict[str, Tensor] = {}
         self.count, self.shard = 0, 0
         self.items: list[dict[str, Any]] = []
 
-    def add(self, key: str, tensors: dict[str, Tensor]) -> None:
+    def add(self, key: str, tensors: dict[str, Tensor], *, frames: int | None = None) -> None:
+        """Item ``key``; ``frames`` (default: the last dim of ``latents``) is recorded in the index."""
         name = f"shard-{self.shard:05d}.safetensors"
         i = self.count
         for k, v in tensors.items():
             self.tensors[f"{i}.{k}"] = v.detach().cpu().contiguous()
-        self.items.append({"key": key, "shard": name, "item": i, "frames": int(tensors["latents"].shape[-1])})
+        if frames is None:
+            frames = int(tensors["latents"].shape[-1])
+        self.items.append({"key": key, "shard": name, "item": i, "frames": frames})
         self.count += 1
         if self.count >= self.shard_size:
             self.flush()
@@ -174,7 +180,7 @@ class _Encoders:
     ) -> tuple[dict[str, Tensor], str | None]:
         """The cached tensors of one dataset row, or ``({}, reason)`` when the row is skipped."""
         wav, reason = prepare_audio(
-            _resolve_audio(str(row.get("filename", "")), dataset_path),
+            resolve_audio(str(row.get("filename", "")), dataset_path),
             min_seconds=min_seconds,
             max_seconds=max_seconds,
         )
@@ -204,7 +210,7 @@ class _Encoders:
 
 def _write_index(
     cache_dir: Path,
-    writer: _ShardWriter,
+    writer: ShardWriter,
     report: PreprocessReport,
     speaker_dim: int,
     ssl_paths: list[str],
@@ -259,7 +265,7 @@ def preprocess(
         "speaker_embedding_dim", 512
     )
     report = PreprocessReport(cache_dir)
-    writer = _ShardWriter(cache_dir, shard_size)
+    writer = ShardWriter(cache_dir, shard_size)
     encoders = _Encoders(codec, text_encoder, tokenizer, ssl, device)
     rows = range(len(ds))
     if progress:

@@ -124,3 +124,16 @@ def repa_loss(projected: Tensor, ssl_features: Tensor, ssl_mask: Tensor | None =
     m = ssl_mask.float().to(cos.device)
     per_sample = ((1.0 - cos) * m).sum(1) / m.sum(1).clamp_min(1.0)
     return per_sample.mean()
+
+
+def velocity_loss(model_velocity: Tensor, x0: Tensor, noise: Tensor, mask: Tensor | None = None) -> Tensor:
+    """ACE-Step 1.5's flow-matching loss: MSE of ``v`` against ``noise − x0`` (time-major ``[B, T, C]``).
+
+    ``mask [B, T]`` (1 = valid frame) leaves padded frames out: per-sample mean over valid frames, then the
+    batch mean. Without padding this is the official ``F.mse_loss(v, noise − x0)``.
+    """
+    err = (model_velocity.float() - (noise.float() - x0.float())).square()
+    if mask is None:
+        return err.mean()
+    m = mask.to(err.dtype)[..., None].expand_as(err)
+    return ((err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)).mean()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,6 +38,18 @@ def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + step * 10_007 + micro * 101) % (2**63 - 1))
     return g
+
+
+@contextlib.contextmanager
+def seeded_global_rng(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's global RNG (CPU, and ``device`` when CUDA) seeded from one draw of
+    ``generator``, inside a forked RNG state: modules that draw from the global RNG (dropout) stay a pure
+    function of ``generator``, and the caller's global RNG is left untouched."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
 
 
 logger = logging.getLogger(__name__)
@@ -115,11 +128,7 @@ class FlowMatchingModule(nn.Module):
         from the global RNG; it is seeded from ``generator`` inside a forked RNG state, so the step stays a
         pure function of ``generator`` and the global RNG is left untouched.
         """
-        device = self.transformer.device
-        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
-            torch.manual_seed(dropout_seed)
+        with seeded_global_rng(generator, self.transformer.device):
             return self._loss(batch, generator)
 
     def _loss(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:

@@ -2,8 +2,10 @@
 
 :class:`DiTTrainer` on the shared skeleton (:class:`songflow.training.loop.TrainingLoop`: no Lightning), which
 runs the steps, CSV metrics + a tqdm bar (loss, steps/s, clips/s), periodic resumable checkpoints with
-pruning; this module adds the flow-matching step (gradient accumulation, clipping, AdamW with linear warm-up
-then linear decay to 0 at ``max_steps``) and an export the engine loads:
+pruning; this module adds the flow-matching step (gradient accumulation, clipping, AdamW with the
+``optim.lr_schedule``: linear warm-up then linear decay to 0 at ``max_steps``, or the official 1.5 warm-up +
+cosine) and an export the engine loads. An ACE-Step 1.5 ``model.checkpoint_dir`` trains a LoRA with
+:class:`songflow.training.v15.V15Trainer` (same loop; its own cache, step and PEFT-layout export):
 
 * full fine-tune: ``<output_dir>/final/`` is a checkpoint folder (new ``ace_step_transformer`` + links to the
   base codec, text encoder and vocab), so ``load_checkpoint(<output_dir>/final)`` works;
@@ -20,6 +22,7 @@ process accumulating N micro-batches of B (tested).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 
 from songflow.errors import ConfigError
-from songflow.training.config import TrainConfig
+from songflow.training.config import OptimConfig, TrainConfig, V15Config
 from songflow.training.data import INDEX_NAME, LatentCache, collate, preprocess
 from songflow.training.loop import (
     STATE_NAME,
@@ -96,6 +99,30 @@ def lr_lambda(warmup: int, max_steps: int):
     return f
 
 
+def cosine_lr_lambda(warmup: int, max_steps: int):
+    """The official 1.5 LoRA schedule: ``LinearLR`` from 0.1 to 1 over ``w = min(warmup, max(1,
+    max_steps // 10))`` steps, then ``CosineAnnealingWarmRestarts(T_0 = max(1, max_steps - w),
+    eta_min = 0.01 lr)`` (a factor of the base lr per step)."""
+    w = min(warmup, max(1, max_steps // 10))
+    period = max(1, max_steps - w)
+
+    def f(step: int) -> float:
+        if step < w:
+            return 0.1 + 0.9 * step / w
+        k = (step - w) % period
+        return 0.01 + 0.99 * (1 + math.cos(math.pi * k / period)) / 2
+
+    return f
+
+
+def schedule_lambda(optim: OptimConfig):
+    """The per-step lr factor of ``optim.lr_schedule`` (``linear``: :func:`lr_lambda`, ``cosine``:
+    :func:`cosine_lr_lambda`)."""
+    if optim.lr_schedule == "cosine":
+        return cosine_lr_lambda(optim.warmup_steps, optim.max_steps)
+    return lr_lambda(optim.warmup_steps, optim.max_steps)
+
+
 def _load_model(cfg: TrainConfig, device: torch.device):
     from songflow.checkpoint.acestep_v1 import load_transformer
 
@@ -105,13 +132,14 @@ def _load_model(cfg: TrainConfig, device: torch.device):
     return load_transformer(folder, torch.float32, device, with_projectors=cfg.repa.enabled)
 
 
-def _cache_dir(cfg: TrainConfig) -> Path:
+def cache_dir(cfg: TrainConfig) -> Path:
+    """``data.cache_dir``, default ``<output_dir>/cache``."""
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.output_dir) / "cache"
 
 
 def ensure_cache(cfg: TrainConfig, info: DistInfo) -> Path:
     """The preprocessed cache, built from ``data.dataset_path`` on rank 0 when missing."""
-    cache = _cache_dir(cfg)
+    cache = cache_dir(cfg)
     if not (cache / INDEX_NAME).is_file():
         if not cfg.data.dataset_path:
             raise ConfigError(f"no cache at {cache} and data.dataset_path is empty")
@@ -191,17 +219,13 @@ class DiTTrainer(TrainingLoop):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if info.main:
             cfg.to_file(self.output_dir / "train_config.json")
-        n_ssl = len(cfg.repa.ssl_models) if cfg.repa.enabled else 0
-        self.dataset = LatentCache(ensure_cache(cfg, info), n_ssl=n_ssl)
-        self.module = FlowMatchingModule(_load_model(cfg, info.device), cfg)
+        self.dataset, self.module = self.build()
         self.params = [p for _, p in self.module.trainable()]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(o.warmup_steps, o.max_steps)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule_lambda(o))
         self.settings = LoopSettings(
             max_steps=o.max_steps,
             log_every=cfg.log_every,
@@ -210,6 +234,20 @@ class DiTTrainer(TrainingLoop):
             progress=cfg.progress,
         )
         self.weights_name = "lora" if cfg.lora.enabled else "weights"
+
+    def build(self) -> tuple[Any, Any]:
+        """The cached dataset and the training module of this family (v1 here)."""
+        cfg, info = self.cfg, self.info
+        n_ssl = len(cfg.repa.ssl_models) if cfg.repa.enabled else 0
+        dataset = LatentCache(ensure_cache(cfg, info), n_ssl=n_ssl)
+        return dataset, FlowMatchingModule(_load_model(cfg, info.device), cfg)
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate(items)
+
+    def export(self, folder: Path) -> Path:
+        """The engine-loadable weights of the current module (:func:`export_weights`)."""
+        return export_weights(self.cfg, self.module, folder)
 
     def resume(self) -> int:
         """Load ``resume_from`` (if any); returns the step to start at."""
@@ -232,7 +270,7 @@ class DiTTrainer(TrainingLoop):
             start=start * cfg.optim.accumulate,
         )
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers
+            self.dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=cfg.data.num_workers
         )
         return iter(loader)
 
@@ -244,7 +282,7 @@ class DiTTrainer(TrainingLoop):
         self.run_steps(start)
         final = self.output_dir / ("final_lora" if self.cfg.lora.enabled else "final")
         if info.main:
-            export_weights(self.cfg, self.module, final)
+            self.export(final)
             max_steps, every = self.settings.max_steps, max(1, self.cfg.save_every)
             if self.on_export is not None and max_steps % every:
                 self.on_export(final, max_steps)
@@ -281,11 +319,30 @@ class DiTTrainer(TrainingLoop):
     def save_checkpoint(self, done: int) -> None:
         folder = checkpoint_folder(self.output_dir, done)
         save_training_state(folder, self.module, self.optimizer, self.scheduler, done)
-        export_weights(self.cfg, self.module, folder / self.weights_name)
+        self.export(folder / self.weights_name)
 
     def after_save(self, done: int) -> None:
         if self.on_export is not None:
             self.on_export(checkpoint_folder(self.output_dir, done) / self.weights_name, done)
+
+
+def trainer_class(cfg: TrainConfig) -> type[DiTTrainer]:
+    """The trainer of ``model.checkpoint_dir``'s family: :class:`songflow.training.v15.V15Trainer` for an
+    ACE-Step 1.5 folder (its config checked), else :class:`DiTTrainer`, which refuses a changed ``v15``
+    section (those settings would be silently ignored)."""
+    from songflow.training.v15 import is_v15_checkpoint
+
+    if cfg.model.checkpoint_dir and is_v15_checkpoint(cfg.model.checkpoint_dir):
+        from songflow.training.v15 import V15Trainer, check_v15_config
+
+        check_v15_config(cfg)
+        return V15Trainer
+    if cfg.v15 != V15Config():
+        raise ConfigError(
+            f"the v15 section only applies to ACE-Step 1.5 checkpoints, and {cfg.model.checkpoint_dir!r} is "
+            "not one; remove the v15 settings (or point model.checkpoint_dir at a 1.5 folder)"
+        )
+    return DiTTrainer
 
 
 def train(cfg: TrainConfig, on_export: Callable[[Path, int], None] | None = None) -> Path:
@@ -293,9 +350,10 @@ def train(cfg: TrainConfig, on_export: Callable[[Path, int], None] | None = None
 
     ``on_export(folder, step)`` runs on the main rank after every periodic and final export (the CLI renders
     ``cfg.samples`` with it; the engine lives above this layer)."""
+    trainer_cls = trainer_class(cfg)
     info = setup_distributed(cfg.device)
     try:
-        trainer = DiTTrainer(cfg, info, on_export)
+        trainer = trainer_cls(cfg, info, on_export)
         return trainer.run(trainer.resume())
     finally:
         shutdown_distributed(info)

@@ -46,6 +46,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         raise ConfigError(
             "train preprocess needs a dataset and a checkpoint (--dataset/--checkpoint or CONFIG)"
         )
+    from songflow.training.v15 import is_v15_checkpoint
+
+    if is_v15_checkpoint(checkpoint):
+        return _preprocess_v15(cfg, dataset, checkpoint, out, args)
     ssl = [SSLModelConfig(path=p) for p in args.ssl_model] if args.ssl_model else None
     if ssl is None:
         ssl = list(cfg.repa.ssl_models) if cfg.repa.enabled else []
@@ -54,6 +58,28 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         checkpoint,
         out,
         ssl_models=ssl,
+        min_seconds=cfg.data.min_seconds,
+        max_seconds=cfg.data.max_seconds,
+        shard_size=cfg.data.shard_size,
+        device=str(resolve_device(args.device or cfg.device)),
+        progress=cfg.progress,
+    )
+    print(json.dumps(report.to_dict(), indent=1), file=sys.stdout)
+    return 0
+
+
+def _preprocess_v15(cfg, dataset: str, checkpoint: str, out: str, args: argparse.Namespace) -> int:
+    """``train preprocess`` of an ACE-Step 1.5 checkpoint (its cache of latents and encoder states)."""
+    from songflow.checkpoint.device import resolve_device
+    from songflow.training.v15_data import preprocess_v15
+
+    if args.ssl_model:
+        raise ConfigError("--ssl-model (REPA) is for v1 checkpoints; leave it out for ACE-Step 1.5")
+    report = preprocess_v15(
+        dataset,
+        checkpoint,
+        out,
+        conditions=cfg.v15.conditions,
         min_seconds=cfg.data.min_seconds,
         max_seconds=cfg.data.max_seconds,
         shard_size=cfg.data.shard_size,
@@ -94,7 +120,7 @@ def sample_renderer(cfg):
     def render(folder: Path, step: int) -> None:
         from songflow.audio.io import save_audio
         from songflow.families import load_pipeline
-        from songflow.requests import GenerationParams, LoraRef, Text2Music
+        from songflow.requests import LoraRef
 
         s = cfg.samples
         base, loras = (
@@ -103,18 +129,31 @@ def sample_renderer(cfg):
         pipe = load_pipeline(base, device=cfg.device)
         out = Path(cfg.output_dir) / "samples" / f"step={step}"
         for i, tags in enumerate(s.tags):
-            request = Text2Music(
-                tags=tags,
-                lyrics=s.lyrics[i] if s.lyrics else "[inst]",
-                duration_s=s.duration_s,
-                params=GenerationParams(steps=s.steps, seeds=(s.seed + i,)),
-                loras=loras,
-            )
+            request = _sample_request(pipe, tags, s.lyrics[i] if s.lyrics else "", s, s.seed + i, loras)
             result = pipe.generate(request)
             save_audio(out / f"sample_{i}.wav", result.audio[0], result.sample_rate_hz)
         print(f"step {step}: rendered {len(s.tags)} samples into {out}", file=sys.stderr)
 
     return render
+
+
+def _sample_request(pipe, tags: str, lyrics: str, s, seed: int, loras: tuple):
+    """One ``samples:`` render request for ``pipe``'s family (1.5: a caption; its turbo steps are fixed)."""
+    if getattr(pipe.family, "name", "") == "acestep-v15":
+        from songflow.requests_v15 import Params15, Text2Music15
+
+        return Text2Music15(
+            caption=tags, lyrics=lyrics, duration_s=s.duration_s, params=Params15(seeds=(seed,)), loras=loras
+        )
+    from songflow.requests import GenerationParams, Text2Music
+
+    return Text2Music(
+        tags=tags,
+        lyrics=lyrics or "[inst]",
+        duration_s=s.duration_s,
+        params=GenerationParams(steps=s.steps, seeds=(seed,)),
+        loras=loras,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
