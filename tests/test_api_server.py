@@ -222,6 +222,7 @@ def test_openapi_schema_matches_the_routes(pipe, live):
         ("/v1/jobs/{job_id}", "delete"),
         ("/v1/jobs/{job_id}/audio", "get"),
         ("/v1/models", "get"),
+        ("/v1/loras", "get"),
         ("/health", "get"),
     } == routes
     post = schema["paths"]["/v1/jobs"]["post"]

@@ -803,7 +803,8 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lora",
         action="append",
         metavar="PATH[:WEIGHT]",
-        help="apply a LoRA, weight 1 by default (repeatable; ACE-Step v1)",
+        help="apply a LoRA adapter (a folder, or a LoRA/LoKr/LoHa .safetensors file), weight 1 by default "
+        "(repeatable; ACE-Step v1 and 1.5)",
     )
     common.add_argument(
         "--from",

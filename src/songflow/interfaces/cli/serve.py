@@ -59,6 +59,11 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         help="a job that was running when the server stopped this many times fails instead of being "
         "re-queued (default 3)",
     )
+    p.add_argument(
+        "--lora-dir",
+        help="offer the LoRA adapters in this folder (sub-folders or .safetensors files): a job's 'loras' "
+        "name them, GET /v1/loras lists them; without it no job may choose one",
+    )
     p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
     add_lm_flags(p)
     p.set_defaults(func=cmd_serve)
@@ -101,6 +106,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise SongflowError("--max-batch must be at least 1")
     retention = retention_of(args)
+    if args.lora_dir is not None:  # a wrong folder is named before the model loads
+        from songflow.interfaces.studio.engine import discover_loras
+
+        discover_loras(args.lora_dir)
     checkpoint = resolve_checkpoint(args.checkpoint)
     pipe = load_pipeline(
         checkpoint, device=args.device, dtype=args.dtype, offload=args.offload, **lm_options(args)
@@ -114,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoint_name=checkpoint.resolve().name,
         max_batch=args.max_batch,
         retention=retention,
+        lora_dir=args.lora_dir,
     )
     uvicorn.run(app, host=args.host, port=args.port, workers=1)
     return 0

@@ -10,7 +10,8 @@ name server paths: audio inputs are uploaded (multipart) and the server fills in
 
 Endpoints: ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/audio``,
 ``DELETE /v1/jobs/{id}`` (cancels an active job, deletes a finished one with its files), ``GET /v1/models``,
-``GET /health``, and for ACE-Step 1.5 checkpoints with a 5 Hz LM ``POST /v1/plan``, ``/v1/format``,
+``GET /v1/loras`` (the adapters of ``--lora-dir``, chosen by name in a request's ``loras``), ``GET /health``,
+and for ACE-Step 1.5 checkpoints with a 5 Hz LM ``POST /v1/plan``, ``/v1/format``,
 ``/v1/understand`` (the planner's answers, in the response); ``/docs`` is a self-contained page over
 ``/openapi.json`` (no CDN). Bodies are capped before they are parsed (413); the data folder is kept
 bounded by ``retention``.
@@ -60,15 +61,14 @@ def create_app(
     max_batch: int = 4,
     start_worker: bool = True,
     retention: Retention | None = None,
+    lora_dir: str | Path | None = None,
 ) -> FastAPI:
-    """The REST app over ``pipeline`` (loaded once; one worker thread runs every job).
-
-    ``data_dir`` holds ``jobs.sqlite3``, ``uploads/`` and ``outputs/<job id>/`` (jobs survive restarts).
-    With ``api_key`` every ``/v1`` call needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Queued
-    jobs beyond ``max_queue`` get 429, uploads above ``max_upload_mb`` 413. Up to ``max_batch`` compatible
-    queued jobs run as one batch, each with the audio it would get alone (1: no batching).
-    ``checkpoint_name`` is shown by ``GET /v1/models``; ``start_worker=False`` only stores jobs (tests);
-    ``retention`` bounds the data folder and the restarts of an interrupted job (``retention.py``)."""
+    """The REST app over ``pipeline`` (one worker thread runs every job). ``data_dir`` holds ``jobs.sqlite3``,
+    ``uploads/`` and ``outputs/<job id>/`` (jobs survive restarts). With ``api_key`` every ``/v1`` call needs
+    ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Queued jobs beyond ``max_queue`` get 429, uploads
+    above ``max_upload_mb`` 413. Up to ``max_batch`` compatible queued jobs run as one batch (each gets its
+    solo audio). ``checkpoint_name``: shown by ``GET /v1/models``; ``start_worker=False`` only stores jobs;
+    ``retention`` bounds the data and restarts; ``lora_dir`` holds the adapters ``loras`` may name."""
     context = open_context(
         pipeline,
         Path(data_dir),
@@ -79,6 +79,7 @@ def create_app(
         max_upload_mb=max_upload_mb,
         start_worker=start_worker,
         retention=retention,
+        lora_dir=lora_dir,
     )
     app = FastAPI(title="songflow", version="1", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.context = context

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from songflow.errors import SongflowError
+from songflow.interfaces.server.loras import LoraChoice, LoraLibrary, resolve_body_loras
 from songflow.requests import V1_SCHEMA, RequestSchema
 
 DEFAULT_TASK = "text2music"
@@ -59,8 +60,9 @@ def _field(f: dataclasses.Field) -> Any:
     if upload is not None:
         kwargs.update(description=_UPLOADED.format(upload), json_schema_extra={"readOnly": True})
     elif f.name == "loras":
-        kwargs.update(
-            description="LoRA adapters; not accepted over the API", json_schema_extra={"readOnly": True}
+        kwargs["description"] = (
+            "LoRA adapters for this request only, each named as GET /v1/loras lists it (the server must "
+            "be started with --lora-dir)"
         )
     if f.default is not dataclasses.MISSING:
         return Field(default=f.default, **kwargs)
@@ -81,7 +83,8 @@ def model_for(cls: type, task: str | None = None) -> type[BaseModel]:
         tag = Literal[task]  # type: ignore[valid-type]
         fields["task"] = (tag, Field(default=task) if task == DEFAULT_TASK else Field())
     for f in dataclasses.fields(cls):
-        fields[f.name] = (_annotation(hints[f.name], f.metadata.get("items")), _field(f))
+        hint = tuple[LoraChoice, ...] if f.name == "loras" else hints[f.name]  # named, never a path
+        fields[f.name] = (_annotation(hint, f.metadata.get("items")), _field(f))
     name = cls.__name__ if task is None else f"{cls.__name__}Request"
     return create_model(name, __config__=_STRICT, __doc__=_summary(cls), **fields)
 
@@ -165,12 +168,15 @@ def parse_request(
     upload_names: dict[str, str] | None = None,
     data_dir: Path | None = None,
     schema: RequestSchema = V1_SCHEMA,
+    loras: LoraLibrary | None = None,
 ) -> Any:
     """Validate ``data`` (the body model first, then the request's own checks in ``schema`` and the
-    pipeline's, where it has ``check_request``); 422 on error.
+    pipeline's, where it has ``check_request``); 422 on error. ``loras`` items name adapters of the
+    server's ``--lora-dir`` (``loras``; None: none may be chosen), the request gets their server paths.
 
     A schema error's ``loc`` is the field's path in the body (the union's task tag left out); messages
-    name uploads by their client file names (``upload_names``: server path -> name), never a server path.
+    name uploads by their client file names (``upload_names``: server path -> name) and adapters by
+    name, never a server path.
     """
     _check_uploaded(data, upload_fields, schema)
     try:
@@ -180,19 +186,17 @@ def parse_request(
         tag = data["task"]
         raise RequestValidationError([_foreign(_relocated(e, tag), tag, schema) for e in errors]) from None
     try:
-        request = schema.from_dict(data)
+        request = schema.from_dict(resolve_body_loras(data, loras))
         check = getattr(pipeline, "check_request", None)
         if check is not None:
             check(request)
     except SongflowError as exc:
         message = str(exc)
-        for path, name in (upload_names or {}).items():
+        for path, name in {**(upload_names or {}), **(loras.scrub_names() if loras else {})}.items():
             message = message.replace(path, repr(name))
         if data_dir is not None:
             message = message.replace(str(data_dir.resolve()), "<data>").replace(str(data_dir), "<data>")
         raise invalid(_field_of(exc, data), message) from exc
-    if getattr(request, "loras", ()):
-        raise invalid(("loras",), "loras: LoRA adapters cannot be chosen over the API")
     return request
 
 

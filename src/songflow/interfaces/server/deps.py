@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 
 from songflow.interfaces.server.bodies import body_adapter
 from songflow.interfaces.server.jobs import Job, JobStore, Worker
+from songflow.interfaces.server.loras import LoraLibrary
 from songflow.interfaces.server.retention import Retention, Sweeper
 from songflow.interfaces.sidecar import known_schemas, pipeline_family, pipeline_tasks, schema_of
 from songflow.requests import RequestSchema
@@ -41,6 +42,7 @@ class ServerContext:
     retention: Retention
     sweeper: Sweeper
     schema: RequestSchema  # the family's request schema (v1's for a pipeline without a family)
+    loras: LoraLibrary | None = None  # the adapters of --lora-dir (None: none can be chosen)
 
     @property
     def known_tasks(self) -> frozenset[str]:
@@ -67,9 +69,12 @@ def open_context(
     checkpoint_name: str | None,
     max_batch: int,
     retention: Retention | None,
+    lora_dir: str | Path | None = None,
     **limits: Any,
 ) -> ServerContext:
-    """Create the data folders, open the job store and make the (not yet started) worker."""
+    """Create the data folders, open the job store and make the (not yet started) worker; find the
+    adapters of ``lora_dir`` (:class:`LoraLibrary`)."""
+    loras = LoraLibrary.discover(lora_dir) if lora_dir is not None else None
     for sub in ("uploads", "outputs"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
     runtime = {
@@ -87,7 +92,14 @@ def open_context(
     if not hasattr(pipeline, "generate_many"):  # a pipeline that runs one request at a time (1.5)
         max_batch = 1
     worker = Worker(
-        pipeline, store, data_dir / "outputs", runtime, max_batch=max_batch, sweep=sweeper, family=family
+        pipeline,
+        store,
+        data_dir / "outputs",
+        runtime,
+        max_batch=max_batch,
+        sweep=sweeper,
+        family=family,
+        loras=loras,
     )
     name = getattr(family, "name", None)
     adapter = body_adapter(tasks, schema)
@@ -104,6 +116,7 @@ def open_context(
         retention=retention,
         sweeper=sweeper,
         schema=schema,
+        loras=loras,
     )
 
 

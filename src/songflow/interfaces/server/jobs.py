@@ -390,9 +390,11 @@ class Worker:
         sweep: Callable[[], Any] | None = None,
         sweep_every_s: float = 60.0,
         family: Any = None,
+        loras: Any = None,
     ):
         """``family``: the pipeline's model family; its request schema reads the stored requests and
-        writes the resolved ones (None: ACE-Step v1's)."""
+        writes the resolved ones (None: ACE-Step v1's). ``loras``: the server's
+        :class:`~songflow.interfaces.server.loras.LoraLibrary`; sidecars and errors name its adapters."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.pipeline = pipeline
@@ -401,6 +403,7 @@ class Worker:
         self.runtime = runtime
         self.max_batch = max_batch
         self.family = family
+        self.loras = loras
         self.schema: RequestSchema = getattr(family, "schema", None) or V1_SCHEMA
         self.sweep = sweep  # retention: called from this thread between jobs, every sweep_every_s
         self.sweep_every_s = sweep_every_s
@@ -550,7 +553,8 @@ class Worker:
 
     def _record_failure(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, SongflowError):
-            message = scrub(str(exc), job.upload_names, self.outputs_dir.parent)
+            names = {**job.upload_names, **(self.loras.scrub_names() if self.loras is not None else {})}
+            message = scrub(str(exc), names, self.outputs_dir.parent)
             self.store.finish(job.id, "failed", error=message)
             log.info("job %s failed: %s", job.id, exc)
         else:
@@ -607,8 +611,9 @@ class Worker:
             save_audio(folder / name, audio, result.sample_rate_hz)
             names.append(name)
         weights = pipeline_weight_hashes(self.pipeline, result)
+        record = self.loras.named_result(result) if self.loras is not None else result  # adapters by name
         write_sidecar(
-            folder / SIDECAR_NAME, result, names, self.runtime, family=self.family, weights_sha256=weights
+            folder / SIDECAR_NAME, record, names, self.runtime, family=self.family, weights_sha256=weights
         )
         return names
 

@@ -17,7 +17,7 @@ class JobView(BaseModel):
     progress: float = Field(description="fraction of the sampling steps done, 0..1")
     request: dict[str, Any] = Field(
         description="the request; once done, the resolved one (seeds filled in) that regenerates the "
-        "audio; uploaded files appear as 'upload:<name>'"
+        "audio; uploaded files appear as 'upload:<name>', LoRA adapters as {'name', 'weight'}"
     )
     error: str | None = Field(description="why the job failed (or 'cancelled by the client')")
     timings_s: dict[str, float] = Field(
@@ -63,6 +63,16 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+class LoraInfo(BaseModel):
+    name: str = Field(description="what a job's loras item gives as 'name'")
+
+
+class LoraList(BaseModel):
+    enabled: bool = Field(description="whether the server was started with --lora-dir")
+    loras: list[LoraInfo] = Field(description="the adapters found in --lora-dir at startup, by name")
+    hint: str | None = Field(default=None, description="how to offer adapters, when there are none")
 
 
 class Health(BaseModel):

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from songflow.interfaces.server.bodies import BODY_SCHEMA_NAME, check_task, parse_request, reject_paths
 from songflow.interfaces.server.deps import Context, ExistingJob, ServerContext, Store, require_api_key
 from songflow.interfaces.server.jobs import STATES, Job
+from songflow.interfaces.server.loras import LoraLibrary, public_loras
 from songflow.interfaces.server.retention import delete_job
 from songflow.interfaces.server.schemas import JobList, JobView, error_responses
 from songflow.interfaces.server.uploads import UPLOAD_FIELDS, check_window, read_submission, save_uploads
@@ -26,7 +27,8 @@ _SUBMIT_BODY: dict[str, Any] = {
                 "schema": {
                     "$ref": f"#/components/schemas/{BODY_SCHEMA_NAME}",
                     "description": "A request: 'task' (default text2music), its fields and 'params'. Path "
-                    "fields are read-only: upload the audio instead (multipart).",
+                    "fields are read-only: upload the audio instead (multipart). 'loras' name adapters "
+                    "of the server's --lora-dir (GET /v1/loras).",
                 }
             },
             "multipart/form-data": {
@@ -51,8 +53,9 @@ _ACCEPTED = {
 }
 
 
-def job_view(job: Job) -> dict[str, Any]:
-    """A job as the client sees it: server paths reduced to the upload's file name, download URLs."""
+def job_view(job: Job, loras: LoraLibrary | None = None) -> dict[str, Any]:
+    """A job as the client sees it: server paths reduced to the upload's file name, adapters to their
+    names in ``loras`` (``{"name", "weight"}``), download URLs."""
     data = job.to_json()
     data["request"] = {
         key: "upload:" + job.upload_names.get(value, Path(value).name)
@@ -60,6 +63,8 @@ def job_view(job: Job) -> dict[str, Any]:
         else value
         for key, value in data["request"].items()
     }
+    if "loras" in data["request"]:
+        data["request"]["loras"] = public_loras(data["request"]["loras"], loras)
     data["audio_urls"] = _audio_urls(job.id, data["n_outputs"])
     return data
 
@@ -95,7 +100,14 @@ async def submit(request: Request, context: Context) -> JSONResponse:
         check_task(data, context.tasks, context.family, context.known_tasks)
         frames = await save_uploads(form, data, context, uploads) if form is not None else {}
         req = parse_request(
-            context.body, context.pipeline, data, UPLOAD_FIELDS, uploads, context.data_dir, context.schema
+            context.body,
+            context.pipeline,
+            data,
+            UPLOAD_FIELDS,
+            uploads,
+            context.data_dir,
+            context.schema,
+            context.loras,
         )
         check_window(req, frames, context)
         job = context.store.add(context.schema.to_dict(req), list(uploads), context.max_queue, uploads)
@@ -106,7 +118,9 @@ async def submit(request: Request, context: Context) -> JSONResponse:
             Path(path).unlink(missing_ok=True)
         raise
     context.worker.notify()
-    return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return JSONResponse(
+        job_view(job, context.loras), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+    )
 
 
 @router.get("", response_model=JobList, responses=error_responses(401, 422))
@@ -122,8 +136,8 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, responses=error_responses(401, 404))
-def job_status(job: ExistingJob) -> dict[str, Any]:
-    return job_view(job)
+def job_status(job: ExistingJob, context: Context) -> dict[str, Any]:
+    return job_view(job, context.loras)
 
 
 @router.delete("/{job_id}", response_model=JobView, responses=error_responses(401, 404, 409))
@@ -133,8 +147,8 @@ def cancel(job: ExistingJob, context: Context) -> dict[str, Any]:
     if previous == "running":
         context.worker.request_cancel(job.id)
     if previous is not None:
-        return job_view(context.store.get(job.id) or job)
+        return job_view(context.store.get(job.id) or job, context.loras)
     deleted = delete_job(context.store, job.id, context.outputs_dir)
     if deleted is None:  # it started or finished meanwhile
         raise HTTPException(409, f"job {job.id} changed state; try again")
-    return job_view(deleted)
+    return job_view(deleted, context.loras)

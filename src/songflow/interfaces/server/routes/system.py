@@ -1,4 +1,5 @@
-"""``/health`` (no key needed) and ``/v1/models``: the server's liveness and the loaded model."""
+"""``/health`` (no key needed), ``/v1/models`` and ``/v1/loras``: the server's liveness, the loaded model
+and the LoRA adapters a job may name."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from fastapi import APIRouter, Depends
 
 from songflow.audio.io import SUPPORTED_FORMATS
 from songflow.interfaces.server.deps import Context, Store, require_api_key
-from songflow.interfaces.server.schemas import Health, ModelList, error_responses
+from songflow.interfaces.server.loras import NO_LORA_DIR
+from songflow.interfaces.server.schemas import Health, LoraList, ModelList, error_responses
 
 health_router = APIRouter(tags=["system"])
 models_router = APIRouter(prefix="/v1", tags=["system"], dependencies=[Depends(require_api_key)])
@@ -37,3 +39,16 @@ def models(context: Context) -> dict[str, Any]:
         "audio_formats": list(SUPPORTED_FORMATS),
     }
     return {"models": [model]}
+
+
+@models_router.get(
+    "/loras",
+    response_model=LoraList,
+    responses=error_responses(401),
+    description="The adapters of `songflow serve --lora-dir DIR`; a job's `loras` items name them "
+    '(`{"name": ..., "weight": ...}`). Without --lora-dir there are none, and a job naming one is refused.',
+)
+def loras(context: Context) -> dict[str, Any]:
+    if context.loras is None:
+        return {"enabled": False, "loras": [], "hint": NO_LORA_DIR}
+    return {"enabled": True, "loras": [{"name": name} for name in context.loras.paths]}
