@@ -175,3 +175,18 @@ def regenerate(checkpoint: Path, audio: Path, out: Path, *extra: str) -> int:
 
     argv = ["generate", "--checkpoint", str(checkpoint), "--from", str(audio.with_suffix(".json"))]
     return main([*argv, *extra, "--out", str(out), "--quiet"])
+
+
+def tiny_v15_root(tmp_path_factory, name: str, **kwargs) -> Path:
+    """A tiny random ACE-Step 1.5 ``checkpoints/`` root (``build_random_v15_checkpoint`` kwargs: variant,
+    seed, lm, ...) in a fresh temporary folder ``name``."""
+    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
+
+    return build_random_v15_checkpoint(tmp_path_factory.mktemp(name) / "checkpoints", **kwargs)
+
+
+def load_cpu(root: Path):
+    """The pipeline of a checkpoint folder on the CPU in float32 (any family)."""
+    from songflow.families import load_pipeline
+
+    return load_pipeline(root, device="cpu", dtype="float32")

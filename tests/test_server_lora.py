@@ -25,6 +25,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
+from conftest import load_cpu, tiny_v15_root  # noqa: E402
 from songflow.requests import LoraRef  # noqa: E402
 from songflow.requests_v15 import Params15, Text2Music15  # noqa: E402
 from test_v15_lora import _lokr_factors, _lora_pairs, _write_lycoris, _write_peft  # noqa: E402
@@ -34,30 +35,14 @@ FAST15 = {"timesteps": [1.0, 0.5]}
 _SPIED = ((os, "open"), (os, "stat"), (os, "lstat"), (os, "listdir"), (os, "scandir"), (builtins, "open"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ckpt15(tmp_path_factory) -> Path:
-    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
-
-    return build_random_v15_checkpoint(tmp_path_factory.mktemp("srv_lora") / "checkpoints", seed=3)
-
-
-def _load(root: Path):
-    from songflow.families import load_pipeline
-
-    return load_pipeline(root, device="cpu", dtype="float32")
+    return tiny_v15_root(tmp_path_factory, "srv_lora", seed=3)
 
 
 @pytest.fixture(scope="module")
 def pipe15(ckpt15):
-    return _load(ckpt15)
+    return load_cpu(ckpt15)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +137,7 @@ def test_queued_jobs_with_different_adapters_each_get_their_own(pipe15, ckpt15, 
         views = [client.get(f"/v1/jobs/{job_id}").json()["request"]["loras"] for job_id in ids]
     assert views[1] == [{"name": "waltz", "weight": 1.0}] and views[2] == []
     assert views[3] == [{"name": "waltz", "weight": 0.5}, {"name": "grit.safetensors", "weight": 1.0}]
-    fresh = _load(ckpt15)
+    fresh = load_cpu(ckpt15)
     for (items, refs), got in zip(choices, audio, strict=True):
         assert torch.equal(fresh.generate(_song15(8, *refs)).audio[0], got), items
 

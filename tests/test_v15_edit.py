@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import tiny_v15_root
 from songflow.errors import ConfigError
 from songflow.requests import RequestFieldError
 from songflow.requests_v15 import Edit15, Params15
@@ -36,19 +37,9 @@ FAST_TURBO = {"timesteps": (1.0, 0.5)}
 FAST_BASE = {"steps": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    yield
-    torch.set_num_threads(threads)
-
-
 def _root(tmp_path_factory, variant: str) -> Path:
-    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
-
-    folder = tmp_path_factory.mktemp(f"v15{variant}") / "checkpoints"
-    return build_random_v15_checkpoint(folder, variant=variant, seed=0 if variant == "turbo" else 1)
+    seed = 0 if variant == "turbo" else 1
+    return tiny_v15_root(tmp_path_factory, f"v15{variant}", variant=variant, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import tiny_v15_root
 from songflow.errors import SongflowError
 from songflow.interfaces.cli import main
 from songflow.requests import RequestFieldError
@@ -27,19 +28,9 @@ WINDOW = 150  # frames per DiT run in these tests (the model's is 15000 = 600 s)
 FAST = {"timesteps": (1.0, 0.5)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ckpt15(tmp_path_factory) -> Path:
-    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
-
-    return build_random_v15_checkpoint(tmp_path_factory.mktemp("v15x") / "checkpoints", seed=0)
+    return tiny_v15_root(tmp_path_factory, "v15x", seed=0)
 
 
 @pytest.fixture(scope="module")

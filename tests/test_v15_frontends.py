@@ -21,14 +21,6 @@ FAST = ["--duration", "10", "--timesteps", "1,0.5"]
 FAST_PARAMS = {"timesteps": [1.0, 0.5]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def v15_ckpt(tmp_path_factory) -> Path:
     """A tiny random 1.5 checkpoint folder; the module skips (saying why) where the family cannot run."""

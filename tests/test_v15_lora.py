@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import load_cpu, tiny_v15_root
 from songflow.errors import CheckpointError
 from songflow.requests import LoraRef
 from songflow.requests_v15 import Params15, Text2Music15
@@ -28,30 +29,14 @@ from songflow.requests_v15 import Params15, Text2Music15
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # the official 1.5 trainer's LoRAConfig.target_modules
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ckpt15(tmp_path_factory) -> Path:
-    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
-
-    return build_random_v15_checkpoint(tmp_path_factory.mktemp("v15lora") / "checkpoints", seed=3)
-
-
-def _load(root: Path):
-    from songflow.families import load_pipeline
-
-    return load_pipeline(root, device="cpu", dtype="float32")
+    return tiny_v15_root(tmp_path_factory, "v15lora", seed=3)
 
 
 @pytest.fixture(scope="module")
 def pipe15(ckpt15):
-    return _load(ckpt15)
+    return load_cpu(ckpt15)
 
 
 def _song(*loras: LoraRef, seed: int = 5) -> Text2Music15:
@@ -255,7 +240,7 @@ def test_each_requests_adapters_give_what_a_fresh_pipeline_gives(pipe15, ckpt15,
     }
     shared = {key: pipe15.generate(_song(*refs, seed=8)).latents for key, refs in sets.items()}
     shared["p again"] = pipe15.generate(_song(*sets["p"], seed=8)).latents
-    fresh = _load(ckpt15)
+    fresh = load_cpu(ckpt15)
     for key, refs in sets.items():
         assert torch.equal(fresh.generate(_song(*refs, seed=8)).latents, shared[key]), key
         fresh.apply_loras(())

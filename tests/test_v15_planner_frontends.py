@@ -28,14 +28,6 @@ METAS = ["--bpm", "100", "--key-scale", "C major", "--time-signature", "4"]
 FAST_PARAMS = {"timesteps": [1.0, 0.5], "lm_temperature": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
