@@ -472,6 +472,24 @@ class AudioToAudio(_Request):
 
 
 EDIT_PRESETS: dict[str, tuple[float, float]] = {"only_lyrics": (0.6, 1.0), "remix": (0.2, 0.4)}
+# the FlowEdit schedule fields of every family's edit request: ``field(**EDIT_N_MIN_FRAC)``, ...
+EDIT_N_MIN_FRAC: dict[str, Any] = {
+    "default": 0.6, "metadata": {**_FRACTION, "help": "start of the edited part of the schedule, 0 to 1"}
+}  # fmt: skip
+EDIT_N_MAX_FRAC: dict[str, Any] = {
+    "default": 1.0, "metadata": {**_FRACTION, "help": "end of the edited part of the schedule, 0 to 1"}
+}  # fmt: skip
+EDIT_N_AVG: dict[str, Any] = {
+    "default": 1, "metadata": {"ge": 1, "le": 64, "help": "noise draws averaged per edit step"}
+}  # fmt: skip
+
+
+def check_edit_fractions(request: Any) -> None:
+    """An edit's ``n_min_frac < n_max_frac``, or the field error saying so."""
+    if request.n_min_frac >= request.n_max_frac:
+        raise RequestFieldError(
+            ("n_min_frac",), f"n_min_frac {request.n_min_frac} must be < n_max_frac {request.n_max_frac}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -489,13 +507,9 @@ class Edit(_Request):
         default=None,
         metadata={"max_length": MAX_LYRICS_CHARS, "help": "the lyrics the edited song has (text or @FILE)"},
     )
-    n_min_frac: float = field(
-        default=0.6, metadata={**_FRACTION, "help": "start of the edited part of the schedule, 0 to 1"}
-    )
-    n_max_frac: float = field(
-        default=1.0, metadata={**_FRACTION, "help": "end of the edited part of the schedule, 0 to 1"}
-    )
-    n_avg: int = field(default=1, metadata={"ge": 1, "le": 64, "help": "noise draws averaged per edit step"})
+    n_min_frac: float = field(**EDIT_N_MIN_FRAC)
+    n_max_frac: float = field(**EDIT_N_MAX_FRAC)
+    n_avg: int = field(**EDIT_N_AVG)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -504,10 +518,7 @@ class Edit(_Request):
             raise RequestFieldError(("target_tags",), "edit needs target_tags and/or target_lyrics")
         if self.target_tags is not None and not str(self.target_tags).strip():
             raise RequestFieldError(("target_tags",), "target_tags must be a non-empty text when given")
-        if self.n_min_frac >= self.n_max_frac:
-            raise RequestFieldError(
-                ("n_min_frac",), f"n_min_frac {self.n_min_frac} must be < n_max_frac {self.n_max_frac}"
-            )
+        check_edit_fractions(self)
 
 
 Request = Text2Music | Retake | Repaint | Extend | AudioToAudio | Edit

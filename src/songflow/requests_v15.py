@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from songflow.requests import (
+    EDIT_N_AVG,
+    EDIT_N_MAX_FRAC,
+    EDIT_N_MIN_FRAC,
     LoraRef,
     RequestFieldError,
     RequestSchema,
     build_request,
+    check_edit_fractions,
     check_fields,
     check_seeds,
     loras_from_list,
@@ -445,18 +449,27 @@ class Complete15(_Request15):
     @property
     def class_names(self) -> tuple[str, ...]:
         """``classes`` as stem names, in the given order."""
-        return tuple(part.strip() for part in self.classes.replace("|", ",").split(",") if part.strip())
+        return _stem_list(self.classes)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_path("source_path", self.source_path)
-        names = self.class_names
-        if any(c not in TRACK_NAMES_V15 for c in names) or len(set(names)) != len(names):
-            raise RequestFieldError(
-                ("classes",),
-                f"classes must be distinct stems of {list(TRACK_NAMES_V15)}, comma-separated; "
-                f"got {self.classes!r}",
-            )
+        _check_stems("classes", self.class_names, self.classes, empty_ok=True)
+
+
+def _stem_list(text: str) -> tuple[str, ...]:
+    """``"drums, bass"`` (or ``|``-separated) as stem names, in the given order."""
+    return tuple(part.strip() for part in text.replace("|", ",").split(",") if part.strip())
+
+
+def _check_stems(name: str, stems: tuple[str, ...], given: str, *, empty_ok: bool) -> None:
+    """Distinct known stems (at least one unless ``empty_ok``), or the field error naming ``name``."""
+    if (stems or empty_ok) and all(s in TRACK_NAMES_V15 for s in stems) and len(set(stems)) == len(stems):
+        return
+    what = "distinct stems" if empty_ok else "'all' or distinct stems"
+    raise RequestFieldError(
+        (name,), f"{name} must be {what} of {list(TRACK_NAMES_V15)}, comma-separated; got {given!r}"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -493,18 +506,12 @@ class Stems15(_Request15):
         """The stems to extract, in the given order ("all": the 12 in :data:`TRACK_NAMES_V15` order)."""
         if self.tracks.strip().lower() == "all":
             return TRACK_NAMES_V15
-        return tuple(part.strip() for part in self.tracks.replace("|", ",").split(",") if part.strip())
+        return _stem_list(self.tracks)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_path("source_path", self.source_path)
-        names = self.track_names
-        if not names or any(c not in TRACK_NAMES_V15 for c in names) or len(set(names)) != len(names):
-            raise RequestFieldError(
-                ("tracks",),
-                f"tracks must be 'all' or distinct stems of {list(TRACK_NAMES_V15)}, comma-separated; "
-                f"got {self.tracks!r}",
-            )
+        _check_stems("tracks", self.track_names, self.tracks, empty_ok=False)
         if self.params.batch_size != 1:
             raise RequestFieldError(
                 ("params", "batch_size"), "stems runs one row per stem: leave batch_size at 1"
@@ -560,23 +567,16 @@ class Edit15(_Request15):
         default=None,
         metadata={"max_length": MAX_LYRICS_CHARS, "help": "the lyrics the edited song has (text or @FILE)"},
     )
-    n_min_frac: float = field(
-        default=0.6, metadata={**_FRACTION, "help": "start of the edited part of the schedule, 0 to 1"}
-    )
-    n_max_frac: float = field(
-        default=1.0, metadata={**_FRACTION, "help": "end of the edited part of the schedule, 0 to 1"}
-    )
-    n_avg: int = field(default=1, metadata={"ge": 1, "le": 64, "help": "noise draws averaged per edit step"})
+    n_min_frac: float = field(**EDIT_N_MIN_FRAC)
+    n_max_frac: float = field(**EDIT_N_MAX_FRAC)
+    n_avg: int = field(**EDIT_N_AVG)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_path("source_path", self.source_path)
         if self.target_caption is None and self.target_lyrics is None:
             raise RequestFieldError(("target_caption",), "edit needs target_caption and/or target_lyrics")
-        if self.n_min_frac >= self.n_max_frac:
-            raise RequestFieldError(
-                ("n_min_frac",), f"n_min_frac {self.n_min_frac} must be < n_max_frac {self.n_max_frac}"
-            )
+        check_edit_fractions(self)
 
 
 _PLAN_DURATION: dict[str, Any] = {
