@@ -137,27 +137,38 @@ def cache_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.output_dir) / "cache"
 
 
-def ensure_cache(cfg: TrainConfig, info: DistInfo) -> Path:
-    """The preprocessed cache, built from ``data.dataset_path`` on rank 0 when missing."""
+def preprocess_options(cfg: TrainConfig, device: str) -> dict[str, Any]:
+    """The ``data.*`` options every family's preprocessing takes."""
+    return {
+        "min_seconds": cfg.data.min_seconds,
+        "max_seconds": cfg.data.max_seconds,
+        "shard_size": cfg.data.shard_size,
+        "device": device,
+        "progress": cfg.progress,
+    }
+
+
+def ensure_cache(
+    cfg: TrainConfig, info: DistInfo, build: Callable[[TrainConfig, Path, str], Any] | None = None
+) -> Path:
+    """The preprocessed cache (:func:`cache_dir`), built on rank 0 when missing by ``build(cfg, cache,
+    device) -> report`` (default: the v1 preprocessing of ``data.dataset_path``)."""
     cache = cache_dir(cfg)
     if not (cache / INDEX_NAME).is_file():
         if not cfg.data.dataset_path:
             raise ConfigError(f"no cache at {cache} and data.dataset_path is empty")
         if info.main:
-            report = preprocess(
-                cfg.data.dataset_path,
-                cfg.model.checkpoint_dir,
-                cache,
-                ssl_models=cfg.repa.ssl_models if cfg.repa.enabled else (),
-                min_seconds=cfg.data.min_seconds,
-                max_seconds=cfg.data.max_seconds,
-                shard_size=cfg.data.shard_size,
-                device=str(info.device),
-                progress=cfg.progress,
-            )
+            report = (build or _preprocess_v1)(cfg, cache, str(info.device))
             logger.info("preprocessed: %s", report.to_dict())
         barrier(info)
     return cache
+
+
+def _preprocess_v1(cfg: TrainConfig, cache: Path, device: str) -> Any:
+    ssl_models = cfg.repa.ssl_models if cfg.repa.enabled else ()
+    options = preprocess_options(cfg, device)
+    data, ckpt = cfg.data.dataset_path, cfg.model.checkpoint_dir
+    return preprocess(data, ckpt, cache, ssl_models=ssl_models, **options)
 
 
 def save_training_state(folder: Path, module: FlowMatchingModule, optimizer, scheduler, step: int) -> None:

@@ -34,7 +34,7 @@ from songflow.models.acestep_v15.model import AceStep15DiT
 from songflow.training.config import TrainConfig
 from songflow.training.losses import noisy_latents, velocity_loss
 from songflow.training.module import bf16_autocast_enabled, seeded_global_rng
-from songflow.training.trainer import DiTTrainer, cache_dir
+from songflow.training.trainer import DiTTrainer, ensure_cache, preprocess_options
 
 logger = logging.getLogger(__name__)
 
@@ -213,30 +213,14 @@ def save_peft_adapter(decoder: nn.Module, name: str, folder: str | Path, *, targ
     return folder
 
 
-def ensure_v15_cache(cfg: TrainConfig, info: Any, cache: Path) -> Path:
-    """The preprocessed 1.5 cache at ``cache``, built from ``data.dataset_path`` on rank 0 when missing."""
-    from songflow.training.data import INDEX_NAME
-    from songflow.training.loop import barrier
+def preprocess_v15_cache(cfg: TrainConfig, cache: Path, device: str) -> Any:
+    """The 1.5 cache of ``data.dataset_path`` (the ``build`` of ``trainer.ensure_cache``)."""
     from songflow.training.v15_data import preprocess_v15
 
-    if not (cache / INDEX_NAME).is_file():
-        if not cfg.data.dataset_path:
-            raise ConfigError(f"no cache at {cache} and data.dataset_path is empty")
-        if info.main:
-            report = preprocess_v15(
-                cfg.data.dataset_path,
-                cfg.model.checkpoint_dir,
-                cache,
-                conditions=cfg.v15.conditions,
-                min_seconds=cfg.data.min_seconds,
-                max_seconds=cfg.data.max_seconds,
-                shard_size=cfg.data.shard_size,
-                device=str(info.device),
-                progress=cfg.progress,
-            )
-            logger.info("preprocessed: %s", report.to_dict())
-        barrier(info)
-    return cache
+    options = preprocess_options(cfg, device)
+    return preprocess_v15(
+        cfg.data.dataset_path, cfg.model.checkpoint_dir, cache, conditions=cfg.v15.conditions, **options
+    )
 
 
 class V15Trainer(DiTTrainer):
@@ -250,7 +234,7 @@ class V15Trainer(DiTTrainer):
 
         cfg, info = self.cfg, self.info
         layout = validate_v15(cfg.model.checkpoint_dir)
-        dataset = V15Cache(ensure_v15_cache(cfg, info, cache_dir(cfg)), conditions=cfg.v15.conditions)
+        dataset = V15Cache(ensure_cache(cfg, info, preprocess_v15_cache), conditions=cfg.v15.conditions)
         dit = load_v15_dit(layout.dit_dir, dtype=torch.float32, device=info.device)
         return dataset, V15LoraModule(dit, cfg)
 

@@ -37,6 +37,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from songflow.checkpoint.device import resolve_device
     from songflow.training.config import SSLModelConfig
     from songflow.training.data import preprocess
+    from songflow.training.trainer import preprocess_options
 
     cfg = _load_config(args)
     dataset = args.dataset or cfg.data.dataset_path
@@ -53,17 +54,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     ssl = [SSLModelConfig(path=p) for p in args.ssl_model] if args.ssl_model else None
     if ssl is None:
         ssl = list(cfg.repa.ssl_models) if cfg.repa.enabled else []
-    report = preprocess(
-        dataset,
-        checkpoint,
-        out,
-        ssl_models=ssl,
-        min_seconds=cfg.data.min_seconds,
-        max_seconds=cfg.data.max_seconds,
-        shard_size=cfg.data.shard_size,
-        device=str(resolve_device(args.device or cfg.device)),
-        progress=cfg.progress,
-    )
+    options = preprocess_options(cfg, str(resolve_device(args.device or cfg.device)))
+    report = preprocess(dataset, checkpoint, out, ssl_models=ssl, **options)
     print(json.dumps(report.to_dict(), indent=1), file=sys.stdout)
     return 0
 
@@ -71,21 +63,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def _preprocess_v15(cfg, dataset: str, checkpoint: str, out: str, args: argparse.Namespace) -> int:
     """``train preprocess`` of an ACE-Step 1.5 checkpoint (its cache of latents and encoder states)."""
     from songflow.checkpoint.device import resolve_device
+    from songflow.training.trainer import preprocess_options
     from songflow.training.v15_data import preprocess_v15
 
     if args.ssl_model:
         raise ConfigError("--ssl-model (REPA) is for v1 checkpoints; leave it out for ACE-Step 1.5")
-    report = preprocess_v15(
-        dataset,
-        checkpoint,
-        out,
-        conditions=cfg.v15.conditions,
-        min_seconds=cfg.data.min_seconds,
-        max_seconds=cfg.data.max_seconds,
-        shard_size=cfg.data.shard_size,
-        device=str(resolve_device(args.device or cfg.device)),
-        progress=cfg.progress,
-    )
+    options = preprocess_options(cfg, str(resolve_device(args.device or cfg.device)))
+    report = preprocess_v15(dataset, checkpoint, out, conditions=cfg.v15.conditions, **options)
     print(json.dumps(report.to_dict(), indent=1), file=sys.stdout)
     return 0
 
