@@ -472,16 +472,23 @@ class AudioToAudio(_Request):
 
 
 EDIT_PRESETS: dict[str, tuple[float, float]] = {"only_lyrics": (0.6, 1.0), "remix": (0.2, 0.4)}
-# the FlowEdit schedule fields of every family's edit request: ``field(**EDIT_N_MIN_FRAC)``, ...
-EDIT_N_MIN_FRAC: dict[str, Any] = {
-    "default": 0.6, "metadata": {**_FRACTION, "help": "start of the edited part of the schedule, 0 to 1"}
-}  # fmt: skip
-EDIT_N_MAX_FRAC: dict[str, Any] = {
-    "default": 1.0, "metadata": {**_FRACTION, "help": "end of the edited part of the schedule, 0 to 1"}
-}  # fmt: skip
-EDIT_N_AVG: dict[str, Any] = {
-    "default": 1, "metadata": {"ge": 1, "le": 64, "help": "noise draws averaged per edit step"}
-}  # fmt: skip
+
+
+def edit_n_min_frac() -> Any:
+    """The FlowEdit schedule fields every family's edit request has (this one and the two below)."""
+    return field(
+        default=0.6, metadata={**_FRACTION, "help": "start of the edited part of the schedule, 0 to 1"}
+    )
+
+
+def edit_n_max_frac() -> Any:
+    return field(
+        default=1.0, metadata={**_FRACTION, "help": "end of the edited part of the schedule, 0 to 1"}
+    )
+
+
+def edit_n_avg() -> Any:
+    return field(default=1, metadata={"ge": 1, "le": 64, "help": "noise draws averaged per edit step"})
 
 
 def check_edit_fractions(request: Any) -> None:
@@ -507,9 +514,9 @@ class Edit(_Request):
         default=None,
         metadata={"max_length": MAX_LYRICS_CHARS, "help": "the lyrics the edited song has (text or @FILE)"},
     )
-    n_min_frac: float = field(**EDIT_N_MIN_FRAC)
-    n_max_frac: float = field(**EDIT_N_MAX_FRAC)
-    n_avg: int = field(**EDIT_N_AVG)
+    n_min_frac: float = edit_n_min_frac()
+    n_max_frac: float = edit_n_max_frac()
+    n_avg: int = edit_n_avg()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from songflow.requests import (
-    EDIT_N_AVG,
-    EDIT_N_MAX_FRAC,
-    EDIT_N_MIN_FRAC,
     LoraRef,
     RequestFieldError,
     RequestSchema,
@@ -25,6 +22,9 @@ from songflow.requests import (
     check_edit_fractions,
     check_fields,
     check_seeds,
+    edit_n_avg,
+    edit_n_max_frac,
+    edit_n_min_frac,
     loras_from_list,
     request_to_dict,
 )
@@ -567,9 +567,9 @@ class Edit15(_Request15):
         default=None,
         metadata={"max_length": MAX_LYRICS_CHARS, "help": "the lyrics the edited song has (text or @FILE)"},
     )
-    n_min_frac: float = field(**EDIT_N_MIN_FRAC)
-    n_max_frac: float = field(**EDIT_N_MAX_FRAC)
-    n_avg: int = field(**EDIT_N_AVG)
+    n_min_frac: float = edit_n_min_frac()
+    n_max_frac: float = edit_n_max_frac()
+    n_avg: int = edit_n_avg()
 
     def __post_init__(self) -> None:
         super().__post_init__()
