@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from songflow.errors import ConfigError
+from songflow.interfaces.cli.train import load_host
 from songflow.training.config import TrainConfig, apply_overrides
 
 SR = 48000
@@ -99,7 +100,7 @@ def test_conditions_equal_the_pipelines(ckpt15, songs, tmp_path):
     from songflow.text.acestep_v15_prompts import instruction_for
     from songflow.training.v15_data import V15Cache, preprocess_v15
 
-    report = preprocess_v15(songs, ckpt15, tmp_path / "cache")
+    report = preprocess_v15(songs, ckpt15, tmp_path / "cache", load_host=load_host)
     assert report.written == 2 and not report.skipped
     item = V15Cache(tmp_path / "cache", conditions="pipeline")[0]
     pipe = load_pipeline(ckpt15, device="cpu", dtype="float32")
@@ -128,7 +129,7 @@ def test_lora_training_changes_only_the_adapter(ckpt15, songs, tmp_path):
     from songflow.training.v15 import V15Trainer
 
     cfg = _cfg(ckpt15, songs, tmp_path / "run", "data.batch_size=2")
-    trainer = V15Trainer(cfg, single_process("cpu"))
+    trainer = V15Trainer(cfg, single_process("cpu"), load_host=load_host)
     dit = trainer.module.dit
     base = {k: v.clone() for k, v in dit.state_dict().items() if "lora_" not in k}
     batch = trainer.collate([trainer.dataset[0], trainer.dataset[1]])
@@ -166,14 +167,12 @@ def test_lora_training_changes_only_the_adapter(ckpt15, songs, tmp_path):
 
 def test_adapter_loads_in_a_v15_request(ckpt15, songs, tmp_path):
     from songflow.families import load_pipeline
-    from songflow.pipeline_v15 import Pipeline15
     from songflow.requests import LoraRef
     from songflow.requests_v15 import Params15, Text2Music15
     from songflow.training.trainer import train
 
-    if not hasattr(Pipeline15, "apply_loras"):
-        pytest.skip("Pipeline15.apply_loras not available in this tree")
-    final = train(_cfg(ckpt15, songs, tmp_path / "run", "optim.max_steps=3", "save_every=100"))
+    cfg = _cfg(ckpt15, songs, tmp_path / "run", "optim.max_steps=3", "save_every=100")
+    final = train(cfg, load_host=load_host)
     pipe = load_pipeline(ckpt15, device="cpu", dtype="float32")
     song = Text2Music15(caption="gentle waltz", duration_s=2.0, params=Params15(seeds=(5,)))
     plain = pipe.generate(song).latents
@@ -187,11 +186,11 @@ def test_bad_configs_are_refused(ckpt15, songs, tmp_path):
     from songflow.training.v15 import sample_v15_timesteps
 
     with pytest.raises(ConfigError, match="LoRA only"):
-        train(_cfg(ckpt15, songs, tmp_path / "a", "lora.enabled=false"))
+        train(_cfg(ckpt15, songs, tmp_path / "a", "lora.enabled=false"), load_host=load_host)
     with pytest.raises(ConfigError, match="dataset not found"):
-        train(_cfg(ckpt15, tmp_path / "nowhere", tmp_path / "b"))
+        train(_cfg(ckpt15, tmp_path / "nowhere", tmp_path / "b"), load_host=load_host)
     with pytest.raises(ConfigError, match="attention"):
-        train(_cfg(ckpt15, songs, tmp_path / "c", "lora.target_modules=[to_q]"))
+        train(_cfg(ckpt15, songs, tmp_path / "c", "lora.target_modules=[to_q]"), load_host=load_host)
     with pytest.raises(ConfigError, match="v15.timesteps"):
         _cfg(ckpt15, songs, tmp_path / "d", "v15.timesteps=uniform")
     v1_like = tmp_path / "v1"

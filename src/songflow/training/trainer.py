@@ -223,9 +223,13 @@ class DiTTrainer(TrainingLoop):
     :meth:`run` trains from ``start`` (the resumed step) to ``optim.max_steps``."""
 
     def __init__(
-        self, cfg: TrainConfig, info: DistInfo, on_export: Callable[[Path, int], None] | None = None
+        self,
+        cfg: TrainConfig,
+        info: DistInfo,
+        on_export: Callable[[Path, int], None] | None = None,
+        load_host: Callable[[str | Path, str], Any] | None = None,
     ):
-        self.cfg, self.info, self.on_export = cfg, info, on_export
+        self.cfg, self.info, self.on_export, self.load_host = cfg, info, on_export, load_host
         self.output_dir = Path(cfg.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if info.main:
@@ -356,15 +360,21 @@ def trainer_class(cfg: TrainConfig) -> type[DiTTrainer]:
     return DiTTrainer
 
 
-def train(cfg: TrainConfig, on_export: Callable[[Path, int], None] | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    on_export: Callable[[Path, int], None] | None = None,
+    load_host: Callable[[str | Path, str], Any] | None = None,
+) -> Path:
     """Run training to ``optim.max_steps``; returns the exported weights folder (see module doc).
 
     ``on_export(folder, step)`` runs on the main rank after every periodic and final export (the CLI renders
-    ``cfg.samples`` with it; the engine lives above this layer)."""
+    ``cfg.samples`` with it; the engine lives above this layer). ``load_host(checkpoint, device)``: the
+    loaded pipeline whose condition code builds an ACE-Step 1.5 cache (:func:`songflow.training.v15_data.
+    preprocess_v15`; v1 does not use it)."""
     trainer_cls = trainer_class(cfg)
     info = setup_distributed(cfg.device)
     try:
-        trainer = trainer_cls(cfg, info, on_export)
+        trainer = trainer_cls(cfg, info, on_export, load_host)
         return trainer.run(trainer.resume())
     finally:
         shutdown_distributed(info)

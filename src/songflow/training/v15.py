@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from songflow.errors import ConfigError
 from songflow.models.acestep_v15.model import AceStep15DiT
 from songflow.training.config import TrainConfig
+from songflow.training.data import INDEX_NAME
 from songflow.training.losses import noisy_latents, velocity_loss
 from songflow.training.module import bf16_autocast_enabled, seeded_global_rng
-from songflow.training.trainer import DiTTrainer, ensure_cache, preprocess_options
+from songflow.training.trainer import DiTTrainer, cache_dir, ensure_cache, preprocess_options
 
 logger = logging.getLogger(__name__)
 
@@ -213,13 +214,18 @@ def save_peft_adapter(decoder: nn.Module, name: str, folder: str | Path, *, targ
     return folder
 
 
-def preprocess_v15_cache(cfg: TrainConfig, cache: Path, device: str) -> Any:
+def preprocess_v15_cache(cfg: TrainConfig, cache: Path, device: str, load_host: Any) -> Any:
     """The 1.5 cache of ``data.dataset_path`` (the ``build`` of ``trainer.ensure_cache``)."""
     from songflow.training.v15_data import preprocess_v15
 
     options = preprocess_options(cfg, device)
     return preprocess_v15(
-        cfg.data.dataset_path, cfg.model.checkpoint_dir, cache, conditions=cfg.v15.conditions, **options
+        cfg.data.dataset_path,
+        cfg.model.checkpoint_dir,
+        cache,
+        load_host=load_host,
+        conditions=cfg.v15.conditions,
+        **options,
     )
 
 
@@ -234,7 +240,16 @@ class V15Trainer(DiTTrainer):
 
         cfg, info = self.cfg, self.info
         layout = validate_v15(cfg.model.checkpoint_dir)
-        dataset = V15Cache(ensure_cache(cfg, info, preprocess_v15_cache), conditions=cfg.v15.conditions)
+        if self.load_host is None and not (cache_dir(cfg) / INDEX_NAME).is_file():
+            raise ConfigError(
+                "ACE-Step 1.5 training builds its cache with the 1.5 pipeline: run `songflow train`, or pass "
+                "load_host (e.g. lambda root, device: songflow.families.load_pipeline(root, device=device))"
+            )
+
+        def build(c: TrainConfig, cache: Path, device: str) -> Any:
+            return preprocess_v15_cache(c, cache, device, self.load_host)
+
+        dataset = V15Cache(ensure_cache(cfg, info, build), conditions=cfg.v15.conditions)
         dit = load_v15_dit(layout.dit_dir, dtype=torch.float32, device=info.device)
         return dataset, V15LoraModule(dit, cfg)
 

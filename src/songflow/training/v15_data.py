@@ -25,7 +25,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus")  # the official scan
 OFFICIAL_TEXT_TOKENS = 256  # official preprocessing: caption prompt padded/truncated to 256 tokens
 OFFICIAL_LYRIC_TOKENS = 512  # ... lyrics to 512
 INSTRUMENTAL = "[Instrumental]"
+#: ``(checkpoint folder, device) -> loaded 1.5 pipeline`` (see :func:`preprocess_v15`)
+LoadHost = Callable[[str | Path, str], Any]
 _VAE_SEED = 0x15_DA7A
 CACHE_NAMES = ("target_latents", "context_latents", "encoder_states", "encoder_mask")
 
@@ -377,6 +379,7 @@ def preprocess_v15(
     checkpoint_dir: str | Path,
     cache_dir: str | Path,
     *,
+    load_host: LoadHost,
     conditions: str = "pipeline",
     min_seconds: float = 3.0,
     max_seconds: float = 240.0,
@@ -387,13 +390,15 @@ def preprocess_v15(
     """Encode every usable song of ``dataset_path`` once (module doc); returns written/skipped counts.
 
     Songs whose audio is missing, unreadable or silent, or whose metadata a 1.5 request refuses, are skipped
-    and counted, never fatal."""
+    and counted, never fatal. ``load_host(checkpoint_dir, device)`` loads the 1.5 pipeline whose condition
+    code builds the cache (the caller's: training code never imports the inference pipelines), e.g.
+    ``lambda root, device: songflow.families.load_pipeline(root, device=device, dtype="float32")``."""
     from songflow.checkpoint.acestep_v15 import validate_v15
     from songflow.fileio import atomic_write_text
-    from songflow.pipeline_v15 import load_v15_pipeline
 
     songs, skipped = read_songs(dataset_path)
-    pipe = load_v15_pipeline(validate_v15(checkpoint_dir), device=device, dtype="float32")
+    validate_v15(checkpoint_dir)
+    pipe = load_host(checkpoint_dir, device)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     builder = ConditionBuilder(pipe, conditions)

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from songflow.errors import ConfigError
 
@@ -69,9 +70,17 @@ def _preprocess_v15(cfg, dataset: str, checkpoint: str, out: str, args: argparse
     if args.ssl_model:
         raise ConfigError("--ssl-model (REPA) is for v1 checkpoints; leave it out for ACE-Step 1.5")
     options = preprocess_options(cfg, str(resolve_device(args.device or cfg.device)))
-    report = preprocess_v15(dataset, checkpoint, out, conditions=cfg.v15.conditions, **options)
+    conditions = cfg.v15.conditions
+    report = preprocess_v15(dataset, checkpoint, out, load_host=load_host, conditions=conditions, **options)
     print(json.dumps(report.to_dict(), indent=1), file=sys.stdout)
     return 0
+
+
+def load_host(root: str | Path, device: str) -> Any:
+    """The pipeline whose condition code builds a 1.5 training cache (float32, on ``device``)."""
+    from songflow.families import load_pipeline
+
+    return load_pipeline(root, device=device, dtype="float32")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -149,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"unexpected argument {args.config!r}; use --set key=value for overrides")
     args.config = args.target
     cfg = _load_config(args)
-    path = train(cfg, on_export=sample_renderer(cfg))
+    path = train(cfg, on_export=sample_renderer(cfg), load_host=load_host)
     print(f"trained weights written to {path}", file=sys.stderr)
     return 0
 
