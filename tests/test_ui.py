@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -45,6 +46,7 @@ from songflow.requests import (
     Retake,
     Text2Music,
 )
+from songflow.requests_v15 import V15_SCHEMA
 
 FAST = {"steps": 3}  # sampler steps for the generations below (the rest: official defaults)
 
@@ -631,3 +633,220 @@ def test_ui_command_line(tmp_path, capsys):
     assert args.output_dir == "songflow-studio" and args.device == "auto"
     assert main(["ui", "--lora-dir", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# -- ACE-Step 1.5 in the studio: the model selector over a root of v1 + 1.5 turbo/base --------------------
+
+V15_FAST = {"seeds": "3", "timesteps": "1, 0.5"}  # turbo: two custom timesteps
+V15_BASE_FAST = {"seeds": "3", "steps": "2"}  # base/sft take steps, not timesteps
+
+
+@pytest.fixture(scope="module")
+def v15_root(tiny_ckpt, tmp_path_factory):
+    """A folder of models: the tiny v1 checkpoint beside a 1.5 ``checkpoints/`` root holding a turbo and a
+    base DiT folder, a shared VAE and text encoder and a tiny 5 Hz LM."""
+    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
+
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(tiny_ckpt, root / "v1-tiny")
+    build_random_v15_checkpoint(root / "checkpoints", variant="turbo", lm=True)
+    build_random_v15_checkpoint(root / "checkpoints", variant="base")
+    return root
+
+
+@pytest.fixture(scope="module")
+def studio15(gr, v15_root, tmp_path_factory):
+    """The studio ``songflow ui --checkpoint <v15_root> --device cpu`` starts (turbo loaded first)."""
+    from songflow.interfaces.cli.commands import build_parser
+    from songflow.interfaces.cli.ui import make_studio
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    out = tmp_path_factory.mktemp("studio15")
+    argv = ["ui", "--checkpoint", str(v15_root), "--device", "cpu", "--output-dir", str(out)]
+    yield make_studio(build_parser().parse_args(argv))
+    torch.set_num_threads(threads)
+
+
+def _by_id(demo) -> dict:
+    return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+
+def _fn(demo, name: str):
+    (fn,) = [f for f in demo.fns.values() if f.name == name]
+    return fn
+
+
+def _switch(demo, studio, label_start: str) -> dict:
+    """Pick the model whose label starts with ``label_start`` in the selector, as the page does; the
+    updates by elem_id (component updates as their constructor arguments)."""
+    key = next(m.key for m in studio.models if m.label.startswith(label_start))
+    fn = _fn(demo, "switch")
+    select = _by_id(demo)["model-select"]
+    data = {c: key if c is select else "text2music" for c in fn.inputs}
+    return {getattr(c, "elem_id", None) or c._id: v for c, v in fn.fn(data).items()}
+
+
+def _visible(update) -> bool:
+    return bool(getattr(update, "visible", update.get("visible") if isinstance(update, dict) else None))
+
+
+def test_v15_model_selector_lists_v1_and_the_variants_and_switching_follows_the_model(studio15):
+    from songflow.interfaces.studio.app import build_ui
+
+    studio15.switch(next(m.key for m in studio15.models if m.variant == "turbo"))
+    demo = build_ui(studio15)
+    by_id = _by_id(demo)
+    labels = [label for label, _ in by_id["model-select"].choices]
+    assert labels == [
+        "acestep-v15-turbo (ACE-Step 1.5 turbo, with the 5 Hz LM)",
+        "acestep-v15-base (ACE-Step 1.5 base, with the 5 Hz LM)",
+        "v1-tiny (ACE-Step v1)",
+    ]
+    assert by_id["model-select"].value == studio15.model.key and by_id["model-select"].interactive
+    # turbo loaded: the 1.5 form with turbo's tabs and preset; the base-only tabs and the v1 form hidden
+    assert by_id["v15-form"].visible and not by_id["v1-form"].visible
+    assert by_id["v15-tab-simple"].visible and by_id["v15-text2music-think"].visible
+    assert not any(by_id[f"v15-tab-{t}"].visible for t in ("extract", "stems", "lego", "complete"))
+    assert (by_id["v15-params-steps"].value, by_id["v15-params-shift"].value) == ("8", "3.0")
+    assert "preset 8 steps, shift 3, no guidance" in by_id["model-status"].value
+
+    shown = _switch(demo, studio15, "acestep-v15-base")
+    assert studio15.model.variant == "base" and studio15.pipeline.variant == "base"
+    for task in ("extract", "stems", "lego", "complete", "text2music", "simple"):
+        assert _visible(shown[f"v15-tab-{task}"]), task
+    assert _visible(shown["v15-form"]) and not _visible(shown["v1-form"])
+    assert shown["v15-params-steps"]["value"] == 50 and shown["v15-params-guidance_scale"]["value"] == 7.0
+    assert "acestep-v15-base" in shown["model-status"] and "guidance 7" in shown["model-status"]
+
+    shown = _switch(demo, studio15, "v1-tiny")
+    assert studio15.schema.name == "acestep-v1"
+    assert _visible(shown["v1-form"]) and not _visible(shown["v15-form"])
+    assert _visible(shown["v1-tab-audio2audio"]) and not _visible(shown["v15-tab-text2music"])
+    assert "v1-tiny" in shown["model-status"]
+
+
+def test_v15_form_has_the_song_metadata_and_durations_up_to_600_s(studio15):
+    from songflow.interfaces.studio.app import build_ui
+
+    by_id = _by_id(build_ui(studio15))
+    metadata = _ids_under(by_id["v15-metadata"])
+    assert {"v15-field-bpm", "v15-field-key_scale", "v15-field-time_signature"} <= metadata
+    assert "v15-field-vocal_language" in metadata
+    assert ("4/4", "4") in by_id["v15-field-time_signature"].choices
+    assert ("English (en)", "en") in by_id["v15-field-vocal_language"].choices
+    assert ("C major", "C major") in by_id["v15-field-key_scale"].choices
+    duration = by_id["v15-text2music-duration_s"]
+    assert (duration.minimum, duration.maximum, duration.value) == (1.0, 600.0, 30.0)
+    assert by_id["v1-text2music-duration_s"].maximum == 240.0  # v1's own limit
+    assert by_id["v15-extend-right_s"].maximum == 1200.0
+    assert "v15-lora-select" in by_id and "v15-repaint-window" in by_id
+    assert {"v15-repaint-start_s-slider", "v15-lego-end_s-slider", "v15-extend-right_s-slider"} <= set(by_id)
+    with pytest.raises(RequestFieldError, match="duration_s"):
+        build_request("text2music", {"duration_s": 601}, {}, schema=V15_SCHEMA)
+
+
+def test_v15_stems_run_gives_one_player_and_download_per_stem(studio15, tmp_path):
+    from songflow.interfaces.studio.app import build_ui, run_task
+
+    studio15.switch(next(m.key for m in studio15.models if m.variant == "base"))
+    source = tmp_path / "mix.wav"
+    t = torch.arange(4 * 48000) / 48000
+    save_audio(source, 0.3 * torch.sin(2 * torch.pi * 220 * t).expand(2, -1), 48000)
+    values = {"source_path": str(source), "tracks": "vocals, drums", "caption": "rock"}
+    entry = run_task(studio15, "stems", values, V15_BASE_FAST)
+    assert entry.take_labels == ["vocals", "drums"]
+    assert [p.name for p in entry.takes] == ["song_vocals.wav", "song_drums.wav"]
+
+    demo = build_ui(studio15)
+    shown = {getattr(c, "elem_id", None): v for c, v in _fn(demo, "reload").fn(entry.id).items()}
+    takes = shown["output-takes"]
+    assert "Stems: one player and download each" in takes
+    rows = re.findall(
+        r"<div class='sf-take' id='output-take-(\d)'><b>(\w+)</b><audio [^>]*src='([^']+)'", takes
+    )
+    assert [(int(i), label) for i, label, _ in rows] == [(0, "vocals"), (1, "drums")]
+    for (_, _, url), take in zip(rows, entry.takes, strict=True):
+        assert url == "/gradio_api/file=" + str(take.resolve()) and f"download='{take.name}'" in takes
+    assert shown["output-audio"] == str(entry.takes[0])
+    files = {p.rsplit("/", 1)[-1] for p in shown["output-files"]}
+    for stem in ("vocals", "drums"):
+        assert {f"song_{stem}.{fmt}" for fmt in SUPPORTED_FORMATS} <= files
+    assert "song.json" in files and "stems: vocals, drums" in shown["output-info"]
+
+
+def test_v15_planner_plan_is_shown_beside_the_player_and_simple_mode_runs(studio15):
+    from songflow.interfaces.studio.app import build_ui, entry_view, run_task
+
+    studio15.switch(next(m.key for m in studio15.models if m.variant == "turbo"))
+    assert studio15.has_planner
+    values = {"caption": "dream pop", "lyrics": "[verse]\nla la", "duration_s": 10, "think": True}
+    planned = run_task(studio15, "text2music", values, V15_FAST)
+    (plan,) = planned.plans
+    view = entry_view(planned)
+    assert "Plan by the 5 Hz LM" in view["plan"] and f"bpm <b>{plan.bpm}</b>" in view["plan"]
+    assert "<pre>" in view["plan"] and load_audio(planned.takes[0])[0].shape[-1] == 10 * 48000
+    demo = build_ui(studio15)
+    by_id = _by_id(demo)
+    assert by_id["v15-planner"].visible and by_id["v15-tab-simple"].visible
+    shown = {getattr(c, "elem_id", None): v for c, v in _fn(demo, "reload").fn(planned.id).items()}
+    assert _visible(shown["output-plan"]) and "Plan by the 5 Hz LM" in shown["output-plan"]["value"]
+
+    simple = run_task(studio15, "simple", {"description": "a calm piano song", "duration_s": "10"}, V15_FAST)
+    assert len(simple.plans) == 1 and simple.plans[0].duration_s == 10.0
+    plain = run_task(studio15, "text2music", {"caption": "pop", "duration_s": 10}, V15_FAST)
+    assert plain.plans == () and entry_view(plain)["plan"] == ""
+
+
+def test_v15_without_an_lm_hides_simple_mode_and_planning(gr, tmp_path):
+    from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
+    from songflow.families import load_pipeline
+    from songflow.interfaces.studio.app import build_ui, model_status
+
+    root = build_random_v15_checkpoint(tmp_path / "checkpoints", variant="turbo")
+    studio = Studio(load_pipeline(root, device="cpu"), History(tmp_path / "out"))
+    assert not studio.has_planner
+    by_id = _by_id(build_ui(studio))
+    assert by_id["tab-text2music"].visible and by_id["tab-cover"].visible
+    assert not by_id["tab-simple"].visible and not by_id["text2music-think"].visible
+    assert not by_id["planner"].visible
+    runs, no_lm = model_status(studio).split("\n")[1:]
+    assert "simple" not in runs and "cover" in runs and "no 5 Hz LM" in no_lm
+
+
+def test_v15_lora_picked_in_the_studio_changes_the_song(studio15, tmp_path):
+    """A 1.5 adapter in --lora-dir is offered in the 1.5 form's LoRA picker and applied to that song only
+    (weight 0 and no adapter: the base song)."""
+    import copy
+
+    from songflow.checkpoint.lora import save_lora
+    from songflow.interfaces.studio.app import build_ui, run_task
+    from songflow.nn import lora as L
+
+    studio15.switch(next(m.key for m in studio15.models if m.variant == "turbo"))
+    decoder = copy.deepcopy(studio15.pipeline.dit.decoder)  # the official trainer's targets
+    L.inject(decoder, ("q_proj", "k_proj", "v_proj", "o_proj"), name="style", r=4, alpha=4.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in L.lora_modules(decoder, "style").values():
+            for factor in (module.lora_A["style"], module.lora_B["style"]):
+                factor.weight.copy_(torch.randn(factor.weight.shape, generator=g) * 0.2)
+    save_lora(decoder, "style", tmp_path / "loras" / "style")
+    (offered,) = discover_loras(tmp_path / "loras")
+    studio15.loras = [offered]
+    try:
+        picker = _by_id(build_ui(studio15))["v15-lora-select"]
+        assert picker.interactive and offered in [tuple(c) for c in picker.choices]
+        values = {"caption": "waltz", "duration_s": 10}
+        base = run_task(studio15, "text2music", values, V15_FAST)
+        styled = run_task(studio15, "text2music", values, V15_FAST, [offered[1]], 1.0)
+        off = run_task(studio15, "text2music", values, V15_FAST, [offered[1]], 0.0)
+        again = run_task(studio15, "text2music", values, V15_FAST)
+    finally:
+        studio15.loras = []
+    assert styled.request.loras == (LoraRef(offered[1], 1.0),) and again.request.loras == ()
+    audio = [load_audio(e.takes[0])[0] for e in (base, styled, off, again)]
+    # the tiny random DiT's songs barely depend on its decoder: the adapter moves them by ~1e-5 here (its
+    # numerics are test_v15_lora.py's); the studio's part is that it reaches this song and no other
+    assert not torch.equal(audio[1], audio[0])
+    assert torch.equal(audio[2], audio[0]) and torch.equal(audio[3], audio[0])

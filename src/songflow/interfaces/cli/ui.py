@@ -75,20 +75,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
             f"the studio needs extra packages ({exc.name} is missing); install them with "
             "`pip install 'songflow[ui]'`"
         ) from exc
+    if not 0 < args.port < 65536:
+        raise SongflowError(f"--port must be in 1..65535, got {args.port}")
+    studio = make_studio(args)
+    launch_ui(build_ui(studio), output_dir=studio.history.root, host=args.host, port=args.port)
+    return 0
+
+
+def make_studio(args: argparse.Namespace) -> Any:
+    """The :class:`~songflow.interfaces.studio.engine.Studio` the command line describes: the models of
+    --checkpoint offered, the --model one (else the first) loaded, --lora-dir's adapters offered."""
     from songflow.interfaces.studio.engine import History, Studio, discover_loras
     from songflow.interfaces.studio.models import discover_models, pick_model
 
-    if not 0 < args.port < 65536:
-        raise SongflowError(f"--port must be in 1..65535, got {args.port}")
     loras = discover_loras(args.lora_dir)
     models = discover_models(args.checkpoint)
     first = pick_model(models, args.model)
     loader = _model_loader(args, models)
     pipe = loader(first)
-    output_dir = Path(args.output_dir).expanduser()
-    studio = Studio(
+    return Studio(
         pipe,
-        History(output_dir),
+        History(Path(args.output_dir).expanduser()),
         runtime={
             "checkpoint": str(first.path),
             "device": str(pipe.device),
@@ -99,5 +106,3 @@ def cmd_ui(args: argparse.Namespace) -> int:
         loader=loader,
         current=first.key,
     )
-    launch_ui(build_ui(studio), output_dir=output_dir, host=args.host, port=args.port)
-    return 0

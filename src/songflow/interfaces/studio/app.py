@@ -28,6 +28,7 @@ import html
 import logging
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ from songflow.interfaces.studio.form import (
 )
 from songflow.interfaces.studio.picker import SOURCE, add_picker
 from songflow.requests import EDIT_PRESETS, RequestSchema, request_to_dict
-from songflow.requests_v15 import MAX_BATCH_V15, V15_SCHEMA
+from songflow.requests_v15 import V15_SCHEMA
 
 log = logging.getLogger("songflow.ui")
 
@@ -102,11 +103,13 @@ _PLAN_TO_FORM = {
 _METADATA = ("bpm", "key_scale", "time_signature", "vocal_language")
 _COLLAPSED = ("reference_path", "instruction")
 _PRESETS = {"tags": TAG_PRESETS, "caption": TAG_PRESETS, "lyrics": LYRIC_PRESETS}
+#: the tasks only the 5 Hz LM planner runs (their tab is hidden without one)
+_NEEDS_LM = frozenset({"simple"})
+#: the task fields that ask the 5 Hz LM to plan the song (hidden without one)
+_LM_SWITCHES = frozenset({"think"})
 #: the settings a 1.5 preset fills in when left empty
 _PRESET_FIELDS = frozenset({"steps", "shift", "guidance_scale"})
-#: output players for the takes of a batch or the stems of a stems run (1.5's largest batch)
-MAX_TAKES = MAX_BATCH_V15
-HISTORY_HEADERS = ["created", "task", "tags", "seeds", "entry"]
+HISTORY_HEADERS = ["created", "task", "prompt", "seeds", "entry"]  # prompt: v1 tags, 1.5 caption
 _CSS = """
 .sf-help {opacity: 0.8}
 .sf-upload-note {font-size: 0.9em; min-height: 0}
@@ -114,6 +117,10 @@ _CSS = """
 .sf-history {max-height: 24em; overflow-y: auto}
 .sf-history table {width: 100%; border-collapse: collapse; font-size: 0.9em}
 .sf-history th, .sf-history td {text-align: left; padding: 0.3em 0.6em; border-bottom: 1px solid #8884}
+.sf-history td {overflow-wrap: anywhere}
+.sf-take {display: flex; align-items: center; gap: 0.8em; margin: 0.2em 0}
+.sf-take b {min-width: 7em}
+.sf-take audio {flex: 1; height: 2.2em}
 .sf-plan {padding: 0.4em 0.8em; border-left: 3px solid #f5a623; font-size: 0.92em}
 .sf-plan pre {white-space: pre-wrap; max-height: 18em; overflow-y: auto; font-size: 0.95em}
 """
@@ -133,11 +140,11 @@ def _component(f: FormField, elem_id: str) -> gr.components.Component:
         return gr.Dropdown(
             choices=choices, value=value, allow_custom_value=f.custom_choice, info=f.help, **common
         )
-    if f.kind == FLOAT and f.low is not None and f.high is not None:
+    if f.kind == FLOAT and (f.low, f.high) == (0.0, 1.0) and not f.optional:  # a fraction
         return gr.Slider(f.low, f.high, value=value, step=0.01, info=f.help, **common)
     if f.kind in (INT, FLOAT) and f.optional:  # a text box: gr.Number cannot be empty (it sends 0)
         hint = "empty: the checkpoint's preset" if f.name in _PRESET_FIELDS else "empty: not set"
-        return gr.Textbox(value=value, placeholder=hint, info=f.help, **common)
+        return gr.Textbox(value=value, placeholder=hint, max_lines=1, info=f.help, **common)
     if f.kind in (INT, FLOAT):
         return gr.Number(
             value=value,
@@ -149,7 +156,7 @@ def _component(f: FormField, elem_id: str) -> gr.components.Component:
         )
     if f.kind in (INTS, FLOATS):
         example = "e.g. 7, 8, 9" if f.kind == INTS else "e.g. 1.0, 0.75, 0.5, 0.25"
-        return gr.Textbox(value=value, placeholder=example, info=f.help, **common)
+        return gr.Textbox(value=value, placeholder=example, max_lines=1, info=f.help, **common)
     lines = 8 if f.kind == LONG_TEXT else 1
     example = next(iter(TAG_PRESETS.values())) if f.name.endswith(("tags", "caption")) else None
     return gr.Textbox(
@@ -296,6 +303,28 @@ def plan_html(plans: Sequence[Any]) -> str:
     return "".join(blocks) + "</div>"
 
 
+def file_url(path: str | Path) -> str:
+    """Where the page fetches a file of the output folder (served by Gradio: :func:`launch_ui` allows it)."""
+    return "/gradio_api/file=" + urllib.parse.quote(str(Path(path).resolve()))
+
+
+def takes_html(takes: Sequence[tuple[str, str]], *, stems: bool = False) -> str:
+    """One row per take or stem (``(file, label)``): its name, a player and a download of its wav, as
+    escaped HTML (ids ``output-take-<i>``); "" for a single take (the main player has it)."""
+    if not takes:
+        return ""
+    title = "Stems: one player and download each" if stems else "Takes"
+    rows = []
+    for i, (path, label) in enumerate(takes):
+        url, name = html.escape(file_url(path)), html.escape(Path(path).name)
+        rows.append(
+            f"<div class='sf-take' id='output-take-{i}'><b>{html.escape(label)}</b>"
+            f"<audio controls preload='metadata' src='{url}'></audio>"
+            f"<a href='{url}' download='{name}'>⬇ {name}</a></div>"
+        )
+    return f"<div class='sf-takes'><p><b>{title}</b></p>{''.join(rows)}</div>"
+
+
 def entry_view(entry: HistoryEntry) -> dict[str, Any]:
     """What the output panel shows of an entry: ``audio`` (its first take), ``plan`` (:func:`plan_html`),
     ``takes`` (``(file, label)`` of every take or stem when there are several), ``image`` (the first
@@ -323,8 +352,10 @@ def model_status(studio: Studio) -> str:
         guided = defaults.guidance_scale > 1.0
         guidance = f"guidance {defaults.guidance_scale:g}" if guided else "no guidance"
         preset = f" · preset {defaults.steps} steps, shift {defaults.shift:g}, {guidance}"
-    tasks = ", ".join(TASK_LABELS.get(t, t).lower() for t in studio_tasks(studio))
-    return f"Loaded **{name}** on `{studio.runtime.get('device', '?')}`{preset}  \nruns: {tasks}"
+    tasks = ", ".join(TASK_LABELS.get(t, t).lower() for t in shown_tasks(studio))
+    no_lm = studio.schema.name == V15_SCHEMA.name and not studio.has_planner
+    lm = "  \nno 5 Hz LM in this checkpoint: simple mode and planning are off" if no_lm else ""
+    return f"Loaded **{name}** on `{studio.runtime.get('device', '?')}`{preset}  \nruns: {tasks}{lm}"
 
 
 # -- layout --------------------------------------------------------------------------------------------
@@ -347,6 +378,7 @@ class _Form:
         self.tabs: gr.Tabs | None = None
         self.column: gr.Column | None = None
         self.planner: gr.Accordion | None = None
+        self.lm_switches: list[gr.Checkbox] = []  # "Plan with the LM" of each tab, shown with an LM
         self.selected: gr.State | None = None  # the task of the tab shown
         self.reset: gr.Button | None = None
 
@@ -379,6 +411,12 @@ def studio_tasks(studio: Studio) -> tuple[str, ...]:
     """The tasks the loaded model runs, in its family's request schema order."""
     runs = pipeline_tasks(studio.pipeline)
     return tuple(task for task in studio.schema.tasks if task in runs)
+
+
+def shown_tasks(studio: Studio) -> tuple[str, ...]:
+    """The tabs shown for the loaded model: :func:`studio_tasks`, less those that need the 5 Hz LM
+    (simple mode) when the checkpoint has none (they could only fail)."""
+    return tuple(t for t in studio_tasks(studio) if studio.has_planner or t not in _NEEDS_LM)
 
 
 def offered_families(studio: Studio) -> list[tuple[RequestSchema, tuple[str, ...]]]:
@@ -423,6 +461,7 @@ def build_ui(studio: Studio, *, title: str = "songflow studio") -> gr.Blocks:
         for form in forms:
             _wire_form(studio, form, view, history)
         history.wire(forms, view)
+        demo.load(history.refresh, outputs=[history.table, history.pick], api_name=False, queue=False)
         if selector is not None:
             _wire_selector(studio, selector, heading, forms)
     return demo
@@ -483,19 +522,9 @@ class _OutputPanel:
             label="Output", type="filepath", interactive=False, buttons=["download"], elem_id="output-audio"
         )
         self.plan = gr.HTML("", visible=False, elem_id="output-plan")
-        with gr.Column(visible=False, elem_id="output-takes") as self.takes_box:
-            self.takes_title = gr.Markdown("", elem_id="output-takes-title")
-            self.takes = [
-                gr.Audio(
-                    label=f"take {i + 1}",
-                    type="filepath",
-                    interactive=False,
-                    buttons=["download"],
-                    visible=False,
-                    elem_id=f"output-take-{i}",
-                )
-                for i in range(MAX_TAKES)
-            ]
+        # one HTML block, not a gr.Audio per take: Gradio 6.17 does not show a hidden player again once
+        # an update kept it hidden (a single take after a stems run, then stems again)
+        self.takes = gr.HTML("", elem_id="output-takes")
         self.image = gr.Image(
             label="Waveform and spectrogram",
             type="numpy",
@@ -515,28 +544,20 @@ class _OutputPanel:
 
     @property
     def components(self) -> list:
-        fixed = [self.audio, self.plan, self.takes_box, self.takes_title]
-        return [*fixed, *self.takes, self.image, self.files, self.info, self.params]
+        return [self.audio, self.plan, self.takes, self.image, self.files, self.info, self.params]
 
     def updates(self, entry: HistoryEntry) -> dict:
         """Every component's value showing ``entry`` (:func:`entry_view`)."""
         view = entry_view(entry)
-        takes = view["takes"][:MAX_TAKES]
-        title = "**Stems**: one player and download each" if entry.request.task == "stems" else "**Takes**"
-        out: dict = {
+        return {
             self.audio: view["audio"],
-            self.plan: gr.HTML(value=view["plan"], visible=bool(view["plan"])),
-            self.takes_box: gr.Column(visible=bool(takes)),
-            self.takes_title: title if takes else "",
+            self.plan: gr.update(value=view["plan"], visible=bool(view["plan"])),
+            self.takes: takes_html(view["takes"], stems=entry.request.task == "stems"),
             self.image: view["image"],
             self.files: view["files"],
             self.info: view["info"],
             self.params: view["params"],
         }
-        for i, slot in enumerate(self.takes):
-            path, label = takes[i] if i < len(takes) else (None, f"take {i + 1}")
-            out[slot] = gr.Audio(value=path, label=label, visible=path is not None)
-        return out
 
 
 class _HistoryPanel:
@@ -585,11 +606,11 @@ class _HistoryPanel:
             return [str(entry.takes[0])] * len(inputs)
 
         self.source_btn.click(use_as_source, inputs=self.pick, outputs=inputs, api_name=False)
-        self.refresh_btn.click(
-            lambda: (history_table(studio), gr.Dropdown(choices=history_choices(studio))),
-            outputs=[self.table, self.pick],
-            api_name=False,
-        )
+        self.refresh_btn.click(self.refresh, outputs=[self.table, self.pick], api_name=False)
+
+    def refresh(self) -> tuple[str, Any]:
+        """The table and the picker's choices as the history is now (the page loads them too)."""
+        return history_table(self.studio), gr.Dropdown(choices=history_choices(self.studio))
 
 
 def _form_of(forms: Sequence[_Form], entry: HistoryEntry) -> _Form:
@@ -625,7 +646,7 @@ def _prompt_and_tasks(form: _Form, studio: Studio, tasks: Sequence[str], default
             for f in collapsed:
                 form.common[f.name] = _component(f, form.id(f"field-{f.name}"))
     _main_params(form, defaults)
-    runs = set(studio_tasks(studio)) if form.schema.name == studio.schema.name else set()
+    runs = set(shown_tasks(studio)) if form.schema.name == studio.schema.name else set()
     form.selected = gr.State(tasks[0] if tasks else None)
     with gr.Tabs(elem_id=form.id("tasks")) as form.tabs:
         for task in tasks:
@@ -676,6 +697,9 @@ def _task_tab(form: _Form, studio: Studio, task: str) -> gr.Button:
             picker = add_picker(form.id(task), {g.name for g in fields}, default_values(fields))
     if picker is not None:
         picker.wire(comps)
+    for name in _LM_SWITCHES & comps.keys():
+        form.lm_switches.append(comps[name])
+        comps[name].visible = form.schema.name == studio.schema.name and studio.has_planner
     if task == "edit" and "n_min_frac" in comps:
         _edit_presets(comps, form.id("edit-preset"))
     form.tasks[task] = comps
@@ -896,7 +920,7 @@ def switch_updates(studio: Studio, form: _Form, before: Any, selected: str | Non
     (the first one selected when the shown tab's task is not among them), the planner shown with an LM,
     and each advanced setting whose default changed (a 1.5 preset: steps, shift, guidance) set to it."""
     loaded = form.schema.name == studio.schema.name
-    runs = [t for t in studio_tasks(studio) if t in form.tab_items] if loaded else []
+    runs = [t for t in shown_tasks(studio) if t in form.tab_items] if loaded else []
     out: dict = {form.column: gr.Column(visible=loaded)}
     for task, tab in form.tab_items.items():
         out[tab] = gr.Tab(visible=task in runs)
@@ -905,6 +929,8 @@ def switch_updates(studio: Studio, form: _Form, before: Any, selected: str | Non
         out[form.selected] = runs[0]
     if form.planner is not None:
         out[form.planner] = gr.Accordion(visible=loaded and studio.has_planner)
+    for switch in form.lm_switches:
+        out[switch] = gr.Checkbox(visible=loaded and studio.has_planner)
     if loaded:
         old = default_values(params_fields(before, form.schema))
         for f in params_fields(studio.param_defaults, form.schema):
@@ -934,6 +960,7 @@ def _wire_selector(
     for form in forms:
         outputs += [form.column, form.tabs, form.selected, *form.tab_items.values(), *form.params.values()]
         outputs += [form.planner] if form.planner is not None else []
+        outputs += form.lm_switches
     select.input(
         switch,
         inputs={select, *(form.selected for form in forms if form.selected is not None)},

@@ -26,7 +26,7 @@ from typing import Any
 
 from songflow.errors import ConfigError
 from songflow.requests import V1_SCHEMA, GenerationParams, LoraRef, Request, RequestSchema
-from songflow.requests_v15 import VALID_LANGUAGES
+from songflow.requests_v15 import V15_SCHEMA, VALID_LANGUAGES
 
 # widget kinds
 BOOL, CHOICE, INT, FLOAT, TEXT, LONG_TEXT, INTS, AUDIO, FLOATS = (
@@ -55,7 +55,8 @@ class FormField:
 
     ``default`` is the dataclass default (None when the field has none); ``optional`` fields accept
     None ("not given": an empty widget); ``required`` fields have no default. ``low``/``high`` bound a
-    numeric widget where the name's unit says so (``_frac`` fields lie in [0, 1]).
+    numeric widget: the field's ``ge``/``le`` metadata, else what the name's unit says (``_frac`` fields lie
+    in [0, 1], ``_s`` fields from 0).
     """
 
     name: str
@@ -122,6 +123,9 @@ def _mention(cls: type, name: str) -> str | None:
 _CODE_ASIDE = re.compile(r"\s*\((?:see\s+)?[^()]*(?:``songflow\.|songflow\.[a-z_]+\.|docs/|\.md\b)[^()]*\)")
 _CONSTANT_ASIDE = re.compile(r"\s*\(``[A-Z][A-Z0-9_]*``\)")
 _QUOTED = re.compile(r"``([^`]+)``")
+_ROLE = re.compile(r":[a-z]+:`~?([\w.]+)`")  # a Sphinx cross-reference, :class:`Extract15`
+#: a request class named in a docstring, said as its task ("the Extract15" -> "the extract")
+_TASK_OF_CLASS = {cls.__name__: cls.task for s in (V1_SCHEMA, V15_SCHEMA) for cls in s.tasks.values()}
 _SNAKE = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9*]+)+\b")
 _CONSTANT = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
 
@@ -139,6 +143,7 @@ def plain_text(text: str, cls: type, mention: Callable[[str], str] = str) -> str
         return token.replace("_", " ") if _SNAKE.fullmatch(token) else token
 
     text = _CONSTANT_ASIDE.sub("", _CODE_ASIDE.sub("", text))
+    text = _ROLE.sub(lambda m: _TASK_OF_CLASS.get(name := m[1].rsplit(".", 1)[-1], name), text)
     text = re.sub(r"``songflow\.[\w.]+``|\bsongflow\.[\w.]+", "", text)
     text = _QUOTED.sub(lambda m: name_of(m.group(1)), text)
     text = _SNAKE.sub(lambda m: name_of(m.group(0)), text)
@@ -225,6 +230,9 @@ def _field(cls: type, f: dataclasses.Field, hint: Any) -> FormField | None:
         kind = LONG_TEXT if "lyrics" in f.name else TEXT
     else:
         return None
+    if kind in (INT, FLOAT):  # the dataclass's own bounds ("ge"/"le"), e.g. a 1.5 song's 1..600 s
+        low = f.metadata.get("ge", low)
+        high = f.metadata.get("le", high)
     choices = tuple(args) if kind == CHOICE else ()
     names = CHOICE_NAMES.get(f.name, {})
     spec = FormField(
