@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
+from songflow.checkpoint.lora import discover_loras
 from songflow.errors import AudioError, ConfigError
 from songflow.interfaces.studio import form as ui_form
-from songflow.interfaces.studio.engine import History, Studio, discover_loras, waveform_spectrogram_image
+from songflow.interfaces.studio.engine import History, Studio, waveform_spectrogram_image
 from songflow.interfaces.studio.form import (
     AUDIO,
     BOOL,

@@ -302,7 +302,7 @@ def test_cli_generate_with_lora_dir_and_weight_records_and_replays_it(ckpt15, ad
 
 
 def test_studio_discovers_official_adapter_folders_and_lokr_files(adapters):
-    from songflow.interfaces.studio.engine import discover_loras
+    from songflow.checkpoint.lora import discover_loras
 
     found = discover_loras(adapters["p"].parent)  # p/adapter/..., q/adapter/..., k/lokr_weights.safetensors
     assert found == [(key, str(adapters["p"].parent / key)) for key in ("k", "p", "q")]

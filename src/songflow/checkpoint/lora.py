@@ -80,7 +80,7 @@ from songflow.checkpoint.strict import (
     require_safetensors,
     write_safetensors,
 )
-from songflow.errors import CheckpointError, ConfigError
+from songflow.errors import CheckpointError, ConfigError, SongflowError
 from songflow.fileio import atomic_write_text
 from songflow.nn.lora import (
     LORA_A,
@@ -107,6 +107,7 @@ __all__ = [
     "CONFIG_NAME",
     "METADATA_KEY",
     "OFFICIAL_TARGET_MODULES",
+    "discover_loras",
     "WEIGHT_NAME",
     "LoraSpec",
     "adapter_names",
@@ -857,3 +858,24 @@ def set_loras(model: nn.Module, specs: Sequence[LoraSpec], *, merged: bool = Fal
     elif lora_modules(model):
         unmerge(model)
     return names
+
+
+def discover_loras(lora_dir: str | Path | None) -> list[tuple[str, str]]:
+    """``(name, path)`` of every LoRA adapter in ``lora_dir``: sub-folders holding adapter weights and
+    ``.safetensors`` files (see :func:`resolve_lora_files`); others are skipped."""
+    if lora_dir is None:
+        return []
+    root = Path(lora_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"--lora-dir {root} is not a folder")
+    found = []
+    for path in sorted(root.iterdir()):
+        if not (path.is_dir() or path.suffix == ".safetensors"):
+            continue
+        try:
+            resolve_lora_files(path)
+        except SongflowError as exc:
+            logger.info("not a LoRA adapter, skipped: %s (%s)", path, exc)
+            continue
+        found.append((path.name, str(path)))
+    return found

@@ -107,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SongflowError("--max-batch must be at least 1")
     retention = retention_of(args)
     if args.lora_dir is not None:  # a wrong folder is named before the model loads
-        from songflow.interfaces.studio.engine import discover_loras
+        from songflow.checkpoint.lora import discover_loras
 
         discover_loras(args.lora_dir)
     checkpoint = resolve_checkpoint(args.checkpoint)

@@ -85,7 +85,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def make_studio(args: argparse.Namespace) -> Any:
     """The :class:`~songflow.interfaces.studio.engine.Studio` the command line describes: the models of
     --checkpoint offered, the --model one (else the first) loaded, --lora-dir's adapters offered."""
-    from songflow.interfaces.studio.engine import History, Studio, discover_loras
+    from songflow.checkpoint.lora import discover_loras
+    from songflow.interfaces.studio.engine import History, Studio
     from songflow.interfaces.studio.models import discover_models, pick_model
 
     loras = discover_loras(args.lora_dir)

@@ -86,7 +86,7 @@ class LoraLibrary:
     @classmethod
     def discover(cls, lora_dir: str | Path) -> LoraLibrary:
         """The adapters in ``lora_dir`` (the studio's discovery), less any entry that links out of it."""
-        from songflow.interfaces.studio.engine import discover_loras
+        from songflow.checkpoint.lora import discover_loras
 
         root = Path(lora_dir).expanduser().absolute()  # jobs get absolute paths, whatever the cwd
         paths = {}

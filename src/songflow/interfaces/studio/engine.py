@@ -161,29 +161,6 @@ class History:
         )
 
 
-def discover_loras(lora_dir: str | Path | None) -> list[tuple[str, str]]:
-    """``(name, path)`` of every LoRA adapter in ``lora_dir``: sub-folders holding adapter weights and
-    ``.safetensors`` files (see :func:`songflow.checkpoint.lora.resolve_lora_files`); others are skipped."""
-    from songflow.checkpoint.lora import resolve_lora_files
-
-    if lora_dir is None:
-        return []
-    root = Path(lora_dir).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"--lora-dir {root} is not a folder")
-    found = []
-    for path in sorted(root.iterdir()):
-        if not (path.is_dir() or path.suffix == ".safetensors"):
-            continue
-        try:
-            resolve_lora_files(path)
-        except SongflowError as exc:
-            log.info("not a LoRA adapter, skipped: %s (%s)", path, exc)
-            continue
-        found.append((path.name, str(path)))
-    return found
-
-
 class Studio:
     """Runs requests on one loaded pipeline and keeps their outputs in a :class:`History`; with ``models``
     and a ``loader`` it switches between the models of ``--checkpoint``, one loaded at a time.
