@@ -256,7 +256,11 @@ def test_the_server_names_a_stems_jobs_outputs_by_track(base15, mix_wav, tmp_pat
         Stems15(source_path=str(mix_wav[0]), tracks="drums,bass", params=Params15(seeds=(2,), **FAST_BASE))
     )
     worker = SimpleNamespace(
-        outputs_dir=tmp_path, runtime={"checkpoint": "tiny"}, family=base15.family, pipeline=base15, loras=None
+        outputs_dir=tmp_path,
+        runtime={"checkpoint": "tiny"},
+        family=base15.family,
+        pipeline=base15,
+        loras=None,
     )
     names = Worker._write_outputs(worker, "job1", result)  # type: ignore[arg-type]
     assert names == ["audio_drums.wav", "audio_bass.wav"]
