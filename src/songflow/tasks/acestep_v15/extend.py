@@ -40,7 +40,7 @@ from songflow.tasks.acestep_v15 import inputs
 from songflow.tasks.acestep_v15.output import anti_clip
 from songflow.tasks.acestep_v15.plan import Conditioning15, Plan15, Repaint15Spec
 from songflow.tasks.acestep_v15.presets import Settings15
-from songflow.tasks.acestep_v15.tasks import Host15, _plan, _seeds
+from songflow.tasks.acestep_v15.tasks import Host15, resolved_seeds, task_plan
 from songflow.tasks.extend import ExtendWindow, plan_extend_windows
 from songflow.tasks.spec import ProgressFn
 from songflow.text.acestep_v15_prompts import instruction_for
@@ -161,12 +161,12 @@ def _window_plan(
         chunk = torch.ones_like(clean)
     enc, enc_mask = conditions(total)
     cond = Conditioning15(enc, enc_mask, host.context(clean, chunk, torch.zeros(batch)))
-    seeds = window_seeds(_seeds(request.params.seeds), index)
-    retake = window_seeds(_seeds(request.retake_seeds), index)
+    seeds = window_seeds(resolved_seeds(request.params.seeds), index)
+    retake = window_seeds(resolved_seeds(request.retake_seeds), index)
     main = host.noise(seeds, total)
     x_init = torch.where(mask[..., None].to(main.device), host.noise(retake, total), main)
     repaint = Repaint15Spec(mask, clean, x_init, INJECTION_FRAC, 0)
-    return _plan(host, settings, request, x_init, cond, repaint=repaint, row_seeds=seeds), mask
+    return task_plan(host, settings, request, x_init, cond, repaint=repaint, row_seeds=seeds), mask
 
 
 def extend_latents(

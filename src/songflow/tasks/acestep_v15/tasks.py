@@ -37,7 +37,7 @@ from songflow.tasks.acestep_v15.presets import Settings15
 from songflow.tasks.edit import edit_step_range
 from songflow.text.acestep_v15_prompts import instruction_for
 
-__all__ = ["Host15", "Job15", "build_plan"]
+__all__ = ["Host15", "Job15", "build_plan", "resolved_seeds", "task_plan"]
 
 
 class Host15(Protocol):
@@ -81,7 +81,8 @@ class Job15:
     splice_span: tuple[int, int] | None = None  # repaint: keep the source outside these frames
 
 
-def _seeds(seeds: tuple[int, ...] | None) -> tuple[int, ...]:
+def resolved_seeds(seeds: tuple[int, ...] | None) -> tuple[int, ...]:
+    """``seeds``, which the pipeline resolved before building the plan."""
     if seeds is None:  # the pipeline resolves seeds before building a plan
         raise ValueError("a 1.5 plan needs resolved seeds (Pipeline15.resolve_seeds)")
     return seeds
@@ -101,9 +102,11 @@ def _conditioning(
     return Conditioning15(enc, enc_mask, host.context(src, chunk, is_cover, hints))
 
 
-def _plan(
+def task_plan(
     host: Host15, settings: Settings15, request: Any, x_init: Tensor, cond: Conditioning15, **kw: Any
 ) -> Plan15:
+    """The :class:`Plan15` of a task: the settings' schedule (or ``schedule=``), their guidance, the SDE
+    re-noise of the request's seeds (or ``row_seeds=``); other ``kw`` go to the plan (after, repaint...)."""
     p = request.params
     guidance = None
     if settings.guided:
@@ -113,7 +116,7 @@ def _plan(
             (p.cfg_interval_start, p.cfg_interval_end),
             host.null_enc(cond.enc),
         )
-    row_seeds = kw.pop("row_seeds", None) or _seeds(p.seeds)  # stems: the request's seed on every row
+    row_seeds = kw.pop("row_seeds", None) or resolved_seeds(p.seeds)  # stems: the request's seed on every row
     renoise = host.renoise_fn(row_seeds, x_init.shape[1]) if p.infer_method == "sde" else None
     schedule = kw.pop("schedule", settings.schedule)
     return Plan15(x_init, schedule, cond, guidance=guidance, renoise=renoise, **kw)
@@ -141,15 +144,16 @@ def _text2music(host: Host15, request: Text2Music15, settings: Settings15) -> Jo
         is_cover = torch.ones(batch)
     instruction = request.instruction or instruction_for(task)
     cond = _conditioning(host, request, instruction, request.duration_s, src, chunk, is_cover, hints)
-    x_init = host.noise(_seeds(p.seeds), total)
+    x_init = host.noise(resolved_seeds(p.seeds), total)
     if isinstance(request, Retake15):
-        x_init = trig_mix(x_init, host.noise(_seeds(request.retake_seeds), total), request.variance_frac)
-    return Job15(_plan(host, settings, request, x_init, cond), n_frames, request.duration_s)
+        retake = host.noise(resolved_seeds(request.retake_seeds), total)
+        x_init = trig_mix(x_init, retake, request.variance_frac)
+    return Job15(task_plan(host, settings, request, x_init, cond), n_frames, request.duration_s)
 
 
 def _source(host: Host15, request: Any) -> tuple[Tensor, int, int]:
     """The source latents padded to the generated length, the source's frames and the generated frames."""
-    latents = host.encode_source(request.source_path, _seeds(request.params.seeds))
+    latents = host.encode_source(request.source_path, resolved_seeds(request.params.seeds))
     n_frames = latents.shape[1]
     total = inputs.generated_frames(n_frames)
     return inputs.pad_with_silence(latents, host.silence_latent, total), n_frames, total
@@ -174,9 +178,9 @@ def _repaint(host: Host15, request: Repaint15, settings: Settings15) -> Job15:
     else:  # the reference's "auto" mode: all ones (docs/reference_behaviour.md#r24)
         chunk = torch.ones_like(src)
     cond = _conditioning(host, request, instruction, duration_s, src, chunk, torch.zeros(batch))
-    x_init = host.noise(_seeds(p.seeds), total)
+    x_init = host.noise(resolved_seeds(p.seeds), total)
     repaint = Repaint15Spec(mask, clean, x_init, request.injection_frac, request.crossfade_frames)
-    plan = _plan(host, settings, request, x_init, cond, repaint=repaint)
+    plan = task_plan(host, settings, request, x_init, cond, repaint=repaint)
     return Job15(plan, n_frames, duration_s, (a, b) if request.keep_source_samples else None)
 
 
@@ -197,7 +201,7 @@ def _cover(host: Host15, request: Cover15, settings: Settings15) -> Job15:
     if request.legacy_cover_detection and not is_cover_instruction(instruction):
         is_cover = torch.zeros(batch)  # the reference's rule: only a cover instruction makes a cover
     cond = _conditioning(host, request, instruction, duration_s, src, chunk, is_cover)
-    noise = host.noise(_seeds(p.seeds), total)
+    noise = host.noise(resolved_seeds(p.seeds), total)
     x_init, schedule = v15.cover_noise(settings.schedule, noise, src, request.cover_noise_frac)
     after, switch = None, schedule.n_steps
     if request.cover_strength_frac < 1.0:  # then the plain text2music condition over silence
@@ -206,7 +210,8 @@ def _cover(host: Host15, request: Cover15, settings: Settings15) -> Job15:
         after = _conditioning(
             host, request, instruction_for("text2music"), duration_s, silence, chunk, torch.zeros(batch)
         )
-    plan = _plan(host, settings, request, x_init, cond, after=after, switch_step=switch, schedule=schedule)
+    switching = {"after": after, "switch_step": switch, "schedule": schedule}
+    plan = task_plan(host, settings, request, x_init, cond, **switching)
     return Job15(plan, n_frames, duration_s)
 
 
@@ -233,7 +238,7 @@ def _stems(host: Host15, request: Extract15 | Complete15 | Stems15, settings: Se
     instruction = _stem_instructions(request)
     src, n_frames, total = _source(host, request)  # [len(seeds), T, C]
     duration_s = n_frames / inputs.FRAMES_PER_S
-    seeds = _seeds(request.params.seeds)
+    seeds = resolved_seeds(request.params.seeds)
     if not isinstance(instruction, str):  # stems: batch_size 1, one row per track
         src = src.repeat(len(instruction), 1, 1)
         seeds = seeds * len(instruction)
@@ -242,7 +247,7 @@ def _stems(host: Host15, request: Extract15 | Complete15 | Stems15, settings: Se
         host, request, instruction, duration_s, src, torch.ones_like(src), torch.zeros(batch)
     )
     x_init = host.noise(seeds, total)
-    return Job15(_plan(host, settings, request, x_init, cond, row_seeds=seeds), n_frames, duration_s)
+    return Job15(task_plan(host, settings, request, x_init, cond, row_seeds=seeds), n_frames, duration_s)
 
 
 def _edit_target(request: Edit15) -> Edit15 | None:
@@ -272,13 +277,13 @@ def _edit(host: Host15, request: Edit15, settings: Settings15) -> Job15:
     if target_request is not None:
         enc, enc_mask = host.encode_conditions(target_request, instruction, duration_s, batch)
         target = Conditioning15(enc, enc_mask, source.context)
-    draw = host.renoise_fn(_seeds(p.seeds), total)
+    draw = host.renoise_fn(resolved_seeds(p.seeds), total)
     sde_noise = draw if p.infer_method == "sde" else None
     steps = edit_step_range(settings.schedule.n_steps, request.n_min_frac, request.n_max_frac)
     plan = EditPlan15(
         x_src,
-        _plan(host, settings, request, x_src, source),
-        replace(_plan(host, settings, request, x_src, target), renoise=sde_noise),
+        task_plan(host, settings, request, x_src, source),
+        replace(task_plan(host, settings, request, x_src, target), renoise=sde_noise),
         steps,
         request.n_avg,
         lambda: draw(0),
