@@ -190,3 +190,19 @@ def load_cpu(root: Path):
     from songflow.families import load_pipeline
 
     return load_pipeline(root, device="cpu", dtype="float32")
+
+
+FINAL_JOB_STATES = ("done", "failed", "cancelled")
+
+
+def wait_final(client, job_id: str, timeout: float = 120.0) -> dict:
+    """Poll ``GET /v1/jobs/{job_id}`` until the job is done, failed or cancelled; its last view."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in FINAL_JOB_STATES:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")

@@ -29,13 +29,14 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
+from conftest import FINAL_JOB_STATES, wait_final  # noqa: E402
 from songflow.errors import SongflowError  # noqa: E402
 from songflow.interfaces.cli.serve import BackgroundServer  # noqa: E402
 from songflow.interfaces.server.app import create_app  # noqa: E402
 from songflow.interfaces.server.jobs import STATES, JobStore  # noqa: E402
 
 FAST = {"steps": 2, "guidance": "cfg", "guidance_scale": 2.0}
-FINAL = ("done", "failed", "cancelled")
+FINAL = FINAL_JOB_STATES
 
 
 def t2m(seed: int = 1, duration_s: float = 1.0, **params) -> dict:
@@ -61,16 +62,6 @@ def submit_multipart(client: httpx.Client, request: dict, **files: bytes) -> htt
         data={"request": json.dumps(request)},
         files={name: (f"{name}.wav", data, "audio/wav") for name, data in files.items()},
     )
-
-
-def wait_final(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in FINAL:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def wait_running(client: httpx.Client, job_id: str, timeout: float = 60.0) -> None:

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import wait_final
 from songflow.errors import ConfigError
 from songflow.interfaces.server.jobs import JobStore
 from songflow.pipeline import batch_key
@@ -178,16 +179,6 @@ def _job(tags: str, seed: int, **params) -> dict:
     }
 
 
-def _wait(client, job_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
-
-
 def _audio(client, job_id: str):
     r = client.get(f"/v1/jobs/{job_id}/audio")
     assert r.status_code == 200, r.text
@@ -207,7 +198,7 @@ def test_worker_batches_compatible_jobs_with_single_job_audio(pipe, tmp_path):
     with TestClient(app) as client:
         ids = [client.post("/v1/jobs", json=j).json()["id"] for j in jobs]
         app.state.worker.resume()
-        done = [_wait(client, i) for i in ids]
+        done = [wait_final(client, i) for i in ids]
         assert [j["state"] for j in done] == ["done"] * 5
         assert [j["batch_jobs"] for j in done] == [4, 4, 1, 4, 4]
         batched = [_audio(client, i) for i in ids]
@@ -215,7 +206,7 @@ def test_worker_batches_compatible_jobs_with_single_job_audio(pipe, tmp_path):
     app = create_app(pipe, data_dir=tmp_path / "alone", max_batch=1)
     with TestClient(app) as client:
         for job, audio in zip(jobs, batched, strict=True):
-            single = _wait(client, client.post("/v1/jobs", json=job).json()["id"])
+            single = wait_final(client, client.post("/v1/jobs", json=job).json()["id"])
             assert single["batch_jobs"] == 1
             torch.testing.assert_close(_audio(client, single["id"]), audio, rtol=1e-5, atol=1e-5)
 
@@ -233,7 +224,7 @@ def test_cancel_one_job_of_a_running_batch(pipe, tmp_path):
             time.sleep(0.02)
         r = client.delete(f"/v1/jobs/{ids[0]}")
         assert r.status_code == 200 and r.json()["state"] == "cancelled"
-        kept = _wait(client, ids[1])
+        kept = wait_final(client, ids[1])
         assert kept["state"] == "done" and kept["batch_jobs"] == 2 and kept["progress"] == 1.0
         cancelled = client.get(f"/v1/jobs/{ids[0]}").json()
         assert cancelled["state"] == "cancelled" and cancelled["n_outputs"] == 0
@@ -265,7 +256,7 @@ def test_failed_batch_falls_back_to_single_jobs(pipe, tmp_path, monkeypatch):
             client.post("/v1/jobs", json=_job(t, s)).json()["id"] for t, s in (("a", 1), ("bad", 2), ("c", 3))
         ]
         app.state.worker.resume()
-        done = [_wait(client, i) for i in ids]
+        done = [wait_final(client, i) for i in ids]
         assert app.state.worker.alive
     assert calls == [3]
     assert [j["state"] for j in done] == ["done", "failed", "done"]

@@ -15,7 +15,6 @@ import builtins
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
-from conftest import load_cpu, tiny_v15_root  # noqa: E402
+from conftest import load_cpu, tiny_v15_root, wait_final  # noqa: E402
 from songflow.requests import LoraRef  # noqa: E402
 from songflow.requests_v15 import Params15, Text2Music15  # noqa: E402
 from test_v15_lora import _lokr_factors, _lora_pairs, _write_lycoris, _write_peft  # noqa: E402
@@ -79,11 +78,8 @@ def _song15(seed: int, *loras: LoraRef) -> Text2Music15:
     )
 
 
-def _finished(client, job_id: str, timeout_s: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
+def _finished(client, job_id: str) -> dict:
+    job = wait_final(client, job_id, timeout=180.0)
     assert job["state"] == "done", job
     return job
 

@@ -11,7 +11,6 @@ REST job run it. Plan-level tests build the conditions once and rerun only the s
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import tiny_v15_root
+from conftest import tiny_v15_root, wait_final
 from songflow.errors import ConfigError
 from songflow.requests import RequestFieldError
 from songflow.requests_v15 import Edit15, Params15
@@ -274,10 +273,7 @@ def test_rest_job_runs_an_edit(pipes, source, tmp_path):
         answer = client.post("/v1/jobs", data={"request": json.dumps(body)}, files=files)
         assert answer.status_code == 202, answer.text
         job_id = answer.json()["id"]
-        deadline = time.monotonic() + 120
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
+        job = wait_final(client, job_id)
         assert job["state"] == "done", job
         assert job["request"]["task"] == "edit" and job["request"]["source_path"] == "upload:take.wav"
         assert client.get(job["audio_urls"][0]).content[:4] == b"RIFF"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import tiny_v15_root
+from conftest import tiny_v15_root, wait_final
 from songflow.errors import SongflowError
 from songflow.interfaces.cli import main
 from songflow.requests import RequestFieldError
@@ -234,10 +233,7 @@ def test_extend_rest_job_with_an_uploaded_source(pipe15, source_wav, tmp_path):
         answer = client.post("/v1/jobs", data=form, files={"source": ("take.wav", path.read_bytes())})
         assert answer.status_code == 202, answer.text
         job_id = answer.json()["id"]
-        deadline = time.monotonic() + 120
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
+        job = wait_final(client, job_id)
         assert job["state"] == "done", job
         audio, rate = sf.read(io.BytesIO(client.get(job["audio_urls"][0]).content))
     assert rate == SR and audio.shape[0] == len(wav) + round(1.5 * SR)

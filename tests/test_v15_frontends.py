@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from conftest import wait_final
 from songflow.interfaces.cli import main
 
 FAST = ["--duration", "10", "--timesteps", "1,0.5"]
@@ -162,10 +162,7 @@ def test_v15_server_runs_a_job_and_serves_its_audio(pipe15, tmp_path):
         answer = client.post("/v1/jobs", json=body)
         assert answer.status_code == 202, answer.text
         job_id = answer.json()["id"]
-        deadline = time.monotonic() + 120
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
+        job = wait_final(client, job_id)
         assert job["state"] == "done", job
         assert job["request"]["caption"] == "warm jazz trio" and job["request"]["params"]["seeds"] == [3]
         audio = client.get(job["audio_urls"][0])
