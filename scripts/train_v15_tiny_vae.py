@@ -8,7 +8,11 @@ tell whether a 1.5 LoRA moved its generations. This script gives such a checkpoi
 
 1. the VAE is built exactly as the random checkpoint builder builds it (diffusers ``AutoencoderOobleck`` of
    ``OobleckConfig.tiny()``: 48 kHz stereo, hop 1920 = 2·4·4·6·10, the DiT's latent width), so the 1.5
-   loader (``load_v15_vae``) reads the result unchanged;
+   loader (``load_v15_vae``) reads the result unchanged. Training starts from torch's default init
+   (weight norm ``g = |v|``, Snake ``log alpha = log beta = 0``), *not* from the base's weights: those are
+   i.i.d. noise (``write_random_safetensors``) with ``g`` ~ 0.15, so every conv shrinks its input ~7x,
+   the output depends on the biases only, the encoder's gradients are ~1e-9 and the VAE learns to output
+   ~0 with a collapsed posterior (``--init base`` keeps the base weights, e.g. to resume);
 2. it is trained on random crops of the corpus audio (``songflow corpus make``; resampled to 48 kHz stereo
    when needed) with L1 waveform + multi-resolution STFT (spectral convergence + log magnitude) + a small
    KL term, Adam, for ``--minutes`` of wall time;
@@ -182,6 +186,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--init",
+        choices=("fresh", "base"),
+        default="fresh",
+        help="fresh: torch's default init (default); base: --base's (random) VAE weights",
+    )
     ap.add_argument("--eval-only", action="store_true", help="skip training; check OUT's VAE")
     return ap.parse_args()
 
@@ -191,6 +201,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from songflow.checkpoint.acestep_v15 import VAE_FOLDER, load_v15_vae
     from songflow.checkpoint.random_checkpoint import build_random_v15_checkpoint
+    from songflow.models.acestep_v15.vae import OobleckVAE
 
     out = Path(args.out).resolve()
     work = Path(args.work).resolve() if args.work else out.with_name(out.name + ".work")
@@ -201,8 +212,10 @@ def main() -> int:
     started = time.monotonic()
     vae = load_v15_vae((out if args.eval_only else base) / VAE_FOLDER)
     if not args.eval_only:
-        vae.requires_grad_(True)
         torch.manual_seed(args.seed)
+        if args.init == "fresh":
+            vae = OobleckVAE(vae.config)
+        vae.requires_grad_(True)
         clips = load_clips(Path(args.corpus), vae.sample_rate_hz)
         print(f"{len(clips)} clips, {sum(c.shape[-1] for c in clips) / vae.sample_rate_hz / 3600:.2f} h")
         log = train(vae, clips, args, lambda: save_vae(vae, base, out))
