@@ -93,6 +93,62 @@ def vae_losses(vae, wav: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, 
     return total, {"l1": l1.item(), "stft": spec.item(), "kl": kl.item()}
 
 
+CONV_TYPES = (torch.nn.Conv1d, torch.nn.ConvTranspose1d)
+# encoder scale channels at init: std = softplus(-4) ~ 0.018, well below the latent mean's ~1
+INIT_LOG_SCALE = -4.0
+
+
+def conv_output(root: torch.nn.Module, conv: torch.nn.Module, run) -> torch.Tensor:
+    """What ``conv`` outputs while ``run()`` runs ``root``."""
+    seen: list[torch.Tensor] = []
+    handle = conv.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@torch.no_grad()
+def data_init(vae, wav: torch.Tensor) -> dict[str, float]:
+    """Data-dependent init on the batch ``wav``: zero conv biases, then rescale every conv's ``weight_g``
+    (forward order) so its output has unit std; the encoder's last conv per channel (latent mean ~N(0, 1)
+    per channel, scale channels near ``INIT_LOG_SCALE``), the decoder's last conv to ``wav``'s std.
+    Returns the latent spread across clips and along time (``probe`` figures) after the init."""
+    enc, dec = vae.autoencoder.encoder, vae.autoencoder.decoder
+    for module in vae.autoencoder.modules():
+        if isinstance(module, CONV_TYPES) and module.bias is not None:
+            module.bias.zero_()
+    for conv in [m for m in enc.modules() if isinstance(m, CONV_TYPES)]:
+        out = conv_output(enc, conv, lambda: enc(wav))
+        per_channel = conv is enc.conv2
+        std = out.std(dim=(0, 2)) if per_channel else out.std().expand(out.shape[1])
+        conv.weight_g.mul_(1.0 / std.clamp_min(1e-8).view(-1, 1, 1))
+        if per_channel:
+            half = out.shape[1] // 2
+            conv.bias[:half] = -(out.mean(dim=(0, 2))[:half] / std[:half])
+            conv.weight_g[half:].mul_(0.1)
+            conv.bias[half:] = INIT_LOG_SCALE
+    latents = vae.encode(wav)[0]
+    for conv in [m for m in dec.modules() if isinstance(m, CONV_TYPES)]:
+        out = conv_output(dec, conv, lambda: vae.decode(latents))
+        target = wav.std() if conv is dec.conv2 else 1.0
+        conv.weight_g.mul_(target / out.std().clamp_min(1e-8))
+    return latent_spread(vae, wav)
+
+
+@torch.no_grad()
+def latent_spread(vae, wav: torch.Tensor) -> dict[str, float]:
+    """Latent-mean std across the clips of ``wav`` and along time (both averaged), and the posterior std."""
+    mean, std = vae.encode(wav)
+    return {
+        "across_clips": float(mean.std(0).mean()),
+        "along_time": float(mean.std(1).mean()),
+        "clip_mean_spread": float(mean.mean(1).std(0).mean()),
+        "posterior_std": float(std.mean()),
+    }
+
+
 def save_vae(vae, base: Path, out: Path) -> None:
     """``out`` = a copy of the 1.5 checkpoint ``base`` whose ``vae/`` holds ``vae``'s config and weights."""
     from songflow.checkpoint.acestep_v15 import CONFIG_NAME, VAE_FOLDER, VAE_WEIGHTS_NAME
@@ -188,9 +244,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--init",
-        choices=("fresh", "base"),
-        default="fresh",
-        help="fresh: torch's default init (default); base: --base's (random) VAE weights",
+        choices=("data", "fresh", "base"),
+        default="data",
+        help="data: data_init on a first batch (default); fresh: torch's default init; "
+        "base: --base's (random) VAE weights",
     )
     ap.add_argument("--eval-only", action="store_true", help="skip training; check OUT's VAE")
     return ap.parse_args()
@@ -213,11 +270,16 @@ def main() -> int:
     vae = load_v15_vae((out if args.eval_only else base) / VAE_FOLDER)
     if not args.eval_only:
         torch.manual_seed(args.seed)
-        if args.init == "fresh":
+        if args.init != "base":
             vae = OobleckVAE(vae.config)
         vae.requires_grad_(True)
         clips = load_clips(Path(args.corpus), vae.sample_rate_hz)
         print(f"{len(clips)} clips, {sum(c.shape[-1] for c in clips) / vae.sample_rate_hz / 3600:.2f} h")
+        if args.init == "data":
+            init_gen = torch.Generator().manual_seed(args.seed + 1)
+            init_wav = random_crops(clips, 8, args.crop_frames * vae.hop_samples, init_gen)
+            figures["init_latent_spread"] = data_init(vae, init_wav)
+            print("init latent spread", json.dumps(figures["init_latent_spread"]), flush=True)
         log = train(vae, clips, args, lambda: save_vae(vae, base, out))
         figures["train"] = {"steps": log[-1]["step"] if log else 0, "first": log[:1], "last": log[-1:]}
         figures["params"] = sum(p.numel() for p in vae.parameters())
