@@ -206,3 +206,25 @@ def wait_final(client, job_id: str, timeout: float = 120.0) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def randomise_lora(model, name: str, seed: int = 0, std: float = 0.2) -> None:
+    """Fill adapter ``name``'s A and B factors with N(0, std²) draws (a fresh adapter changes nothing)."""
+    from songflow.nn import lora as L
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in L.lora_modules(model, name).values():
+            for factor in (module.lora_A[name], module.lora_B[name]):
+                factor.weight.copy_(torch.randn(factor.weight.shape, generator=g) * std)
+
+
+def write_random_lora(model, targets, folder: Path, name: str = "style") -> Path:
+    """Inject a rank-4 adapter ``name`` on ``targets`` of ``model``, randomise it, save it to ``folder``."""
+    from songflow.checkpoint.lora import save_lora
+    from songflow.nn import lora as L
+
+    L.inject(model, targets, name=name, r=4, alpha=4.0)
+    randomise_lora(model, name)
+    save_lora(model, name, folder)
+    return folder

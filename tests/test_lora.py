@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import randomise_lora
 from songflow.checkpoint.lora import (
     CONFIG_NAME,
     METADATA_KEY,
@@ -80,14 +81,6 @@ def _run(model: nn.Module, inputs) -> torch.Tensor:
     return torch.cat([model(x, sigma, cond).flatten(), cond.states.flatten()])
 
 
-def _randomise(model: nn.Module, name: str, seed: int = 0, std: float = 0.2) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in L.lora_modules(model, name).values():
-            for factor in (module.lora_A[name], module.lora_B[name]):
-                factor.weight.copy_(torch.randn(factor.weight.shape, generator=g) * std)
-
-
 def _official(model: nn.Module, name: str = "a", r: int = 4, alpha: float = 8.0, **kw) -> list[str]:
     return L.inject(model, OFFICIAL_TARGET_MODULES, name=name, r=r, alpha=alpha, **kw)
 
@@ -122,7 +115,7 @@ def test_base_checkpoint_loads_strictly_with_adapters_attached(tmp_path: Path, m
         for p in model.parameters():
             p.zero_()
     _official(model)
-    _randomise(model, "a")
+    randomise_lora(model, "a")
     load_state_dict_strict(model, tmp_path / "base.safetensors", dtype=None)
     adapter = L.adapter_state_dict(model, "a")
     assert all(v.abs().sum() > 0 for v in adapter.values())  # the adapter is untouched
@@ -153,21 +146,21 @@ def test_weight_zero_and_scale_zero_equal_base_exactly(model, base) -> None:
     inputs = _inputs(base)
     ref = _run(base, inputs)
     _official(model, name="a")
-    _randomise(model, "a")
+    randomise_lora(model, "a")
     assert not torch.allclose(_run(model, inputs), ref)
     L.set_adapter_weight(model, "a", 0.0)
     assert torch.equal(_run(model, inputs), ref)
     L.set_adapter_weight(model, "a", 1.0)
     L.remove_adapter(model, "a")
     _official(model, name="z", alpha=0.0)
-    _randomise(model, "z")
+    randomise_lora(model, "z")
     assert torch.equal(_run(model, inputs), ref)
 
 
 def test_merged_equals_unmerged_and_unmerge_restores_base(model, base) -> None:
     inputs = _inputs(base)
     _official(model, name="a", r=3, alpha=5.0)
-    _randomise(model, "a")
+    randomise_lora(model, "a")
     L.set_adapter_weight(model, "a", 0.7)
     unmerged = _run(model, inputs)
     L.merge(model)
@@ -194,8 +187,8 @@ def test_merge_cycles_restore_base_bit_exactly(base, dtype: torch.dtype) -> None
     reference = copy.deepcopy(model)
     _official(model, name="a")
     L.inject(model, ["to_q", "linear_k"], name="b", r=2, alpha=4.0)
-    _randomise(model, "a", std=0.5)  # deltas as large as the weights: many elements lose bits when merged
-    _randomise(model, "b", seed=3, std=0.5)
+    randomise_lora(model, "a", std=0.5)  # deltas as large as the weights: many elements lose bits when merged
+    randomise_lora(model, "b", seed=3, std=0.5)
     for w in (1.0, -0.7, 2.5):
         L.merge(model, "a")
         L.set_adapter_weight(model, "a", w)
@@ -218,8 +211,8 @@ def test_two_adapters_add_their_deltas(model) -> None:
     _official(model, name="a", r=4, alpha=8.0)
     L.inject(model, ["to_q", "to_v"], name="b", r=2, alpha=1.0, use_rslora=True, weight=-1.3)
     L.set_adapter_weight(model, "a", 0.7)
-    _randomise(model, "a", seed=1)
-    _randomise(model, "b", seed=2)
+    randomise_lora(model, "a", seed=1)
+    randomise_lora(model, "b", seed=2)
     x = torch.randn(3, 5, model.config.inner_dim)
     layer = model.transformer_blocks[1].cross_attn.to_q
     assert set(layer.specs) == {"a", "b"}
@@ -278,7 +271,7 @@ def test_trainable_parameters_only_the_adapter(model, base) -> None:
 def test_save_load_round_trip_exact(tmp_path: Path, model, base) -> None:
     inputs = _inputs(base)
     _official(model, name="mine", r=4, alpha=8.0, use_rslora=True)
-    _randomise(model, "mine")
+    randomise_lora(model, "mine")
     L.set_adapter_weight(model, "mine", 0.6)
     expected = _run(model, inputs)
     folder = save_lora(model, "mine", tmp_path / "out", config={"note": "test", "lora_alpha": 8})
@@ -405,7 +398,7 @@ def test_pickle_and_missing_files_are_rejected(tmp_path: Path, base) -> None:
 
 def test_unload_and_names(tmp_path: Path, model, base) -> None:
     _official(model, name="a")
-    _randomise(model, "a")
+    randomise_lora(model, "a")
     save_lora(model, "a", tmp_path / "a")
     target = copy.deepcopy(base)
     load_lora(target, tmp_path / "a", name="x")
@@ -430,7 +423,7 @@ def test_set_loras_reuses_loaded_files(tmp_path: Path, model, base, monkeypatch)
     inputs = _inputs(base)
     ref = _run(base, inputs)
     _official(model, name="a")
-    _randomise(model, "a")
+    randomise_lora(model, "a")
     save_lora(model, "a", tmp_path / "a")
     L.set_adapter_weight(model, "a", 0.5)
     expected = _run(model, inputs)
@@ -514,7 +507,7 @@ def test_our_file_loads_in_diffusers(tmp_path: Path, model, base) -> None:
                 setattr(self, child_name, child)
 
     _official(model, name="a", r=4, alpha=8.0, use_rslora=True)
-    _randomise(model, "a")
+    randomise_lora(model, "a")
     save_lora(model, "a", tmp_path / "a")
     weights = str(tmp_path / "a" / WEIGHT_NAME)
 

@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
-from conftest import load_cpu, tiny_v15_root, wait_final  # noqa: E402
+from conftest import load_cpu, tiny_v15_root, wait_final, write_random_lora  # noqa: E402
 from songflow.requests import LoraRef  # noqa: E402
 from songflow.requests_v15 import Params15, Text2Music15  # noqa: E402
 from test_v15_lora import _lokr_factors, _lora_pairs, _write_lycoris, _write_peft  # noqa: E402
@@ -225,18 +225,11 @@ def test_serve_refuses_a_missing_lora_dir_before_loading(tmp_path, capsys):
 
 def test_a_v1_job_with_a_named_lora_is_the_python_api_song(pipe, tiny_ckpt, tmp_path):
     from songflow.checkpoint.acestep_v1 import load_transformer
-    from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES, save_lora
-    from songflow.nn import lora as L
+    from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES
     from songflow.requests import GenerationParams, Text2Music
 
     model = load_transformer(tiny_ckpt / "ace_step_transformer", dtype=torch.float32, device="cpu")
-    L.inject(model, OFFICIAL_TARGET_MODULES, name="style", r=4, alpha=4.0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in L.lora_modules(model, "style").values():
-            for factor in (module.lora_A["style"], module.lora_B["style"]):
-                factor.weight.copy_(torch.randn(factor.weight.shape, generator=g) * 0.2)
-    save_lora(model, "style", tmp_path / "loras" / "style")
+    write_random_lora(model, OFFICIAL_TARGET_MODULES, tmp_path / "loras" / "style")
     fast = {"steps": 2, "guidance": "cfg", "guidance_scale": 2.0, "seeds": [4]}
     body = {"task": "text2music", "tags": "waltz", "duration_s": 1.0, "params": fast}
     try:

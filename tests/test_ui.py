@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_random_lora
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.checkpoint.lora import discover_loras
 from songflow.errors import AudioError, ConfigError
@@ -370,17 +371,10 @@ def test_discover_loras(tmp_path):
 def test_lora_chosen_in_the_form_changes_the_song(studio, tiny_ckpt, tmp_path):
     """An adapter offered from --lora-dir and selected in the form is applied (weight 0: the base song)."""
     from songflow.checkpoint.acestep_v1 import load_transformer
-    from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES, save_lora
-    from songflow.nn import lora as L
+    from songflow.checkpoint.lora import OFFICIAL_TARGET_MODULES
 
     model = load_transformer(tiny_ckpt / "ace_step_transformer", dtype=torch.float32, device="cpu")
-    L.inject(model, OFFICIAL_TARGET_MODULES, name="style", r=4, alpha=4.0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in L.lora_modules(model, "style").values():
-            for factor in (module.lora_A["style"], module.lora_B["style"]):
-                factor.weight.copy_(torch.randn(factor.weight.shape, generator=g) * 0.2)
-    save_lora(model, "style", tmp_path / "loras" / "style")
+    write_random_lora(model, OFFICIAL_TARGET_MODULES, tmp_path / "loras" / "style")
     (offered,) = discover_loras(tmp_path / "loras")
 
     values = {"tags": "waltz", "lyrics": "", "duration_s": 1.0}
@@ -820,19 +814,11 @@ def test_v15_lora_picked_in_the_studio_changes_the_song(studio15, tmp_path):
     (weight 0 and no adapter: the base song)."""
     import copy
 
-    from songflow.checkpoint.lora import save_lora
     from songflow.interfaces.studio.app import build_ui, run_task
-    from songflow.nn import lora as L
 
     studio15.switch(next(m.key for m in studio15.models if m.variant == "turbo"))
     decoder = copy.deepcopy(studio15.pipeline.dit.decoder)  # the official trainer's targets
-    L.inject(decoder, ("q_proj", "k_proj", "v_proj", "o_proj"), name="style", r=4, alpha=4.0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in L.lora_modules(decoder, "style").values():
-            for factor in (module.lora_A["style"], module.lora_B["style"]):
-                factor.weight.copy_(torch.randn(factor.weight.shape, generator=g) * 0.2)
-    save_lora(decoder, "style", tmp_path / "loras" / "style")
+    write_random_lora(decoder, ("q_proj", "k_proj", "v_proj", "o_proj"), tmp_path / "loras" / "style")
     (offered,) = discover_loras(tmp_path / "loras")
     studio15.loras = [offered]
     try:
