@@ -127,35 +127,38 @@ of its schedule, the APG momentum passed in and returned (None without guidance)
 
 def guided_velocity(model: Any, plan: Plan15) -> GuidedVelocity15:
     """The guided velocity of the plan, its APG momentum threaded by the caller (:func:`run_plan15` keeps
-    one per run; FlowEdit one per branch). The cross-attention keys/values of each condition are computed
-    once per run (the decoder's ``precompute_cross``; identical numbers, one projection per run)."""
+    one per run; FlowEdit one per branch). The cross-attention keys/values and key mask of each condition
+    are computed once per run (the decoder's ``precompute_cross``; identical numbers, one projection per
+    run), not per step."""
     guidance = plan.guidance
-    cross: dict[int, object] = {}
+    prepared: dict[int, tuple[object, Tensor | None]] = {}
 
-    def cross_of(cond: Conditioning15) -> object:
-        if id(cond) not in cross:
-            enc = cond.enc
-            if guidance is not None:
+    def prepare(cond: Conditioning15) -> tuple[object, Tensor | None]:
+        """The condition's cross-attention K/V and key mask for the model's batch, once per run."""
+        if id(cond) not in prepared:
+            enc, mask = cond.enc, padding_mask(cond.enc_mask)
+            if guidance is not None:  # [cond; uncond]: the null states share the rows' mask
                 enc = torch.cat([enc, guidance.null_enc.to(enc.dtype)], dim=0)
-            cross[id(cond)] = model.precompute_cross(enc)
-        return cross[id(cond)]
+                mask = None if mask is None else torch.cat([mask, mask])
+            prepared[id(cond)] = (model.precompute_cross(enc), mask)
+        return prepared[id(cond)]
 
     def velocity(
         x: Tensor, t_batch: Tensor, i: int, state: ApgState | None
     ) -> tuple[Tensor, ApgState | None]:
         cond = plan.after if (plan.after is not None and i >= plan.switch_step) else plan.cond
         t_batch = t_batch.to(x.dtype)
-        mask = padding_mask(cond.enc_mask)
+        cross, mask = prepare(cond)
         if guidance is None:
-            v = model.velocity(x, t_batch, cond.context, None, cross=cross_of(cond), enc_mask=mask)
+            v = model.velocity(x, t_batch, cond.context, None, cross=cross, enc_mask=mask)
             return v, state
         v2 = model.velocity(
             torch.cat([x, x]),
             torch.cat([t_batch, t_batch]),
             torch.cat([cond.context, cond.context]),
             None,
-            cross=cross_of(cond),
-            enc_mask=None if mask is None else torch.cat([mask, mask]),
+            cross=cross,
+            enc_mask=mask,
         )
         v_cond, v_uncond = v2.chunk(2)
         return guide_v15(
