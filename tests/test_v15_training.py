@@ -1,6 +1,7 @@
 """ACE-Step 1.5 LoRA training on a tiny random checkpoint: data sources, conditions equal to the pipeline's,
 the loss falls on a repeated batch, only the adapter changes, the adapter folder is the official PEFT layout
-and loads back (on the decoder and through a 1.5 request), and bad input gets clear errors."""
+and loads back (on the decoder and through a 1.5 request), a full decoder fine-tune writes a checkpoint the
+pipeline loads, and bad input gets clear errors."""
 
 from __future__ import annotations
 
@@ -181,12 +182,36 @@ def test_adapter_loads_in_a_v15_request(ckpt15, songs, tmp_path):
     assert torch.equal(pipe.generate(song).latents, plain)  # the request after it runs on the base again
 
 
+def test_full_fine_tune_writes_a_loadable_checkpoint(ckpt15, songs, tmp_path):
+    """``lora.enabled=false``: only the decoder moves; ``final/`` is a 1.5 root the pipeline loads."""
+    from songflow.checkpoint.acestep_v15 import load_v15_dit, validate_v15
+    from songflow.families import load_pipeline
+    from songflow.requests_v15 import Params15, Text2Music15
+    from songflow.training.loop import single_process
+    from songflow.training.v15 import V15Trainer
+
+    cfg = _cfg(ckpt15, songs, tmp_path / "run", "lora.enabled=false", "optim.max_steps=4", "save_every=100")
+    trainer = V15Trainer(cfg, single_process("cpu"), load_host=load_host)
+    base = {k: v.clone() for k, v in trainer.module.dit.state_dict().items()}
+    n_decoder = sum(p.numel() for p in trainer.module.dit.decoder.parameters())
+    assert sum(p.numel() for _, p in trainer.module.trainable()) == n_decoder
+    final = trainer.run(0)
+    layout, old = validate_v15(final), validate_v15(ckpt15)
+    assert layout.dit_name == old.dit_name and layout.vae_dir.resolve() == old.vae_dir.resolve()
+    saved = load_v15_dit(layout.dit_dir, dtype=torch.float32).state_dict()
+    moved = {k for k, v in saved.items() if not torch.equal(v, base[k])}
+    assert moved and all(k.startswith("decoder.") for k in moved)
+    assert all(torch.equal(saved[k], v) for k, v in trainer.module.dit.state_dict().items())
+    song = Text2Music15(caption="gentle waltz", duration_s=2.0, params=Params15(seeds=(5,)))
+    tuned = load_pipeline(final, device="cpu", dtype="float32").generate(song).latents
+    plain = load_pipeline(ckpt15, device="cpu", dtype="float32").generate(song).latents
+    assert torch.isfinite(tuned).all() and not torch.equal(tuned, plain)
+
+
 def test_bad_configs_are_refused(ckpt15, songs, tmp_path):
     from songflow.training.trainer import cosine_lr_lambda, train, trainer_class
     from songflow.training.v15 import sample_v15_timesteps
 
-    with pytest.raises(ConfigError, match="LoRA only"):
-        train(_cfg(ckpt15, songs, tmp_path / "a", "lora.enabled=false"), load_host=load_host)
     with pytest.raises(ConfigError, match="dataset not found"):
         train(_cfg(ckpt15, tmp_path / "nowhere", tmp_path / "b"), load_host=load_host)
     with pytest.raises(ConfigError, match="attention"):

@@ -39,6 +39,7 @@ from songflow.checkpoint.strict import (
     is_pickle,
     load_state_dict_strict,
     safetensors_summary,
+    save_state_dict,
 )
 from songflow.errors import CheckpointError, ConfigError
 
@@ -432,6 +433,27 @@ def load_v15_dit(
     with init_empty_weights():
         model = AceStep15DiT(config)
     return _fill_strict(model, files, dtype_, device_, _hint_for(dit_dir))
+
+
+def save_v15_dit(dit: nn.Module, layout: V15Layout, out: str | Path) -> Path:
+    """A 1.5 ``checkpoints/`` root at ``out`` whose DiT folder (``layout``'s DiT folder name) holds ``dit``'s
+    weights (``model.safetensors``, written atomically, in their current dtype) beside copies of its
+    ``config.json`` and ``silence_latent.pt``; every other folder of ``layout.root`` (VAE, text encoder, 5 Hz
+    LMs, other DiTs) is a symlink to the base's, so ``validate_v15(out)`` and the 1.5 loader take it as it is.
+    Returns ``out``."""
+    import shutil
+
+    out = Path(out).expanduser()
+    target = out / layout.dit_name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_NAME, SILENCE_LATENT_NAME):
+        shutil.copyfile(layout.dit_dir / name, target / name)
+    save_state_dict(dit, target / WEIGHTS_NAME)
+    for entry in sorted(layout.root.iterdir()):
+        link = out / entry.name
+        if entry.name != layout.dit_name and entry.is_dir() and not (link.exists() or link.is_symlink()):
+            link.symlink_to(entry.resolve(), target_is_directory=True)
+    return out
 
 
 def load_v15_vae(

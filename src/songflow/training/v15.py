@@ -1,11 +1,12 @@
-"""LoRA training of an ACE-Step 1.5 DiT on songflow's trainer (chosen when ``model.checkpoint_dir`` is a 1.5
-folder; see :func:`songflow.training.trainer.train`).
+"""LoRA training (or, with ``lora.enabled=false``, a full fine-tune of the decoder) of an ACE-Step 1.5 DiT on
+songflow's trainer (chosen when ``model.checkpoint_dir`` is a 1.5 folder; see
+:func:`songflow.training.trainer.train`).
 
 One step, as the official LoRA trainer / the model's own training forward (docs/acestep_v15.md#training):
 
 * the condition encoder is frozen: its states are cached once (:mod:`songflow.training.v15_data`), only the
   decoder's attention projections carry the adapter (official targets ``q_proj, k_proj, v_proj, o_proj``
-  of self- and cross-attention);
+  of self- and cross-attention); a full fine-tune trains every decoder weight instead;
 * ``t`` from ``v15.timesteps`` (``turbo``: uniform over the 8 turbo timesteps of ``schedule.shift``, the
   official LoRA trainer; ``logit_normal``: the max of two ``sigmoid(N(mu, sigma))`` draws, the model's
   forward), ``x_t = t * noise + (1 - t) * x0``, the decoder called with ``r = t``;
@@ -16,7 +17,9 @@ One step, as the official LoRA trainer / the model's own training forward (docs/
 Adapters are written in the official PEFT layout (``PeftModel.save_pretrained`` of the decoder):
 ``adapter_model.safetensors`` with keys ``base_model.model.layers.N.self_attn.q_proj.lora_A.weight`` and an
 ``adapter_config.json`` (``peft_type LORA``, ``task_type FEATURE_EXTRACTION``, r, lora_alpha, ...), so a
-1.5 request loads them with ``loras=(LoraRef(folder, weight),)``, and so does PEFT.
+1.5 request loads them with ``loras=(LoraRef(folder, weight),)``, and so does PEFT. A full fine-tune writes
+``<output_dir>/final``: a ``checkpoints/`` root whose DiT folder holds the new weights, the other folders
+linked to the base's (:func:`songflow.checkpoint.acestep_v15.save_v15_dit`).
 """
 
 from __future__ import annotations
@@ -66,8 +69,6 @@ def target_modules(cfg: TrainConfig) -> list[str]:
 
 def check_v15_config(cfg: TrainConfig) -> None:
     """What 1.5 training cannot do, refused before anything loads."""
-    if not cfg.lora.enabled:
-        raise ConfigError("ACE-Step 1.5 training is LoRA only: set lora.enabled=true")
     if cfg.repa.enabled:
         raise ConfigError("repa is a v1 (ACE-Step v1, songflow-tiny) feature; set repa.enabled=false for 1.5")
     if cfg.model.gradient_checkpointing:
@@ -97,8 +98,31 @@ def sample_v15_timesteps(
     return torch.maximum(t, r)
 
 
-class V15LoraModule(nn.Module):
-    """An ``AceStep15DiT`` with a LoRA adapter on its decoder; :meth:`forward` is one batch's loss terms.
+def inject_adapter(decoder: nn.Module, cfg: TrainConfig) -> None:
+    """``cfg.lora``'s adapter on ``decoder``'s target projections, its parameters the only trainable ones."""
+    from songflow.nn import lora as nn_lora
+
+    try:
+        nn_lora.inject(
+            decoder,
+            target_modules(cfg),
+            name=cfg.lora.name,
+            r=cfg.lora.r,
+            alpha=cfg.lora.alpha,
+            use_rslora=cfg.lora.use_rslora,
+            dropout=cfg.lora.dropout,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"lora.target_modules {target_modules(cfg)}: {exc}; the 1.5 decoder's attention "
+            f"projections are {list(V15_TARGET_MODULES)}"
+        ) from exc
+    nn_lora.trainable_parameters(decoder, cfg.lora.name)
+
+
+class V15Module(nn.Module):
+    """An ``AceStep15DiT`` with a LoRA adapter on its decoder (or, without ``lora.enabled``, a trainable
+    decoder); :meth:`forward` is one batch's loss terms.
 
     All random draws of a step (timesteps, noise, condition dropout, LoRA dropout via the forked global
     RNG) come from the step's generator, so a resumed run repeats the uninterrupted one.
@@ -106,7 +130,6 @@ class V15LoraModule(nn.Module):
 
     def __init__(self, dit: AceStep15DiT, cfg: TrainConfig):
         super().__init__()
-        from songflow.nn import lora as nn_lora
         from songflow.sampling.turbo import snap_turbo_shift, turbo_table
 
         self.dit, self.cfg = dit, cfg
@@ -117,28 +140,17 @@ class V15LoraModule(nn.Module):
         self.sigma = float(config.timestep_sigma if sigma is None else sigma)
         self.turbo = torch.tensor(turbo_table(snap_turbo_shift(cfg.schedule.shift)), dtype=torch.float64)
         dit.requires_grad_(False)
-        try:
-            nn_lora.inject(
-                dit.decoder,
-                target_modules(cfg),
-                name=cfg.lora.name,
-                r=cfg.lora.r,
-                alpha=cfg.lora.alpha,
-                use_rslora=cfg.lora.use_rslora,
-                dropout=cfg.lora.dropout,
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"lora.target_modules {target_modules(cfg)}: {exc}; the 1.5 decoder's attention "
-                f"projections are {list(V15_TARGET_MODULES)}"
-            ) from exc
-        nn_lora.trainable_parameters(dit.decoder, cfg.lora.name)
+        if cfg.lora.enabled:
+            inject_adapter(dit.decoder, cfg)
+        else:
+            dit.decoder.requires_grad_(True)
         dit.eval()
         dit.decoder.train()  # LoRA dropout on; the decoder has no other dropout
         self._bf16: bool | None = None
         logger.info(
-            "1.5 LoRA: %d trainable parameters, timesteps %s, condition dropout %.2f",
-            sum(p.numel() for _, p in self.trainable()), self.kind, self.p_drop,
+            "1.5 %s: %d trainable parameters, timesteps %s, condition dropout %.2f",
+            "LoRA" if cfg.lora.enabled else "decoder fine-tune", sum(p.numel() for _, p in self.trainable()),
+            self.kind, self.p_drop,
         )  # fmt: skip
 
     @property
@@ -251,7 +263,8 @@ class V15Trainer(DiTTrainer):
 
         dataset = V15Cache(ensure_cache(cfg, info, build), conditions=cfg.v15.conditions)
         dit = load_v15_dit(layout.dit_dir, dtype=torch.float32, device=info.device)
-        return dataset, V15LoraModule(dit, cfg)
+        self.layout = layout
+        return dataset, V15Module(dit, cfg)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         from songflow.training.v15_data import collate_v15
@@ -259,6 +272,10 @@ class V15Trainer(DiTTrainer):
         return collate_v15(items)
 
     def export(self, folder: Path) -> Path:
+        from songflow.checkpoint.acestep_v15 import save_v15_dit
+
+        if not self.cfg.lora.enabled:
+            return save_v15_dit(self.module.dit, self.layout, folder)
         return save_peft_adapter(
             self.module.dit.decoder, self.cfg.lora.name, folder, targets=target_modules(self.cfg)
         )
