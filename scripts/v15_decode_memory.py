@@ -30,7 +30,8 @@ def one(seconds: float, full: bool) -> dict:
     with torch.inference_mode():
         vae.decode_streaming(latents, out=out)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "output_mb": out.numel() * 4 / 2**20, "working_peak_mb": round(after - before, 1)}
+    peak_mb = round(after - before, 1)
+    return {"seconds": seconds, "output_mb": out.numel() * 4 / 2**20, "working_peak_mb": peak_mb}
 
 
 def main() -> None:

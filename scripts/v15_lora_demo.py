@@ -14,10 +14,11 @@ generations toward waltzes?
    a held-out waltz corpus with another seed whose captions and metadata are the eval prompts, plus
    ``--other-prompts`` held-out prompts of the other genres;
 3. ``songflow train configs/train/v15_tiny_lora.yaml`` on the waltz dataset, from the base;
-4. every prompt generated without and with the adapter (same seeds, the caption, BPM, key and time signature
-   of the held-out clip, as training conditions on them), scored by ``songflow eval`` (tempo, meter, key), plus
-   the share of clips measured in triple meter and a latent-space figure that does not depend on the VAE: the
-   distance of the generated latents' per-channel mean/std to the waltz training latents' (smaller = closer).
+4. every prompt generated without and with the adapter (same seeds, the caption, BPM, key and time
+   signature of the held-out clip, as training conditions on them), scored by ``songflow eval`` (tempo, meter,
+   key), plus the share of clips measured in triple meter and a latent-space figure that does not depend on
+   the VAE: the distance of the generated latents' per-channel mean/std to the waltz training latents'
+   (smaller = closer).
 
 Prints one JSON with both sets of figures. With a VAE that does not reconstruct the corpus the audio checks
 cannot move (check it with ``train_v15_tiny_vae.py --eval-only`` first); the latent figure still shows whether
@@ -41,8 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 #: step of 2 x 10 s on one CPU thread; ``tiny``: the test shape, 0.3 M)
 DIT_SHAPES = {
     "tiny": {},
-    "small": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=6,
-                  num_audio_decoder_hidden_layers=6, head_dim=32, fsq_dim=128),  # fmt: skip
+    "small": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=6,
+        num_audio_decoder_hidden_layers=6,
+        head_dim=32,
+        fsq_dim=128,
+    ),  # fmt: skip
 }
 TRIPLE_LABELS = ("3", "6")
 
@@ -198,7 +205,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--work", default="runs/v15_lora_demo")
     ap.add_argument("--checkpoint", default=None, help="a 1.5 checkpoint (default: built, see --dit/--vae)")
     ap.add_argument("--dit", choices=sorted(DIT_SHAPES), default="tiny", help="DiT shape of a built one")
-    ap.add_argument("--vae", default=None, help="a trained vae/ folder (or its checkpoints root) to build with")
+    ap.add_argument("--vae", default=None, help="trained vae/ folder (or its root) to build with")
     ap.add_argument("--pretrain-corpus", default=None, help="train the whole decoder on this corpus first")
     ap.add_argument("--pretrain-steps", type=int, default=6000)
     ap.add_argument("--steps", type=int, default=300, help="LoRA steps")
