@@ -161,6 +161,20 @@ def test_v15_cover_at_strength_zero_is_the_text2music_song(pipe15, source_wav):
     assert (full.latents - song.latents).abs().max() > 1e-3
 
 
+def test_v15_guided_cover_switches_to_the_text2music_condition(base15, source_wav):
+    """Base/sft guidance on a cover with strength < 1: the unconditional states follow each condition's
+    length (the cover's and the text2music one after the switch have different prompt lengths), and
+    strength 0 is the guided text2music song."""
+    seeds = Params15(seeds=(8,), steps=2)
+    half = base15.generate(Cover15(caption="folk", source_path=str(source_wav), cover_strength_frac=0.5,
+                                   params=seeds))  # fmt: skip
+    zero = base15.generate(Cover15(caption="folk", source_path=str(source_wav), cover_strength_frac=0.0,
+                                   params=seeds))  # fmt: skip
+    song = base15.generate(Text2Music15(caption="folk", duration_s=6.0, params=seeds))
+    assert torch.isfinite(half.latents).all() and not torch.allclose(half.latents, song.latents, atol=1e-4)
+    assert torch.allclose(zero.latents, song.latents, atol=1e-6)
+
+
 def test_v15_output_length_exact_and_legacy(pipe15):
     exact = pipe15.generate(_song(duration_s=3.3))
     assert exact.audio.shape[-1] == round(3.3 * SR)

@@ -46,7 +46,8 @@ class Conditioning15:
 @dataclass
 class Guidance15:
     """Classifier-free guidance of base/sft: the scale, APG or ADG, the guided ``t`` interval, and the
-    unconditional encoder states (``null_condition_emb`` broadcast to ``enc``'s shape)."""
+    unconditional encoder states (``null_condition_emb`` broadcast to ``enc``'s shape; the same vector
+    at every position, so it is broadcast again to each condition's length)."""
 
     scale: float
     kind: str  # "apg" | "adg"
@@ -138,7 +139,8 @@ def guided_velocity(model: Any, plan: Plan15) -> GuidedVelocity15:
         if id(cond) not in prepared:
             enc, mask = cond.enc, padding_mask(cond.enc_mask)
             if guidance is not None:  # [cond; uncond]: the null states share the rows' mask
-                enc = torch.cat([enc, guidance.null_enc.to(enc.dtype)], dim=0)
+                null = guidance.null_enc[:, :1].to(enc.dtype).expand(enc.shape[0], enc.shape[1], -1)
+                enc = torch.cat([enc, null], dim=0)  # per condition: a cover's 'after' has its own length
                 mask = None if mask is None else torch.cat([mask, mask])
             prepared[id(cond)] = (model.precompute_cross(enc), mask)
         return prepared[id(cond)]
