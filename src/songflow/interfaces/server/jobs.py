@@ -15,6 +15,16 @@ jobs are run one at a time, so an error is recorded on the job that caused it.
 
 A job is cancelled through the sampler's progress callback, which raises :class:`Cancelled` at the next
 sampling step. A failed job records its error and never stops the worker.
+
+Leases (one queue, many workers): a worker claims jobs under its ``worker_id`` with a lease
+(``lease_until``), which its heartbeat thread extends every ``lease_s / 3``. A job whose lease ran out (its
+worker died) goes back to the queue (:meth:`JobStore.requeue_expired`, swept by every worker's heartbeat),
+or fails once it has been started ``max_attempts`` times. A worker records a result only for a job it still
+owns (``finish(..., worker_id=...)``), and moves its outputs into place only after checking that it does,
+so a job is completed exactly once. Jobs have a ``priority`` (higher first, then oldest first), an optional
+``timeout_s`` (:meth:`JobStore.expire_timeouts`) and an optional ``model`` (only a worker holding that model
+claims it). :func:`open_store` opens this SQLite store or the PostgreSQL one
+(:mod:`songflow.interfaces.server.store_pg`); both follow :class:`JobStoreProtocol`.
 """
 
 from __future__ import annotations
@@ -22,17 +32,21 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import os
 import re
+import secrets
+import shutil
+import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from songflow.errors import SongflowError
+from songflow.errors import ConfigError, SongflowError
 from songflow.pipeline import batch_key
 from songflow.requests import MAX_BATCH, V1_SCHEMA, RequestSchema
 
@@ -62,14 +76,37 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
 # columns added after the first release: (name, SQL type); added to older databases on open
-_LATER_COLUMNS = (("batch_jobs", "INTEGER"), ("attempts", "INTEGER"), ("upload_names", "TEXT"))
+_LATER_COLUMNS = (
+    ("batch_jobs", "INTEGER"),
+    ("attempts", "INTEGER"),
+    ("upload_names", "TEXT"),
+    ("worker_id", "TEXT"),  # the worker that claimed the job (kept once it finished)
+    ("lease_until", "REAL"),  # epoch s; a running job whose lease ran out is re-queued
+    ("priority", "INTEGER DEFAULT 0"),  # higher runs first
+    ("timeout_s", "REAL"),  # a run longer than this fails (None: no limit)
+    ("model", "TEXT"),  # the checkpoint the job needs (None: any worker's)
+    ("client", "TEXT"),  # JSON: what the submitting API dialect needs back (e.g. the 1.5 audio_format)
+    ("callback_url", "TEXT"),  # the webhook told when the job reaches a final state (None: none)
+    ("callback_state", "TEXT"),  # None: not tried yet; 'pending', 'delivered', 'failed'
+    ("callback_attempts", "INTEGER DEFAULT 0"),
+    ("callback_at", "REAL"),  # epoch s of the next attempt (or of a claim's expiry)
+)
+# a row of either backend: sqlite3's or psycopg's dict rows
+RowLike = sqlite3.Row | Mapping[str, Any]
+_CLAIM_INDEX = "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(state, priority DESC, seq)"
+# the columns finish(**fields) may set
+FIELD_COLUMNS: frozenset[str] = frozenset(
+    {"progress", "resolved", "error", "timings", "outputs", "started_at", "batch_jobs", "attempts"}
+)
 # the columns of a job listing (summaries: no request)
 _SUMMARY_COLUMNS = (
     "id, state, progress, error, outputs, batch_jobs, created_at, started_at, finished_at, "
     "json_extract(request, '$.task') AS task"
 )
 # how many queued jobs behind the oldest one are looked at for batch-mates
-_BATCH_SCAN = 256
+BATCH_SCAN = 256
+# a claimed job's lease when the claimer names none (PostgreSQL) and a worker's default
+DEFAULT_LEASE_S = 60.0
 
 
 def interrupted_error(max_attempts: int) -> str:
@@ -77,6 +114,15 @@ def interrupted_error(max_attempts: int) -> str:
         f"the server stopped while this job ran, {max_attempts} time(s); it is not retried again "
         "(it may be what stops the server)"
     )
+
+
+def timeout_error(timeout_s: float) -> str:
+    return f"timed out after {timeout_s:g} s (the job's timeout_s); it is not retried"
+
+
+def default_worker_id() -> str:
+    """``host-pid-random``: unique across the machines that share one queue."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 class Cancelled(Exception):
@@ -104,6 +150,15 @@ class Job:
     batch_jobs: int | None = None
     attempts: int = 0
     upload_names: dict[str, str] = field(default_factory=dict)  # server path -> client file name
+    worker_id: str | None = None  # the worker that claimed it last
+    lease_until: float | None = None  # epoch s (running jobs)
+    priority: int = 0
+    timeout_s: float | None = None
+    model: str | None = None  # the checkpoint it needs (None: any)
+    client: dict[str, Any] = field(default_factory=dict)  # the submitting dialect's notes (audio format)
+    callback_url: str | None = None  # webhook (songflow.interfaces.server.webhooks)
+    callback_state: str | None = None
+    callback_attempts: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,7 +176,8 @@ class Job:
         }
 
 
-def _row_to_job(row: sqlite3.Row) -> Job:
+def row_to_job(row: RowLike) -> Job:
+    """A :class:`Job` from a row of either backend (``sqlite3.Row`` or a dict)."""
     return Job(
         id=row["id"],
         state=row["state"],
@@ -138,7 +194,74 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         batch_jobs=row["batch_jobs"],
         attempts=row["attempts"] or 0,
         upload_names=json.loads(row["upload_names"]) if row["upload_names"] else {},
+        worker_id=row["worker_id"],
+        lease_until=row["lease_until"],
+        priority=row["priority"] or 0,
+        timeout_s=row["timeout_s"],
+        model=row["model"],
+        client=json.loads(row["client"]) if row["client"] else {},
+        callback_url=row["callback_url"],
+        callback_state=row["callback_state"],
+        callback_attempts=row["callback_attempts"] or 0,
     )
+
+
+def summary_of(row: RowLike) -> dict[str, Any]:
+    """One ``GET /v1/jobs`` item from a summary row (its ``outputs`` counted, not listed)."""
+    item = {k: row[k] for k in row.keys() if k != "outputs"}
+    item["progress"] = round(item["progress"], 4)
+    item["n_outputs"] = len(json.loads(row["outputs"])) if row["outputs"] else 0
+    return item
+
+
+def check_job_options(priority: int, timeout_s: float | None, model: str | None) -> None:
+    """Reject what ``add`` cannot store: a non-integer priority, a timeout that is not positive, an
+    empty model name."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigError(f"priority must be an integer, got {priority!r}")
+    if timeout_s is not None and not (isinstance(timeout_s, int | float) and timeout_s > 0):
+        raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    if model is not None and not (isinstance(model, str) and model.strip()):
+        raise ConfigError(f"model must be a checkpoint name, got {model!r}")
+
+
+def encode_field(name: str, value: Any) -> Any:
+    """A ``finish`` field as stored: numbers and strings as they are, anything else as JSON."""
+    if name not in FIELD_COLUMNS:
+        raise ValueError(f"finish() cannot set column {name!r}")
+    return value if isinstance(value, str | int | float) or value is None else json.dumps(value)
+
+
+def head_key(
+    head: RowLike, max_jobs: int, key_of: Callable[[dict[str, Any]], Hashable | None] | None
+) -> Hashable | None:
+    """The batch key of the job claimed first (None: it runs alone)."""
+    if key_of is None or max_jobs <= 1:
+        return None
+    return key_of(json.loads(head["request"]))
+
+
+def pick_mates(
+    head: RowLike,
+    key: Hashable,
+    later: Iterable[RowLike],
+    max_jobs: int,
+    max_rows: int,
+    key_of: Callable[[dict[str, Any]], Hashable | None],
+) -> builtins.list[RowLike]:
+    """The rows of ``later`` (claim order) that join ``head``'s batch: the same ``key``, at most
+    ``max_jobs - 1`` of them, the total ``batch_size`` within ``max_rows``."""
+    rows = _rows_of(json.loads(head["request"]))
+    mates: builtins.list[RowLike] = []
+    for row in later:
+        if len(mates) + 1 >= max_jobs:
+            break
+        request = json.loads(row["request"])
+        n = _rows_of(request)
+        if rows + n <= max_rows and key_of(request) == key:
+            mates.append(row)
+            rows += n
+    return mates
 
 
 def scrub(text: str, names: dict[str, str], data_dir: Path) -> str:
@@ -156,8 +279,132 @@ def _rows_of(request: dict[str, Any]) -> int:
     return n if isinstance(n, int) and n >= 1 else 1
 
 
+Models = Collection[str] | None
+KeyFn = Callable[[dict[str, Any]], Hashable | None]
+
+
+class JobStoreProtocol(Protocol):
+    """What the worker, the routes and retention use of a job store: :class:`JobStore` (SQLite, one
+    machine) or :class:`~songflow.interfaces.server.store_pg.PostgresJobStore` (one queue, many machines).
+    Every method is thread-safe; both return the same :class:`Job` objects."""
+
+    def close(self) -> None: ...
+
+    def requeue_interrupted(self, max_attempts: int | None = None) -> int: ...
+
+    def requeue_expired(self, max_attempts: int | None = None) -> int: ...
+
+    def expire_timeouts(self) -> builtins.list[str]: ...
+
+    def add(
+        self,
+        request: dict[str, Any],
+        uploads: builtins.list[str],
+        max_queued: int,
+        upload_names: dict[str, str] | None = None,
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        model: str | None = None,
+        client: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+    ) -> Job | None: ...
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[Job]: ...
+
+    def summaries(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]: ...
+
+    def delete(self, job_id: str) -> Job | None: ...
+
+    def finished_before(self, when: float) -> builtins.list[str]: ...
+
+    def referenced_uploads(self) -> set[str]: ...
+
+    def ids(self) -> set[str]: ...
+
+    def mean_run_s(self, last: int = 20) -> float | None: ...
+
+    def count(self, state: str) -> int: ...
+
+    def claim_next(self) -> Job | None: ...
+
+    def claim_batch(
+        self,
+        max_jobs: int,
+        max_rows: int = MAX_BATCH,
+        key_of: KeyFn | None = None,
+        *,
+        worker_id: str | None = None,
+        lease_s: float | None = None,
+        models: Models = None,
+    ) -> builtins.list[Job]: ...
+
+    def heartbeat(self, worker_id: str, job_ids: Iterable[str], lease_s: float) -> set[str]: ...
+
+    def set_progress(self, job_id: str, progress: float, worker_id: str | None = None) -> None: ...
+
+    def finish(self, job_id: str, state: str, worker_id: str | None = None, **fields: Any) -> bool: ...
+
+    def cancel(self, job_id: str) -> str | None: ...
+
+    def claim_callbacks(self, limit: int = 16, lease_s: float = 60.0) -> builtins.list[Job]: ...
+
+    def record_callback(self, job_id: str, ok: bool, attempts: int, retry_at: float | None) -> None: ...
+
+
+def redact_dsn(url: str) -> str:
+    """``url`` without its password (for messages and logs)."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
+def open_store(database: str | None, data_dir: Path) -> JobStoreProtocol:
+    """The job store ``database`` names: None (or empty) is ``data_dir/jobs.sqlite3``; ``sqlite:///PATH``
+    a SQLite file (SQLAlchemy's form: ``sqlite:///jobs.db`` is relative to the working directory,
+    ``sqlite:////abs/jobs.db`` absolute); ``postgresql://...`` or ``postgres://...`` a PostgreSQL database
+    (libpq's URI, e.g. ``postgresql://user:pass@host:5432/songflow``) that many machines share.
+
+    Raises:
+        ConfigError: another form, an unusable SQLite file, a PostgreSQL server that cannot be reached,
+            or psycopg missing.
+    """
+    url = (database or "").strip()
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from songflow.interfaces.server.store_pg import PostgresJobStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"a postgresql:// database needs psycopg 3 ({exc}); install it with "
+                "pip install 'songflow[postgres]'"
+            ) from None
+        return PostgresJobStore(url)
+    if url and not url.startswith("sqlite:///"):
+        raise ConfigError(
+            f"unknown database {redact_dsn(url)!r}: use sqlite:///PATH (a SQLite file) or "
+            "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME (a queue shared by many machines)"
+        )
+    path = Path(url[len("sqlite:///") :]) if url else data_dir / "jobs.sqlite3"
+    if url and not url[len("sqlite:///") :]:
+        raise ConfigError("sqlite:/// needs a file path, e.g. sqlite:///jobs.sqlite3")
+    try:
+        return JobStore(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise ConfigError(f"cannot open the job database {path}: {exc}") from None
+
+
+def _models_sql(models: Models) -> tuple[str, tuple[Any, ...]]:
+    """The SQLite condition on ``model`` for a worker holding ``models`` (None: any job)."""
+    if models is None:
+        return "", ()
+    names = tuple(models)
+    marks = ", ".join("?" * len(names))
+    return (f" AND (model IS NULL OR model IN ({marks}))" if names else " AND model IS NULL"), names
+
+
 class JobStore:
-    """SQLite-backed job table; every method is thread-safe (one connection behind a lock)."""
+    """SQLite-backed job table; every method is thread-safe (one connection behind a lock). Several
+    processes of one machine may share the file (claims are serialised by ``BEGIN IMMEDIATE``)."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +419,7 @@ class JobStore:
             for name, sql_type in _LATER_COLUMNS:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+            self._db.execute(_CLAIM_INDEX)
 
     def close(self) -> None:
         with self._lock:
@@ -181,29 +429,93 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args)
 
+    def _all(self, sql: str, args: tuple = ()) -> builtins.list[sqlite3.Row]:
+        """Every row of ``sql`` (read under the lock: a ``RETURNING`` statement ends when it is read)."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
     def requeue_interrupted(self, max_attempts: int | None = None) -> int:
         """Re-queue the jobs a stopped process left running; one that has already been started
-        ``max_attempts`` times fails instead (it may be what crashed the process). The count re-queued."""
+        ``max_attempts`` times fails instead (it may be what crashed the process). The count re-queued.
+        For one process at start-up only: it re-queues running jobs whatever their lease."""
         if max_attempts is not None:
             self._exec(
-                "UPDATE jobs SET state='failed', finished_at=?, error=? "
+                "UPDATE jobs SET state='failed', finished_at=?, error=?, lease_until=NULL "
                 "WHERE state='running' AND COALESCE(attempts, 0) >= ?",
                 (time.time(), interrupted_error(max_attempts), max_attempts),
             )
         cur = self._exec(
-            "UPDATE jobs SET state='queued', progress=0, started_at=NULL, batch_jobs=NULL "
-            "WHERE state='running'"
+            "UPDATE jobs SET state='queued', progress=0, started_at=NULL, batch_jobs=NULL, "
+            "worker_id=NULL, lease_until=NULL WHERE state='running'"
         )
         return cur.rowcount
+
+    def requeue_expired(self, max_attempts: int | None = None) -> int:
+        """Re-queue the running jobs whose lease ran out (their worker died or hung); one started
+        ``max_attempts`` times fails instead (:func:`interrupted_error`). The count re-queued."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if max_attempts is not None:
+                    self._db.execute(
+                        "UPDATE jobs SET state='failed', finished_at=?, error=?, lease_until=NULL "
+                        "WHERE state='running' AND lease_until < ? AND COALESCE(attempts, 0) >= ?",
+                        (now, interrupted_error(max_attempts), now, max_attempts),
+                    )
+                cur = self._db.execute(
+                    "UPDATE jobs SET state='queued', progress=0, started_at=NULL, batch_jobs=NULL, "
+                    "worker_id=NULL, lease_until=NULL WHERE state='running' AND lease_until < ?",
+                    (now,),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return cur.rowcount
+
+    def expire_timeouts(self) -> builtins.list[str]:
+        """Fail the running jobs that ran past their ``timeout_s`` (:func:`timeout_error`); their ids
+        (their workers stop them: they no longer own them)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT id, timeout_s FROM jobs WHERE state='running' AND timeout_s IS NOT NULL "
+                    "AND started_at + timeout_s < ?",
+                    (now,),
+                ).fetchall()
+                for row in rows:
+                    self._db.execute(
+                        "UPDATE jobs SET state='failed', finished_at=?, error=?, lease_until=NULL "
+                        "WHERE id=? AND state='running'",
+                        (now, timeout_error(row["timeout_s"]), row["id"]),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return [row["id"] for row in rows]
 
     def add(
         self,
         request: dict[str, Any],
-        uploads: list[str],
+        uploads: builtins.list[str],
         max_queued: int,
         upload_names: dict[str, str] | None = None,
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        model: str | None = None,
+        client: dict[str, Any] | None = None,
+        callback_url: str | None = None,
     ) -> Job | None:
-        """Insert a queued job, or return None when ``max_queued`` jobs are already queued."""
+        """Insert a queued job, or return None when ``max_queued`` jobs are already queued. ``priority``:
+        higher runs first; ``timeout_s``: a run longer than this fails; ``model``: only a worker holding
+        this checkpoint runs it (None: any); ``client``: the submitting dialect's notes; ``callback_url``:
+        the webhook told when the job ends."""
+        check_job_options(priority, timeout_s, model)
         job_id, now = uuid.uuid4().hex, time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -213,9 +525,21 @@ class JobStore:
                     self._db.execute("ROLLBACK")
                     return None
                 self._db.execute(
-                    "INSERT INTO jobs (id, state, request, uploads, upload_names, created_at, attempts) "
-                    "VALUES (?, 'queued', ?, ?, ?, ?, 0)",
-                    (job_id, json.dumps(request), json.dumps(uploads), json.dumps(upload_names or {}), now),
+                    "INSERT INTO jobs (id, state, request, uploads, upload_names, created_at, attempts, "
+                    "priority, timeout_s, model, client, callback_url) "
+                    "VALUES (?, 'queued', ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        json.dumps(request),
+                        json.dumps(uploads),
+                        json.dumps(upload_names or {}),
+                        now,
+                        priority,
+                        timeout_s,
+                        model,
+                        json.dumps(client or {}),
+                        callback_url,
+                    ),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -226,69 +550,57 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job | None:
-        row = self._exec("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _row_to_job(row) if row else None
+        rows = self._all("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return row_to_job(rows[0]) if rows else None
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[Job]:
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[Job]:
         if state is None:
-            rows = self._exec("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._all("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
         else:
-            rows = self._exec(
-                "SELECT * FROM jobs WHERE state=? ORDER BY seq DESC LIMIT ?", (state, limit)
-            ).fetchall()
-        return [_row_to_job(r) for r in rows]
+            rows = self._all("SELECT * FROM jobs WHERE state=? ORDER BY seq DESC LIMIT ?", (state, limit))
+        return [row_to_job(r) for r in rows]
 
     def summaries(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Newest-first job summaries (no request): what ``GET /v1/jobs`` lists."""
         where, args = ("", (limit,)) if state is None else ("WHERE state=? ", (state, limit))
-        rows = self._exec(
-            f"SELECT {_SUMMARY_COLUMNS} FROM jobs {where}ORDER BY seq DESC LIMIT ?", args
-        ).fetchall()
-        out = []
-        for row in rows:
-            item = {k: row[k] for k in row.keys() if k != "outputs"}
-            item["progress"] = round(item["progress"], 4)
-            item["n_outputs"] = len(json.loads(row["outputs"])) if row["outputs"] else 0
-            out.append(item)
-        return out
+        rows = self._all(f"SELECT {_SUMMARY_COLUMNS} FROM jobs {where}ORDER BY seq DESC LIMIT ?", args)
+        return [summary_of(row) for row in rows]
 
     def delete(self, job_id: str) -> Job | None:
         """Remove a finished job's row; returns it (None if there is none or it is not finished)."""
-        with self._lock:
-            row = self._db.execute(
-                "DELETE FROM jobs WHERE id=? AND state IN ('done', 'failed', 'cancelled') RETURNING *",
-                (job_id,),
-            ).fetchone()
-        return _row_to_job(row) if row else None
+        rows = self._all(
+            "DELETE FROM jobs WHERE id=? AND state IN ('done', 'failed', 'cancelled') RETURNING *", (job_id,)
+        )
+        return row_to_job(rows[0]) if rows else None
 
     def finished_before(self, when: float) -> builtins.list[str]:
         """Ids of the finished jobs that reached their final state before ``when``, oldest first."""
-        rows = self._exec(
+        rows = self._all(
             "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished_at < ? "
             "ORDER BY finished_at",
             (when,),
-        ).fetchall()
+        )
         return [row["id"] for row in rows]
 
     def referenced_uploads(self) -> set[str]:
         """The upload paths some stored job still refers to."""
-        rows = self._exec("SELECT uploads FROM jobs WHERE uploads IS NOT NULL").fetchall()
+        rows = self._all("SELECT uploads FROM jobs WHERE uploads IS NOT NULL")
         return {path for row in rows for path in json.loads(row["uploads"])}
 
     def ids(self) -> set[str]:
-        return {row["id"] for row in self._exec("SELECT id FROM jobs").fetchall()}
+        return {row["id"] for row in self._all("SELECT id FROM jobs")}
 
     def mean_run_s(self, last: int = 20) -> float | None:
         """Mean wall time (start to finish) of the last ``last`` finished jobs, or None if none ran."""
-        row = self._exec(
+        (row,) = self._all(
             "SELECT AVG(finished_at - started_at) FROM (SELECT finished_at, started_at FROM jobs "
             "WHERE state='done' AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?)",
             (last,),
-        ).fetchone()
+        )
         return None if row[0] is None else float(row[0])
 
     def count(self, state: str) -> int:
-        return self._exec("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0]
+        return self._all("SELECT COUNT(*) FROM jobs WHERE state=?", (state,))[0][0]
 
     def claim_next(self) -> Job | None:
         """Mark the oldest queued job running and return it (None when the queue is empty)."""
@@ -299,66 +611,87 @@ class JobStore:
         self,
         max_jobs: int,
         max_rows: int = MAX_BATCH,
-        key_of: Callable[[dict[str, Any]], Hashable | None] | None = None,
+        key_of: KeyFn | None = None,
+        *,
+        worker_id: str | None = None,
+        lease_s: float | None = None,
+        models: Models = None,
     ) -> builtins.list[Job]:
-        """Mark the oldest queued job running, with up to ``max_jobs - 1`` later queued jobs whose
-        ``key_of(request)`` equals its key (None: never batched), keeping the total of their
-        ``batch_size`` within ``max_rows``; return them oldest first ([] when the queue is empty)."""
+        """Mark the first queued job (highest ``priority``, then oldest) running, with up to
+        ``max_jobs - 1`` later queued jobs of the same ``model`` whose ``key_of(request)`` equals its key
+        (None: never batched), keeping the total of their ``batch_size`` within ``max_rows``; return them
+        in claim order ([] when the queue is empty). ``worker_id`` owns them, for ``lease_s`` seconds
+        (None: no lease; :meth:`requeue_interrupted` alone re-queues them); ``models``: only jobs whose
+        model is None or one of these (None: any job)."""
+        model_sql, model_args = _models_sql(models)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 head = self._db.execute(
-                    "SELECT * FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1"
+                    f"SELECT * FROM jobs WHERE state='queued'{model_sql} ORDER BY priority DESC, seq LIMIT 1",
+                    model_args,
                 ).fetchone()
-                if head is None:
-                    self._db.execute("ROLLBACK")
-                    return []
-                chosen = [head]
-                key = key_of(json.loads(head["request"])) if key_of is not None and max_jobs > 1 else None
+                chosen = [head] if head is not None else []
+                key = head_key(head, max_jobs, key_of) if head is not None else None
                 if key is not None and key_of is not None:
-                    rows = _rows_of(json.loads(head["request"]))
                     later = self._db.execute(
-                        "SELECT * FROM jobs WHERE state='queued' AND seq > ? ORDER BY seq LIMIT ?",
-                        (head["seq"], _BATCH_SCAN),
+                        f"SELECT * FROM jobs WHERE state='queued' AND id<>? AND model IS ?{model_sql} "
+                        "ORDER BY priority DESC, seq LIMIT ?",
+                        (head["id"], head["model"], *model_args, BATCH_SCAN),
                     ).fetchall()
-                    for row in later:
-                        if len(chosen) >= max_jobs:
-                            break
-                        request = json.loads(row["request"])
-                        n = _rows_of(request)
-                        if rows + n <= max_rows and key_of(request) == key:
-                            chosen.append(row)
-                            rows += n
+                    chosen += pick_mates(head, key, later, max_jobs, max_rows, key_of)
                 now = time.time()
-                claimed = []
-                for row in chosen:
-                    claimed.append(
-                        self._db.execute(
-                            "UPDATE jobs SET state='running', progress=0, started_at=?, batch_jobs=?, "
-                            "attempts=COALESCE(attempts, 0) + 1 WHERE id=? RETURNING *",
-                            (now, len(chosen), row["id"]),
-                        ).fetchone()
-                    )
+                claimed = [
+                    self._db.execute(
+                        "UPDATE jobs SET state='running', progress=0, started_at=?, batch_jobs=?, attempts="
+                        "COALESCE(attempts, 0) + 1, worker_id=?, lease_until=? WHERE id=? RETURNING *",
+                        (now, len(chosen), worker_id, None if lease_s is None else now + lease_s, row["id"]),
+                    ).fetchone()
+                    for row in chosen
+                ]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return [_row_to_job(row) for row in claimed]
+        return [row_to_job(row) for row in claimed]
 
-    def set_progress(self, job_id: str, progress: float) -> None:
-        self._exec("UPDATE jobs SET progress=? WHERE id=? AND state='running'", (progress, job_id))
+    def heartbeat(self, worker_id: str, job_ids: Iterable[str], lease_s: float) -> set[str]:
+        """Extend by ``lease_s`` the leases ``worker_id`` still holds on ``job_ids``; the ids it still
+        owns (a job cancelled, timed out or re-queued meanwhile is not among them)."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return set()
+        marks = ", ".join("?" * len(ids))
+        rows = self._all(
+            f"UPDATE jobs SET lease_until=? WHERE state='running' AND worker_id=? AND id IN ({marks}) "
+            "RETURNING id",
+            (time.time() + lease_s, worker_id, *ids),
+        )
+        return {row["id"] for row in rows}
 
-    def finish(self, job_id: str, state: str, **fields: Any) -> bool:
-        """Move a running job to a final state (or back to queued); False if it is no longer running."""
+    def set_progress(self, job_id: str, progress: float, worker_id: str | None = None) -> None:
+        owner, args = (" AND worker_id=?", (worker_id,)) if worker_id is not None else ("", ())
+        self._exec(
+            f"UPDATE jobs SET progress=? WHERE id=? AND state='running'{owner}", (progress, job_id, *args)
+        )
+
+    def finish(self, job_id: str, state: str, worker_id: str | None = None, **fields: Any) -> bool:
+        """Move a running job to a final state (or back to queued: its lease is dropped); False if it is
+        no longer running, or (with ``worker_id``) no longer owned by that worker: a worker that lost
+        its lease never records a result."""
         sets = ["state=?"]
         args: builtins.list[Any] = [state]
         if state in FINISHED_STATES:
             sets.append("finished_at=?")
             args.append(time.time())
+        if state == "queued":
+            sets += ["worker_id=NULL", "lease_until=NULL"]
         for name, value in fields.items():
             sets.append(f"{name}=?")
-            args.append(value if isinstance(value, str | int | float) or value is None else json.dumps(value))
-        cur = self._exec(f"UPDATE jobs SET {', '.join(sets)} WHERE id=? AND state='running'", (*args, job_id))
+            args.append(encode_field(name, value))
+        where = "id=? AND state='running'" + (" AND worker_id=?" if worker_id is not None else "")
+        owner = (worker_id,) if worker_id is not None else ()
+        cur = self._exec(f"UPDATE jobs SET {', '.join(sets)} WHERE {where}", (*args, job_id, *owner))
         return cur.rowcount == 1
 
     def cancel(self, job_id: str) -> str | None:
@@ -374,15 +707,56 @@ class JobStore:
             )
             return row["state"]
 
+    # -- webhooks (songflow.interfaces.server.webhooks) ---------------------------------------------
+
+    def claim_callbacks(self, limit: int = 16, lease_s: float = 60.0) -> builtins.list[Job]:
+        """Finished jobs whose callback is due (never tried, or a retry whose time came), taken for
+        ``lease_s`` (another process skips them meanwhile; a crashed deliverer's claim runs out)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    f"SELECT * FROM jobs WHERE {CALLBACK_DUE} ORDER BY finished_at LIMIT ?", (now, limit)
+                ).fetchall()
+                self._db.executemany(
+                    "UPDATE jobs SET callback_state='pending', callback_at=? WHERE id=?",
+                    [(now + lease_s, row["id"]) for row in rows],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return [row_to_job(r) for r in rows]
+
+    def record_callback(self, job_id: str, ok: bool, attempts: int, retry_at: float | None) -> None:
+        """A delivery's outcome: delivered, retried at ``retry_at``, or (None and not ok) given up."""
+        self._exec(
+            "UPDATE jobs SET callback_state=?, callback_attempts=?, callback_at=? WHERE id=?",
+            (callback_state(ok, retry_at), attempts, retry_at, job_id),
+        )
+
+
+#: the WHERE clause of a due callback (one parameter: now)
+CALLBACK_DUE = (
+    "state IN ('done', 'failed', 'cancelled') AND callback_url IS NOT NULL AND (callback_state IS NULL "
+    "OR (callback_state = 'pending' AND callback_at <= ?))"
+)
+
+
+def callback_state(ok: bool, retry_at: float | None) -> str:
+    return "delivered" if ok else "pending" if retry_at is not None else "failed"
+
 
 class Worker:
     """The one thread that owns the pipeline and runs queued jobs, oldest first (``max_batch`` > 1:
-    compatible queued jobs together, see the module docstring)."""
+    compatible queued jobs together, see the module docstring), and its heartbeat thread (leases,
+    expired leases and timeouts of the whole queue)."""
 
     def __init__(
         self,
         pipeline,
-        store: JobStore,
+        store: JobStoreProtocol,
         outputs_dir: Path,
         runtime: dict[str, Any],
         *,
@@ -391,12 +765,22 @@ class Worker:
         sweep_every_s: float = 60.0,
         family: Any = None,
         loras: Any = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_attempts: int | None = 3,
+        models: Collection[str] | None = None,
+        worker_id: str | None = None,
     ):
         """``family``: the pipeline's model family; its request schema reads the stored requests and
         writes the resolved ones (None: ACE-Step v1's). ``loras``: the server's
-        :class:`~songflow.interfaces.server.loras.LoraLibrary`; sidecars and errors name its adapters."""
+        :class:`~songflow.interfaces.server.loras.LoraLibrary`; sidecars and errors name its adapters.
+        ``lease_s``: how long a claimed job stays this worker's without a heartbeat (one every
+        ``lease_s / 3``); ``max_attempts``: a job whose lease ran out this often fails; ``models``: the
+        checkpoints this worker holds (it claims only jobs for one of them or for none; None: any job);
+        ``worker_id``: its name in the store (default :func:`default_worker_id`)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s}")
         self.pipeline = pipeline
         self.store = store
         self.outputs_dir = outputs_dir
@@ -413,9 +797,14 @@ class Worker:
         self._resumed = threading.Event()
         self._resumed.set()
         self._cancel_lock = threading.Lock()
-        self._cancelled: set[str] = set()
+        self._cancelled: set[str] = set()  # cancelled, timed out or lost: their results are dropped
         self._thread: threading.Thread | None = None
+        self._beats: threading.Thread | None = None
         self.current: tuple[str, ...] = ()  # ids of the job(s) running now
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.models = None if models is None else tuple(models)
+        self.worker_id = worker_id or default_worker_id()
 
     # -- control -------------------------------------------------------------------------------------
 
@@ -424,15 +813,18 @@ class Worker:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="songflow-worker", daemon=True)
+        self._beats = threading.Thread(target=self._beat_loop, name="songflow-heartbeat", daemon=True)
         self._thread.start()
+        self._beats.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
         self._resumed.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in (self._thread, self._beats):
+            if thread is not None:
+                thread.join(timeout)
+        self._thread = self._beats = None
 
     def pause(self) -> None:
         """Hold the worker before it takes the next job (tests, maintenance)."""
@@ -461,7 +853,14 @@ class Worker:
             if self._stop.is_set():
                 break
             try:
-                jobs = self.store.claim_batch(self.max_batch, MAX_BATCH, self._batch_key)
+                jobs = self.store.claim_batch(
+                    self.max_batch,
+                    MAX_BATCH,
+                    self._batch_key,
+                    worker_id=self.worker_id,
+                    lease_s=self.lease_s,
+                    models=self.models,
+                )
             except Exception:  # a broken store must not kill the thread; try again shortly
                 log.exception("cannot claim the next job")
                 jobs = []
@@ -480,9 +879,37 @@ class Worker:
             except Exception:  # never let a job kill the worker
                 log.exception("jobs %s: unexpected error while recording their results", self.current)
             finally:
-                self.current = ()
                 with self._cancel_lock:
+                    self.current = ()
                     self._cancelled.difference_update(job.id for job in jobs)
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            self.beat()
+
+    def beat(self) -> None:
+        """One heartbeat: extend the leases of the running jobs (a job this worker no longer owns is
+        dropped from its run), re-queue the jobs whose lease ran out (their worker died) and fail the
+        jobs past their timeout. Errors are logged (the store may be briefly unreachable)."""
+        try:
+            running = self.current
+            if running:
+                owned = self.store.heartbeat(self.worker_id, running, self.lease_s)
+                self._drop(set(running) - owned, "is no longer this worker's (cancelled or lease lost)")
+            n = self.store.requeue_expired(self.max_attempts)
+            if n:
+                log.info("re-queued %d job(s) whose worker stopped sending heartbeats", n)
+            self._drop(set(self.store.expire_timeouts()), "timed out")
+        except Exception:
+            log.exception("the heartbeat failed")
+
+    def _drop(self, job_ids: set[str], why: str) -> None:
+        """Stop running ``job_ids`` (those this worker runs now) without recording a result."""
+        with self._cancel_lock:
+            for job_id in job_ids:
+                if job_id in self.current and job_id not in self._cancelled:
+                    self._cancelled.add(job_id)
+                    log.info("job %s %s; its run is dropped", job_id, why)
 
     def _maybe_sweep(self) -> None:
         if self.sweep is None or time.monotonic() - self._last_sweep < self.sweep_every_s:
@@ -509,7 +936,7 @@ class Worker:
             if step >= total or now - last[0] >= 0.1:
                 last[0] = now
                 for job_id in live:
-                    self.store.set_progress(job_id, min(1.0, step / max(total, 1)))
+                    self.store.set_progress(job_id, min(1.0, step / max(total, 1)), self.worker_id)
 
         return progress
 
@@ -532,45 +959,72 @@ class Worker:
                 if self._stop.is_set():
                     self._requeue(job)
                 elif not self._is_cancelled(job.id):
-                    self.store.finish(job.id, "running", batch_jobs=1)  # it now runs alone
+                    self.store.finish(job.id, "running", self.worker_id, batch_jobs=1)  # it now runs alone
                     self._run(job)
             return
         for job, result in zip(jobs, results, strict=True):
             if self._is_cancelled(job.id):
                 log.info("job %s cancelled", job.id)
                 continue
-            try:
-                outputs = self._write_outputs(job.id, result)
-            except Exception as exc:
-                self._record_failure(job, exc)
-                continue
-            self._record_done(job.id, result, outputs)
+            self._deliver(job, result)
 
     def _requeue(self, job: Job) -> None:
         """Back to the queue after a graceful stop; that run does not count as an attempt."""
         attempts = max(0, job.attempts - 1)
-        self.store.finish(job.id, "queued", progress=0.0, started_at=None, batch_jobs=None, attempts=attempts)
+        self.store.finish(
+            job.id,
+            "queued",
+            self.worker_id,
+            progress=0.0,
+            started_at=None,
+            batch_jobs=None,
+            attempts=attempts,
+        )
 
     def _record_failure(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, SongflowError):
             names = {**job.upload_names, **(self.loras.scrub_names() if self.loras is not None else {})}
             message = scrub(str(exc), names, self.outputs_dir.parent)
-            self.store.finish(job.id, "failed", error=message)
+            self.store.finish(job.id, "failed", self.worker_id, error=message)
             log.info("job %s failed: %s", job.id, exc)
         else:
             log.error("job %s failed with an internal error", job.id, exc_info=exc)
-            self.store.finish(job.id, "failed", error="internal error")
+            self.store.finish(job.id, "failed", self.worker_id, error="internal error")
 
-    def _record_done(self, job_id: str, result, outputs: list[str]) -> None:
+    def _deliver(self, job: Job, result) -> None:
+        """Write a run's audio and sidecar into a folder of this worker's, then, if the job is still
+        this worker's, move it to ``outputs/<id>`` and record the job done; a job that was cancelled,
+        timed out or re-queued meanwhile gets nothing (exactly once: see the module docstring)."""
+        staging = self.outputs_dir / f".{job.id}.{self.worker_id}.partial"
+        try:
+            outputs = self._write_outputs(job.id, result, staging)
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            self._record_failure(job, exc)
+            return
+        # the check extends the lease, so no other worker can take the job before it is recorded
+        if job.id not in self.store.heartbeat(self.worker_id, [job.id], self.lease_s):
+            shutil.rmtree(staging, ignore_errors=True)
+            log.info("job %s is no longer this worker's; its result is dropped", job.id)
+            return
+        try:
+            _publish(staging, self.outputs_dir / job.id)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            self._record_failure(job, exc)
+            return
         timings = {k: round(v, 4) for k, v in result.timings_s.items()}
-        self.store.finish(
-            job_id,
+        done = self.store.finish(
+            job.id,
             "done",
+            self.worker_id,
             progress=1.0,
             resolved=self.schema.to_dict(result.request),
             timings=timings,
             outputs=outputs,
         )
+        if not done:
+            log.warning("job %s changed state while its outputs were moved into place", job.id)
 
     def _run(self, job: Job) -> None:
         try:
@@ -578,7 +1032,6 @@ class Worker:
             result = self.pipeline.generate(request, progress=self._progress_fn([job.id]))
             if self._is_cancelled(job.id):
                 raise Cancelled()
-            outputs = self._write_outputs(job.id, result)
         except Cancelled:
             log.info("job %s cancelled", job.id)
             return  # the store already holds state 'cancelled'
@@ -589,7 +1042,7 @@ class Worker:
         except Exception as exc:
             self._record_failure(job, exc)
             return
-        self._record_done(job.id, result, outputs)
+        self._deliver(job, result)
 
     def _is_cancelled(self, job_id: str) -> bool:
         """True once the job was cancelled (or deleted) while it ran."""
@@ -599,11 +1052,12 @@ class Worker:
         job = self.store.get(job_id)
         return job is None or job.state == "cancelled"
 
-    def _write_outputs(self, job_id: str, result) -> list[str]:
+    def _write_outputs(self, job_id: str, result, folder: Path | None = None) -> list[str]:
+        """Write ``result``'s audio and sidecar into ``folder`` (default ``outputs/<job_id>``)."""
         from songflow.audio.io import save_audio
         from songflow.interfaces.sidecar import output_labels, pipeline_weight_hashes, write_sidecar
 
-        folder = self.outputs_dir / job_id
+        folder = self.outputs_dir / job_id if folder is None else folder
         folder.mkdir(parents=True, exist_ok=True)
         names = []  # audio_0.wav, audio_1.wav...; a stems job's by track: audio_vocals.wav, audio_drums.wav
         for label, audio in zip(output_labels(result.request, len(result.audio)), result.audio, strict=True):
@@ -619,6 +1073,17 @@ class Worker:
 
     def _batch_key(self, request: dict[str, Any]) -> Hashable | None:
         return _stored_batch_key(request, self.schema)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Move a finished run's folder to ``final``, replacing what an abandoned earlier run left there."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.{secrets.token_hex(4)}.old")
+        final.rename(old)
+    staging.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _stored_batch_key(request: dict[str, Any], schema: RequestSchema = V1_SCHEMA) -> Hashable | None:

@@ -121,11 +121,11 @@ class LoraLibrary:
             key = "name" if item.get("name") is not None else "path"
             name = self.lookup(item[key])
             if name is None:
-                raise RequestFieldError(("loras", i, key), self._unknown(item[key]))
+                raise RequestFieldError(("loras", i, key), self.unknown_message(item[key]))
             out.append({"path": self.paths[name], **({"weight": item["weight"]} if "weight" in item else {})})
         return out
 
-    def _unknown(self, text: str) -> str:
+    def unknown_message(self, text: str) -> str:
         offered = f"choose one of {sorted(self.paths)}" if self.paths else "it offers none"
         if ".." in PurePosixPath(text).parts or PurePosixPath(text).is_absolute():
             what = f"{text!r} is not one of the server's LoRA adapters (they are chosen by name, not by path)"

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from songflow.interfaces.server.jobs import Job, JobStore
+from songflow.interfaces.server.jobs import Job, JobStoreProtocol
 
 log = logging.getLogger("songflow.server")
 
@@ -58,7 +58,7 @@ def remove_job_files(job: Job, outputs_dir: Path) -> int:
     return freed
 
 
-def delete_job(store: JobStore, job_id: str, outputs_dir: Path) -> Job | None:
+def delete_job(store: JobStoreProtocol, job_id: str, outputs_dir: Path) -> Job | None:
     """Remove a finished job with its files (None when it is not finished or not there)."""
     job = store.delete(job_id)
     if job is not None:
@@ -69,7 +69,7 @@ def delete_job(store: JobStore, job_id: str, outputs_dir: Path) -> Job | None:
 class Sweeper:
     """One retention pass over a data folder (``__call__``; returns the number of jobs deleted)."""
 
-    def __init__(self, store: JobStore, data_dir: Path, retention: Retention):
+    def __init__(self, store: JobStoreProtocol, data_dir: Path, retention: Retention):
         self.store = store
         self.uploads_dir = data_dir / "uploads"
         self.outputs_dir = data_dir / "outputs"

@@ -61,7 +61,18 @@ class ModelInfo(BaseModel):
     audio_formats: list[str]
 
 
-class ModelList(BaseModel):
+class UpstreamEnvelope(BaseModel):
+    """The ACE-Step 1.5 API's wrapper, which ``/health`` and ``GET /v1/models`` carry beside songflow's own
+    fields so that both dialects' clients read the same answer."""
+
+    data: dict[str, Any] = Field(description="the ACE-Step 1.5 API's answer")
+    code: int = 200
+    error: str | None = None
+    timestamp: int = Field(description="Unix time in milliseconds")
+    extra: Any = None
+
+
+class ModelList(UpstreamEnvelope):
     models: list[ModelInfo]
 
 
@@ -75,7 +86,7 @@ class LoraList(BaseModel):
     hint: str | None = Field(default=None, description="how to offer adapters, when there are none")
 
 
-class Health(BaseModel):
+class Health(UpstreamEnvelope):
     status: Literal["ok"]
     worker_alive: bool
     queued: int
@@ -90,13 +101,17 @@ class ErrorBody(BaseModel):
 
 
 _ERROR_TEXT = {
-    400: "an uploaded file is not readable audio (named by its client file name)",
+    400: "an uploaded file is not readable audio (named by its client file name), or a field this server "
+    "does not offer (named)",
     401: "missing or wrong API key",
+    403: "a path field or download names a file that is not a finished job's output",
     404: "no such job (or output index)",
     409: "the job is not in a state that allows this",
     413: "the request body or an upload is larger than the server's limit",
     422: "the request breaks the schema; each error's 'loc' names the field",
+    415: "the content type is not JSON, multipart or form-encoded",
     429: "the queue is full; retry after Retry-After seconds",
+    503: "the model this needs is not loaded (e.g. no 5 Hz LM)",
 }
 
 

@@ -87,7 +87,9 @@ def parse_json(text: str) -> dict[str, Any]:
     return data
 
 
-def _limited(receive: Callable[[], Awaitable[Message]], limit: int) -> Callable[[], Awaitable[Message]]:
+def limited_receive(
+    receive: Callable[[], Awaitable[Message]], limit: int
+) -> Callable[[], Awaitable[Message]]:
     """``receive`` that raises 413 as soon as more than ``limit`` body bytes arrived (chunked or not)."""
     seen = 0
 
@@ -120,7 +122,7 @@ async def read_submission(request: Request, context: ServerContext) -> tuple[dic
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise _body_too_large(limit)
-    request = Request(request.scope, receive=_limited(request.receive, limit))
+    request = Request(request.scope, receive=limited_receive(request.receive, limit))
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return parse_json((await request.body()).decode("utf-8", errors="replace")), None
     try:
@@ -154,7 +156,7 @@ async def save_uploads(
         if upload is None or isinstance(upload, str):
             continue
         # extend loads its source whole (allow_long); every other task caps it at the model's length
-        path, frames[target] = await _save_upload(
+        path, frames[target] = await save_upload(
             upload, field_name, context, saved, data.get("task") == "extend"
         )
         data[target] = str(path)
@@ -221,7 +223,7 @@ def _check_with_pipeline(path: Path, name: str, field_name: str, context: Server
     return 0
 
 
-async def _save_upload(
+async def save_upload(
     upload: Any, field_name: str, context: ServerContext, saved: dict[str, str], allow_long: bool
 ) -> tuple[Path, int]:
     name = client_name(upload)

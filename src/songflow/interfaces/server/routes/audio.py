@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
@@ -10,7 +11,6 @@ from fastapi.responses import FileResponse
 from songflow.audio.io import SUPPORTED_FORMATS, load_audio, save_audio
 from songflow.errors import SongflowError
 from songflow.interfaces.server.deps import Context, ExistingJob, require_api_key
-from songflow.interfaces.server.jobs import AUDIO_STEM
 from songflow.interfaces.server.schemas import error_responses
 
 log = logging.getLogger("songflow.server")
@@ -44,13 +44,19 @@ def audio(
         raise HTTPException(
             404, f"job {job.id} has {len(job.outputs)} output(s); index {index} is out of range"
         )
-    folder = context.outputs_dir / job.id
-    path = folder / f"{AUDIO_STEM}_{index}.{fmt}"
+    path = provide_audio(context.outputs_dir / job.id, job.outputs[index], fmt)
+    return FileResponse(path, media_type=MEDIA_TYPES.get(fmt), filename=f"{job.id}_{index}.{fmt}")
+
+
+def provide_audio(folder: Path, output_name: str, fmt: str) -> Path:
+    """``folder/output_name`` as ``fmt``: the file itself, or its conversion (written once, atomically by
+    ``save_audio``, beside it); a 500 when it cannot be converted."""
+    path = folder / f"{output_name.rsplit('.', 1)[0]}.{fmt}"
     if not path.exists():
         try:
-            wav, sr = load_audio(folder / job.outputs[index])
+            wav, sr = load_audio(folder / output_name)
             save_audio(path, wav, sr, format=fmt)
         except SongflowError as exc:
-            log.error("job %s: cannot provide %s audio: %s", job.id, fmt, exc)
+            log.error("%s: cannot provide %s audio: %s", folder.name, fmt, exc)
             raise HTTPException(500, f"cannot provide the audio as {fmt}") from exc
-    return FileResponse(path, media_type=MEDIA_TYPES.get(fmt), filename=f"{job.id}_{index}.{fmt}")
+    return path

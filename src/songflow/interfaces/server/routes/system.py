@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from songflow.audio.io import SUPPORTED_FORMATS
+from songflow.interfaces.server.acestep15_api import envelope
 from songflow.interfaces.server.deps import Context, Store, require_api_key
 from songflow.interfaces.server.loras import NO_LORA_DIR
 from songflow.interfaces.server.schemas import Health, LoraList, ModelList, error_responses
@@ -18,16 +19,21 @@ models_router = APIRouter(prefix="/v1", tags=["system"], dependencies=[Depends(r
 
 @health_router.get("/health", response_model=Health)
 def health(store: Store, context: Context) -> dict[str, Any]:
+    from songflow.interfaces.server.routes.acestep15 import upstream_health
+
     return {
         "status": "ok",
         "worker_alive": context.worker.alive,
         "queued": store.count("queued"),
         "running": store.count("running"),
+        **envelope(upstream_health(context)),
     }
 
 
 @models_router.get("/models", response_model=ModelList, responses=error_responses(401))
 def models(context: Context) -> dict[str, Any]:
+    from songflow.interfaces.server.routes.acestep15 import upstream_inventory
+
     runtime = context.runtime
     model = {
         "name": runtime["checkpoint"],
@@ -38,7 +44,7 @@ def models(context: Context) -> dict[str, Any]:
         "tasks": sorted(context.tasks),
         "audio_formats": list(SUPPORTED_FORMATS),
     }
-    return {"models": [model]}
+    return {"models": [model], **envelope(upstream_inventory(context))}
 
 
 @models_router.get(
