@@ -137,6 +137,11 @@ class ReleaseTaskBody(BaseModel):
     extract_codes_only: bool = False
     audio_format: str = Field("mp3", description="mp3, flac, wav, wav32 (float WAV) or ogg")
     ai_token: str | None = Field(None, description="the server's API key (or Authorization: Bearer KEY)")
+    priority: int = Field(0, ge=-1000, le=1000, description="songflow: higher runs first")
+    timeout_s: float | None = Field(None, gt=0, le=86400, description="songflow: fail it past this run time")
+    callback_url: str | None = Field(
+        None, max_length=2048, description="songflow: a webhook POSTed when the task ends (retried)"
+    )
     lora_name: str | None = Field(None, description="songflow: an adapter of --lora-dir for this task only")
     lora_scale: float = Field(1.0, ge=0, le=2, description="songflow: that adapter's weight")
 

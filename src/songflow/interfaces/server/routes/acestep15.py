@@ -37,6 +37,7 @@ from songflow.interfaces.server import acestep15_api as api
 from songflow.interfaces.server.bodies import check_task, parse_request
 from songflow.interfaces.server.deps import BEARER_SCHEME, HEADER_KEY_SCHEME, Context, ServerContext
 from songflow.interfaces.server.routes.audio import MEDIA_TYPES, provide_audio
+from songflow.interfaces.server.routes.jobs import job_options
 from songflow.interfaces.server.schemas import error_responses
 from songflow.interfaces.server.uploads import MAX_JSON_BYTES, limited_receive, save_upload
 
@@ -191,8 +192,9 @@ async def _release(request: Request, context: ServerContext) -> dict[str, Any]:
         args = (context.body, context.pipeline, _with_default_loras(context, data), _SONGFLOW_UPLOADS, saved)
         req = parse_request(*args, context.data_dir, context.schema, context.loras)
         client = {"dialect": "acestep15", "audio_format": api.AUDIO_FORMATS[body.audio_format.lower()]}
+        options = job_options(body.priority, body.timeout_s, body.callback_url)
         job = context.store.add(
-            context.schema.to_dict(req), list(saved), context.max_queue, saved, client=client
+            context.schema.to_dict(req), list(saved), context.max_queue, saved, client=client, **options
         )
         if job is None:
             raise HTTPException(429, "Server busy: queue is full")

@@ -69,6 +69,19 @@ def job_view(job: Job, loras: LoraLibrary | None = None) -> dict[str, Any]:
     return data
 
 
+def job_options(priority: int, timeout_s: float | None, callback_url: str | None) -> dict[str, Any]:
+    """The store options of a submission (both API dialects); a bad ``callback_url`` is a 422."""
+    from songflow.errors import ConfigError
+    from songflow.interfaces.server.bodies import invalid
+    from songflow.interfaces.server.webhooks import check_callback_url
+
+    try:
+        url = check_callback_url(callback_url) if callback_url else None
+    except ConfigError as exc:
+        raise invalid(("callback_url",), str(exc)) from None
+    return {"priority": priority, "timeout_s": timeout_s, "callback_url": url}
+
+
 def _audio_urls(job_id: str, n: int) -> list[str]:
     return [f"/v1/jobs/{job_id}/audio?index={i}" for i in range(n)]
 
@@ -92,7 +105,15 @@ def _queue_full(context: ServerContext) -> HTTPException:
     responses={202: _ACCEPTED, **error_responses(400, 401, 413, 422, 429)},
     openapi_extra=_SUBMIT_BODY,
 )
-async def submit(request: Request, context: Context) -> JSONResponse:
+async def submit(
+    request: Request,
+    context: Context,
+    priority: int = Query(0, ge=-1000, le=1000, description="higher runs first (default 0)"),
+    timeout_s: float | None = Query(None, gt=0, le=86400, description="fail the job if it runs longer"),
+    callback_url: str | None = Query(
+        None, max_length=2048, description="webhook POSTed when the job reaches a final state (retried)"
+    ),
+) -> JSONResponse:
     uploads: dict[str, str] = {}  # server path -> client file name
     try:
         data, form = await read_submission(request, context)
@@ -110,7 +131,10 @@ async def submit(request: Request, context: Context) -> JSONResponse:
             context.loras,
         )
         check_window(req, frames, context)
-        job = context.store.add(context.schema.to_dict(req), list(uploads), context.max_queue, uploads)
+        options = job_options(priority, timeout_s, callback_url)
+        job = context.store.add(
+            context.schema.to_dict(req), list(uploads), context.max_queue, uploads, **options
+        )
         if job is None:
             raise _queue_full(context)
     except BaseException:
