@@ -1,5 +1,5 @@
 """The ``songflow`` command line: generate, bulk, plan, format, understand, bench, corpus, eval, train,
-train-codec, serve, bench-serve, ui, download, random-checkpoint, info.
+train-codec, serve, worker, bench-serve, ui, download, random-checkpoint, info.
 
 One module per group of subcommands registers its parsers; this one assembles them and runs ``main``.
 Every user error prints one ``error:`` line and exits with code 2.
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     from songflow.interfaces.cli.serve import add_serve_parser
     from songflow.interfaces.cli.train import add_train_parser
     from songflow.interfaces.cli.ui import add_ui_parser
+    from songflow.interfaces.cli.worker import add_worker_parser
 
     parser = argparse.ArgumentParser(prog="songflow", description="ACE-Step music generation")
     parser.add_argument("--version", action="version", version=f"songflow {__version__}")
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser,
         add_codec_train_parser,
         add_serve_parser,
+        add_worker_parser,
         add_bench_serve_parser,
         add_ui_parser,
         add_checkpoint_parsers,

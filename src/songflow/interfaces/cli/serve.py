@@ -28,7 +28,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key",
         default=None,
-        help="require this key (Authorization: Bearer KEY or X-API-Key); default $SONGFLOW_API_KEY or none",
+        help="require this key (Authorization: Bearer KEY or X-API-Key); default $SONGFLOW_API_KEY "
+        "(or $ACESTEP_API_KEY) or none",
     )
     p.add_argument("--max-queue", type=int, default=16, help="queued jobs beyond this get 429 (default 16)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="upload size limit in MB (default 50)")
@@ -38,6 +39,30 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         default=4,
         help="run up to this many compatible queued jobs as one batch; 1 disables batching (default 4)",
     )
+    add_retention_flags(p)
+    p.add_argument(
+        "--database",
+        help="the job store: postgresql://user:pass@host/db (one queue for many API processes and "
+        "`songflow worker`s on any machines) or sqlite:///PATH (default: DATA_DIR/jobs.sqlite3)",
+    )
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="only accept jobs (an API process); `songflow worker` processes run them",
+    )
+    p.add_argument(
+        "--lora-dir",
+        help="offer the LoRA adapters in this folder (sub-folders or .safetensors files): a job's 'loras' "
+        "name them, GET /v1/loras lists them; without it no job may choose one",
+    )
+    p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
+    add_lm_flags(p)
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def add_retention_flags(p: argparse.ArgumentParser) -> None:
+    """``--keep-hours``, ``--max-data-mb`` and ``--max-attempts`` (serve and worker)."""
     p.add_argument(
         "--keep-hours",
         type=float,
@@ -59,15 +84,6 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         help="a job that was running when the server stopped this many times fails instead of being "
         "re-queued (default 3)",
     )
-    p.add_argument(
-        "--lora-dir",
-        help="offer the LoRA adapters in this folder (sub-folders or .safetensors files): a job's 'loras' "
-        "name them, GET /v1/loras lists them; without it no job may choose one",
-    )
-    p.add_argument("--offload", action="store_true", help="keep models on the CPU between stages")
-    add_lm_flags(p)
-    p.set_defaults(func=cmd_serve)
-    return p
 
 
 def retention_of(args: argparse.Namespace):
@@ -117,13 +133,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(
         pipe,
         data_dir=Path(args.data_dir).expanduser(),
-        api_key=args.api_key or os.environ.get("SONGFLOW_API_KEY") or None,
+        api_key=args.api_key or os.environ.get("SONGFLOW_API_KEY") or os.environ.get("ACESTEP_API_KEY"),
         max_queue=args.max_queue,
         max_upload_mb=args.max_upload_mb,
         checkpoint_name=checkpoint.resolve().name,
         max_batch=args.max_batch,
         retention=retention,
         lora_dir=args.lora_dir,
+        database=args.database,
+        start_worker=not args.no_worker,
     )
     uvicorn.run(app, host=args.host, port=args.port, workers=1)
     return 0

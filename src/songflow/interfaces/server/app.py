@@ -38,13 +38,14 @@ log = logging.getLogger("songflow.server")
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: ServerContext = app.state.context
-    n = context.store.requeue_interrupted(context.retention.max_attempts)
-    if n:
-        log.info("re-queued %d job(s) interrupted by the last shutdown", n)
+    if context.start_worker:  # an API-only process leaves running jobs to their workers' leases
+        n = context.store.requeue_interrupted(context.retention.max_attempts)
+        if n:
+            log.info("re-queued %d job(s) interrupted by the last shutdown", n)
     context.sweeper()
     if context.start_worker:
         context.worker.start()
-    deliverer = _deliverer(context)
+    deliverer = job_deliverer(context)
     deliverer.start()
     try:
         yield
@@ -53,7 +54,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         context.worker.stop()
 
 
-def _deliverer(context: ServerContext):
+def job_deliverer(context: ServerContext):
     """The webhook thread: due callbacks of the store, each body the job's client view."""
     from songflow.interfaces.server.routes.jobs import job_view
     from songflow.interfaces.server.webhooks import Deliverer

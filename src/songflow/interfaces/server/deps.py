@@ -14,7 +14,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import TypeAdapter
 
 from songflow.interfaces.server.bodies import body_adapter
-from songflow.interfaces.server.jobs import Job, JobStoreProtocol, Worker, open_store
+from songflow.interfaces.server.jobs import DEFAULT_LEASE_S, Job, JobStoreProtocol, Worker, open_store
 from songflow.interfaces.server.loras import LoraLibrary
 from songflow.interfaces.server.retention import Retention, Sweeper
 from songflow.interfaces.sidecar import known_schemas, pipeline_family, pipeline_tasks, schema_of
@@ -73,6 +73,8 @@ def open_context(
     retention: Retention | None,
     lora_dir: str | Path | None = None,
     database: str | None = None,
+    worker_models: tuple[str, ...] | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
     **limits: Any,
 ) -> ServerContext:
     """Create the data folders, open the job store ``database`` names (:func:`open_store`; None:
@@ -105,6 +107,8 @@ def open_context(
         family=family,
         loras=loras,
         max_attempts=retention.max_attempts,
+        models=worker_models,
+        lease_s=lease_s,
     )
     name = getattr(family, "name", None)
     adapter = body_adapter(tasks, schema)

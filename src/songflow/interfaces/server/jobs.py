@@ -1025,6 +1025,8 @@ class Worker:
         )
         if not done:
             log.warning("job %s changed state while its outputs were moved into place", job.id)
+        else:
+            log.info("job %s done by %s", job.id, self.worker_id)
 
     def _run(self, job: Job) -> None:
         try:

@@ -69,8 +69,11 @@ def job_view(job: Job, loras: LoraLibrary | None = None) -> dict[str, Any]:
     return data
 
 
-def job_options(priority: int, timeout_s: float | None, callback_url: str | None) -> dict[str, Any]:
-    """The store options of a submission (both API dialects); a bad ``callback_url`` is a 422."""
+def job_options(
+    context: ServerContext, priority: int, timeout_s: float | None, callback_url: str | None
+) -> dict[str, Any]:
+    """The store options of a submission (both API dialects): the job needs this server's checkpoint (a
+    worker of another one does not claim it); a bad ``callback_url`` is a 422."""
     from songflow.errors import ConfigError
     from songflow.interfaces.server.bodies import invalid
     from songflow.interfaces.server.webhooks import check_callback_url
@@ -79,7 +82,8 @@ def job_options(priority: int, timeout_s: float | None, callback_url: str | None
         url = check_callback_url(callback_url) if callback_url else None
     except ConfigError as exc:
         raise invalid(("callback_url",), str(exc)) from None
-    return {"priority": priority, "timeout_s": timeout_s, "callback_url": url}
+    model = context.runtime["checkpoint"]
+    return {"priority": priority, "timeout_s": timeout_s, "callback_url": url, "model": model}
 
 
 def _audio_urls(job_id: str, n: int) -> list[str]:
@@ -131,7 +135,7 @@ async def submit(
             context.loras,
         )
         check_window(req, frames, context)
-        options = job_options(priority, timeout_s, callback_url)
+        options = job_options(context, priority, timeout_s, callback_url)
         job = context.store.add(
             context.schema.to_dict(req), list(uploads), context.max_queue, uploads, **options
         )
