@@ -54,6 +54,18 @@ def add_bench_serve_parser(subparsers) -> argparse.ArgumentParser:
         default="1,4",
         help="comma-separated --max-batch values, one server run each (default '1,4': without/with batching)",
     )
+    p.add_argument(
+        "--workers",
+        default="",
+        help="comma-separated worker counts, e.g. '1,2,3': each run starts that many `songflow worker` "
+        "processes over one shared store (the server only accepts jobs); default: the server's own worker",
+    )
+    p.add_argument(
+        "--database",
+        default=None,
+        help="with --workers: the shared store (default: a SQLite file in the run's temporary folder; "
+        "postgresql://... for PostgreSQL)",
+    )
     p.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_serve)
     return p
@@ -86,6 +98,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     if args.duration <= 0:
         raise ConfigError("--duration must be positive")
     batches = _positive_ints(args.max_batch, "--max-batch")
+    fleets: list[int | None] = _positive_ints(args.workers, "--workers") if args.workers else [None]  # type: ignore[assignment]
 
     from songflow.checkpoint.hub import resolve_checkpoint
     from songflow.families import load_pipeline
@@ -96,15 +109,16 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         f"bench-serve: checkpoint={checkpoint.name} device={pipe.device} dtype={args.dtype} "
         f"jobs={args.jobs} concurrency={args.concurrency} duration={args.duration}s steps={args.steps}"
     )
-    header = ("max_batch", 9), ("jobs/min", 9), ("p50_s", 8), ("p95_s", 8), ("mean_batch", 10), ("failed", 6)
-    print("  " + " ".join(f"{name:>{width}}" for name, width in (*header, ("429s", 5))))
+    header = ("workers", 7), ("max_batch", 9), ("jobs/min", 9), ("p50_s", 8), ("p95_s", 8), ("mean_batch", 10)
+    print("  " + " ".join(f"{name:>{width}}" for name, width in (*header, ("failed", 6), ("429s", 5))))
     runs = []
-    for max_batch in batches:
-        figures = run_server_load(pipe, args, max_batch, checkpoint_name=checkpoint.name)
+    for workers, max_batch in ((w, b) for w in fleets for b in batches):
+        figures = run_server_load(pipe, args, max_batch, checkpoint=checkpoint, workers=workers)
         runs.append(figures)
         print(
-            f"  {max_batch:>9} {figures['jobs_per_min']:>9.2f} {figures['latency_p50_s']:>8.2f} "
-            f"{figures['latency_p95_s']:>8.2f} {figures['mean_batch_jobs']:>10.2f} "
+            f"  {workers or 'own':>7} {max_batch:>9} {figures['jobs_per_min']:>9.2f} "
+            f"{figures['latency_p50_s']:>8.2f} {figures['latency_p95_s']:>8.2f} "
+            f"{figures['mean_batch_jobs']:>10.2f} "
             f"{figures['failed']:>6} {figures['retries_429']:>5}   per job: "
             + ", ".join(f"{stage} {figures[f'per_job_{stage}_s']:.2f} s" for stage in _STAGES)
         )
@@ -135,32 +149,60 @@ def _request(i: int, args) -> dict[str, Any]:
     }
 
 
-def run_server_load(pipe, args, max_batch: int, *, checkpoint_name: str) -> dict[str, Any]:
-    """One server run: ``args.jobs`` jobs from ``args.concurrency`` closed-loop clients; the figures."""
+def run_server_load(pipe, args, max_batch: int, *, checkpoint: Path, workers: int | None = None) -> dict:
+    """One server run: ``args.jobs`` jobs from ``args.concurrency`` closed-loop clients; the figures. With
+    ``workers``, that many ``songflow worker`` processes run the jobs from a shared store."""
     import httpx
 
     from songflow.interfaces.cli.serve import BackgroundServer
     from songflow.interfaces.server.app import create_app
 
     with tempfile.TemporaryDirectory(prefix="songflow-bench-") as data_dir:
+        database = None
+        if workers is not None:
+            database = getattr(args, "database", None) or f"sqlite:///{Path(data_dir) / 'jobs.sqlite3'}"
         app = create_app(
             pipe,
             data_dir=data_dir,
             max_queue=max(args.jobs, args.concurrency) + 1,
             max_batch=max_batch,
-            checkpoint_name=checkpoint_name,
+            checkpoint_name=checkpoint.resolve().name,
+            database=database,
+            start_worker=workers is None,
         )
-        with BackgroundServer(app) as server:
-            with httpx.Client(base_url=server.url, timeout=120.0) as client:
-                warm = client.post("/v1/jobs", json=_request(10**6, args)).json()["id"]
-                _wait(client, warm)
-            load = _ClosedLoopLoad(server.url, args)
-            load.run()
-            with httpx.Client(base_url=server.url, timeout=120.0) as client:
-                jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in load.done_ids]
+        fleet = _start_workers(workers or 0, args, checkpoint, database, Path(data_dir), max_batch)
+        try:
+            with BackgroundServer(app) as server:
+                with httpx.Client(base_url=server.url, timeout=120.0) as client:
+                    warm = [client.post("/v1/jobs", json=_request(10**6 + k, args)).json()["id"]
+                            for k in range(max(1, workers or 1))]  # fmt: skip
+                    for job_id in warm:
+                        _wait(client, job_id)
+                load = _ClosedLoopLoad(server.url, args)
+                load.run()
+                with httpx.Client(base_url=server.url, timeout=120.0) as client:
+                    jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in load.done_ids]
+        finally:
+            for proc in fleet:
+                proc.terminate()
+            for proc in fleet:
+                proc.wait(60)
     for message in load.errors[:5]:
         print(f"    error: {message}", file=sys.stderr)
-    return _load_figures(jobs, args.jobs, max_batch, load.retries)
+    return {"workers": workers, **_load_figures(jobs, args.jobs, max_batch, load.retries)}
+
+
+def _start_workers(n: int, args, checkpoint: Path, database: str | None, data_dir: Path, max_batch: int):
+    """``n`` ``songflow worker`` processes, the machine's cores shared out among them (OMP threads)."""
+    import os
+    import subprocess
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, n))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "songflow", "worker", "--checkpoint", str(checkpoint), "--database",
+           str(database), "--data-dir", str(data_dir), "--device", args.device, "--dtype", args.dtype,
+           "--max-batch", str(max_batch), "--lease-s", "60"]  # fmt: skip
+    return [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for _ in range(n)]
 
 
 class _ClosedLoopLoad:
