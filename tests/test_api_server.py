@@ -214,6 +214,7 @@ def test_openapi_schema_matches_the_routes(pipe, live):
         ("/v1/jobs/{job_id}/audio", "get"),
         ("/v1/models", "get"),
         ("/v1/loras", "get"),
+        ("/v1/workers", "get"),
         ("/health", "get"),
     } == routes
     post = schema["paths"]["/v1/jobs"]["post"]

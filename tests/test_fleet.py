@@ -180,6 +180,10 @@ def test_postgres_fleet_survives_a_killed_worker_and_api(tmp_path_factory, postg
         listed = httpx.get(apis[0][1] + "/v1/jobs", params={"limit": 1000}, timeout=30).json()["jobs"]
         assert {j["state"] for j in listed} == {"done"} and len(listed) - N_JOBS <= 8
         _check_outputs(data, accepted, [w.log for w in workers])
+        alive = httpx.get(apis[0][1] + "/v1/workers", timeout=30).json()["workers"]
+        assert sorted(int(w["worker_id"].split("-")[-2]) for w in alive) == sorted(
+            w.popen.pid for w in workers if w is not victim
+        )  # the killed worker dropped out once its lease ran out
         print(f"\npostgres fleet: {len(accepted)} accepted jobs done in {wall:.1f} s "
               f"({len(accepted) / wall:.2f} jobs/s) with a worker and an API process killed")  # fmt: skip
     finally:

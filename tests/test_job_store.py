@@ -425,3 +425,18 @@ def test_the_rest_app_runs_jobs_on_either_store(db: Database, pipe, tmp_path: Pa
         assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
         assert client.get(f"/v1/jobs/{job_id}").status_code == 404
     assert probe.ids() == set() and not (tmp_path / "data" / "outputs" / job_id).exists()
+
+
+def test_workers_advertise_themselves_and_expire(db: Database) -> None:
+    first, second = db.open(), db.open()
+    first.touch_worker("gpu-a", ["acestep-v15-turbo"], ["j1"], ttl_s=30)
+    second.touch_worker("gpu-b", None, [], ttl_s=0.3)
+    live = {w["worker_id"]: w for w in second.live_workers()}
+    assert live["gpu-a"]["models"] == ["acestep-v15-turbo"] and live["gpu-a"]["running"] == ["j1"]
+    assert live["gpu-b"]["models"] is None
+    time.sleep(0.5)  # gpu-b stopped beating: it is gone once its ttl passed
+    assert [w["worker_id"] for w in first.live_workers()] == ["gpu-a"]
+    first.touch_worker("gpu-a", ["acestep-v15-turbo"], [], ttl_s=30)  # a beat updates, not duplicates
+    assert [w["running"] for w in second.live_workers()] == [[]]
+    first.drop_worker("gpu-a")
+    assert second.live_workers() == []

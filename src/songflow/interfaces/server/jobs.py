@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -353,6 +353,14 @@ class JobStoreProtocol(Protocol):
 
     def record_callback(self, job_id: str, ok: bool, attempts: int, retry_at: float | None) -> None: ...
 
+    def touch_worker(
+        self, worker_id: str, models: Sequence[str] | None, running: Sequence[str], ttl_s: float
+    ) -> None: ...
+
+    def drop_worker(self, worker_id: str) -> None: ...
+
+    def live_workers(self) -> builtins.list[dict[str, Any]]: ...
+
 
 def redact_dsn(url: str) -> str:
     """``url`` without its password (for messages and logs)."""
@@ -420,6 +428,7 @@ class JobStore:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
             self._db.execute(_CLAIM_INDEX)
+            self._db.execute(_WORKERS_TABLE)
 
     def close(self) -> None:
         with self._lock:
@@ -736,12 +745,58 @@ class JobStore:
             (callback_state(ok, retry_at), attempts, retry_at, job_id),
         )
 
+    # -- the workers that serve this queue -----------------------------------------------------------
+
+    def touch_worker(
+        self, worker_id: str, models: Sequence[str] | None, running: Sequence[str], ttl_s: float
+    ) -> None:
+        """Record that ``worker_id`` (holding ``models``; None: any) is alive for ``ttl_s`` more seconds
+        and runs ``running``."""
+        now = time.time()
+        self._exec(
+            "INSERT INTO workers (worker_id, models, running, started_at, last_seen, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(worker_id) DO UPDATE SET models=excluded.models, "
+            "running=excluded.running, last_seen=excluded.last_seen, expires_at=excluded.expires_at",
+            (worker_id, json.dumps(None if models is None else list(models)), json.dumps(list(running)),
+             now, now, now + ttl_s),
+        )  # fmt: skip
+
+    def drop_worker(self, worker_id: str) -> None:
+        self._exec("DELETE FROM workers WHERE worker_id=?", (worker_id,))
+
+    def live_workers(self) -> builtins.list[dict[str, Any]]:
+        """The workers whose last heartbeat has not expired, oldest first (long-gone rows are removed)."""
+        now = time.time()
+        self._exec("DELETE FROM workers WHERE expires_at < ?", (now - WORKER_GONE_S,))
+        rows = self._exec(
+            "SELECT * FROM workers WHERE expires_at >= ? ORDER BY started_at", (now,)
+        ).fetchall()
+        return [worker_row(r) for r in rows]
+
 
 #: the WHERE clause of a due callback (one parameter: now)
 CALLBACK_DUE = (
     "state IN ('done', 'failed', 'cancelled') AND callback_url IS NOT NULL AND (callback_state IS NULL "
     "OR (callback_state = 'pending' AND callback_at <= ?))"
 )
+
+
+_WORKERS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS workers (worker_id TEXT PRIMARY KEY, models TEXT, running TEXT, "
+    "started_at REAL NOT NULL, last_seen REAL NOT NULL, expires_at REAL NOT NULL)"
+)
+WORKER_GONE_S = 86400.0  # a worker row this long past its expiry is removed
+
+
+def worker_row(row: RowLike) -> dict[str, Any]:
+    """A ``GET /v1/workers`` item from a workers row."""
+    return {
+        "worker_id": row["worker_id"],
+        "models": json.loads(row["models"]) if row["models"] else None,
+        "running": json.loads(row["running"]) if row["running"] else [],
+        "started_at": row["started_at"],
+        "last_seen": row["last_seen"],
+    }
 
 
 def callback_state(ok: bool, retry_at: float | None) -> str:
@@ -814,6 +869,7 @@ class Worker:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="songflow-worker", daemon=True)
         self._beats = threading.Thread(target=self._beat_loop, name="songflow-heartbeat", daemon=True)
+        self.beat()  # advertise this worker (and sweep) before the first claim
         self._thread.start()
         self._beats.start()
 
@@ -824,6 +880,11 @@ class Worker:
         for thread in (self._thread, self._beats):
             if thread is not None:
                 thread.join(timeout)
+        if self._thread is not None:
+            try:
+                self.store.drop_worker(self.worker_id)
+            except Exception:  # the store may be gone already; the row expires by itself
+                log.debug("could not remove worker %s from the store", self.worker_id)
         self._thread = self._beats = None
 
     def pause(self) -> None:
@@ -893,6 +954,7 @@ class Worker:
         jobs past their timeout. Errors are logged (the store may be briefly unreachable)."""
         try:
             running = self.current
+            self.store.touch_worker(self.worker_id, self.models, running, self.lease_s)
             if running:
                 owned = self.store.heartbeat(self.worker_id, running, self.lease_s)
                 self._drop(set(running) - owned, "is no longer this worker's (cancelled or lease lost)")

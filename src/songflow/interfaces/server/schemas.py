@@ -86,9 +86,22 @@ class LoraList(BaseModel):
     hint: str | None = Field(default=None, description="how to offer adapters, when there are none")
 
 
+class WorkerInfo(BaseModel):
+    worker_id: str = Field(description="host-pid-random")
+    models: list[str] | None = Field(description="the checkpoints it runs jobs for (null: any job)")
+    running: list[str] = Field(description="the ids of the jobs it runs now")
+    started_at: float = Field(description="Unix time of its first heartbeat")
+    last_seen: float = Field(description="Unix time of its last heartbeat")
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerInfo] = Field(description="the workers whose heartbeat is current, oldest first")
+
+
 class Health(UpstreamEnvelope):
     status: Literal["ok"]
-    worker_alive: bool
+    worker_alive: bool = Field(description="this process's own worker thread runs (false with --no-worker)")
+    workers: int = Field(description="workers of the queue with a current heartbeat, on any machine")
     queued: int
     running: int
 

@@ -27,7 +27,7 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -41,6 +41,7 @@ from songflow.interfaces.server.jobs import (
     CALLBACK_DUE,
     DEFAULT_LEASE_S,
     FINISHED_STATES,
+    WORKER_GONE_S,
     Job,
     KeyFn,
     Models,
@@ -54,10 +55,12 @@ from songflow.interfaces.server.jobs import (
     row_to_job,
     summary_of,
     timeout_error,
+    worker_row,
 )
 from songflow.requests import MAX_BATCH
 
 TABLE = "songflow_jobs"
+WORKERS = "songflow_workers"
 _NOW = "extract(epoch from now())"  # the transaction's start, on the database's clock
 _DDL_LOCK = 0x736F6E67666C01  # pg_advisory_xact_lock keys (per database): schema changes
 _ADMIT_LOCK = 0x736F6E67666C02  # the queue-length check of add()
@@ -101,6 +104,9 @@ _SCHEMA = (
             "callback_at DOUBLE PRECISION",
         )
     ),  # fmt: skip
+    f"CREATE TABLE IF NOT EXISTS {WORKERS} (worker_id TEXT PRIMARY KEY, models TEXT, running TEXT, "
+    "started_at DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL, "
+    "expires_at DOUBLE PRECISION NOT NULL)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_claim ON {TABLE} (state, priority DESC, seq)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_lease ON {TABLE} (lease_until) WHERE state = 'running'",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_finished ON {TABLE} (finished_at) "
@@ -506,3 +512,28 @@ class PostgresJobStore:
             f"UPDATE {TABLE} SET callback_state=%s, callback_attempts=%s, callback_at=%s WHERE id=%s",
             (callback_state(ok, retry_at), attempts, retry_at, job_id),
         )
+
+    # -- the workers that serve this queue -----------------------------------------------------------
+
+    def touch_worker(
+        self, worker_id: str, models: Sequence[str] | None, running: Sequence[str], ttl_s: float
+    ) -> None:
+        """Record that ``worker_id`` (holding ``models``; None: any) is alive for ``ttl_s`` more seconds
+        (the database's clock) and runs ``running``."""
+        self._rowcount(
+            f"INSERT INTO {WORKERS} (worker_id, models, running, started_at, last_seen, expires_at) "
+            f"VALUES (%s, %s, %s, {_NOW}, {_NOW}, {_NOW} + %s) ON CONFLICT (worker_id) DO UPDATE SET "
+            "models=excluded.models, running=excluded.running, last_seen=excluded.last_seen, "
+            "expires_at=excluded.expires_at",
+            (worker_id, json.dumps(None if models is None else list(models)), json.dumps(list(running)),
+             ttl_s),
+        )  # fmt: skip
+
+    def drop_worker(self, worker_id: str) -> None:
+        self._rowcount(f"DELETE FROM {WORKERS} WHERE worker_id=%s", (worker_id,))
+
+    def live_workers(self) -> builtins.list[dict[str, Any]]:
+        """The workers whose last heartbeat has not expired, oldest first (long-gone rows are removed)."""
+        self._rowcount(f"DELETE FROM {WORKERS} WHERE expires_at < {_NOW} - %s", (WORKER_GONE_S,))
+        rows = self._all(f"SELECT * FROM {WORKERS} WHERE expires_at >= {_NOW} ORDER BY started_at")
+        return [worker_row(r) for r in rows]

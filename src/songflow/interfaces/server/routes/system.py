@@ -11,7 +11,7 @@ from songflow.audio.io import SUPPORTED_FORMATS
 from songflow.interfaces.server.acestep15_api import envelope
 from songflow.interfaces.server.deps import Context, Store, require_api_key
 from songflow.interfaces.server.loras import NO_LORA_DIR
-from songflow.interfaces.server.schemas import Health, LoraList, ModelList, error_responses
+from songflow.interfaces.server.schemas import Health, LoraList, ModelList, WorkerList, error_responses
 
 health_router = APIRouter(tags=["system"])
 models_router = APIRouter(prefix="/v1", tags=["system"], dependencies=[Depends(require_api_key)])
@@ -24,6 +24,7 @@ def health(store: Store, context: Context) -> dict[str, Any]:
     return {
         "status": "ok",
         "worker_alive": context.worker.alive,
+        "workers": len(store.live_workers()),
         "queued": store.count("queued"),
         "running": store.count("running"),
         **envelope(upstream_health(context)),
@@ -58,3 +59,14 @@ def loras(context: Context) -> dict[str, Any]:
     if context.loras is None:
         return {"enabled": False, "loras": [], "hint": NO_LORA_DIR}
     return {"enabled": True, "loras": [{"name": name} for name in context.loras.paths]}
+
+
+@models_router.get(
+    "/workers",
+    response_model=WorkerList,
+    responses=error_responses(401),
+    description="The workers serving this queue (this process's and `songflow worker`s on any machine), "
+    "with the checkpoints they hold; a job waits for a worker that holds its model.",
+)
+def workers(store: Store) -> dict[str, Any]:
+    return {"workers": store.live_workers()}
