@@ -38,10 +38,10 @@ log = logging.getLogger("songflow.server")
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: ServerContext = app.state.context
-    if context.start_worker:  # an API-only process leaves running jobs to their workers' leases
-        n = context.store.requeue_interrupted(context.retention.max_attempts)
-        if n:
-            log.info("re-queued %d job(s) interrupted by the last shutdown", n)
+    # SQLite (one machine): every job left running; PostgreSQL: only the jobs whose lease ran out
+    n = context.store.requeue_interrupted(context.retention.max_attempts)
+    if n:
+        log.info("re-queued %d job(s) interrupted by the last shutdown", n)
     context.sweeper()
     if context.start_worker:
         context.worker.start()
