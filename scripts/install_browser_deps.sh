@@ -14,25 +14,13 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(chromium chromium-driver fonts-liberation)
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "install_browser_deps.sh: apt needs root (or sudo)" >&2; exit 1; fi
-fi
-
-missing_debs() {
-  local p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
-  done
-}
+. scripts/apt_lib.sh
+sudo_for_apt install_browser_deps.sh
 
 if [ "${SONGFLOW_SKIP_APT:-0}" != "1" ]; then
-  export DEBIAN_FRONTEND=noninteractive
   need=($(missing_debs "${APT_PACKAGES[@]}"))
   if [ "${#need[@]}" -gt 0 ]; then
-    $SUDO apt-get update -q
-    $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+    apt_install "${need[@]}"
   else
     echo "apt: all of ${APT_PACKAGES[*]} already installed"
   fi

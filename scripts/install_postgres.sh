@@ -19,25 +19,14 @@ have_server() {
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 }
 
-missing_debs() {
-  local p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
-  done
-}
+. scripts/apt_lib.sh
 
 if [ "${SONGFLOW_SKIP_APT:-0}" != "1" ]; then
   need=()
   if ! have_server; then need=($(missing_debs "${APT_PACKAGES[@]}")); fi
   if [ "${#need[@]}" -gt 0 ]; then
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-      if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-        echo "install_postgres.sh: apt needs root (or sudo)" >&2; exit 1; fi
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -q
-    $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+    sudo_for_apt install_postgres.sh
+    apt_install "${need[@]}"
   else
     echo "apt: the PostgreSQL server binaries are already installed"
   fi

@@ -10,24 +10,15 @@
 # Set SONGFLOW_SKIP_APT=1 or SONGFLOW_SKIP_PIP=1 to skip a half. Licence note: the MBROLA voice databases may be
 # used only with the MBROLA program and may not be sold or put into a sold product.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 APT_PACKAGES_MAIN=(fluidsynth fluid-soundfont-gm)
 APT_PACKAGES_EXTRA=(mbrola mbrola-us1 mbrola-us3)
 PIP_PACKAGES=(pyfluidsynth pretty_midi pronouncing datasets soundfile soxr tqdm)
 SOURCES_FILE=/etc/apt/sources.list.d/songflow-contrib-nonfree.sources
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "install_synth_deps.sh: apt needs root (or sudo)" >&2; exit 1; fi
-fi
-
-missing_debs() {
-  local p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
-  done
-}
+. scripts/apt_lib.sh
+sudo_for_apt install_synth_deps.sh
 
 has_contrib_nonfree() {
   # any enabled deb source that already lists both components
@@ -52,8 +43,7 @@ Components: contrib non-free
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
     fi
-    $SUDO apt-get update -q
-    $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+    apt_install "${need[@]}"
   else
     echo "apt: all of ${APT_PACKAGES_MAIN[*]} ${APT_PACKAGES_EXTRA[*]} already installed"
   fi
