@@ -249,6 +249,13 @@ def parse_args() -> argparse.Namespace:
         help="data: data_init on a first batch (default); fresh: torch's default init; "
         "base: --base's (random) VAE weights",
     )
+    ap.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="decoder_channels of a new VAE (the tiny config's 8, the released VAE's 128; the encoder's "
+        "width is twice the latent channels in this architecture, so it stays), so the DiT loads as it is",
+    )
     ap.add_argument("--eval-only", action="store_true", help="skip training; check OUT's VAE")
     return ap.parse_args()
 
@@ -271,7 +278,12 @@ def main() -> int:
     if not args.eval_only:
         torch.manual_seed(args.seed)
         if args.init != "base":
-            vae = OobleckVAE(vae.config)
+            config = vae.config
+            if args.width:  # a wider decoder (same hop and latent channels, so the DiT is unchanged)
+                import dataclasses
+
+                config = dataclasses.replace(config, decoder_channels=args.width)
+            vae = OobleckVAE(config)
         vae.requires_grad_(True)
         clips = load_clips(Path(args.corpus), vae.sample_rate_hz)
         print(f"{len(clips)} clips, {sum(c.shape[-1] for c in clips) / vae.sample_rate_hz / 3600:.2f} h")
