@@ -20,7 +20,7 @@ from songflow.interfaces.server.retention import Retention, Sweeper
 from songflow.interfaces.sidecar import known_schemas, pipeline_family, pipeline_tasks, schema_of
 from songflow.requests import RequestSchema
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
@@ -167,7 +167,7 @@ def require_api_key(
 
 
 def get_job(job_id: str, store: Store) -> Job:
-    job = store.get(job_id) if _JOB_ID.match(job_id) else None
+    job = store.get(job_id) if JOB_ID.match(job_id) else None
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
     return job

@@ -35,7 +35,7 @@ from starlette.datastructures import UploadFile
 from songflow.errors import SongflowError
 from songflow.interfaces.server import acestep15_api as api
 from songflow.interfaces.server.bodies import check_task, parse_request
-from songflow.interfaces.server.deps import BEARER_SCHEME, HEADER_KEY_SCHEME, Context, ServerContext
+from songflow.interfaces.server.deps import BEARER_SCHEME, HEADER_KEY_SCHEME, JOB_ID, Context, ServerContext
 from songflow.interfaces.server.routes.audio import MEDIA_TYPES, provide_audio
 from songflow.interfaces.server.routes.jobs import job_options
 from songflow.interfaces.server.schemas import error_responses
@@ -264,7 +264,7 @@ def _durations(folder: Path, names: list[str]) -> list[float | None]:
 
 def _task_result(context: ServerContext, task_id: str) -> dict[str, Any]:
     job_id = task_id.replace("-", "").lower()
-    job = context.store.get(job_id) if api._REF.match(f"{job_id}/a.b") else None
+    job = context.store.get(job_id) if JOB_ID.match(job_id) else None
     if job is None:  # upstream: an unknown id is "still waiting"
         return {"task_id": task_id, "status": 0, "result": "[]", "progress_text": ""}
     status = api.COMPAT_STATUS[job.state]
