@@ -209,6 +209,18 @@ def test_bad_bodies_get_their_documented_status(pipe15, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_a_full_queue_answers_429_and_stores_nothing(pipe15, tmp_path):
+    with _client(pipe15, tmp_path, max_queue=1) as http:
+        http.app.state.worker.pause()
+        body = {"prompt": "x", "audio_duration": 10, "inference_steps": FAST, "batch_size": 1}
+        plugin.release(http, body)
+        full = http.post("/release_task", data={**body, "task_type": "cover"},
+                         files={"src_audio": ("mine.wav", _wav_bytes(1.0), "audio/wav")})  # fmt: skip
+        stats = http.get("/v1/stats").json()["data"]
+    assert full.status_code == 429 and full.json()["detail"] == "Server busy: queue is full"
+    assert stats["jobs"]["total"] == 1 and _leftovers(tmp_path) == []  # the refused upload is gone
+
+
 def test_lora_routes_set_the_default_adapter_of_later_tasks_only(pipe15, tmp_path):
     from test_v15_lora import _lora_pairs, _write_peft
 

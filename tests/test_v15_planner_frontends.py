@@ -304,3 +304,26 @@ def test_v15_planner_studio_has_the_planner_controls(pipe, tmp_path, monkeypatch
     answer = ask_planner(studio, "format", values, {"seeds": "4"})
     assert (answer["caption"], answer["bpm"], answer["key_scale"]) == ("tidy", 90, "D minor")
     assert "tidied" in answer["note"]
+
+
+def test_v15_official_format_input_route(client, monkeypatch):
+    """``POST /format_input`` (the official 1.5 API): the LM's format in upstream's envelope and names."""
+    from songflow.tasks.acestep_v15 import planner
+
+    seen = {}
+
+    def answer(lm, *args, seed, **kwargs):
+        seen.update(kwargs)
+        return planner.SongPlan(seed=seed, caption="tidy", lyrics="[verse]\nok", bpm=90, keyscale="D minor",
+                                timesignature="3", duration_s=30.0, language="en")  # fmt: skip
+
+    monkeypatch.setattr(planner, "format_song", answer)
+    body = {"prompt": "messy", "lyrics": "ok", "temperature": 0.5,
+            "param_obj": json.dumps({"bpm": 90, "key": "D minor", "time_signature": "3/4"})}  # fmt: skip
+    reply = client.post("/format_input", json=body)
+    assert reply.status_code == 200, reply.text
+    envelope = reply.json()
+    assert envelope["code"] == 200 and envelope["error"] is None and envelope["timestamp"] > 0
+    assert envelope["data"] == {"caption": "tidy", "lyrics": "[verse]\nok", "bpm": 90, "key_scale": "D minor",
+                                "time_signature": "3", "duration": 30.0, "vocal_language": "en"}  # fmt: skip
+    assert client.post("/format_input", json={"prompt": "x", "param_obj": "{bad"}).status_code == 400
