@@ -47,7 +47,7 @@ def _client(pipeline, tmp_path: Path, **kwargs):
 
     from songflow.interfaces.server.app import create_app
 
-    kwargs.setdefault("checkpoint_name", "acestep-v15-base")
+    kwargs.setdefault("checkpoint_name", "checkpoints")  # a 1.5 root: upstream names the DiT folder
     return TestClient(create_app(pipeline, data_dir=tmp_path / "data", **kwargs))
 
 
@@ -71,7 +71,8 @@ def _leftovers(tmp_path: Path) -> list[str]:
 def test_text2music_as_the_plugin_polls_it_is_the_python_api_song(pipe15, tmp_path):
     body = {"prompt": "dark synth", "lyrics": "[verse]\nla la", "audio_duration": 10, "batch_size": 2,
             "use_random_seed": False, "seed": "5,6", "inference_steps": FAST, "audio_format": "wav",
-            "bpm": 120, "key_scale": "A minor", "time_signature": "4/4", "vocal_language": "en"}  # fmt: skip
+            "bpm": 120, "key_scale": "A minor", "time_signature": "4/4", "vocal_language": "en",
+            "model": "acestep-v15-base"}  # fmt: skip
     with _client(pipe15, tmp_path) as http:
         task = plugin.release(http, body)
         unknown = str(uuid.uuid4())
@@ -135,24 +136,24 @@ def test_merging_and_aliases_follow_upstream():
     body = api.ReleaseTaskBody.model_validate(api.merged_body(raw))
     assert (body.prompt, body.key_scale, body.vocal_language) == ("x", "C major", "de")
     assert (body.audio_duration, body.bpm, body.time_signature) == (20, 100, "3")
-    request = api.songflow_request(body, turbo=True, model_name="m")
+    request = api.songflow_request(body, turbo=True, model_names=("m",))
     assert request["params"].get("guidance_scale") is None and "steps" not in request["params"]
     assert request["duration_s"] == 20 and request["time_signature"] == "3"
     base = api.songflow_request(
         api.ReleaseTaskBody.model_validate({"guidance_scale": 5, "inference_steps": 30, "use_adg": True}),
         turbo=False,
-        model_name="m",
+        model_names=("m",),
     )
     assert base["params"]["guidance_scale"] == 5 and base["params"]["steps"] == 30
     assert base["params"]["guidance"] == "adg"
     simple = api.songflow_request(
         api.ReleaseTaskBody.model_validate({"sample_mode": True, "description": "a sea shanty"}),
         turbo=True,
-        model_name="m",
+        model_names=("m",),
     )
     assert simple["task"] == "simple" and simple["description"] == "a sea shanty"
     codes = api.ReleaseTaskBody.model_validate({"audio_codes": "<|audio_code_5|><|audio_code_70|>"})
-    assert api.songflow_request(codes, turbo=True, model_name="m")["audio_codes"] == [5, 70]
+    assert api.songflow_request(codes, turbo=True, model_names=("m",))["audio_codes"] == [5, 70]
     assert api.parse_ref(api.audio_url("0" * 32 + "/audio_0.mp3")) == ("0" * 32, "audio_0", "mp3")
 
 

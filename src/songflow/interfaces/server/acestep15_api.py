@@ -300,7 +300,7 @@ def _params(body: ReleaseTaskBody, turbo: bool) -> dict[str, Any]:
     return params
 
 
-def _refuse_unoffered(body: ReleaseTaskBody, model_name: str) -> None:
+def _refuse_unoffered(body: ReleaseTaskBody, model_names: tuple[str, ...]) -> None:
     if body.sampler_mode != "euler":
         raise CompatError(400, "sampler_mode 'heun' is not offered by this server; use 'euler'")
     for name in ("analysis_only", "full_analysis_only", "extract_codes_only"):
@@ -308,8 +308,8 @@ def _refuse_unoffered(body: ReleaseTaskBody, model_name: str) -> None:
             raise CompatError(400, f"{name} is not offered as a task; POST /v1/understand reads a song back")
     if body.use_format:
         raise CompatError(400, "use_format is not offered inside a task; call POST /format_input first")
-    if body.model and body.model != model_name:
-        raise CompatError(400, f"this server runs {model_name!r}, not {body.model!r}; leave 'model' out")
+    if body.model and body.model not in model_names:
+        raise CompatError(400, f"this server runs {model_names[0]!r}, not {body.model!r}; leave 'model' out")
     if body.audio_format.lower() not in AUDIO_FORMATS:
         raise CompatError(400, f"audio_format {body.audio_format!r}: choose one of {sorted(AUDIO_FORMATS)}")
 
@@ -362,9 +362,10 @@ def _task_fields(task: str, body: ReleaseTaskBody) -> dict[str, Any]:
     return {"classes": text} if text else {}
 
 
-def songflow_request(body: ReleaseTaskBody, *, turbo: bool, model_name: str) -> dict[str, Any]:
-    """The songflow 1.5 request dict of an upstream task (path fields not filled in yet)."""
-    _refuse_unoffered(body, model_name)
+def songflow_request(body: ReleaseTaskBody, *, turbo: bool, model_names: tuple[str, ...]) -> dict[str, Any]:
+    """The songflow 1.5 request dict of an upstream task (path fields not filled in yet); ``model_names``:
+    what ``model`` may name (the loaded DiT folder, the checkpoint's name)."""
+    _refuse_unoffered(body, model_names)
     task = TASK_TYPES.get(body.task_type.strip().lower())
     if task is None:
         raise CompatError(400, f"unknown task_type {body.task_type!r}; choose one of {sorted(TASK_TYPES)}")

@@ -129,9 +129,12 @@ def _validation_422(errors: list[dict[str, Any]]) -> HTTPException:
 
 
 def _model_names(context: ServerContext) -> dict[str, str]:
+    """The loaded DiT's folder name (``acestep-v15-turbo``: what upstream's clients call the model) and the
+    5 Hz LM's ("" without one)."""
     planner = getattr(context.pipeline, "planner", None)
     lm_dir = getattr(planner, "lm_dir", None)
-    return {"dit": context.runtime["checkpoint"], "lm": Path(lm_dir).name if lm_dir is not None else ""}
+    dit = getattr(planner, "dit_name", None) or context.runtime["checkpoint"]
+    return {"dit": dit, "lm": Path(lm_dir).name if lm_dir is not None else ""}
 
 
 # ----------------------------------------------------------------------------------------- release_task
@@ -186,7 +189,8 @@ async def _release(request: Request, context: ServerContext) -> dict[str, Any]:
         except ValidationError as exc:
             raise _validation_422(exc.errors(include_url=False, include_input=False)) from None
         turbo = getattr(context.pipeline, "variant", "turbo") == "turbo"
-        data = api.songflow_request(body, turbo=turbo, model_name=context.runtime["checkpoint"])
+        names = (_model_names(context)["dit"], context.runtime["checkpoint"])
+        data = api.songflow_request(body, turbo=turbo, model_names=names)
         check_task(data, context.tasks, context.family, context.known_tasks)
         await _fill_sources(context, body, data, files, saved)
         args = (context.body, context.pipeline, _with_default_loras(context, data), _SONGFLOW_UPLOADS, saved)
