@@ -19,6 +19,7 @@ import pytest
 
 from songflow.errors import ConfigError
 from songflow.interfaces.server.jobs import (
+    JobOptions,
     JobStore,
     JobStoreProtocol,
     Worker,
@@ -72,7 +73,7 @@ def tags(jobs) -> list[str]:
 
 
 def add(store: JobStoreProtocol, name: str, **options: Any) -> str:
-    job = store.add(req(name, options.pop("group", None)), [], 1000, **options)
+    job = store.add(req(name, options.pop("group", None)), [], 1000, options=JobOptions(**options))
     assert job is not None
     return job.id
 
@@ -137,7 +138,7 @@ def test_batch_mates_share_the_key_and_the_model_within_max_rows(store: JobStore
 def test_bad_job_options_are_refused(store: JobStoreProtocol):
     for options in ({"priority": 1.5}, {"timeout_s": 0}, {"timeout_s": "1"}, {"model": " "}):
         with pytest.raises(ConfigError):
-            store.add(req("x"), [], 10, **options)
+            store.add(req("x"), [], 10, options=JobOptions(**options))
     assert store.count("queued") == 0
 
 

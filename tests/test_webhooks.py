@@ -18,6 +18,7 @@ import pytest
 
 from songflow.errors import ConfigError
 from songflow.interfaces.server import webhooks
+from songflow.interfaces.server.jobs import JobOptions
 from songflow.requests import GenerationParams, Text2Music, request_to_dict
 from test_job_store import db, store  # noqa: F401 (the two-backend fixtures)
 
@@ -61,7 +62,7 @@ def receiver():
 
 def _finished_job(store, url: str | None, state: str = "done") -> str:  # noqa: F811
     request = request_to_dict(Text2Music(tags="x", duration_s=1.0, params=GenerationParams(seeds=(1,))))
-    job = store.add(request, [], 10, callback_url=url)
+    job = store.add(request, [], 10, options=JobOptions(callback_url=url))
     store.claim_batch(1)
     store.finish(job.id, state, outputs=["audio_0.wav"])
     return job.id

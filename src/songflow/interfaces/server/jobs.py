@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from songflow.errors import ConfigError, SongflowError
 from songflow.pipeline import batch_key
@@ -214,15 +214,46 @@ def summary_of(row: RowLike) -> dict[str, Any]:
     return item
 
 
-def check_job_options(priority: int, timeout_s: float | None, model: str | None) -> None:
-    """Reject what ``add`` cannot store: a non-integer priority, a timeout that is not positive, an
-    empty model name."""
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ConfigError(f"priority must be an integer, got {priority!r}")
-    if timeout_s is not None and not (isinstance(timeout_s, int | float) and timeout_s > 0):
-        raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    if model is not None and not (isinstance(model, str) and model.strip()):
-        raise ConfigError(f"model must be a checkpoint name, got {model!r}")
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job is queued (besides its request): ``priority`` (higher runs first), ``timeout_s`` (a run
+    longer than this fails; None: no limit), ``model`` (only a worker holding this checkpoint runs it;
+    None: any), ``client`` (what the submitting API dialect needs back, e.g. the 1.5 ``audio_format``),
+    ``callback_url`` (the webhook told when the job ends). A ConfigError for what cannot be stored."""
+
+    priority: int = 0
+    timeout_s: float | None = None
+    model: str | None = None
+    client: dict[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
+
+    #: the jobs columns the options fill, in :meth:`values` order
+    COLUMNS: ClassVar[tuple[str, ...]] = ("priority", "timeout_s", "model", "client", "callback_url")
+
+    def __post_init__(self) -> None:
+        p, t, m = self.priority, self.timeout_s, self.model
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise ConfigError(f"priority must be an integer, got {p!r}")
+        if t is not None and not (isinstance(t, int | float) and t > 0):
+            raise ConfigError(f"timeout_s must be a positive number of seconds, got {t!r}")
+        if m is not None and not (isinstance(m, str) and m.strip()):
+            raise ConfigError(f"model must be a checkpoint name, got {m!r}")
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.priority, self.timeout_s, self.model, json.dumps(self.client), self.callback_url)
+
+
+def insert_values(
+    job_id: str,
+    request: dict[str, Any],
+    uploads: Sequence[str],
+    upload_names: dict[str, str] | None,
+    options: JobOptions,
+) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The columns and values of a new queued job's row (``created_at`` and ``state`` are the store's)."""
+    columns = ("id", "request", "uploads", "upload_names", *JobOptions.COLUMNS)
+    values = (job_id, json.dumps(request), json.dumps(list(uploads)), json.dumps(upload_names or {}))
+    return columns, values + options.values()
 
 
 def encode_field(name: str, value: Any) -> Any:
@@ -302,12 +333,7 @@ class JobStoreProtocol(Protocol):
         uploads: builtins.list[str],
         max_queued: int,
         upload_names: dict[str, str] | None = None,
-        *,
-        priority: int = 0,
-        timeout_s: float | None = None,
-        model: str | None = None,
-        client: dict[str, Any] | None = None,
-        callback_url: str | None = None,
+        options: JobOptions | None = None,
     ) -> Job | None: ...
 
     def get(self, job_id: str) -> Job | None: ...
@@ -513,18 +539,10 @@ class JobStore:
         uploads: builtins.list[str],
         max_queued: int,
         upload_names: dict[str, str] | None = None,
-        *,
-        priority: int = 0,
-        timeout_s: float | None = None,
-        model: str | None = None,
-        client: dict[str, Any] | None = None,
-        callback_url: str | None = None,
+        options: JobOptions | None = None,
     ) -> Job | None:
-        """Insert a queued job, or return None when ``max_queued`` jobs are already queued. ``priority``:
-        higher runs first; ``timeout_s``: a run longer than this fails; ``model``: only a worker holding
-        this checkpoint runs it (None: any); ``client``: the submitting dialect's notes; ``callback_url``:
-        the webhook told when the job ends."""
-        check_job_options(priority, timeout_s, model)
+        """Insert a queued job (queued as ``options`` say), or return None when ``max_queued`` jobs are
+        already queued."""
         job_id, now = uuid.uuid4().hex, time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -533,22 +551,13 @@ class JobStore:
                 if n >= max_queued:
                     self._db.execute("ROLLBACK")
                     return None
+                columns, values = insert_values(
+                    job_id, request, uploads, upload_names, options or JobOptions()
+                )
                 self._db.execute(
-                    "INSERT INTO jobs (id, state, request, uploads, upload_names, created_at, attempts, "
-                    "priority, timeout_s, model, client, callback_url) "
-                    "VALUES (?, 'queued', ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        json.dumps(request),
-                        json.dumps(uploads),
-                        json.dumps(upload_names or {}),
-                        now,
-                        priority,
-                        timeout_s,
-                        model,
-                        json.dumps(client or {}),
-                        callback_url,
-                    ),
+                    f"INSERT INTO jobs ({', '.join(columns)}, state, created_at, attempts) "
+                    f"VALUES ({', '.join('?' * len(columns))}, 'queued', ?, 0)",
+                    (*values, now),
                 )
                 self._db.execute("COMMIT")
             except BaseException:

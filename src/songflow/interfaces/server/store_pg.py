@@ -43,12 +43,13 @@ from songflow.interfaces.server.jobs import (
     FINISHED_STATES,
     WORKER_GONE_S,
     Job,
+    JobOptions,
     KeyFn,
     Models,
     callback_state,
-    check_job_options,
     encode_field,
     head_key,
+    insert_values,
     interrupted_error,
     pick_mates,
     redact_dsn,
@@ -297,36 +298,22 @@ class PostgresJobStore:
         uploads: builtins.list[str],
         max_queued: int,
         upload_names: dict[str, str] | None = None,
-        *,
-        priority: int = 0,
-        timeout_s: float | None = None,
-        model: str | None = None,
-        client: dict[str, Any] | None = None,
-        callback_url: str | None = None,
+        options: JobOptions | None = None,
     ) -> Job | None:
         """Insert a queued job, or return None when ``max_queued`` jobs are already queued (checked and
         inserted under one advisory lock: no over-admission across processes)."""
-        check_job_options(priority, timeout_s, model)
+        columns, values = insert_values(
+            uuid.uuid4().hex, request, uploads, upload_names, options or JobOptions()
+        )
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMIT_LOCK,))
             row = conn.execute(f"SELECT COUNT(*) AS n FROM {TABLE} WHERE state='queued'").fetchone()
             if row is not None and row["n"] >= max_queued:
                 return None
             row = conn.execute(
-                f"INSERT INTO {TABLE} (id, state, request, uploads, upload_names, created_at, priority, "
-                f"timeout_s, model, client, callback_url) "
-                f"VALUES (%s, 'queued', %s, %s, %s, {_NOW}, %s, %s, %s, %s, %s) RETURNING *",
-                (
-                    uuid.uuid4().hex,
-                    json.dumps(request),
-                    json.dumps(uploads),
-                    json.dumps(upload_names or {}),
-                    priority,
-                    timeout_s,
-                    model,
-                    json.dumps(client or {}),
-                    callback_url,
-                ),
+                f"INSERT INTO {TABLE} ({', '.join(columns)}, state, created_at) "
+                f"VALUES ({', '.join(['%s'] * len(columns))}, 'queued', {_NOW}) RETURNING *",
+                values,
             ).fetchone()
         assert row is not None
         return row_to_job(row)

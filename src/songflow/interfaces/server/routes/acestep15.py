@@ -196,10 +196,8 @@ async def _release(request: Request, context: ServerContext) -> dict[str, Any]:
         args = (context.body, context.pipeline, _with_default_loras(context, data), _SONGFLOW_UPLOADS, saved)
         req = parse_request(*args, context.data_dir, context.schema, context.loras)
         client = {"dialect": "acestep15", "audio_format": api.AUDIO_FORMATS[body.audio_format.lower()]}
-        options = job_options(context, body.priority, body.timeout_s, body.callback_url)
-        job = context.store.add(
-            context.schema.to_dict(req), list(saved), context.max_queue, saved, client=client, **options
-        )
+        options = job_options(context, body.priority, body.timeout_s, body.callback_url, client)
+        job = context.store.add(context.schema.to_dict(req), list(saved), context.max_queue, saved, options)
         if job is None:
             raise HTTPException(429, "Server busy: queue is full")
     except api.CompatError as exc:

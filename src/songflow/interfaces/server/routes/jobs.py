@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from songflow.interfaces.server.bodies import BODY_SCHEMA_NAME, check_task, parse_request, reject_paths
 from songflow.interfaces.server.deps import Context, ExistingJob, ServerContext, Store, require_api_key
-from songflow.interfaces.server.jobs import STATES, Job
+from songflow.interfaces.server.jobs import STATES, Job, JobOptions
 from songflow.interfaces.server.loras import LoraLibrary, public_loras
 from songflow.interfaces.server.retention import delete_job
 from songflow.interfaces.server.schemas import JobList, JobView, error_responses
@@ -70,10 +70,14 @@ def job_view(job: Job, loras: LoraLibrary | None = None) -> dict[str, Any]:
 
 
 def job_options(
-    context: ServerContext, priority: int, timeout_s: float | None, callback_url: str | None
-) -> dict[str, Any]:
-    """The store options of a submission (both API dialects): the job needs this server's checkpoint (a
-    worker of another one does not claim it); a bad ``callback_url`` is a 422."""
+    context: ServerContext,
+    priority: int,
+    timeout_s: float | None,
+    callback_url: str | None,
+    client: dict[str, Any] | None = None,
+) -> JobOptions:
+    """The queueing options of a submission (both API dialects): the job needs this server's checkpoint
+    (a worker of another one does not claim it); a bad ``callback_url`` is a 422."""
     from songflow.errors import ConfigError
     from songflow.interfaces.server.bodies import invalid
     from songflow.interfaces.server.webhooks import check_callback_url
@@ -83,7 +87,7 @@ def job_options(
     except ConfigError as exc:
         raise invalid(("callback_url",), str(exc)) from None
     model = context.runtime["checkpoint"]
-    return {"priority": priority, "timeout_s": timeout_s, "callback_url": url, "model": model}
+    return JobOptions(priority, timeout_s, model, client or {}, url)
 
 
 def _audio_urls(job_id: str, n: int) -> list[str]:
@@ -137,7 +141,7 @@ async def submit(
         check_window(req, frames, context)
         options = job_options(context, priority, timeout_s, callback_url)
         job = context.store.add(
-            context.schema.to_dict(req), list(uploads), context.max_queue, uploads, **options
+            context.schema.to_dict(req), list(uploads), context.max_queue, uploads, options
         )
         if job is None:
             raise _queue_full(context)
