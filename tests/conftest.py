@@ -230,3 +230,41 @@ def write_random_lora(model, targets, folder: Path, name: str = "style") -> Path
     randomise_lora(model, name)
     save_lora(model, name, folder)
     return folder
+
+
+def songflow_process(args: list[str], log: Path):
+    """``python -m songflow -v ARGS`` in its own process (one CPU thread, no API key from the
+    environment), its output appended to ``log``; the ``subprocess.Popen``."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SONGFLOW_API_KEY": ""}
+    cmd = [sys.executable, "-m", "songflow", "-v", *args]
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+
+def start_serve(checkpoint: Path, data: Path, log: Path, *extra: str):
+    """``songflow serve`` (``--max-batch 1``, CPU, ``extra`` flags) on a free loopback port in its own
+    process; ``(Popen, url)`` once ``/health`` answers."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--data-dir", str(data)]
+    proc = songflow_process([*args, "--port", str(port), "--max-batch", "1", *extra], log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"songflow serve did not start:\n{log.read_text()}")

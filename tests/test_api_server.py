@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +26,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
-from conftest import FINAL_JOB_STATES, wait_final  # noqa: E402
+from conftest import FINAL_JOB_STATES, start_serve, wait_final  # noqa: E402
 from songflow.errors import SongflowError  # noqa: E402
 from songflow.interfaces.cli.serve import BackgroundServer  # noqa: E402
 from songflow.interfaces.server.app import create_app  # noqa: E402
@@ -475,35 +472,10 @@ def test_graceful_restart_keeps_queued_and_finished_jobs(pipe, live, tmp_path):
     assert client.get(f"/v1/jobs/{finished}").json()["state"] == "done"
 
 
-def _start_serve(checkpoint: Path, data: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``songflow serve`` in its own process on a free port; returns it once /health answers."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "songflow", "serve", "--checkpoint", str(checkpoint), "--device", "cpu"]
-    cmd += ["--data-dir", str(data), "--port", str(port), "--max-batch", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SONGFLOW_API_KEY": ""}
-    proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(url + "/health", timeout=2.0).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"songflow serve did not start:\n{log.read_text()}")
-
-
 def test_crash_restart_of_songflow_serve(tiny_ckpt, tmp_path):
     """Kill ``songflow serve`` (SIGKILL) with a running and queued jobs; a new process finishes them."""
     data, log = tmp_path / "store", tmp_path / "serve.log"
-    proc, url = _start_serve(tiny_ckpt, data, log)
+    proc, url = start_serve(tiny_ckpt, data, log)
     try:
         with httpx.Client(base_url=url, timeout=60.0) as client:
             finished = client.post("/v1/jobs", json=t2m(seed=5)).json()["id"]
@@ -520,7 +492,7 @@ def test_crash_restart_of_songflow_serve(tiny_ckpt, tmp_path):
     assert states == ["done", "running", "queued", "queued"]
     store.close()
 
-    proc, url = _start_serve(tiny_ckpt, data, log)
+    proc, url = start_serve(tiny_ckpt, data, log)
     try:
         with httpx.Client(base_url=url, timeout=60.0) as client:
             assert client.get(f"/v1/jobs/{finished}/audio", params={"format": "flac"}).content == audio

@@ -15,12 +15,9 @@ accepted job ends done exactly once. Each run prints its throughput.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,28 +30,18 @@ pytestmark = pytest.mark.slow
 httpx = pytest.importorskip("httpx")
 sf = pytest.importorskip("soundfile")
 
-from conftest import tiny_v15_root  # noqa: E402
+from conftest import songflow_process, start_serve, tiny_v15_root  # noqa: E402
 
 N_JOBS = 200
 SECONDS = 2.0
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Proc:
-    """A ``songflow`` subprocess with its output in ``log``."""
+    """A ``songflow`` subprocess (``conftest.songflow_process``) with its output in ``log``."""
 
-    def __init__(self, args: list[str], log: Path):
+    def __init__(self, args: list[str], log: Path, popen=None):
         self.log = log
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "songflow", "-v", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
+        self.popen = popen or songflow_process(args, log)
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -71,21 +58,8 @@ class Proc:
 
 
 def _serve(ckpt: Path, data: Path, log: Path, *extra: str) -> tuple[Proc, str]:
-    port = _port()
-    proc = Proc(["serve", "--checkpoint", str(ckpt), "--data-dir", str(data), "--port", str(port),
-                 "--device", "cpu", "--max-queue", "1000", "--max-batch", "1", *extra], log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"the server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"the server did not start: {log.read_text()[-2000:]}")
+    popen, url = start_serve(ckpt, data, log, "--max-queue", "1000", *extra)
+    return Proc([], log, popen), url
 
 
 def _body(i: int) -> dict:

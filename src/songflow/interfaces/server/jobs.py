@@ -760,8 +760,9 @@ class JobStore:
         self, worker_id: str, models: Sequence[str] | None, running: Sequence[str], ttl_s: float
     ) -> None:
         """Record that ``worker_id`` (holding ``models``; None: any) is alive for ``ttl_s`` more seconds
-        and runs ``running``."""
+        and runs ``running``; rows of workers gone for a day are removed on the way."""
         now = time.time()
+        self._exec("DELETE FROM workers WHERE expires_at < ?", (now - WORKER_GONE_S,))
         self._exec(
             "INSERT INTO workers (worker_id, models, running, started_at, last_seen, expires_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(worker_id) DO UPDATE SET models=excluded.models, "
@@ -774,11 +775,9 @@ class JobStore:
         self._exec("DELETE FROM workers WHERE worker_id=?", (worker_id,))
 
     def live_workers(self) -> builtins.list[dict[str, Any]]:
-        """The workers whose last heartbeat has not expired, oldest first (long-gone rows are removed)."""
-        now = time.time()
-        self._exec("DELETE FROM workers WHERE expires_at < ?", (now - WORKER_GONE_S,))
+        """The workers whose last heartbeat has not expired, oldest first (a read: ``/health`` asks)."""
         rows = self._exec(
-            "SELECT * FROM workers WHERE expires_at >= ? ORDER BY started_at", (now,)
+            "SELECT * FROM workers WHERE expires_at >= ? ORDER BY started_at", (time.time(),)
         ).fetchall()
         return [worker_row(r) for r in rows]
 

@@ -506,7 +506,8 @@ class PostgresJobStore:
         self, worker_id: str, models: Sequence[str] | None, running: Sequence[str], ttl_s: float
     ) -> None:
         """Record that ``worker_id`` (holding ``models``; None: any) is alive for ``ttl_s`` more seconds
-        (the database's clock) and runs ``running``."""
+        (the database's clock) and runs ``running``; rows of workers gone for a day are removed on the way."""
+        self._rowcount(f"DELETE FROM {WORKERS} WHERE expires_at < {_NOW} - %s", (WORKER_GONE_S,))
         self._rowcount(
             f"INSERT INTO {WORKERS} (worker_id, models, running, started_at, last_seen, expires_at) "
             f"VALUES (%s, %s, %s, {_NOW}, {_NOW}, {_NOW} + %s) ON CONFLICT (worker_id) DO UPDATE SET "
@@ -520,7 +521,6 @@ class PostgresJobStore:
         self._rowcount(f"DELETE FROM {WORKERS} WHERE worker_id=%s", (worker_id,))
 
     def live_workers(self) -> builtins.list[dict[str, Any]]:
-        """The workers whose last heartbeat has not expired, oldest first (long-gone rows are removed)."""
-        self._rowcount(f"DELETE FROM {WORKERS} WHERE expires_at < {_NOW} - %s", (WORKER_GONE_S,))
+        """The workers whose last heartbeat has not expired, oldest first (a read: ``/health`` asks)."""
         rows = self._all(f"SELECT * FROM {WORKERS} WHERE expires_at >= {_NOW} ORDER BY started_at")
         return [worker_row(r) for r in rows]

@@ -81,10 +81,6 @@ def _check_token(context: ServerContext, request: Request, body_token: Any = Non
         raise HTTPException(401, "Invalid ai_token" if body_token else "Invalid API key")
 
 
-def _header_auth(context: ServerContext, request: Request) -> None:
-    _check_token(context, request)
-
-
 async def _read_body(request: Request, context: ServerContext, files: bool) -> tuple[dict, dict]:
     """The body as a dict (JSON, multipart, form-encoded; no content type: sniffed) and, with ``files``,
     the multipart audio files by field; capped before it is parsed (413)."""
@@ -140,17 +136,22 @@ def _model_names(context: ServerContext) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------- release_task
 
 
-def _copy_ref(context: ServerContext, ref: str, saved: dict[str, str]) -> str:
-    """A previous job's output named by ``ref``, copied in as an upload (so retention cannot take it away
-    before this job runs); 403/404 for anything that is not a finished job's output."""
-    job_id, stem, _ = api.parse_ref(ref)
+def _finished_output(context: ServerContext, job_id: str, stem: str) -> Path:
+    """The output file ``stem`` (``audio_0``) of finished job ``job_id``; a 404 CompatError otherwise."""
     job = context.store.get(job_id)
     names = {n.rsplit(".", 1)[0]: n for n in (job.outputs if job is not None and job.state == "done" else [])}
     if stem not in names:
         raise api.CompatError(404, "no such output (use the 'file' of a /query_result item)")
-    source = context.outputs_dir / job_id / names[stem]
+    return context.outputs_dir / job_id / names[stem]
+
+
+def _copy_ref(context: ServerContext, ref: str, saved: dict[str, str]) -> str:
+    """A previous job's output named by ``ref``, copied in as an upload (so retention cannot take it away
+    before this job runs); 403/404 for anything that is not a finished job's output."""
+    job_id, stem, _ = api.parse_ref(ref)
+    source = _finished_output(context, job_id, stem)
     target = context.uploads_dir / f"{uuid.uuid4().hex}{source.suffix}"
-    saved[str(target)] = f"{job_id}/{names[stem]}"
+    saved[str(target)] = f"{job_id}/{source.name}"
     shutil.copyfile(source, target)
     return str(target)
 
@@ -283,7 +284,7 @@ def _task_result(context: ServerContext, task_id: str) -> dict[str, Any]:
         sidecar = json.loads((folder / "result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         sidecar = {}
-    suffix = (getattr(job, "client", None) or {}).get("audio_format", "wav")
+    suffix = job.client.get("audio_format", "wav")
     items = api.result_items(job, sidecar, suffix, _model_names(context), _durations(folder, job.outputs))
     return {
         "task_id": task_id,
@@ -308,22 +309,21 @@ async def query_result(request: Request, context: Context) -> dict[str, Any]:
 @router.get("/v1/audio", response_class=FileResponse, responses=error_responses(401, 404))
 def audio(request: Request, context: Context, path: str = Query(..., max_length=512)) -> FileResponse:
     """A finished job's output by its reference (``/query_result``'s ``file``); nothing else is served."""
-    _header_auth(context, request)
+    _check_token(context, request)
     try:
         job_id, stem, suffix = api.parse_ref(path)
+        output = _finished_output(context, job_id, stem)
+        if suffix not in MEDIA_TYPES:
+            raise api.CompatError(404, "no such output (use the 'file' of a /query_result item)")
     except api.CompatError as exc:
         raise HTTPException(exc.status, str(exc)) from None
-    job = context.store.get(job_id)
-    names = {n.rsplit(".", 1)[0]: n for n in (job.outputs if job is not None and job.state == "done" else [])}
-    if stem not in names or suffix not in MEDIA_TYPES:
-        raise HTTPException(404, "no such output (use the 'file' of a /query_result item)")
-    file = provide_audio(context.outputs_dir / job_id, names[stem], suffix)
+    file = provide_audio(output.parent, output.name, suffix)
     return FileResponse(file, media_type=MEDIA_TYPES[suffix], filename=f"{job_id}_{stem}.{suffix}")
 
 
 @router.get("/v1/stats", response_model=api.StatsAnswer, responses=error_responses(401))
 def stats(request: Request, context: Context) -> dict[str, Any]:
-    _header_auth(context, request)
+    _check_token(context, request)
     store = context.store
     counts = {state: store.count(state) for state in ("queued", "running", "done", "failed", "cancelled")}
     jobs = {
@@ -364,14 +364,14 @@ def upstream_health(context: ServerContext) -> dict[str, Any]:
 
 @router.get("/v1/model_inventory", response_model=api.MessageAnswer, responses=error_responses(401))
 def model_inventory(request: Request, context: Context) -> dict[str, Any]:
-    _header_auth(context, request)
+    _check_token(context, request)
     return api.envelope(upstream_inventory(context))
 
 
 @router.post("/v1/init", response_model=api.MessageAnswer, responses=error_responses(400, 401))
 async def init_model(request: Request, context: Context) -> dict[str, Any]:
     """Upstream switches DiT slots; a songflow process serves one model, so only that one is accepted."""
-    _header_auth(context, request)
+    _check_token(context, request)
     raw, _ = await _read_body(request, context, files=False)
     names = _model_names(context)
     wanted = raw.get("model")
@@ -391,7 +391,7 @@ async def init_model(request: Request, context: Context) -> dict[str, Any]:
 
 @router.post("/v1/reinitialize", response_model=api.MessageAnswer, responses=error_responses(401))
 def reinitialize(request: Request, context: Context) -> dict[str, Any]:
-    _header_auth(context, request)
+    _check_token(context, request)
     return api.envelope({"message": "Service reinitialized (songflow keeps its model loaded)"})
 
 
@@ -522,7 +522,7 @@ def _library_name(context: ServerContext, lora_path: str) -> str:
 async def lora_load(request: Request, context: Context) -> dict[str, Any]:
     """Make an adapter of ``--lora-dir`` (by name, or its path inside that folder) the default of the tasks
     released next; ``adapter_name`` adds it beside the ones loaded (upstream's multi-adapter load)."""
-    _header_auth(context, request)
+    _check_token(context, request)
     raw, _ = await _read_body(request, context, files=False)
     name = _library_name(context, str(raw.get("lora_path", "")))
     alias = str(raw.get("adapter_name") or name)
@@ -536,7 +536,7 @@ async def lora_load(request: Request, context: Context) -> dict[str, Any]:
 
 @router.post("/v1/lora/unload", response_model=api.MessageAnswer, responses=error_responses(401))
 def lora_unload(request: Request, context: Context) -> dict[str, Any]:
-    _header_auth(context, request)
+    _check_token(context, request)
     state = _lora_state(context)
     state.scales.clear()
     state.names.clear()
@@ -546,7 +546,7 @@ def lora_unload(request: Request, context: Context) -> dict[str, Any]:
 
 @router.post("/v1/lora/toggle", response_model=api.MessageAnswer, responses=error_responses(401))
 async def lora_toggle(request: Request, context: Context) -> dict[str, Any]:
-    _header_auth(context, request)
+    _check_token(context, request)
     raw, _ = await _read_body(request, context, files=False)
     state = _lora_state(context)
     if not state.scales:
@@ -557,7 +557,7 @@ async def lora_toggle(request: Request, context: Context) -> dict[str, Any]:
 
 @router.post("/v1/lora/scale", response_model=api.MessageAnswer, responses=error_responses(401))
 async def lora_scale(request: Request, context: Context) -> dict[str, Any]:
-    _header_auth(context, request)
+    _check_token(context, request)
     raw, _ = await _read_body(request, context, files=False)
     state = _lora_state(context)
     alias = str(raw.get("adapter_name") or state.active or "")
@@ -575,5 +575,5 @@ async def lora_scale(request: Request, context: Context) -> dict[str, Any]:
 
 @router.get("/v1/lora/status", response_model=api.LoraStatusAnswer, responses=error_responses(401))
 def lora_status(request: Request, context: Context) -> dict[str, Any]:
-    _header_auth(context, request)
+    _check_token(context, request)
     return api.envelope(_lora_state(context).status())
