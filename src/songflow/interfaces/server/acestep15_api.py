@@ -41,8 +41,6 @@ UPLOAD_FIELDS: dict[str, str] = {
 TASK_TYPES: dict[str, str] = {t: t for t in ("text2music", "cover", "repaint", "lego", "extract", "complete")}
 _REF = re.compile(r"^([0-9a-f]{32})/([a-z0-9_]{1,64})\.([a-z0-9]{1,8})$")
 _MERGED_OBJECTS = ("metas", "meta", "metadata", "user_metadata", "param_obj")  # lowest priority first
-_SOURCE_TASKS = frozenset({"cover", "repaint", "lego", "extract", "complete"})
-_META_TASKS = frozenset({"text2music", "cover", "repaint", "lego", "extract", "complete"})
 
 
 class CompatError(Exception):
@@ -384,10 +382,6 @@ def songflow_request(body: ReleaseTaskBody, *, turbo: bool, model_names: tuple[s
     if body.lora_name:
         request["loras"] = [{"name": body.lora_name, "weight": body.lora_scale}]
     return request
-
-
-def needs_source(task: str) -> bool:
-    return task in _SOURCE_TASKS
 
 
 # ----------------------------------------------------------------------------------------- results

@@ -44,14 +44,13 @@ def check_callback_url(url: str) -> str:
         raise ConfigError(f"callback_url is longer than {MAX_URL_CHARS} characters")
     try:
         parts = urlsplit(text)
-        port = parts.port  # raises on a bad port
+        parts.port  # noqa: B018 (reading it raises ValueError on a bad port)
     except ValueError as exc:
         raise ConfigError(f"callback_url is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("callback_url must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
         raise ConfigError("callback_url must not carry a user name or password")
-    del port
     return text
 
 
