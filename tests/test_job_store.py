@@ -441,3 +441,19 @@ def test_workers_advertise_themselves_and_expire(db: Database) -> None:
     assert [w["running"] for w in second.live_workers()] == [[]]
     first.drop_worker("gpu-a")
     assert second.live_workers() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["serve", "--database", "mysql://u:secret@db/x"], "unknown database"),
+        (["worker", "--database", "sqlite:///", "--data-dir", "d"], "needs a file path"),
+    ],
+)
+def test_a_wrong_database_is_named_before_any_model_loads(argv, words, tmp_path, capsys):
+    from songflow.interfaces.cli.commands import EXIT_USER_ERROR, main
+
+    missing = str(tmp_path / "no-such-checkpoint")  # loading it would fail with another message
+    assert main([*argv, "--checkpoint", missing]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert words in err and "secret" not in err and "no-such-checkpoint" not in err

@@ -122,6 +122,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise SongflowError("--max-batch must be at least 1")
     retention = retention_of(args)
+    from songflow.interfaces.server.jobs import parse_database
+
+    # a wrong --database is named before the model loads
+    parse_database(args.database, Path(args.data_dir).expanduser())
     if args.lora_dir is not None:  # a wrong folder is named before the model loads
         from songflow.checkpoint.lora import discover_loras
 

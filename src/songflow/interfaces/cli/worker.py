@@ -64,6 +64,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not args.lease_s > 0:
         raise SongflowError("--lease-s must be positive")
     retention = retention_of(args)
+    from songflow.interfaces.server.jobs import parse_database
+
+    # a wrong --database is named before the model loads
+    parse_database(args.database, Path(args.data_dir).expanduser())
     checkpoint = resolve_checkpoint(args.checkpoint)
     pipe = load_pipeline(
         checkpoint, device=args.device, dtype=args.dtype, offload=args.offload, **lm_options(args)

@@ -393,6 +393,30 @@ def redact_dsn(url: str) -> str:
     return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
+def parse_database(database: str | None, data_dir: Path) -> tuple[str, str | Path]:
+    """``("postgresql", url)`` or ``("sqlite", path)`` of a ``--database`` value (see :func:`open_store`),
+    checked without connecting: a ConfigError for another form, ``sqlite:///`` without a path, or a
+    postgresql:// URL without psycopg installed."""
+    url = (database or "").strip()
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"a postgresql:// database needs psycopg 3 ({exc}); install it with "
+                "pip install 'songflow[postgres]'"
+            ) from None
+        return "postgresql", url
+    if url and not url.startswith("sqlite:///"):
+        raise ConfigError(
+            f"unknown database {redact_dsn(url)!r}: use sqlite:///PATH (a SQLite file) or "
+            "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME (a queue shared by many machines)"
+        )
+    if url and not url[len("sqlite:///") :]:
+        raise ConfigError("sqlite:/// needs a file path, e.g. sqlite:///jobs.sqlite3")
+    return "sqlite", Path(url[len("sqlite:///") :]) if url else data_dir / "jobs.sqlite3"
+
+
 def open_store(database: str | None, data_dir: Path) -> JobStoreProtocol:
     """The job store ``database`` names: None (or empty) is ``data_dir/jobs.sqlite3``; ``sqlite:///PATH``
     a SQLite file (SQLAlchemy's form: ``sqlite:///jobs.db`` is relative to the working directory,
@@ -400,31 +424,18 @@ def open_store(database: str | None, data_dir: Path) -> JobStoreProtocol:
     (libpq's URI, e.g. ``postgresql://user:pass@host:5432/songflow``) that many machines share.
 
     Raises:
-        ConfigError: another form, an unusable SQLite file, a PostgreSQL server that cannot be reached,
-            or psycopg missing.
+        ConfigError: another form (:func:`parse_database`), an unusable SQLite file, a PostgreSQL server
+            that cannot be reached, or psycopg missing.
     """
-    url = (database or "").strip()
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            from songflow.interfaces.server.store_pg import PostgresJobStore
-        except ImportError as exc:
-            raise ConfigError(
-                f"a postgresql:// database needs psycopg 3 ({exc}); install it with "
-                "pip install 'songflow[postgres]'"
-            ) from None
-        return PostgresJobStore(url)
-    if url and not url.startswith("sqlite:///"):
-        raise ConfigError(
-            f"unknown database {redact_dsn(url)!r}: use sqlite:///PATH (a SQLite file) or "
-            "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME (a queue shared by many machines)"
-        )
-    path = Path(url[len("sqlite:///") :]) if url else data_dir / "jobs.sqlite3"
-    if url and not url[len("sqlite:///") :]:
-        raise ConfigError("sqlite:/// needs a file path, e.g. sqlite:///jobs.sqlite3")
+    kind, where = parse_database(database, data_dir)
+    if kind == "postgresql":
+        from songflow.interfaces.server.store_pg import PostgresJobStore
+
+        return PostgresJobStore(str(where))
     try:
-        return JobStore(path)
+        return JobStore(Path(where))
     except (sqlite3.Error, OSError) as exc:
-        raise ConfigError(f"cannot open the job database {path}: {exc}") from None
+        raise ConfigError(f"cannot open the job database {where}: {exc}") from None
 
 
 def _models_sql(models: Models) -> tuple[str, tuple[Any, ...]]:
